@@ -1,0 +1,3 @@
+from .svg import SVG, StepLosses
+
+__all__ = ["SVG", "StepLosses"]

@@ -1,0 +1,24 @@
+"""The frame-predictor LSTM: [condition_t, h_{t-1}, z_t] -> the code of the next frame."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .gaussian import State
+
+
+class FramePredictor(nn.Module):
+    def __init__(self, g_dim: int, z_dim: int, cond_dim: int, hidden: int, layers: int, cond_embed: int = 0) -> None:
+        super().__init__()
+        self.cond_embed = nn.Linear(cond_dim, cond_embed) if cond_embed else nn.Identity()
+        cond_out = cond_embed or cond_dim
+        self.embed = nn.Linear(cond_out + g_dim + z_dim, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, layers, batch_first=True)
+        self.out = nn.Sequential(nn.Linear(hidden, g_dim), nn.Tanh())
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, cond: torch.Tensor,
+                state: State | None = None) -> tuple[torch.Tensor, State]:
+        """h [B, L, g], z [B, L, z], cond [B, L, 7] -> predicted codes [B, L, g] and the state."""
+        x = torch.cat([self.cond_embed(cond), h, z], dim=-1)
+        out, state = self.lstm(self.embed(x), state)
+        return self.out(out), state

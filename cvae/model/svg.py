@@ -1,0 +1,161 @@
+"""The conditional VAE of the SVG family: encoder, posterior, prior, frame predictor, decoder.
+
+Time convention (causal): frame ``x_t`` is predicted from ``x_{t-1}``, ``z_t`` and the condition
+of step ``t-1`` -- the action issued after seeing frame ``t-1`` together with the end-effector
+position in frame ``t-1``. In BAIR (and the simulator) action ``a_{t-1}`` is what moves the arm
+from frame ``t-1`` to frame ``t``, so nothing from step ``t`` is used to predict frame ``t``.
+Repos that feed ``cond[t]`` instead hand the model the end-effector position of the very frame it
+must predict.
+
+Skips come from the last context frame (SVG), or from the previous frame with
+``last_frame_skip``. During the context steps both are the latest real frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .gaussian import GaussianLSTM, kl_divergence, reparameterize
+from .predictor import FramePredictor
+from .vgg64 import Decoder, Encoder
+
+COND_DIM = 7
+
+
+@dataclass
+class StepLosses:
+    pred: torch.Tensor  # [B, T-1, 3, 64, 64]: predictions of frames 1..T-1
+    mse: torch.Tensor  # [T-1]: per-step pixel MSE, averaged over batch and pixels
+    kld: torch.Tensor  # [T-1]: per-step KL, summed over z and averaged over the batch
+
+
+class SVG(nn.Module):
+    def __init__(self, g_dim: int = 128, z_dim: int = 64, rnn_size: int = 256, width: float = 1.0,
+                 posterior_layers: int = 1, prior_layers: int = 1, predictor_layers: int = 2,
+                 prior: str = "fixed", n_past: int = 2, last_frame_skip: bool = False,
+                 cond_embed: int = 0, channels_last: bool = False) -> None:
+        super().__init__()
+        if prior not in ("fixed", "learned"):
+            raise ValueError(f"prior must be 'fixed' or 'learned', not {prior!r}")
+        self.z_dim, self.n_past, self.last_frame_skip = z_dim, n_past, last_frame_skip
+        self.channels_last = channels_last
+        self.encoder = Encoder(g_dim, width)
+        self.decoder = Decoder(g_dim, width)
+        self.posterior = GaussianLSTM(g_dim, z_dim, rnn_size, posterior_layers)
+        self.prior = GaussianLSTM(g_dim, z_dim, rnn_size, prior_layers) if prior == "learned" else None
+        self.predictor = FramePredictor(g_dim, z_dim, COND_DIM, rnn_size, predictor_layers, cond_embed)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "SVG":
+        keys = ("g_dim", "z_dim", "rnn_size", "width", "posterior_layers", "prior_layers",
+                "predictor_layers", "prior", "n_past", "last_frame_skip", "cond_embed")
+        return cls(**{k: cfg[k] for k in keys})
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(0, 1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frames [B, L, 3, 64, 64] in one encoder call -> codes [B, L, g] and skips [B, L, ...]."""
+        b, length = x.shape[:2]
+        h, skips = self.encoder(self._images(x))
+        return h.view(b, length, -1), [s.view(b, length, *s.shape[1:]) for s in skips]
+
+    def _skip_index(self, i: int) -> int:
+        return i - 1 if self.last_frame_skip else min(i - 1, self.n_past - 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True) -> StepLosses:
+        """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
+
+        With teacher forcing every input is a real frame, so all frames are encoded in one call,
+        the LSTMs run over the whole sequence at once, and all predictions are decoded in one
+        call. Without it, predictions after the context are fed back step by step.
+        """
+        b, t = x.shape[:2]
+        h, skips = self._encode(x)
+        mu_q, logvar_q, _ = self.posterior(h[:, 1:])
+        z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
+        if teacher_forcing:
+            prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
+            g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
+            idx = torch.tensor([self._skip_index(i) for i in range(1, t)], device=x.device)
+            step_skips = [s[:, idx].flatten(0, 1) for s in skips]
+            pred = self.decoder(g.flatten(0, 1), step_skips).view(b, t - 1, *x.shape[2:])
+        else:
+            pred, prior = self._rollout(h[:, : self.n_past], [s[:, : self.n_past] for s in skips], cond, t, z=z)
+        kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
+        mse = F.mse_loss(pred.float(), x[:, 1:].float(), reduction="none").mean((0, 2, 3, 4))
+        return StepLosses(pred, mse, kld)
+
+    def _rollout(self, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor], cond: torch.Tensor, t: int,
+                 z: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Steps 1..t-1, feeding back predictions once the context is used up.
+
+        ``z`` [B, t-1, z_dim] gives the latent of every step (training). Otherwise (generation)
+        the context steps take z from the posterior of the real frames and the future steps
+        from the prior, drawn with ``noise`` [B, t-1, z_dim]. Returns the predictions and, with a
+        learned prior, its (mu, logvar) per step.
+        """
+        n_past = self.n_past
+        if z is None:
+            mu, logvar, _ = self.posterior(h_ctx[:, 1:])
+            z_ctx = reparameterize(mu, logvar, noise[:, : n_past - 1])
+        h_prev = h_ctx[:, 0]
+        skip_prev = [s[:, 0] for s in skips_ctx]
+        skip_last = [s[:, n_past - 1] for s in skips_ctx]
+        pred_state = prior_state = None
+        preds, prior_mu, prior_logvar = [], [], []
+        for i in range(1, t):
+            if self.prior is not None:
+                p_mu, p_logvar, prior_state = self.prior(h_prev[:, None], prior_state)
+                prior_mu.append(p_mu[:, 0])
+                prior_logvar.append(p_logvar[:, 0])
+            if z is not None:
+                z_i = z[:, i - 1]
+            elif i < n_past:
+                z_i = z_ctx[:, i - 1]
+            elif self.prior is not None:
+                z_i = reparameterize(prior_mu[-1], prior_logvar[-1], noise[:, i - 1])
+            else:
+                z_i = noise[:, i - 1]
+            g, pred_state = self.predictor(h_prev[:, None], z_i[:, None], cond[:, i - 1, None], pred_state)
+            skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
+            x_i = self.decoder(g[:, 0], skip)
+            preds.append(x_i)
+            if i < n_past:
+                h_prev, skip_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx]
+            elif i < t - 1:
+                h_next, skips_next = self._encode(x_i[:, None])
+                h_prev, skip_prev = h_next[:, 0], [s[:, 0] for s in skips_next]
+        prior = (torch.stack(prior_mu, 1), torch.stack(prior_logvar, 1)) if self.prior is not None else None
+        return torch.stack(preds, 1), prior
+
+    @torch.no_grad()
+    def predict(self, context: torch.Tensor, cond: torch.Tensor, n_future: int, n_samples: int = 1,
+                seed: int = 0) -> torch.Tensor:
+        """Sample futures: context [B, n_past, 3, 64, 64], cond [B, >= n_past + n_future - 1, 7].
+
+        Returns [B, n_samples, n_future, 3, 64, 64]. All samples run as one batch; the result is
+        a function of ``seed`` alone (evaluation-mode batch norm, a private generator).
+        """
+        if context.shape[1] != self.n_past:
+            raise ValueError(f"context has {context.shape[1]} frames; this model takes {self.n_past}")
+        t = self.n_past + n_future
+        if cond.shape[1] < t - 1:
+            raise ValueError(f"cond has {cond.shape[1]} steps; {t - 1} are needed for {n_future} future frames")
+        was_training = self.training
+        self.eval()
+        b = context.shape[0]
+        device = context.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.randn(b * n_samples, t - 1, self.z_dim, generator=gen, device=device)
+        ctx = context.repeat_interleave(n_samples, 0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            h_ctx, skips_ctx = self._encode(ctx)
+            pred, _ = self._rollout(h_ctx, skips_ctx, cond[:, : t - 1].repeat_interleave(n_samples, 0), t, noise=noise)
+        self.train(was_training)
+        return pred[:, self.n_past - 1:].float().reshape(b, n_samples, n_future, *context.shape[2:])

@@ -1,0 +1,1 @@
+"""Placeholder: the Gradio app arrives with the app issue."""
