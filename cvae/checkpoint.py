@@ -97,3 +97,17 @@ def load_state(path: str | Path) -> dict:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- torch raises many types for bad or unsafe files
         raise CheckpointError(f"{file}: refused or unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def export(src: str | Path, dst: str | Path) -> Path:
+    """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state."""
+    src, dst = _resolve(src), Path(dst)
+    model, meta = load_model(src)
+    meta.pop("config")
+    save(dst, model, read_meta(src)["config"], meta)
+    for extra in (src / "eval", src / "log.jsonl", src.parent / "log.jsonl"):
+        if extra.is_dir():
+            shutil.copytree(extra, dst / "eval", dirs_exist_ok=True)
+        elif extra.is_file() and not (dst / "log.jsonl").exists():
+            shutil.copy2(extra, dst / "log.jsonl")
+    return dst

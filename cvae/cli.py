@@ -84,7 +84,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "eval", "-h", "--help"):
+    if not argv or argv[0] not in ("train", "eval", "export", "-h", "--help"):
         argv.insert(0, "train")
     p = argparse.ArgumentParser(prog="train_cli.py", description="Train and evaluate the action-conditioned CVAE.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -104,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--seq", type=int, default=0, help="test sequence for the GIF and the frame strip")
     e.add_argument("--gif-samples", type=int, default=3)
     e.add_argument("--out", help="output folder (default: CKPT/eval)")
+    x = sub.add_parser("export", help="copy a checkpoint for inference only (weights, meta, log, eval)")
+    x.add_argument("--ckpt", required=True)
+    x.add_argument("--out", required=True, help="e.g. assets/model")
     args = p.parse_args(argv)
     from .checkpoint import CheckpointError
     from .data.bair import DataError
     from .train import TrainingDiverged
 
     try:
+        if args.cmd == "export":
+            from .checkpoint import export
+
+            print(f"exported {export(args.ckpt, args.out)}")
+            return 0
         return train_command(args) if args.cmd == "train" else eval_command(args)
     except (DataError, CheckpointError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, valid region) per channel,
     averaged over the channels: [..., C, H, W] -> [...]."""
+    pred, target = torch.broadcast_tensors(pred, target)
     lead, (c, h, w) = pred.shape[:-3], pred.shape[-3:]
     x = pred.float().reshape(-1, c, h, w)
     y = target.float().reshape(-1, c, h, w)

@@ -127,7 +127,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     if not rt.main:
         train_ds = BairDataset(cfg.data, "train", seq_len)
     cuda = rt.device.type == "cuda"
-    model = SVG.from_config(cfg.to_dict()).to(rt.device)
+    model = SVG.from_config(cfg.to_dict())
+    model.predictor.set_condition_stats(torch.from_numpy(train_ds.packed.cond))
+    model = model.to(rt.device)
     if cuda and cfg.channels_last:
         model.channels_last = True
         model = model.to(memory_format=torch.channels_last)

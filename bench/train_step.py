@@ -1,0 +1,118 @@
+"""Training throughput, fast path versus the straightforward reference, interleaved in one run.
+
+The reference (bench/reference.py) encodes and decodes one frame per Python step in fp32 without
+channels_last, as the lab's sample code and SVG do. Both share the same initial weights and
+batch. Before timing, both must compute the same loss on the same input (teacher forcing on,
+fixed seed, evaluation-mode batch norm); a speed-up that changes the math is not one.
+
+    python bench/train_step.py --preset cpu [--batch 16] [--rounds 5] [--compile]
+    python bench/train_step.py --preset lab --batch 2 --rounds 2      # full width, on a CPU
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.common import record  # noqa: E402
+from bench.reference import reference_losses  # noqa: E402
+from cvae.config import preset  # noqa: E402
+from cvae.model import SVG  # noqa: E402
+
+# Forward plus backward FLOPs of one 12-frame sequence at width 1 (see bench/README.md).
+FULL_WIDTH_TFLOP_PER_SEQ = 0.2
+
+
+def check_same_loss(model: SVG, x: torch.Tensor, c: torch.Tensor) -> float:
+    model.eval()
+    torch.manual_seed(0)
+    fast = model(x, c, teacher_forcing=True)
+    torch.manual_seed(0)
+    ref_mse, ref_kld = reference_losses(model, x, c)
+    model.train()
+    fast_loss, ref_loss = (fast.mse.sum() + fast.kld.sum()).item(), (ref_mse.sum() + ref_kld.sum()).item()
+    rel = abs(fast_loss - ref_loss) / abs(ref_loss)
+    if rel > 1e-4:
+        raise SystemExit(f"the fast path's loss {fast_loss} differs from the reference's {ref_loss} (rel {rel:.2e})")
+    return rel
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--batch", type=int, default=0, help="default: the preset's batch size")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--no-amp", action="store_true")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    cfg = preset(args.preset)
+    batch = args.batch or cfg.batch_size
+    torch.manual_seed(0)
+    base = SVG.from_config(cfg.to_dict()).to(device)
+    x = torch.rand(batch, cfg.n_past + cfg.n_future, 3, 64, 64, device=device)
+    c = torch.randn(batch, cfg.n_past + cfg.n_future, 7, device=device)
+    rel = check_same_loss(base, x, c)
+    fast, ref = copy.deepcopy(base), copy.deepcopy(base)
+    channels_last = cuda and not args.no_channels_last
+    if channels_last:
+        fast.channels_last = True
+        fast = fast.to(memory_format=torch.channels_last)
+    amp = cuda and not args.no_amp
+    fast_step_model = torch.compile(fast) if args.compile else fast
+    opt_fast = torch.optim.Adam(fast.parameters(), cfg.lr, fused=cuda or None)
+    opt_ref = torch.optim.Adam(ref.parameters(), cfg.lr)
+
+    def fast_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = fast_step_model(x, c, teacher_forcing=True)
+        loss = out.mse.sum() + 1e-4 * out.kld.sum()
+        opt_fast.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_fast.step()
+
+    def ref_step() -> None:
+        mse, kld = reference_losses(ref, x, c)
+        loss = mse.sum() + 1e-4 * kld.sum()
+        opt_ref.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_ref.step()
+
+    def timed(step) -> float:  # noqa: ANN001
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    fast_step(), ref_step()  # warm-up (and compilation)
+    fast_t, ref_t = [], []
+    for _ in range(args.rounds):  # interleaved, so drift in the machine hits both alike
+        fast_t.append(timed(fast_step))
+        ref_t.append(timed(ref_step))
+    fast_t.sort(), ref_t.sort()
+    f_med, r_med = fast_t[len(fast_t) // 2], ref_t[len(ref_t) // 2]
+    fast_rate, ref_rate = batch / f_med, batch / r_med
+    tflops = FULL_WIDTH_TFLOP_PER_SEQ * cfg.width**2 * fast_rate
+    peak_mem = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    row = record("train_step", device, preset=args.preset, batch=batch, width=cfg.width, rounds=args.rounds,
+                 loss_rel_diff=rel, fast_seq_per_s=round(fast_rate, 2), ref_seq_per_s=round(ref_rate, 2),
+                 ratio=round(fast_rate / ref_rate, 2), approx_tflops=round(tflops, 4), channels_last=channels_last,
+                 bf16=amp, compile=args.compile, cuda_max_allocated_mib=peak_mem)
+    print(f"{args.preset} (width {cfg.width}), batch {batch} on {row['machine']}: same loss (rel diff {rel:.1e})")
+    print(f"fast {row['fast_seq_per_s']} seq/s, reference {row['ref_seq_per_s']} seq/s: {row['ratio']}x "
+          f"(~{tflops * 1000:.1f} GFLOP/s by the width-scaled estimate)")
+
+
+if __name__ == "__main__":
+    main()

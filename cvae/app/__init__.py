@@ -1,0 +1,1 @@
+"""The Gradio app: ``logic`` (testable, no UI) and ``ui`` (the page)."""

@@ -1,0 +1,237 @@
+"""What the app does, without the UI: catalogues of sequences and models, the condition table,
+its transforms and validation, and one prediction turned into the views the page shows."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError, load_model, read_meta
+from ..data.bair import DataError, list_sequences, read_sequence
+from ..data.generate import read_kinematics
+from ..data.simulator import GAIN, KINEMATICS, integrate_positions
+from ..metrics import psnr, ssim
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
+BUNDLED_DATA = ASSETS / "data"
+BUNDLED_MODEL = ASSETS / "model"
+ACTION_COLS = ["dx", "dy", "lift", "grip"]
+POSITION_COLS = ["x", "y", "z"]
+HEADERS = ["step", "drives frame"] + ACTION_COLS + POSITION_COLS
+MAX_DXY, MAX_ACTION, MAX_POSITION = 1.0, 5.0, 5.0
+DECIMALS = 5  # the table shows values rounded to this many decimals
+
+
+class InputError(ValueError):
+    """Something the person typed or chose that cannot be used; shown in the page as is."""
+
+
+@dataclass(frozen=True)
+class Source:
+    label: str
+    root: Path
+    split: str
+    sequences: tuple[Path, ...]
+    kinematics: dict | None
+
+
+def find_sources(data_dirs: list[str | Path]) -> dict[str, Source]:
+    """The bundled test sequences, plus every split of each ``--data`` folder."""
+    sources: dict[str, Source] = {}
+    candidates = [(BUNDLED_DATA, "test", "bundled test sequences")]
+    for d in data_dirs:
+        candidates += [(Path(d), s, f"{Path(d).name} / {s}") for s in ("test", "validate", "train") if (Path(d) / s).is_dir()]
+        if not any((Path(d) / s).is_dir() for s in ("test", "validate", "train")):
+            raise DataError(f"--data {d}: no train/, validate/ or test/ folder in the processed BAIR layout")
+    for root, split, label in candidates:
+        seqs = tuple(list_sequences(root, split))
+        kin = read_kinematics(root)
+        sources[label] = Source(label, Path(root), split, seqs, kin if kin == KINEMATICS else None)
+    return sources
+
+
+@lru_cache(maxsize=64)
+def load_sequence(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 [T, 64, 64, 3] and condition [T, 7]; decoded once per server."""
+    return read_sequence(path)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    label: str
+    path: Path
+    config: dict
+    test_psnr: float | None
+    log: Path | None
+
+
+def describe(path: Path, name: str) -> ModelEntry:
+    meta = read_meta(path)
+    cfg = meta["config"]
+    score = None
+    eval_json = path / "eval" / "eval.json"
+    if eval_json.is_file():
+        score = json.loads(eval_json.read_text()).get("psnr")
+    log = next((p for p in (path / "log.jsonl", path.parent / "log.jsonl") if p.is_file()), None)
+    shown = f"test PSNR {score:.2f} dB" if score is not None else "not evaluated"
+    label = (f"{name} · {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']}, "
+             f"epoch {meta.get('epoch', '?')} · {shown}")
+    return ModelEntry(label, path, cfg, score, log)
+
+
+def find_models(runs_dirs: list[str | Path]) -> dict[str, ModelEntry]:
+    """The bundled checkpoint, plus every checkpoint folder under each ``--runs`` folder."""
+    entries = [describe(BUNDLED_MODEL, "bundled")] if (BUNDLED_MODEL / "model.safetensors").is_file() else []
+    for runs in runs_dirs:
+        for weights in sorted(Path(runs).rglob("model.safetensors")):
+            folder = weights.parent
+            if any(part.startswith(".") for part in folder.relative_to(runs).parts):
+                continue  # a save in progress
+            try:
+                entries.append(describe(folder, str(folder.relative_to(Path(runs).parent))))
+            except CheckpointError as e:
+                print(f"skipping {folder}: {e}")
+    if not entries:
+        raise CheckpointError("no model found: the bundled assets/model is missing and --runs found none")
+    return {e.label: e for e in entries}
+
+
+@lru_cache(maxsize=8)
+def cached_model(path: Path):  # noqa: ANN201
+    model, _ = load_model(path, "cpu")
+    return model
+
+
+# ---- the condition table -------------------------------------------------------------------
+
+def table_rows(cond: np.ndarray, n_past: int, n_future: int) -> list[list]:
+    """Rows for the conditions that drive the predicted frames: step t drives frame t + 1."""
+    rows = []
+    for t in range(n_past - 1, n_past + n_future - 1):
+        rows.append([t, t + 1] + [round(float(v), DECIMALS) for v in cond[t]])
+    return rows
+
+
+def parse_table(rows: list[list] | None, n_past: int, n_future: int) -> np.ndarray:
+    """The table's 7 condition columns as float [n_future, 7], or an InputError naming the cell."""
+    if rows is None or len(rows) == 0:
+        raise InputError("the action table is empty; press 'reset' to restore the sequence's actions")
+    if len(rows) != n_future:
+        raise InputError(f"the action table must have exactly {n_future} rows, one per predicted frame; "
+                         f"it has {len(rows)}. Press 'reset' to restore it.")
+    out = np.empty((n_future, 7), dtype=np.float32)
+    for r, row in enumerate(rows):
+        row = list(row)
+        if len(row) != len(HEADERS):
+            raise InputError(f"row {r + 1} has {len(row)} columns, expected {len(HEADERS)} ({', '.join(HEADERS)})")
+        for c, name in enumerate(ACTION_COLS + POSITION_COLS):
+            cell = row[c + 2]
+            try:
+                v = float(str(cell).strip()) if not isinstance(cell, (int, float)) else float(cell)
+            except ValueError:
+                raise InputError(f"row {r + 1}, column {name}: {str(cell)!r} is not a number") from None
+            if not math.isfinite(v):
+                raise InputError(f"row {r + 1}, column {name}: {v} is not a finite number")
+            limit = MAX_DXY if name in ("dx", "dy") else MAX_ACTION if name in ACTION_COLS else MAX_POSITION
+            if abs(v) > limit:
+                raise InputError(f"row {r + 1}, column {name}: {v:g} is absurd (allowed |{name}| <= {limit:g}; "
+                                 "BAIR moves about +-0.07 per step)")
+            out[r, c] = v
+    return out
+
+
+def with_table(cond: np.ndarray, table: np.ndarray, n_past: int) -> np.ndarray:
+    """The full condition [T, 7] with the table's rows in place of the predicted steps'.
+
+    A cell that still shows its original (rounded) value keeps the exact original, so an unedited
+    table reproduces the sequence's own condition bit for bit."""
+    full = cond.copy()
+    rows = slice(n_past - 1, n_past - 1 + len(table))
+    shown = np.round(cond[rows].astype(np.float64), DECIMALS)
+    full[rows] = np.where(np.abs(table - shown) < 1e-7, cond[rows], table)
+    return full
+
+
+def rederive_positions(cond: np.ndarray, n_past: int, kinematics: dict | None) -> np.ndarray:
+    """Positions after the context recomputed from the actions, where the data set documents its
+    kinematics (the simulator's); otherwise the positions are left as they are."""
+    if kinematics is None:
+        return cond
+    out = cond.copy()
+    start = n_past - 1
+    out[start:, 4:] = integrate_positions(cond[start, 4:], cond[start:, :4])
+    return out
+
+
+def transform(table: np.ndarray, kind: str, amount: float = 0.0, seed: int = 0) -> np.ndarray:
+    """One-click edits of the motion (dx, dy); lift and grip stay."""
+    out = table.copy()
+    xy = out[:, :2]
+    if kind == "zero":
+        xy[:] = 0
+    elif kind == "reverse":
+        xy *= -1
+    elif kind == "scale":
+        xy *= amount
+    elif kind == "rotate":
+        a = math.radians(amount)
+        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=np.float32)
+        xy[:] = xy @ rot.T
+    elif kind == "noise":
+        xy += np.random.default_rng(seed).normal(0, amount, xy.shape).astype(np.float32)
+    else:
+        raise InputError(f"unknown transform {kind!r}")
+    return out
+
+
+# ---- one prediction, as the page shows it --------------------------------------------------
+
+@dataclass
+class Prediction:
+    truth: np.ndarray  # [n_past + n_future, 3, 64, 64] float
+    original: torch.Tensor  # [S, n_future, 3, 64, 64] with the sequence's own actions
+    edited: torch.Tensor  # [S, n_future, 3, 64, 64] with the table's actions
+    psnr_original: torch.Tensor  # [S, n_future]
+    psnr_edited: torch.Tensor
+    ssim_edited: torch.Tensor
+    best: int  # best-of-N sample (original actions) by mean PSNR
+    edited_differs: bool
+    seconds: float
+
+    def uncertainty(self) -> np.ndarray:
+        """Per-pixel standard deviation over the samples (edited actions), averaged over time and
+        colour channels, as [64, 64] in [0, 1] of the largest value."""
+        std = self.edited.std(0, unbiased=False).mean((0, 1)) if len(self.edited) > 1 else torch.zeros(self.edited.shape[-2:])
+        return std.numpy()
+
+
+def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,  # noqa: ANN001
+            seed: int) -> Prediction:
+    """Futures under the original and the edited conditions, in one batched call."""
+    if not 1 <= n_samples <= 16:
+        raise InputError(f"number of futures must be between 1 and 16, not {n_samples}")
+    n_past = model.n_past
+    n_future = len(frames) - n_past
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    conds = torch.from_numpy(np.stack([cond, edited_cond])).float()
+    started = time.perf_counter()
+    out = model.predict(x[None, :n_past].expand(2, -1, -1, -1, -1), conds, n_future, n_samples, seed)
+    seconds = time.perf_counter() - started
+    target = x[n_past:]
+    p_orig, p_edit = psnr(out[0], target), psnr(out[1], target)
+    return Prediction(truth=x, original=out[0], edited=out[1], psnr_original=p_orig, psnr_edited=p_edit,
+                      ssim_edited=ssim(out[1], target), best=int(p_orig.mean(1).argmax()),
+                      edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds)
+
+
+def kinematics_note(source: Source) -> str:
+    if source.kinematics is None:
+        return "This data set documents no kinematics: edited actions leave the positions as they are."
+    return (f"Positions follow the simulator's kinematics: xy[t+1] = xy[t] + {GAIN} * (dx, dy), "
+            "z from the lift level.")

@@ -1,0 +1,234 @@
+"""The Gradio page. Layout and wiring only; what each control does lives in ``logic``."""
+from __future__ import annotations
+
+import random
+import tempfile
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+
+from ..artifacts import comparison_video, curves_figure, read_log, rows, strip, tile, to_uint8, upscale, write_gif, write_png
+from ..checkpoint import CheckpointError
+from ..data.bair import DataError
+from . import logic
+
+CSS = "#title {margin-bottom: 0} .frame img {image-rendering: pixelated}"
+INTRO = """# What if the arm had pushed another way?
+A conditional VAE (SVG family) watched **2 context frames** and is told, for every step, the robot's
+**action** (dx, dy, lift, grip) and **end-effector position** (x, y, z). It predicts the next
+**10 frames**. Pick a sequence, edit the actions, and press **Predict**: the page shows the truth,
+the prediction with the original actions, and the prediction with yours. *z* is the model's
+randomness: **Resample z** draws a different future for the same actions."""
+
+
+def _png(img: np.ndarray, out: Path, name: str) -> str:
+    return str(write_png(out / f"{name}.png", img))
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """A [H, W] map as a dark-to-yellow heat image, scaled to its own maximum."""
+    v = values / values.max() if values.max() > 0 else values
+    rgb = np.stack([np.clip(1.5 * v, 0, 1), np.clip(1.5 * v - 0.5, 0, 1) ** 0.8, np.clip(0.6 - 1.2 * abs(v - 0.35), 0, 1)], -1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def _grid(videos: list[np.ndarray], per_row: int = 4) -> np.ndarray:
+    blank = np.full_like(videos[0], 255)
+    padded = videos + [blank] * (-len(videos) % per_row)
+    lines = [tile(padded[i : i + per_row]) for i in range(0, len(padded), per_row)]
+    sep = np.full((lines[0].shape[0], 2, lines[0].shape[2], 3), 255, np.uint8)
+    parts: list[np.ndarray] = []
+    for i, line in enumerate(lines):
+        parts += [line] if i == 0 else [sep, line]
+    return np.concatenate(parts, axis=1)
+
+
+def _step_plot(p: logic.Prediction, n_past: int) -> go.Figure:
+    frames = list(range(n_past, n_past + len(p.psnr_edited[0])))
+    fig = go.Figure()
+    fig.add_scatter(x=frames, y=p.psnr_original[0].tolist(), name="PSNR, original actions", mode="lines+markers")
+    fig.add_scatter(x=frames, y=p.psnr_edited[0].tolist(), name="PSNR, edited actions", mode="lines+markers")
+    fig.add_scatter(x=frames, y=p.ssim_edited[0].tolist(), name="SSIM, edited actions", mode="lines+markers", yaxis="y2")
+    fig.update_layout(xaxis_title="frame", yaxis_title="PSNR (dB) vs ground truth",
+                      yaxis2=dict(title="SSIM", overlaying="y", side="right", range=[0, 1]),
+                      height=320, margin=dict(l=50, r=50, t=30, b=40), legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def _picked(evt: gr.SelectData) -> int:
+    return int(evt.index)
+
+
+def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
+    sources = logic.find_sources(data_dirs)
+    models = logic.find_models(runs_dirs)
+    out_root = Path(tempfile.mkdtemp(prefix="cvae_app_"))
+    first_source, first_model = next(iter(sources)), next(iter(models))
+
+    def current(source_label: str, index: int) -> tuple[logic.Source, np.ndarray, np.ndarray]:
+        if source_label not in sources:
+            raise gr.Error(f"unknown sequence source {source_label!r}")
+        source = sources[source_label]
+        index = int(index)
+        if not 0 <= index < len(source.sequences):
+            raise gr.Error(f"sequence {index} is out of range: {source_label} has {len(source.sequences)}")
+        try:
+            frames, cond = logic.load_sequence(source.sequences[index])
+        except DataError as e:
+            raise gr.Error(str(e)) from None
+        return source, frames, cond
+
+    def model_for(label: str):  # noqa: ANN202
+        if label not in models:
+            raise gr.Error(f"unknown model {label!r}")
+        try:
+            return logic.cached_model(models[label].path)
+        except CheckpointError as e:
+            raise gr.Error(str(e)) from None
+
+    def on_sequence(source_label: str, index: int, model_label: str):  # noqa: ANN202
+        source, frames, cond = current(source_label, index)
+        model = model_for(model_label)
+        n_past, n_future = model.n_past, models[model_label].config["n_future"]
+        out = out_root / uuid.uuid4().hex
+        ctx = [_png(upscale(frames[t], 4), out, f"context{t}") for t in range(n_past)]
+        truth = write_gif(out / "truth.gif", frames[: n_past + n_future])
+        return (ctx[0], ctx[-1], str(truth), logic.table_rows(cond, n_past, n_future),
+                logic.kinematics_note(source) + f" Sequence: `{source.sequences[int(index)].relative_to(source.root)}`.")
+
+    def on_source(source_label: str, model_label: str):  # noqa: ANN202
+        source = sources[source_label]
+        thumbs = [(upscale(logic.load_sequence(s)[0][0], 2), str(i)) for i, s in enumerate(source.sequences[:48])]
+        return (gr.update(maximum=len(source.sequences) - 1, value=0), thumbs, *on_sequence(source_label, 0, model_label))
+
+    def on_transform(kind: str, source_label: str, index: int, model_label: str, table: list, amount: float,
+                     seed: float):  # noqa: ANN202
+        source, frames, cond = current(source_label, index)
+        model = model_for(model_label)
+        n_past, n_future = model.n_past, models[model_label].config["n_future"]
+        if kind == "reset":
+            return logic.table_rows(cond, n_past, n_future)
+        try:
+            edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, float(amount or 0), int(seed or 0))
+        except logic.InputError as e:
+            raise gr.Error(str(e)) from None
+        full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics)
+        return logic.table_rows(full, n_past, n_future)
+
+    def on_predict(source_label: str, index: int, model_label: str, table: list, n_samples: float, seed: float):  # noqa: ANN202
+        source, frames, cond = current(source_label, index)
+        model = model_for(model_label)
+        n_past, n_future = model.n_past, models[model_label].config["n_future"]
+        try:
+            if seed is None or not float(seed).is_integer() or not 0 <= seed < 2**31:
+                raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
+            edited = logic.with_table(cond, logic.parse_table(table, n_past, n_future), n_past)
+            p = logic.predict(model, frames[: n_past + n_future], cond[: n_past + n_future],
+                              edited[: n_past + n_future], int(n_samples), int(seed))
+        except logic.InputError as e:
+            raise gr.Error(str(e)) from None
+        out = out_root / uuid.uuid4().hex
+        truth = to_uint8(p.truth)
+        original, edited_v = to_uint8(p.original), to_uint8(p.edited)
+        side = write_gif(out / "compare.gif", comparison_video(truth, [original[0], edited_v[0]], n_past))
+        futures = [np.concatenate([truth[:n_past], v]) for v in edited_v]
+        grid = write_gif(out / "futures.gif", _grid(futures), scale=3)
+        best = write_gif(out / "best.gif", comparison_video(truth, [original[p.best]], n_past))
+        std = _png(upscale(_heat(p.uncertainty()), 4), out, "std")
+        steps = _png(rows([strip(truth[n_past:]), strip(original[0]), strip(edited_v[0])]), out, "steps")
+        note = "" if p.edited_differs else " (actions unedited: both columns use the same actions)"
+        summary = (f"**{p.seconds * 1000:.0f} ms** for {2 * int(n_samples)} futures x {n_future} frames. "
+                   f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
+                   f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {int(n_samples)} "
+                   f"(original actions): sample {p.best + 1}, **{p.psnr_original[p.best].mean():.2f} dB**.")
+        return str(side), str(grid), std, str(best), steps, _step_plot(p, n_past), summary
+
+    def on_curves(labels: list[str]):  # noqa: ANN202
+        logs = {}
+        for label in labels or []:
+            entry = models.get(label)
+            if entry is None or entry.log is None:
+                continue
+            try:
+                logs[label.split(" · ")[0]] = read_log(entry.log)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+        return curves_figure(logs)
+
+    with gr.Blocks(title="Action-conditioned video prediction") as demo:
+        gr.Markdown(INTRO, elem_id="title")
+        with gr.Tab("Predict"):
+            with gr.Row():
+                source_dd = gr.Dropdown(list(sources), value=first_source, label="Sequences", elem_id="source")
+                index = gr.Slider(0, len(sources[first_source].sequences) - 1, value=0, step=1, label="Sequence",
+                                  elem_id="index")
+                model_dd = gr.Dropdown(list(models), value=first_model, label="Model", elem_id="model", scale=2)
+            gallery = gr.Gallery(label="Pick a sequence (first frames)", columns=12, height=130, allow_preview=False,
+                                 elem_id="gallery")
+            with gr.Row():
+                ctx0 = gr.Image(label="context frame 0", elem_classes="frame", height=200, elem_id="ctx0")
+                ctx1 = gr.Image(label="context frame 1", elem_classes="frame", height=200, elem_id="ctx1")
+                truth = gr.Image(label="ground truth (all 12 frames)", elem_classes="frame", height=200, elem_id="truth")
+            kin_note = gr.Markdown(elem_id="kinematics")
+            table = gr.Dataframe(headers=logic.HEADERS, datatype=["number"] * len(logic.HEADERS), type="array",
+                                 interactive=True, static_columns=[0, 1], label="Conditions of the predicted steps "
+                                 "(step t drives frame t+1). Edit any cell.", elem_id="table")
+            with gr.Row():
+                zero = gr.Button("zero motion", size="sm", elem_id="zero")
+                reverse = gr.Button("reverse (-dx, -dy)", size="sm", elem_id="reverse")
+                scale_k = gr.Number(2.0, label="k", min_width=60, elem_id="scale_k")
+                scale = gr.Button("scale by k", size="sm", elem_id="scale")
+                angle = gr.Number(90.0, label="angle (deg)", min_width=80, elem_id="angle")
+                rotate = gr.Button("rotate", size="sm", elem_id="rotate")
+                sigma = gr.Number(0.03, label="noise sigma", min_width=80, elem_id="sigma")
+                noise = gr.Button("add noise", size="sm", elem_id="noise")
+                reset = gr.Button("reset", size="sm", elem_id="reset")
+            with gr.Row():
+                seed = gr.Number(0, label="seed (z)", precision=0, elem_id="seed")
+                n_samples = gr.Slider(1, 16, value=8, step=1, label="futures (N)", elem_id="n_samples")
+                predict_btn = gr.Button("Predict", variant="primary", elem_id="predict")
+                resample = gr.Button("Resample z", elem_id="resample")
+            summary = gr.Markdown(elem_id="summary")
+            with gr.Row():
+                compare = gr.Image(label="truth | original actions | your actions (red border: predicted)",
+                                   elem_classes="frame", elem_id="compare")
+                best = gr.Image(label="truth | best of N (original actions)", elem_classes="frame", elem_id="best")
+            with gr.Row():
+                futures = gr.Image(label="N futures with your actions", elem_classes="frame", elem_id="futures")
+                std = gr.Image(label="uncertainty: per-pixel std over the N futures", elem_classes="frame", elem_id="std")
+            steps = gr.Image(label="per step: truth / original actions / your actions", elem_classes="frame",
+                             elem_id="steps")
+            step_plot = gr.Plot(label="per-step PSNR and SSIM", elem_id="step_plot")
+        with gr.Tab("Training curves"):
+            with_logs = [label for label, e in models.items() if e.log is not None]
+            runs_dd = gr.Dropdown(with_logs, value=with_logs[:1], multiselect=True, label="Runs to overlay",
+                                  elem_id="runs")
+            curves = gr.Plot(label="KL, MSE, validation PSNR, teacher forcing, KL weight", elem_id="curves")
+
+        seq_outputs = [ctx0, ctx1, truth, table, kin_note]
+        pred_inputs = [source_dd, index, model_dd, table, n_samples, seed]
+        pred_outputs = [compare, futures, std, best, steps, step_plot, summary]
+        source_dd.change(on_source, [source_dd, model_dd], [index, gallery, *seq_outputs])
+        index.release(on_sequence, [source_dd, index, model_dd], seq_outputs)
+        gallery.select(_picked, None, index).then(
+            on_sequence, [source_dd, index, model_dd], seq_outputs)
+        model_dd.change(on_sequence, [source_dd, index, model_dd], seq_outputs)
+        for btn, kind, amount in [(zero, "zero", None), (reverse, "reverse", None), (scale, "scale", scale_k),
+                                  (rotate, "rotate", angle), (noise, "noise", sigma), (reset, "reset", None)]:
+            btn.click(lambda s, i, m, t, a, z, kind=kind: on_transform(kind, s, i, m, t, a, z),
+                      [source_dd, index, model_dd, table, amount or scale_k, seed], table)
+        predict_btn.click(on_predict, pred_inputs, pred_outputs, api_name="predict")
+        resample.click(lambda: random.randrange(2**31), None, seed).then(on_predict, pred_inputs, pred_outputs)
+        runs_dd.change(on_curves, runs_dd, curves)
+        demo.load(on_source, [source_dd, model_dd], [index, gallery, *seq_outputs]).then(on_curves, runs_dd, curves)
+    return demo
+
+
+def launch(data_dirs: list[str], runs_dirs: list[str], host: str | None, port: int | None, share: bool) -> None:
+    demo = build(data_dirs, runs_dirs)
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
+                allowed_paths=[tempfile.gettempdir()])

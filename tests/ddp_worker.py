@@ -1,0 +1,19 @@
+"""Run under torchrun: trains a tiny model with DDP (gloo) and writes each rank's weights."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch.distributed as dist  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from cvae.config import preset  # noqa: E402
+from cvae.train import train  # noqa: E402
+
+out, data = Path(sys.argv[1]), sys.argv[2]
+cfg = preset("cpu", data=data, out=str(out / "run"), width=0.125, g_dim=16, z_dim=4, rnn_size=16, batch_size=4,
+             epochs=2, iters_per_epoch=3, val_seqs=2, tfr=0.5, tfr_decay_step=0.0, num_workers=0)
+model = train(cfg, progress=False)
+rank = dist.get_rank()
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / f"rank{rank}.safetensors")
+dist.destroy_process_group()

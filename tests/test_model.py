@@ -1,0 +1,198 @@
+"""The model, its schedules, metrics, checkpoints and the predict API, on tiny CPU tensors."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from bench.reference import reference_losses
+from cvae import checkpoint
+from cvae.config import Config, preset
+from cvae.metrics import psnr, ssim
+from cvae.model import SVG
+from cvae.schedules import kl_beta, teacher_forcing_ratio
+
+TINY = dict(g_dim=16, z_dim=4, rnn_size=16, width=0.125)
+
+
+def tiny(**kw) -> SVG:
+    torch.manual_seed(0)
+    return SVG(**{**TINY, **kw})
+
+
+def batch(b=2, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, 3, 64, 64, generator=g), torch.randn(b, t, 7, generator=g)
+
+
+def calibrated(model: SVG) -> SVG:
+    """Let batch norm's running statistics see real activations, as training would: an untrained
+    model in eval mode (initial statistics) all but ignores its code input."""
+    model.train()
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = None  # cumulative average
+    with torch.no_grad():
+        for seed in range(4):
+            model(*batch(b=4, t=12, seed=seed), teacher_forcing=False)
+    return model
+
+
+OPTIONS = list(itertools.product(["fixed", "learned"], [False, True], [0, 8], [True, False]))
+
+
+@pytest.mark.parametrize("prior,last_frame_skip,cond_embed,teacher_forcing", OPTIONS)
+def test_shapes_and_gradients(prior, last_frame_skip, cond_embed, teacher_forcing):
+    model = tiny(prior=prior, last_frame_skip=last_frame_skip, cond_embed=cond_embed)
+    x, c = batch()
+    out = model(x, c, teacher_forcing)
+    assert out.pred.shape == (2, 4, 3, 64, 64) and out.mse.shape == (4,) and out.kld.shape == (4,)
+    assert (out.kld >= 0).all() and out.pred.min() >= 0 and out.pred.max() <= 1
+    (out.mse.sum() + out.kld.sum()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+@pytest.mark.parametrize("prior,last_frame_skip", [("fixed", False), ("learned", True)])
+def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip):
+    model = tiny(prior=prior, last_frame_skip=last_frame_skip).eval()  # eval: BN uses running stats in both
+    x, c = batch(t=6)
+    torch.manual_seed(5)
+    fast = model(x, c, teacher_forcing=True)
+    torch.manual_seed(5)
+    mse, kld = reference_losses(model, x, c)
+    torch.testing.assert_close(fast.mse, mse, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast.kld, kld, rtol=1e-4, atol=1e-5)
+
+
+def test_full_width_is_the_published_architecture():
+    model = SVG()
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 128]
+    assert model.predictor.lstm.num_layers == 2 and model.posterior.lstm.num_layers == 1
+    assert model.predictor.embed.in_features == 7 + 128 + 64 and model.prior is None
+
+
+@pytest.mark.parametrize("prior", ["fixed", "learned"])
+def test_predict_is_deterministic_per_seed_and_samples_differ(prior):
+    model = calibrated(tiny(prior=prior))
+    x, c = batch(t=12)
+    a = model.predict(x[:, :2], c, 10, n_samples=3, seed=1)
+    b = model.predict(x[:, :2], c, 10, n_samples=3, seed=1)
+    assert a.shape == (2, 3, 10, 3, 64, 64) and torch.equal(a, b)
+    assert not torch.equal(a, model.predict(x[:, :2], c, 10, n_samples=3, seed=2))
+    assert (a[:, 0] - a[:, 1]).abs().max() > 1e-3  # several futures, not one copied
+    assert model.training  # predict restores the mode it found
+
+
+def test_predict_one_batch_equals_per_sample_loop_in_distribution_shape():
+    model = tiny()
+    x, c = batch(b=1, t=12)
+    out = model.predict(x[:, :2], c, 10, n_samples=4, seed=0)
+    assert out.shape == (1, 4, 10, 3, 64, 64)
+    with pytest.raises(ValueError, match="context has 3 frames"):
+        model.predict(x[:, :3], c, 10)
+    with pytest.raises(ValueError, match="cond has 5 steps"):
+        model.predict(x[:, :2], c[:, :5], 10)
+
+
+def test_changing_actions_changes_predictions():
+    model = calibrated(tiny())
+    x, c = batch(b=1, t=12)
+    edited = c.clone()
+    edited[:, :, :2] *= -3
+    a = model.predict(x[:, :2], c, 10, seed=0)
+    b = model.predict(x[:, :2], edited, 10, seed=0)
+    assert (a - b).abs().max() > 1e-3
+    assert torch.equal(a[..., 0, :, :, :], model.predict(x[:, :2], c, 10, seed=0)[..., 0, :, :, :])
+
+
+@pytest.mark.parametrize("kind,t,total,expected", [
+    ("none", 0, 100, 0.5), ("none", 77, 100, 0.5),
+    ("monotonic", 0, 100, 0.0), ("monotonic", 25, 100, 0.25), ("monotonic", 50, 100, 0.5), ("monotonic", 99, 100, 0.5),
+    ("cyclical", 0, 100, 0.0), ("cyclical", 12, 100, 0.36), ("cyclical", 25, 100, 0.5), ("cyclical", 34, 100, 0.03),
+    ("cyclical", 50, 100, 0.48), ("cyclical", 67, 100, 0.0), ("cyclical", 80, 100, 0.39),
+])
+def test_kl_annealing_known_points(kind, t, total, expected):
+    # weight 0.5, ratio 0.5, cycles 3: period 33.33, ceil 34
+    assert kl_beta(kind, t, total, cycles=3, ratio=0.5, weight=0.5) == pytest.approx(expected, abs=0.006)
+
+
+def test_monotonic_reaches_one_and_cyclical_repeats():
+    betas = [kl_beta("cyclical", t, 300, cycles=3, ratio=0.5) for t in range(300)]
+    assert betas[0] == 0 and max(betas) == 1.0
+    assert betas[:100] == betas[100:200] == betas[200:300]
+    assert kl_beta("monotonic", 299, 300, ratio=1.0) == pytest.approx(299 / 300)
+    with pytest.raises(ValueError):
+        kl_beta("sigmoid", 0, 10)
+
+
+def test_teacher_forcing_schedule():
+    f = lambda e: teacher_forcing_ratio(e, tfr=1.0, start_decay_epoch=10, decay_step=0.1, lower_bound=0.3)  # noqa: E731
+    assert [f(e) for e in (0, 9, 10)] == [1.0, 1.0, 1.0]
+    assert f(11) == pytest.approx(0.9) and f(15) == pytest.approx(0.5)
+    assert f(17) == pytest.approx(0.3) and f(100) == pytest.approx(0.3)
+
+
+def test_psnr_and_ssim():
+    a = torch.rand(2, 3, 3, 64, 64)
+    assert torch.allclose(psnr(a, a), torch.full((2, 3), 100.0))
+    b = (a + 0.1).clamp(0, 1)
+    per_channel = [10 * math.log10(1 / ((b[0, 0, ch] - a[0, 0, ch]) ** 2).mean().item()) for ch in range(3)]
+    assert psnr(b, a)[0, 0].item() == pytest.approx(sum(per_channel) / 3, rel=1e-5)
+    assert torch.allclose(ssim(a, a), torch.ones(2, 3), atol=1e-5)
+    assert (ssim(b, a) < 1).all() and (ssim(torch.rand_like(a), a) < 0.1).all()
+    samples = torch.stack([a, b], 1)  # [2, S=2, 3, ...] against one target, as evaluation does
+    torch.testing.assert_close(ssim(samples, a[:, None]), torch.stack([ssim(a, a), ssim(b, a)], 1))
+
+
+def test_presets_and_config_round_trip():
+    lab = preset("lab")
+    assert (lab.z_dim, lab.g_dim, lab.rnn_size, lab.batch_size, lab.lr, lab.prior) == (64, 128, 256, 12, 0.002, "fixed")
+    assert (lab.epochs, lab.iters_per_epoch, lab.posterior_layers, lab.predictor_layers) == (300, 600, 1, 2)
+    lp = preset("svg-lp")
+    assert (lp.prior, lp.kl_anneal, lp.kl_weight, lp.batch_size) == ("learned", "none", 1e-4, 100)
+    assert Config.from_dict(lab.to_dict()) == lab
+    with pytest.raises(ValueError, match="unknown config field"):
+        Config.from_dict({"zdim": 3})
+    with pytest.raises(ValueError, match="prior must be one of"):
+        preset("cpu", prior="gaussian")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny(prior="learned")
+    cfg = preset("cpu", **TINY, prior="learned").to_dict()
+    checkpoint.save(tmp_path / "ck", model, cfg, {"epoch": 3}, {"step": torch.tensor(4)})
+    loaded, meta = checkpoint.load_model(tmp_path / "ck")
+    assert meta["epoch"] == 3 and meta["config"] == cfg and not loaded.training
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert checkpoint.load_state(tmp_path / "ck")["step"] == 4
+    checkpoint.save(tmp_path / "ck", model, cfg, {"epoch": 4})  # replaces the old one whole
+    assert checkpoint.read_meta(tmp_path / "ck")["epoch"] == 4 and not list(tmp_path.glob(".ck*"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_and_corrupt_checkpoints_are_refused(tmp_path):
+    model = tiny()
+    cfg = preset("cpu", **TINY).to_dict()
+    checkpoint.save(tmp_path / "ck", model, cfg, {}, {"x": torch.zeros(1)})
+    torch.save({"x": Evil()}, tmp_path / "ck" / "state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"state\.pt: refused or unreadable"):
+        checkpoint.load_state(tmp_path / "ck")
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="pickled checkpoints are refused"):
+        checkpoint.load_model(tmp_path / "whole.pt")
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
+        checkpoint.load_model(tmp_path / "ck")
+    (tmp_path / "ck" / "meta.json").write_text("{")
+    with pytest.raises(checkpoint.CheckpointError, match=r"meta\.json: not valid JSON"):
+        checkpoint.load_model(tmp_path / "ck")
+    with pytest.raises(checkpoint.CheckpointError, match="no model.safetensors found"):
+        checkpoint.load_model(tmp_path)
