@@ -113,6 +113,6 @@ def comparison_video(truth: np.ndarray, predictions: list[np.ndarray], n_past: i
     videos = [truth]
     for pred in predictions:
         framed = pred.copy()
-        framed[:, :1], framed[:, -1:], framed[:, :, :1], framed[:, :, -1:] = (220, 30, 30), (220, 30, 30), (220, 30, 30), (220, 30, 30)
+        framed[:, [0, -1]] = framed[:, :, [0, -1]] = (220, 30, 30)
         videos.append(np.concatenate([truth[:n_past], framed]))
     return tile(videos)

@@ -82,8 +82,8 @@ PRESETS: dict[str, dict] = {
                "tfr_decay_step": 0.0, "out": "runs/svg-lp"},
     # A reduced-width model that trains on a 2-core CPU; the bundled checkpoint uses it.
     "cpu": {"width": 0.125, "last_frame_skip": True, "g_dim": 64, "z_dim": 16, "rnn_size": 128, "batch_size": 16, "epochs": 25,
-            "iters_per_epoch": 100, "kl_anneal": "cyclical", "kl_cycles": 4, "kl_ratio": 0.5,
-            "kl_weight": 1e-3, "tfr_start_decay_epoch": 2, "tfr_decay_step": 0.05, "tfr_lower_bound": 0.3,
+            "iters_per_epoch": 100, "kl_anneal": "monotonic", "kl_ratio": 0.2,
+            "tfr_start_decay_epoch": 2, "tfr_decay_step": 0.05, "tfr_lower_bound": 0.3,
             "val_seqs": 64, "out": "runs/cpu"},
 }
 

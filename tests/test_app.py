@@ -159,10 +159,14 @@ def test_live_app_through_gradio_client(server, bundled):
     same = client.predict(source, 0, model, table, 4, 7, api_name="/predict")
     a, b, c = frames(one), frames(two), frames(same)
     assert np.array_equal(a, b)  # same seed, same frames
-    width = a.shape[2] // 3
-    orig_col, edit_col = a[:, :, width : 2 * width], a[:, :, 2 * width :]
-    assert np.abs(orig_col.astype(int) - edit_col.astype(int)).mean() > 0.5  # edited actions change the future
-    assert np.array_equal(c[:, :, width : 2 * width], c[:, :, 2 * width :])  # unedited: identical columns
+    tile, gap = 64 * 4, 2 * 4  # the GIF is upscaled 4x, with 2-pixel gaps between its three videos
+
+    def column(video, k):
+        return video[:, :, k * (tile + gap) : k * (tile + gap) + tile].astype(int)
+
+    assert a.shape[2] == 3 * tile + 2 * gap
+    assert np.abs(column(a, 1) - column(a, 2)).mean() > 0.5  # edited actions change the future
+    assert np.array_equal(column(c, 1), column(c, 2))  # unedited: identical columns
     assert "ms" in one[-1]
 
     from gradio_client.exceptions import AppError
@@ -193,19 +197,21 @@ def test_browser_pick_edit_predict(server, tmp_path):
                                            "--disable-component-update", "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.goto(server)
-        page.wait_for_selector("#table table", timeout=60_000)
+        page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
         page.wait_for_selector("#ctx1 img", timeout=60_000)
-        page.locator("#gallery button").nth(3).click()  # pick sequence 3 by its thumbnail
+        page.locator("#gallery .thumbnail-item").nth(3).click()  # pick sequence 3 by its thumbnail
         page.wait_for_function("document.querySelector('#index input[type=number]').value == '3'", timeout=30_000)
-        cell = page.locator("#table tbody tr").nth(0).locator("td").nth(2)
-        cell.dblclick()
+        page.locator('#table [data-testid="cell-0-2"]').dblclick()  # row 1, column dx
         page.keyboard.press("Control+A")
-        page.keyboard.type("-0.07")
+        page.keyboard.type("-0.0123")
         page.keyboard.press("Enter")
+        page.wait_for_function("""document.querySelector('#table [data-testid="cell-0-2"]').innerText.includes('-0.0123')""",
+                               timeout=10_000)
         page.locator("#predict").click()
         page.wait_for_selector("#compare img[src*='.gif']", timeout=60_000)
         page.wait_for_selector("#step_plot .js-plotly-plot", timeout=60_000)
-        assert "ms" in page.locator("#summary").inner_text()
+        summary = page.locator("#summary").inner_text()
+        assert "ms" in summary and "actions unedited" not in summary, summary  # the edited cell reached the model
         page.screenshot(path=str(shots / "app.png"), full_page=True)
         browser.close()
     assert (shots / "app.png").stat().st_size > 10_000

@@ -140,7 +140,8 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
         std = _png(upscale(_heat(p.uncertainty()), 4), out, "std")
         steps = _png(rows([strip(truth[n_past:]), strip(original[0]), strip(edited_v[0])]), out, "steps")
         note = "" if p.edited_differs else " (actions unedited: both columns use the same actions)"
-        summary = (f"**{p.seconds * 1000:.0f} ms** for {2 * int(n_samples)} futures x {n_future} frames. "
+        summary = (f"**{p.seconds * 1000:.0f} ms** for {int(n_samples)} futures x {n_future} frames under the "
+                   "original actions and under yours, in one batch. "
                    f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
                    f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {int(n_samples)} "
                    f"(original actions): sample {p.best + 1}, **{p.psnr_original[p.best].mean():.2f} dB**.")
