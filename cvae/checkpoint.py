@@ -107,7 +107,7 @@ def export(src: str | Path, dst: str | Path) -> Path:
     save(dst, model, read_meta(src)["config"], meta)
     for extra in (src / "eval", src / "log.jsonl", src.parent / "log.jsonl"):
         if extra.is_dir():
-            shutil.copytree(extra, dst / "eval", dirs_exist_ok=True)
+            shutil.copytree(extra, dst / "eval", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.html"))
         elif extra.is_file() and not (dst / "log.jsonl").exists():
             shutil.copy2(extra, dst / "log.jsonl")
     return dst

@@ -130,7 +130,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     model = SVG.from_config(cfg.to_dict())
     model.predictor.set_condition_stats(torch.from_numpy(train_ds.packed.cond))
     model = model.to(rt.device)
-    if cuda and cfg.channels_last:
+    if cfg.channels_last:
         model.channels_last = True
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=cuda or None)

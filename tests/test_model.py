@@ -86,11 +86,14 @@ def test_predict_is_deterministic_per_seed_and_samples_differ(prior):
     assert model.training  # predict restores the mode it found
 
 
-def test_predict_one_batch_equals_per_sample_loop_in_distribution_shape():
-    model = tiny()
-    x, c = batch(b=1, t=12)
-    out = model.predict(x[:, :2], c, 10, n_samples=4, seed=0)
-    assert out.shape == (1, 4, 10, 3, 64, 64)
+def test_predict_rows_share_noise_and_do_not_depend_on_the_batch():
+    model = calibrated(tiny())
+    x, c = batch(b=2, t=12)
+    both = model.predict(x[:, :2], c, 10, n_samples=4, seed=0)
+    alone = model.predict(x[1:, :2], c[1:], 10, n_samples=4, seed=0)
+    torch.testing.assert_close(both[1:], alone, rtol=1e-5, atol=1e-6)
+    same_inputs = model.predict(x[:1, :2].expand(2, -1, -1, -1, -1), c[:1].expand(2, -1, -1), 10, 4, seed=0)
+    torch.testing.assert_close(same_inputs[0], same_inputs[1])
     with pytest.raises(ValueError, match="context has 3 frames"):
         model.predict(x[:, :3], c, 10)
     with pytest.raises(ValueError, match="cond has 5 steps"):

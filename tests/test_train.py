@@ -106,15 +106,16 @@ def test_two_process_torchrun_ends_with_identical_weights(sim_root, tmp_path):
     assert sum('"kind": "epoch"' in line for line in log) == 2  # rank 0 alone writes
 
 
-@pytest.mark.timeout_sensitive
-def test_tiny_model_beats_copy_last_frame(sim_root, tmp_path):
-    """A small model on 8 sequences rises above the copy-last-frame baseline (lab protocol)."""
-    cfg = preset("cpu", data=str(sim_root), out=str(tmp_path / "r"), width=0.125, g_dim=32, z_dim=4, rnn_size=64,
-                 batch_size=4, epochs=1, iters_per_epoch=LEARN_STEPS, kl_weight=1e-4, kl_anneal="none",
-                 tfr_decay_step=0.0, val_seqs=4, num_workers=0)
+def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
+    """A small model trained briefly on 8 sequences of an action-driven moving square rises above
+    copy-last-frame on them (lab protocol: 2 context frames, 10 predicted, z from the prior)."""
+    cfg = preset("cpu", data=str(square_root), out=str(tmp_path / "r"), width=0.125, g_dim=32, z_dim=4,
+                 rnn_size=64, batch_size=8, epochs=LEARN_EPOCHS, iters_per_epoch=LEARN_ITERS, kl_ratio=0.5,
+                 last_frame_skip=False, tfr_start_decay_epoch=1, tfr_decay_step=0.15, tfr_lower_bound=0.4,
+                 val_seqs=1, num_workers=0)
     model = train(cfg, progress=False)
-    result = evaluate(model, BairDataset(sim_root, "train", 12), 10, baselines=True)
-    assert result.psnr > result.copy_last_psnr, result.table()
+    result = evaluate(model, BairDataset(square_root, "train", 12), 10, baselines=True)
+    assert result.psnr > result.copy_last_psnr + 1, result.table()
 
 
-LEARN_STEPS = 300
+LEARN_EPOCHS, LEARN_ITERS = 6, 50

@@ -140,7 +140,9 @@ class SVG(nn.Module):
         """Sample futures: context [B, n_past, 3, 64, 64], cond [B, >= n_past + n_future - 1, 7].
 
         Returns [B, n_samples, n_future, 3, 64, 64]. All samples run as one batch; the result is
-        a function of ``seed`` alone (evaluation-mode batch norm, a private generator).
+        a function of ``seed`` alone (evaluation-mode batch norm, a private generator). Sample k
+        draws the same noise in every batch row, so rows that differ only in their conditions
+        differ only by the effect of those conditions.
         """
         if context.shape[1] != self.n_past:
             raise ValueError(f"context has {context.shape[1]} frames; this model takes {self.n_past}")
@@ -152,7 +154,8 @@ class SVG(nn.Module):
         b = context.shape[0]
         device = context.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn(b * n_samples, t - 1, self.z_dim, generator=gen, device=device)
+        noise = torch.randn(n_samples, t - 1, self.z_dim, generator=gen, device=device)
+        noise = noise.expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.z_dim)
         ctx = context.repeat_interleave(n_samples, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h_ctx, skips_ctx = self._encode(ctx)
