@@ -1,0 +1,288 @@
+"""Physics-simulated robot pushing in BAIR's on-disk layout.
+
+A top-down 64x64 tabletop. A kinematic gripper (pymunk) pushes 1-4 rigid objects that slide
+with Coulomb-like friction; an arm is drawn from the image edge to the gripper and occludes what
+lies beneath it, as BAIR's arm does.
+
+Kinematics (the mapping that the app uses to re-derive positions from edited actions):
+  - Actions have BAIR's 4 columns: ``dx, dy`` (continuous, about +-0.07), ``lift`` (0 = on the
+    table, >= 1 = lifted over objects) and ``grip`` (0 = open, 1 = closed; drawn only).
+  - Action ``a_t`` moves the end effector from its position in frame ``t`` to frame ``t + 1``:
+    ``xy_{t+1} = clip(xy_t + GAIN * a_t[:2], WORKSPACE)`` and
+    ``z_{t+1} = Z_TABLE + Z_PER_LIFT * a_t[2]``. The arm is stronger than any object, so these
+    hold exactly whatever it pushes.
+  - Image rows grow with x, image columns with y: ``row = 64 (x - X0) / (X1 - X0)``,
+    ``col = 64 (y - Y0) / (Y1 - Y0)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pymunk
+from PIL import Image, ImageDraw, ImageFilter
+
+SIZE = 64
+SUPERSAMPLE = 4
+N_FRAMES = 30
+X_RANGE = (0.46, 0.74)
+Y_RANGE = (-0.25, 0.11)
+Z_TABLE = 0.20
+Z_PER_LIFT = 0.04
+GAIN = 0.2
+ACTION_HOLD = 2
+MAX_DXY = 0.07
+MARGIN_PX = 5.0
+SUBSTEPS = 10
+FRAME_DT = 0.1
+GRIPPER_RADIUS_PX = 2.6
+
+KINEMATICS = {
+    "kind": "cvae-sim",
+    "gain": GAIN,
+    "x_range": list(X_RANGE),
+    "y_range": list(Y_RANGE),
+    "z_table": Z_TABLE,
+    "z_per_lift": Z_PER_LIFT,
+    "margin_px": MARGIN_PX,
+    "image_size": SIZE,
+}
+
+
+def px_to_world(px: np.ndarray) -> np.ndarray:
+    """(col, row) pixel coordinates -> (x, y) end-effector metres."""
+    col, row = px[..., 0], px[..., 1]
+    x = X_RANGE[0] + (X_RANGE[1] - X_RANGE[0]) * row / SIZE
+    y = Y_RANGE[0] + (Y_RANGE[1] - Y_RANGE[0]) * col / SIZE
+    return np.stack([x, y], axis=-1)
+
+
+def world_to_px(xy: np.ndarray) -> np.ndarray:
+    """(x, y) end-effector metres -> (col, row) pixel coordinates."""
+    row = SIZE * (xy[..., 0] - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0])
+    col = SIZE * (xy[..., 1] - Y_RANGE[0]) / (Y_RANGE[1] - Y_RANGE[0])
+    return np.stack([col, row], axis=-1)
+
+
+def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest reachable (x, y), MARGIN_PX inside the image border."""
+    lo = px_to_world(np.array([MARGIN_PX, MARGIN_PX]))
+    hi = px_to_world(np.array([SIZE - MARGIN_PX, SIZE - MARGIN_PX]))
+    return lo, hi
+
+
+def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """End-effector positions [T, 3] that ``actions`` [T, 4] produce from ``start`` (x, y, z).
+
+    Row t is the position in frame t; the last action has no frame to move into.
+    """
+    lo, hi = workspace_bounds()
+    pos = np.empty((len(actions), 3))
+    pos[0] = start
+    for t in range(1, len(actions)):
+        pos[t, :2] = np.clip(pos[t - 1, :2] + GAIN * actions[t - 1, :2], lo, hi)
+        pos[t, 2] = Z_TABLE + Z_PER_LIFT * actions[t - 1, 2]
+    return pos
+
+
+@dataclass
+class Sequence:
+    frames: np.ndarray  # [T, 64, 64, 3] uint8
+    actions: np.ndarray  # [T, 4]
+    positions: np.ndarray  # [T, 3]
+    contact: bool
+
+
+def _table_texture(rng: np.random.Generator) -> Image.Image:
+    """A table whose colour, brightness and grain vary per sequence."""
+    big = SIZE * SUPERSAMPLE
+    base = rng.uniform(0.35, 0.85) * np.array(rng.choice(
+        [(0.85, 0.7, 0.5), (0.7, 0.7, 0.72), (0.55, 0.65, 0.55), (0.75, 0.62, 0.6), (0.6, 0.6, 0.75)]))
+    yy, xx = np.mgrid[0:big, 0:big] / big
+    kind = rng.integers(3)
+    if kind == 0:  # wood grain
+        angle = rng.uniform(0, math.pi)
+        u = xx * math.cos(angle) + yy * math.sin(angle)
+        pattern = np.sin(u * rng.uniform(20, 60) + 2 * np.sin(yy * rng.uniform(2, 6)))
+    elif kind == 1:  # tiles
+        n = rng.integers(3, 7)
+        pattern = ((np.floor(xx * n) + np.floor(yy * n)) % 2) * 2 - 1.0
+    else:  # blotches
+        coarse = rng.normal(size=(8, 8))
+        pattern = np.asarray(Image.fromarray(coarse.astype(np.float32)).resize((big, big), Image.BICUBIC))
+        pattern = pattern / (np.abs(pattern).max() + 1e-6)
+    strength = rng.uniform(0.03, 0.12)
+    img = base[None, None, :] * (1 + strength * pattern[..., None])
+    img += rng.normal(scale=0.01, size=img.shape)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+
+
+def _make_object(rng: np.random.Generator, space: pymunk.Space, pos: tuple[float, float]) -> dict:
+    kind = rng.choice(["box", "circle", "triangle", "pentagon"])
+    size = rng.uniform(4.0, 7.5)
+    mass = rng.uniform(0.5, 3.0)
+    color = tuple(int(c) for c in rng.integers(30, 240, size=3))
+    if kind == "circle":
+        moment = pymunk.moment_for_circle(mass, 0, size)
+        body = pymunk.Body(mass, moment)
+        shape: pymunk.Shape = pymunk.Circle(body, size)
+        verts = None
+    else:
+        n = {"box": 4, "triangle": 3, "pentagon": 5}[kind]
+        aspect = rng.uniform(0.6, 1.0) if kind == "box" else 1.0
+        verts = [(size * math.cos(2 * math.pi * k / n + math.pi / n),
+                  size * aspect * math.sin(2 * math.pi * k / n + math.pi / n)) for k in range(n)]
+        body = pymunk.Body(mass, pymunk.moment_for_poly(mass, verts))
+        shape = pymunk.Poly(body, verts)
+    body.position = pos
+    body.angle = rng.uniform(0, 2 * math.pi)
+    shape.friction = 0.6
+    shape.elasticity = 0.1
+    mu = rng.uniform(0.5, 1.5)
+    # Top-down friction against the table: joints to the static body with no error correction.
+    slide = pymunk.PivotJoint(space.static_body, body, (0, 0), (0, 0))
+    slide.max_bias, slide.max_force = 0, mu * mass * 60
+    spin = pymunk.GearJoint(space.static_body, body, 0, 1)
+    spin.max_bias, spin.max_force = 0, mu * body.moment * 6
+    space.add(body, shape, slide, spin)
+    return {"body": body, "kind": kind, "size": size, "verts": verts, "color": color, "start": tuple(pos)}
+
+
+def _policy(rng: np.random.Generator, ee_px: np.ndarray, objects: list[dict]) -> np.ndarray:
+    """Smooth random pushes: approach a point behind an object, lower, push through it."""
+    steps = N_FRAMES // ACTION_HOLD
+    acts = np.zeros((steps, 4))
+    pos = ee_px.copy()
+    # pixels (col, row) that a full-scale action moves the gripper in one step
+    px_per_unit = GAIN * MAX_DXY * SIZE / np.array([Y_RANGE[1] - Y_RANGE[0], X_RANGE[1] - X_RANGE[0]])
+    px_per_action = float(px_per_unit.mean())
+    target_idx = rng.integers(len(objects))
+    phase, wander = "approach", rng.random() < 0.1
+    angle = rng.uniform(0, 2 * math.pi)
+    grip = int(rng.integers(2))
+    noise = np.zeros(2)
+    for k in range(steps):
+        obj = np.array(objects[target_idx]["start"])
+        direction = np.array([math.cos(angle), math.sin(angle)])
+        approach = obj - direction * (objects[target_idx]["size"] + GRIPPER_RADIUS_PX + 2)
+        lift = 0
+        if wander:
+            goal = pos + direction * px_per_action * 2
+            angle += rng.normal(0, 0.5)
+        elif phase == "approach":
+            goal = approach
+            lift = 1 if np.linalg.norm(approach - pos) > 8 and rng.random() < 0.5 else 0
+            if np.linalg.norm(approach - pos) < px_per_action * ACTION_HOLD:
+                phase = "push"
+        else:
+            goal = pos + direction * px_per_action * ACTION_HOLD * 2
+            if rng.random() < 0.08:
+                target_idx, phase = rng.integers(len(objects)), "approach"
+                angle = rng.uniform(0, 2 * math.pi)
+        noise = 0.7 * noise + 0.3 * rng.normal(0, 0.3, 2)
+        delta_px = (goal - pos) / ACTION_HOLD
+        step = np.clip(delta_px / px_per_unit + noise, -1, 1)  # (col, row) in units of MAX_DXY
+        acts[k] = [step[1] * MAX_DXY, step[0] * MAX_DXY, lift, grip]  # x follows rows, y columns
+        pos = np.clip(pos + step * px_per_unit * ACTION_HOLD, MARGIN_PX, SIZE - MARGIN_PX)
+        if rng.random() < 0.05:
+            grip = 1 - grip
+    return np.repeat(acts, ACTION_HOLD, axis=0)
+
+
+def _draw(table: Image.Image, objects: list[dict], ee_px: np.ndarray, lifted: bool, grip: int,
+          arm_base: np.ndarray) -> np.ndarray:
+    s = SUPERSAMPLE
+    img = table.copy()
+    draw = ImageDraw.Draw(img, "RGBA")
+    gx, gy = ee_px * s
+    if lifted:  # shadow on the table where the gripper would land
+        r = GRIPPER_RADIUS_PX * s * 1.3
+        draw.ellipse([gx - r + 3 * s, gy - r + 3 * s, gx + r + 3 * s, gy + r + 3 * s], fill=(0, 0, 0, 90))
+    for obj in objects:
+        body = obj["body"]
+        outline = tuple(max(0, c - 60) for c in obj["color"])
+        if obj["kind"] == "circle":
+            cx, cy = body.position * s
+            r = obj["size"] * s
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=obj["color"], outline=outline, width=s)
+            mark = body.local_to_world((obj["size"] * 0.6, 0)) * s
+            draw.line([cx, cy, mark[0], mark[1]], fill=outline, width=s)
+        else:
+            pts = [tuple(body.local_to_world(v) * s) for v in obj["verts"]]
+            draw.polygon(pts, fill=obj["color"], outline=outline, width=s)
+    arm_w = (5.5 if lifted else 4.5) * s
+    arm_col = (70, 70, 78) if not lifted else (105, 105, 115)
+    draw.line([tuple(arm_base * s), (gx, gy)], fill=arm_col, width=int(arm_w))
+    d = np.array([gx, gy]) - arm_base * s
+    d = d / (np.linalg.norm(d) + 1e-6)
+    n = np.array([-d[1], d[0]])
+    r = GRIPPER_RADIUS_PX * s * (1.35 if lifted else 1.0)
+    body_col = (200, 200, 210) if lifted else (150, 150, 160)
+    draw.ellipse([gx - r, gy - r, gx + r, gy + r], fill=body_col, outline=(40, 40, 45), width=s)
+    spread = r * (0.5 if grip else 1.0)
+    for sign in (-1, 1):
+        base = np.array([gx, gy]) + sign * n * spread
+        tip = base + d * r * 1.2
+        draw.line([tuple(base), tuple(tip)], fill=(30, 30, 35), width=int(1.2 * s))
+    return np.asarray(img.resize((SIZE, SIZE), Image.BOX))
+
+
+def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
+             actions: np.ndarray | None = None) -> Sequence:
+    """One sequence, fully determined by (seed, split_id, index) and, if given, ``actions``.
+
+    With ``actions`` given the scene is the same as without, but the arm follows them instead of
+    the scripted policy: that is what makes causality testable.
+    """
+    rng = np.random.default_rng([seed, split_id, index])
+    table = _table_texture(rng)
+    space = pymunk.Space()
+    space.iterations = 20
+    corners = [(0, 0), (SIZE, 0), (SIZE, SIZE), (0, SIZE)]
+    for a, b in zip(corners, corners[1:] + corners[:1]):  # the tray's walls keep objects in view
+        wall = pymunk.Segment(space.static_body, a, b, 1.0)
+        wall.friction = 0.5
+        space.add(wall)
+    objects: list[dict] = []
+    n_obj = int(rng.integers(1, 5))
+    for _ in range(200):
+        if len(objects) == n_obj:
+            break
+        pos = rng.uniform(14, SIZE - 14, 2)
+        if all(np.linalg.norm(pos - np.array(o["start"])) > o["size"] + 9 for o in objects):
+            objects.append(_make_object(rng, space, (float(pos[0]), float(pos[1]))))
+    ee_px = rng.uniform(MARGIN_PX + 4, SIZE - MARGIN_PX - 4, 2)
+    arm_base = np.array([rng.uniform(16, 48), -12.0]) if rng.random() < 0.5 else np.array([SIZE + 12.0, rng.uniform(16, 48)])
+    policy_actions = _policy(rng, ee_px, objects)
+    if actions is None:
+        actions = policy_actions[:n_frames]
+    actions = np.asarray(actions, dtype=np.float64)
+    start = np.array([*px_to_world(ee_px), Z_TABLE])
+    positions = integrate_positions(start, actions)
+
+    gripper = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
+    gripper.position = tuple(ee_px)
+    finger = pymunk.Circle(gripper, GRIPPER_RADIUS_PX)
+    finger.friction = 0.8
+    space.add(gripper, finger)
+
+    frames = np.empty((n_frames, SIZE, SIZE, 3), dtype=np.uint8)
+    for t in range(n_frames):
+        lifted = positions[t, 2] > Z_TABLE + 1e-6
+        frames[t] = _draw(table, objects, world_to_px(positions[t, :2]), lifted, int(actions[t, 3]), arm_base)
+        if t == n_frames - 1:
+            break
+        goal = world_to_px(positions[t + 1, :2])
+        lift_next = positions[t + 1, 2] > Z_TABLE + 1e-6
+        finger.filter = pymunk.ShapeFilter(categories=0 if lift_next else 1, mask=0 if lift_next else 0xFFFFFFFF)
+        dt = FRAME_DT / SUBSTEPS
+        for k in range(SUBSTEPS):
+            remaining = FRAME_DT - k * dt
+            gripper.velocity = tuple((goal - np.array(gripper.position)) / remaining)
+            space.step(dt)
+        gripper.velocity = (0, 0)
+        gripper.position = tuple(goal)
+    moved = max((np.linalg.norm(np.array(o["body"].position) - np.array(o["start"])) for o in objects), default=0.0)
+    return Sequence(frames=frames, actions=actions.astype(np.float32), positions=positions.astype(np.float32),
+                    contact=bool(moved > 0.5))
