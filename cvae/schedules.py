@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def kl_beta(kind: str, t: int, total: int, cycles: int = 3, ratio: float = 0.5, weight: float = 1.0) -> float:
     """The KL weight at step (or epoch) ``t`` of ``total``, after Fu et al. 2019.
@@ -25,3 +27,9 @@ def teacher_forcing_ratio(epoch: int, tfr: float, start_decay_epoch: int, decay_
     """``tfr`` until ``start_decay_epoch``, then lowered by ``decay_step`` per epoch to ``lower_bound``."""
     decayed = tfr - decay_step * max(0, epoch - start_decay_epoch)
     return max(lower_bound, min(tfr, decayed))
+
+
+def use_teacher_forcing(ratio: float, seed: int, step: int) -> bool:
+    """One coin per global batch, a function of (seed, step): every DDP rank flips the same one,
+    and it draws nothing from the global RNG, so resuming replays it exactly."""
+    return bool(torch.rand((), generator=torch.Generator().manual_seed(seed * 7919 + step)) < ratio)

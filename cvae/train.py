@@ -27,7 +27,7 @@ from .config import Config
 from .data.dataset import BairDataset, WindowBatchSampler, seed_worker
 from .evaluate import evaluate
 from .model import SVG
-from .schedules import kl_beta, teacher_forcing_ratio
+from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
 
 
 RESUME_MAY_CHANGE = {"epochs", "num_workers", "compile", "logs_per_epoch", "val_seqs"}
@@ -177,6 +177,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
             for name in names:
                 checkpoint.save(out / name, model, cfg.to_dict(), meta, state)
 
+    def sync_buffers() -> None:
+        """Batch-norm statistics are updated per rank; leave every rank with rank 0's (the saved ones)."""
+        if rt.world > 1:
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+
     def write(record: dict) -> None:
         if rt.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +194,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
             tfr = teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step, cfg.tfr_lower_bound)
             sampler = WindowBatchSampler(len(train_ds), train_ds.n_frames, seq_len, cfg.batch_size, cfg.iters_per_epoch,
                                          cfg.seed, epoch, step_in_epoch, rt.rank, rt.world)
+            # A private generator: creating an iterator must not draw from the global RNG, which the
+            # teacher-forcing coin and z use, or a resumed run would diverge from an unbroken one.
+            loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
-                                worker_init_fn=seed_worker)
+                                worker_init_fn=seed_worker, generator=loader_rng)
             sums = torch.zeros(3, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             net.train()
@@ -199,7 +208,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
                 beta = kl_beta(cfg.kl_anneal, step if cfg.kl_granularity == "step" else epoch,
                                total_steps if cfg.kl_granularity == "step" else cfg.epochs,
                                cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
-                use_tf = bool(torch.rand(()) < tfr)
+                use_tf = use_teacher_forcing(tfr, cfg.seed, step)
                 with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp):
                     losses = net(x, c, use_tf)
                 mse, kld = losses.mse.sum(), losses.kld.sum()
@@ -232,6 +241,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
                     window_start, tick = time.perf_counter(), count
                 if flag["stop"] and step_in_epoch < cfg.iters_per_epoch:
                     save(["last"], epoch, step_in_epoch, {"interrupted": True})
+                    sync_buffers()
                     bar.close()
                     if rt.main:
                         print(f"\ninterrupted: saved {out / 'last'} at epoch {epoch}, step {step_in_epoch}; "
@@ -253,5 +263,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
             bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{last_val:.2f}" if last_val is not None else "-")
             if flag["stop"]:
                 break
+    sync_buffers()
     bar.close()
     return model
