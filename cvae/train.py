@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .config import Config
+from .data.bair import DataError
 from .data.dataset import BairDataset, WindowBatchSampler, seed_worker
 from .evaluate import evaluate
 from .model import SVG
@@ -68,8 +69,12 @@ def setup_runtime() -> Runtime:
 
 
 def ensure_data(cfg: Config, rt: Runtime) -> None:
-    """Generate the built-in simulated data set where ``cfg.data`` does not exist yet."""
+    """Generate the built-in simulated data set when its default location is empty. Any other
+    missing path is a mistake to report, not a place to fill with simulated data."""
     if rt.main and not Path(cfg.data).exists():
+        if cfg.data != Config.data:
+            raise DataError(f"data root {cfg.data} does not exist (omit --data to use the built-in "
+                            f"simulated data set, generated on first use at {Config.data})")
         from .data.generate import generate
 
         print(f"{cfg.data} not found: generating the built-in simulated pushing data set there")

@@ -53,6 +53,14 @@ def test_resume_after_interrupt_continues_exactly(sim_root, tmp_path, monkeypatc
     assert sorted(r["step"] for r in log) == [r["step"] for r in log]  # no duplicated records
 
 
+def test_missing_data_root_is_reported_not_generated(tmp_path):
+    from cvae.data.bair import DataError
+
+    with pytest.raises(DataError, match="does not exist"):
+        train(tiny_cfg(tmp_path / "typo", tmp_path / "r"), progress=False)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_existing_run_is_not_overwritten(sim_root, tmp_path):
     train(tiny_cfg(sim_root, tmp_path / "a", epochs=1, iters_per_epoch=1), progress=False)
     with pytest.raises(FileExistsError, match="pass --resume"):
