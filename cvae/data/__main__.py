@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from ..artifacts import tile, write_gif
 from .bair import SPLITS, DataError, list_sequences, read_sequence
