@@ -25,14 +25,26 @@ def upscale(img: np.ndarray, scale: int) -> np.ndarray:
     return img.repeat(scale, axis=-3).repeat(scale, axis=-2)
 
 
+def join(arrays: list[np.ndarray], axis: int, gap: int = 2) -> np.ndarray:
+    """Concatenate uint8 images or videos along ``axis`` with a white gap between neighbours."""
+    shape = list(arrays[0].shape)
+    shape[axis] = gap
+    sep = np.full(shape, 255, np.uint8)
+    parts = [arrays[0]]
+    for a in arrays[1:]:
+        parts += [sep, a]
+    return np.concatenate(parts, axis=axis)
+
+
 def tile(videos: list[np.ndarray], gap: int = 2) -> np.ndarray:
     """Place uint8 videos [T, H, W, 3] side by side with a white gap."""
-    t, h = videos[0].shape[:2]
-    sep = np.full((t, h, gap, 3), 255, np.uint8)
-    parts = []
-    for i, v in enumerate(videos):
-        parts += [v] if i == 0 else [sep, v]
-    return np.concatenate(parts, axis=2)
+    return join(videos, axis=2, gap=gap)
+
+
+def grid(videos: list[np.ndarray], per_row: int = 4) -> np.ndarray:
+    """uint8 videos [T, H, W, 3] in rows of ``per_row``; the last row is padded with white."""
+    padded = videos + [np.full_like(videos[0], 255)] * (-len(videos) % per_row)
+    return join([tile(padded[i : i + per_row]) for i in range(0, len(padded), per_row)], axis=1)
 
 
 def write_gif(path: str | Path, video: np.ndarray, scale: int = 4, fps: float = 5) -> Path:
@@ -50,11 +62,7 @@ def strip(frames: np.ndarray, scale: int = 2, gap: int = 2) -> np.ndarray:
 
 def rows(images: list[np.ndarray], gap: int = 2) -> np.ndarray:
     """Stack same-width uint8 images [H, W, 3] vertically with a white gap."""
-    sep = np.full((gap, images[0].shape[1], 3), 255, np.uint8)
-    parts = []
-    for i, img in enumerate(images):
-        parts += [img] if i == 0 else [sep, img]
-    return np.concatenate(parts)
+    return join(images, axis=0, gap=gap)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:

@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from ..artifacts import comparison_video, curves_figure, read_log, rows, strip, tile, to_uint8, upscale, write_gif, write_png
+from ..artifacts import comparison_video, curves_figure, grid, read_log, rows, strip, to_uint8, upscale, write_gif, write_png
 from ..checkpoint import CheckpointError
 from ..data.bair import DataError
 from . import logic
@@ -33,17 +33,6 @@ def _heat(values: np.ndarray) -> np.ndarray:
     v = values / values.max() if values.max() > 0 else values
     rgb = np.stack([np.clip(1.5 * v, 0, 1), np.clip(1.5 * v - 0.5, 0, 1) ** 0.8, np.clip(0.6 - 1.2 * abs(v - 0.35), 0, 1)], -1)
     return (rgb * 255).astype(np.uint8)
-
-
-def _grid(videos: list[np.ndarray], per_row: int = 4) -> np.ndarray:
-    blank = np.full_like(videos[0], 255)
-    padded = videos + [blank] * (-len(videos) % per_row)
-    lines = [tile(padded[i : i + per_row]) for i in range(0, len(padded), per_row)]
-    sep = np.full((lines[0].shape[0], 2, lines[0].shape[2], 3), 255, np.uint8)
-    parts: list[np.ndarray] = []
-    for i, line in enumerate(lines):
-        parts += [line] if i == 0 else [sep, line]
-    return np.concatenate(parts, axis=1)
 
 
 def _step_plot(p: logic.Prediction, n_past: int) -> go.Figure:
@@ -89,10 +78,14 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
         except CheckpointError as e:
             raise gr.Error(str(e)) from None
 
-    def on_sequence(source_label: str, index: int, model_label: str):  # noqa: ANN202
+    def selection(source_label: str, index: int, model_label: str):  # noqa: ANN202
+        """The chosen sequence and model, and how many frames the model sees and predicts."""
         source, frames, cond = current(source_label, index)
         model = model_for(model_label)
-        n_past, n_future = model.n_past, models[model_label].config["n_future"]
+        return source, frames, cond, model, model.n_past, models[model_label].config["n_future"]
+
+    def on_sequence(source_label: str, index: int, model_label: str):  # noqa: ANN202
+        source, frames, cond, _, n_past, n_future = selection(source_label, index, model_label)
         out = out_root / uuid.uuid4().hex
         ctx = [_png(upscale(frames[t], 4), out, f"context{t}") for t in range(n_past)]
         truth = write_gif(out / "truth.gif", frames[: n_past + n_future])
@@ -106,9 +99,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
 
     def on_transform(kind: str, source_label: str, index: int, model_label: str, table: list, amount: float,
                      seed: float):  # noqa: ANN202
-        source, frames, cond = current(source_label, index)
-        model = model_for(model_label)
-        n_past, n_future = model.n_past, models[model_label].config["n_future"]
+        source, _, cond, _, n_past, n_future = selection(source_label, index, model_label)
         if kind == "reset":
             return logic.table_rows(cond, n_past, n_future)
         try:
@@ -119,9 +110,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
         return logic.table_rows(full, n_past, n_future)
 
     def on_predict(source_label: str, index: int, model_label: str, table: list, n_samples: float, seed: float):  # noqa: ANN202
-        source, frames, cond = current(source_label, index)
-        model = model_for(model_label)
-        n_past, n_future = model.n_past, models[model_label].config["n_future"]
+        _, frames, cond, model, n_past, n_future = selection(source_label, index, model_label)
         try:
             if seed is None or not float(seed).is_integer() or not 0 <= seed < 2**31:
                 raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
@@ -135,7 +124,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
         original, edited_v = to_uint8(p.original), to_uint8(p.edited)
         side = write_gif(out / "compare.gif", comparison_video(truth, [original[0], edited_v[0]], n_past))
         futures = [np.concatenate([truth[:n_past], v]) for v in edited_v]
-        grid = write_gif(out / "futures.gif", _grid(futures), scale=3)
+        futures_gif = write_gif(out / "futures.gif", grid(futures), scale=3)
         best = write_gif(out / "best.gif", comparison_video(truth, [original[p.best]], n_past))
         std = _png(upscale(_heat(p.uncertainty()), 4), out, "std")
         steps = _png(rows([strip(truth[n_past:]), strip(original[0]), strip(edited_v[0])]), out, "steps")
@@ -145,7 +134,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                    f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
                    f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {int(n_samples)} "
                    f"(original actions): sample {p.best + 1}, **{p.psnr_original[p.best].mean():.2f} dB**.")
-        return str(side), str(grid), std, str(best), steps, _step_plot(p, n_past), summary
+        return str(side), str(futures_gif), std, str(best), steps, _step_plot(p, n_past), summary
 
     def on_curves(labels: list[str]):  # noqa: ANN202
         logs = {}
