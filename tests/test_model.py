@@ -1,4 +1,5 @@
 """The model, its schedules, metrics, checkpoints and the predict API, on tiny CPU tensors."""
+import copy
 import itertools
 import math
 
@@ -54,16 +55,42 @@ def test_shapes_and_gradients(prior, last_frame_skip, cond_embed, teacher_forcin
         assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
-@pytest.mark.parametrize("prior,last_frame_skip", [("fixed", False), ("learned", True)])
-def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip):
+@pytest.mark.parametrize("prior,last_frame_skip,channels_last",
+                         [("fixed", False, False), ("learned", True, False), ("fixed", False, True), ("learned", True, True)])
+def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last):
+    """Same losses and same gradients: batching across time (and the channels_last layout that
+    training uses) changes the speed, not the math."""
     model = tiny(prior=prior, last_frame_skip=last_frame_skip).eval()  # eval: BN uses running stats in both
+    ref_model = copy.deepcopy(model)
+    if channels_last:
+        model.channels_last = True
+        model = model.to(memory_format=torch.channels_last)
     x, c = batch(t=6)
     torch.manual_seed(5)
     fast = model(x, c, teacher_forcing=True)
     torch.manual_seed(5)
-    mse, kld = reference_losses(model, x, c)
+    mse, kld = reference_losses(ref_model, x, c)
     torch.testing.assert_close(fast.mse, mse, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(fast.kld, kld, rtol=1e-4, atol=1e-5)
+    (fast.mse.sum() + fast.kld.sum()).backward()
+    (mse.sum() + kld.sum()).backward()
+    for (name, a), b in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_keeps_the_losses():
+    """The CUDA recipe (bf16 autocast), run on the CPU: losses within 2% of fp32, and mu/logvar
+    leave the Gaussian LSTMs in float32, so the KL's exp() is not taken in bf16."""
+    model = tiny(prior="learned")
+    x, c = batch(t=6)
+    torch.manual_seed(1)
+    full = model(x, c, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        half = model(x, c, True)
+    assert half.pred.dtype == torch.bfloat16 and half.kld.dtype == torch.float32
+    torch.testing.assert_close(half.kld.sum(), full.kld.sum(), rtol=2e-2, atol=0)
+    torch.testing.assert_close(half.mse.sum(), full.mse.sum(), rtol=1e-2, atol=0)
 
 
 def test_full_width_is_the_published_architecture():

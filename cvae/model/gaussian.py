@@ -19,9 +19,12 @@ class GaussianLSTM(nn.Module):
         self.logvar = nn.Linear(hidden, z_dim)
 
     def forward(self, h: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """Codes [B, L, in_dim] -> mu, logvar [B, L, z_dim] and the LSTM state after them."""
+        """Codes [B, L, in_dim] -> mu, logvar [B, L, z_dim] and the LSTM state after them.
+
+        mu and logvar come out in float32 even under bf16 autocast: the KL term and the sample
+        exponentiate logvar, and bf16's 8-bit mantissa visibly biases the KL."""
         out, state = self.lstm(self.embed(h), state)
-        return self.mu(out), self.logvar(out), state
+        return self.mu(out).float(), self.logvar(out).float(), state
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,16 @@ class SVG(nn.Module):
         h, skips = self.encoder(self._images(x))
         return h.view(b, length, -1), [s.view(b, length, *s.shape[1:]) for s in skips]
 
-    def _skip_index(self, i: int) -> int:
-        return i - 1 if self.last_frame_skip else min(i - 1, self.n_past - 1)
+    def _step_skips(self, skips: list[torch.Tensor], t: int) -> list[torch.Tensor]:
+        """Skips [B, T, ...] -> the skips of steps 1..t-1 flattened to [B*(t-1), ...]: frame i-1
+        for step i, or with SVG's rule the latest context frame. Slices, not an index tensor: no
+        host-to-device copy, and a backward that is a slice-add rather than an index_put."""
+        n, fmt = self.n_past, torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.last_frame_skip:
+            steps = [s[:, : t - 1] for s in skips]
+        else:
+            steps = [torch.cat([s[:, : n - 1], s[:, n - 1 : n].expand(-1, t - n, *s.shape[2:])], 1) for s in skips]
+        return [s.flatten(0, 1).contiguous(memory_format=fmt) for s in steps]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
@@ -81,9 +89,7 @@ class SVG(nn.Module):
         if teacher_forcing:
             prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
             g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
-            idx = torch.tensor([self._skip_index(i) for i in range(1, t)], device=x.device)
-            step_skips = [s[:, idx].flatten(0, 1) for s in skips]
-            pred = self.decoder(g.flatten(0, 1), step_skips).view(b, t - 1, *x.shape[2:])
+            pred = self.decoder(g.flatten(0, 1), self._step_skips(skips, t)).view(b, t - 1, *x.shape[2:])
         else:
             pred, prior = self._rollout(h[:, : self.n_past], [s[:, : self.n_past] for s in skips], cond, t, z=z)
         kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
