@@ -118,6 +118,31 @@ def _trim_log(log: Path, step: int) -> None:
         log.write_text("".join(line + "\n" for line in keep))
 
 
+def prepare(model: SVG, cfg: Config, device: torch.device) -> tuple[SVG, torch.optim.Adam]:
+    """The model on ``device`` in training's memory layout, and training's optimizer (fused on CUDA).
+    The benchmarks use it too, so they time what training runs."""
+    model = model.to(device)
+    if cfg.channels_last:
+        model.channels_last = True
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=device.type == "cuda" or None)
+    return model, opt
+
+
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
+               teacher_forcing: bool, amp: bool) -> torch.Tensor:
+    """One optimiser step on loss = MSE + beta * KL. Returns detached (loss, mse, kld) on the
+    device, so the caller decides when to pay for a host sync."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        losses = net(x, c, teacher_forcing)
+    mse, kld = losses.mse.sum(), losses.kld.sum()
+    loss = mse + beta * kld
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return torch.stack([loss.detach(), mse.detach(), kld.detach()])
+
+
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     """Train per ``cfg``; returns the (unwrapped) model. Raises TrainingDiverged on a non-finite loss."""
     cfg.validate()
@@ -134,11 +159,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     cuda = rt.device.type == "cuda"
     model = SVG.from_config(cfg.to_dict())
     model.predictor.set_condition_stats(torch.from_numpy(train_ds.packed.cond))
-    model = model.to(rt.device)
-    if cfg.channels_last:
-        model.channels_last = True
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=cuda or None)
+    model, opt = prepare(model, cfg, rt.device)
     out = Path(cfg.out)
     log = out / "log.jsonl"
     epoch, step_in_epoch, best = 0, 0, -math.inf
@@ -214,14 +235,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
                                total_steps if cfg.kl_granularity == "step" else cfg.epochs,
                                cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
-                with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp):
-                    losses = net(x, c, use_tf)
-                mse, kld = losses.mse.sum(), losses.kld.sum()
-                loss = mse + beta * kld
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += torch.stack([loss.detach(), mse.detach(), kld.detach()])
+                sums += train_step(net, opt, x, c, beta, use_tf, amp=cuda and cfg.amp)
                 count += 1
                 step_in_epoch += 1
                 bar.update(1)
