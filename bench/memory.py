@@ -22,19 +22,15 @@ def one(preset_name: str, batch: int) -> dict:
 
     from cvae.config import preset
     from cvae.model import SVG
+    from cvae.train import prepare, train_step
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset(preset_name)
-    model = SVG.from_config(cfg.to_dict()).to(device)
-    opt = torch.optim.Adam(model.parameters(), cfg.lr)
+    model, opt = prepare(SVG.from_config(cfg.to_dict()), cfg, device)  # training's layout and optimizer
     x = torch.rand(batch, cfg.n_past + cfg.n_future, 3, 64, 64, device=device)
     c = torch.randn(batch, cfg.n_past + cfg.n_future, 7, device=device)
     for _ in range(2):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(x, c, teacher_forcing=True)
-        (out.mse.sum() + out.kld.sum()).backward()
-        opt.step()
-        opt.zero_grad()
+        train_step(model, opt, x, c, 1.0, True, amp=device.type == "cuda" and cfg.amp)
     return {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
 

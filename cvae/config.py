@@ -47,7 +47,7 @@ class Config:
     logs_per_epoch: int = 4
     compile: bool = False
     amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # also faster on the CPU: bench/README.md
+    channels_last: bool = True  # NHWC for bf16 tensor cores; neutral on the CPU (bench/README.md)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
