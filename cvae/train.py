@@ -147,6 +147,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     """Train per ``cfg``; returns the (unwrapped) model. Raises TrainingDiverged on a non-finite loss."""
     cfg.validate()
     rt = setup_runtime()
+    if cfg.batch_size % rt.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over the "
+                         f"{rt.world} processes torchrun started")
     ensure_data(cfg, rt)
     torch.manual_seed(cfg.seed + rt.rank)
     seq_len = cfg.n_past + cfg.n_future

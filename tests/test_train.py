@@ -97,6 +97,13 @@ def test_log_records_hold_the_documented_fields(sim_root, tmp_path):
     assert (tmp_path / "r" / "best" / "model.safetensors").exists()
 
 
+def test_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "setup_runtime", lambda: train_mod.Runtime(0, 3, torch.device("cpu")))
+    cfg = preset("cpu", data=str(tmp_path / "nowhere"), out=str(tmp_path / "r"), batch_size=16)
+    with pytest.raises(ValueError, match="batch-size 16 .* 3 processes"):
+        train_mod.train(cfg, progress=False)
+
+
 def test_two_process_torchrun_ends_with_identical_weights(sim_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
