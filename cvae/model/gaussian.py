@@ -22,7 +22,8 @@ class GaussianLSTM(nn.Module):
         """Codes [B, L, in_dim] -> mu, logvar [B, L, z_dim] and the LSTM state after them.
 
         mu and logvar come out in float32 even under bf16 autocast: the KL term and the sample
-        exponentiate logvar, and bf16's 8-bit mantissa visibly biases the KL."""
+        exponentiate logvar, and in bf16 (8 significant bits) the KL moved by up to 6%
+        (bench/bf16_kl.py)."""
         out, state = self.lstm(self.embed(h), state)
         return self.mu(out).float(), self.logvar(out).float(), state
 
