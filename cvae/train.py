@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint
 from .config import Config
 from .data.bair import DataError
-from .data.dataset import BairDataset, WindowBatchSampler, seed_worker
+from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, seed_worker
 from .evaluate import evaluate
 from .model import SVG
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
@@ -147,9 +147,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     """Train per ``cfg``; returns the (unwrapped) model. Raises TrainingDiverged on a non-finite loss."""
     cfg.validate()
     rt = setup_runtime()
-    if cfg.batch_size % rt.world:
-        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over the "
-                         f"{rt.world} processes torchrun started")
+    check_global_batch(cfg.batch_size, rt.world)  # before any data or model work
     ensure_data(cfg, rt)
     torch.manual_seed(cfg.seed + rt.rank)
     seq_len = cfg.n_past + cfg.n_future

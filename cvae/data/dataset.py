@@ -46,6 +46,13 @@ class BairDataset(Dataset):
         return frames.permute(0, 3, 1, 2).float().div_(255), cond
 
 
+def check_global_batch(batch_size: int, world: int) -> None:
+    """The batch size is global: every process takes ``batch_size / world`` of each batch."""
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must divide evenly over the "
+                         f"{world} processes torchrun started")
+
+
 class WindowBatchSampler(Sampler[list[tuple[int, int]]]):
     """Random (sequence, window start) batches for one epoch, a pure function of (seed, epoch).
 
@@ -55,8 +62,7 @@ class WindowBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __init__(self, n_sequences: int, n_frames: int, seq_len: int, batch_size: int, steps: int,
                  seed: int, epoch: int, start_step: int = 0, rank: int = 0, world: int = 1) -> None:
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} does not divide over {world} processes")
+        check_global_batch(batch_size, world)
         self.n, self.max_start, self.batch, self.steps = n_sequences, n_frames - seq_len, batch_size, steps
         self.seed, self.epoch, self.start_step, self.rank, self.world = seed, epoch, start_step, rank, world
 
