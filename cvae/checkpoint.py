@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import write_text
 from .model import SVG
 
-WEIGHTS, META, STATE = "model.safetensors", "meta.json", "state.pt"
+WEIGHTS, META, STATE, LOG = "model.safetensors", "meta.json", "state.pt", "log.jsonl"
 
 
 class CheckpointError(ValueError):
@@ -99,15 +99,21 @@ def load_state(path: str | Path) -> dict:
         raise CheckpointError(f"{file}: refused or unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
+def find_log(path: str | Path) -> Path | None:
+    """A checkpoint's training log: inside it (an exported model) or beside it (a run's last/best)."""
+    path = Path(path)
+    return next((p for p in (path / LOG, path.parent / LOG) if p.is_file()), None)
+
+
 def export(src: str | Path, dst: str | Path) -> Path:
     """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state."""
     src, dst = _resolve(src), Path(dst)
     model, meta = load_model(src)
-    meta.pop("config")
-    save(dst, model, read_meta(src)["config"], meta)
-    for extra in (src / "eval", src / "log.jsonl", src.parent / "log.jsonl"):
-        if extra.is_dir():
-            shutil.copytree(extra, dst / "eval", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.html"))
-        elif extra.is_file() and not (dst / "log.jsonl").exists():
-            shutil.copy2(extra, dst / "log.jsonl")
+    config = meta.pop("config")
+    save(dst, model, config, meta)
+    if (src / "eval").is_dir():
+        shutil.copytree(src / "eval", dst / "eval", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.html"))
+    log = find_log(src)
+    if log is not None:
+        shutil.copy2(log, dst / LOG)
     return dst

@@ -51,7 +51,7 @@ def eval_command(args: argparse.Namespace) -> int:
     import torch
 
     from .artifacts import comparison_video, read_log, rows, strip, to_uint8, write_curves_html, write_gif, write_png
-    from .checkpoint import load_model
+    from .checkpoint import find_log, load_model
     from .data.dataset import BairDataset
     from .evaluate import evaluate
 
@@ -61,13 +61,13 @@ def eval_command(args: argparse.Namespace) -> int:
     n_future = args.n_future or cfg["n_future"]
     data = args.data or cfg["data"]
     ds = BairDataset(data, args.split, model.n_past + n_future)
+    if not 0 <= args.seq < len(ds):
+        raise ValueError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
     out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
     result = evaluate(model, ds, n_future, args.samples, args.seed, args.limit, baselines=True, device=device)
     result.extra = {"checkpoint": str(args.ckpt), "data": str(data), "split": args.split, "epoch": meta.get("epoch")}
     result.to_json(out / "eval.json")
     print(result.table())
-    if not 0 <= args.seq < len(ds):
-        raise ValueError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
     x, c = ds[args.seq]
     x = x.to(device)
     pred = model.predict(x[None, : model.n_past], c[None].to(device), n_future, max(1, args.gif_samples), args.seed)[0]
@@ -75,10 +75,10 @@ def eval_command(args: argparse.Namespace) -> int:
     preds = [to_uint8(p) for p in pred]
     write_gif(out / "prediction.gif", comparison_video(truth, preds, model.n_past))
     write_png(out / "prediction_steps.png", rows([strip(truth[model.n_past:]), strip(preds[0])]))
-    log = Path(args.ckpt).parent / "log.jsonl"
-    if log.exists():
-        write_curves_html(out / "curves.html", {Path(args.ckpt).parent.name: read_log(log)})
-    print(f"wrote {out}/eval.json, prediction.gif, prediction_steps.png" + (", curves.html" if log.exists() else ""))
+    log = find_log(args.ckpt)
+    if log is not None:
+        write_curves_html(out / "curves.html", {log.parent.name: read_log(log)})
+    print(f"wrote {out}/eval.json, prediction.gif, prediction_steps.png" + (", curves.html" if log is not None else ""))
     return 0
 
 

@@ -162,7 +162,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     model.predictor.set_condition_stats(torch.from_numpy(train_ds.packed.cond))
     model, opt = prepare(model, cfg, rt.device)
     out = Path(cfg.out)
-    log = out / "log.jsonl"
+    log = out / checkpoint.LOG
     epoch, step_in_epoch, best = 0, 0, -math.inf
     if resume:
         state = checkpoint.load_state(out / "last")

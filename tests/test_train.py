@@ -97,6 +97,24 @@ def test_log_records_hold_the_documented_fields(sim_root, tmp_path):
     assert (tmp_path / "r" / "best" / "model.safetensors").exists()
 
 
+def test_eval_and_export_commands(sim_root, tmp_path, capsys):
+    """``eval`` refuses a bad --seq before the long evaluation; ``export`` keeps the run's log,
+    so evaluating the exported copy still draws the training curves."""
+    from cvae import cli
+
+    train(tiny_cfg(sim_root, tmp_path / "r", epochs=1), progress=False)
+    best = tmp_path / "r" / "best"
+    assert cli.main(["eval", "--ckpt", str(best), "--seq", "999", "--limit", "2", "--samples", "1"]) == 2
+    assert "--seq 999 is out of range" in capsys.readouterr().err
+    assert not (best / "eval" / "eval.json").exists()
+    exported = tmp_path / "model"
+    assert cli.main(["export", "--ckpt", str(best), "--out", str(exported)]) == 0
+    assert (exported / "log.jsonl").read_text() == (tmp_path / "r" / "log.jsonl").read_text()
+    assert not (exported / "state.pt").exists()
+    assert cli.main(["eval", "--ckpt", str(exported), "--limit", "2", "--samples", "1"]) == 0
+    assert (exported / "eval" / "eval.json").is_file() and (exported / "eval" / "curves.html").is_file()
+
+
 def test_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "setup_runtime", lambda: train_mod.Runtime(0, 3, torch.device("cpu")))
     cfg = preset("cpu", data=str(tmp_path / "nowhere"), out=str(tmp_path / "r"), batch_size=16)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_model, read_meta
+from ..checkpoint import CheckpointError, find_log, load_model, read_meta
 from ..data.bair import DataError, list_sequences, read_sequence
 from ..data.generate import read_kinematics
 from ..data.simulator import GAIN, KINEMATICS, integrate_positions
@@ -45,10 +45,11 @@ def find_sources(data_dirs: list[str | Path]) -> dict[str, Source]:
     """The bundled test sequences, plus every split of each ``--data`` folder."""
     sources: dict[str, Source] = {}
     candidates = [(BUNDLED_DATA, "test", "bundled test sequences")]
-    for d in data_dirs:
-        candidates += [(Path(d), s, f"{Path(d).name} / {s}") for s in ("test", "validate", "train") if (Path(d) / s).is_dir()]
-        if not any((Path(d) / s).is_dir() for s in ("test", "validate", "train")):
+    for d in map(Path, data_dirs):
+        splits = [s for s in ("test", "validate", "train") if (d / s).is_dir()]
+        if not splits:
             raise DataError(f"--data {d}: no train/, validate/ or test/ folder in the processed BAIR layout")
+        candidates += [(d, s, f"{d.name} / {s}") for s in splits]
     for root, split, label in candidates:
         seqs = tuple(list_sequences(root, split))
         kin = read_kinematics(root)
@@ -78,7 +79,7 @@ def describe(path: Path, name: str) -> ModelEntry:
     eval_json = path / "eval" / "eval.json"
     if eval_json.is_file():
         score = json.loads(eval_json.read_text()).get("psnr")
-    log = next((p for p in (path / "log.jsonl", path.parent / "log.jsonl") if p.is_file()), None)
+    log = find_log(path)
     shown = f"test PSNR {score:.2f} dB" if score is not None else "not evaluated"
     label = (f"{name} · {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']}, "
              f"epoch {meta.get('epoch', '?')} · {shown}")
