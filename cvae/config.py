@@ -22,6 +22,8 @@ class Config:
     prior: str = "fixed"  # fixed: N(0, I) as in the lab; learned: SVG-LP
     last_frame_skip: bool = False
     cond_embed: int = 0  # 0 feeds the raw 7-d condition; >0 learns an embedding of that size
+    output: str = "image"  # image (the lab's) | compose | cdna: the output head (cvae/model/heads.py)
+    cond_maps: bool = False  # tile the condition and pixel coordinates into the decoder's maps
     # optimisation
     lr: float = 0.002
     beta1: float = 0.9
@@ -46,7 +48,7 @@ class Config:
     val_seqs: int = 256  # validation sequences scored each epoch (0: all)
     logs_per_epoch: int = 4
     compile: bool = False
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (bench/README.md)
     channels_last: bool = True  # NHWC for bf16 tensor cores; neutral on the CPU (bench/README.md)
 
     def to_dict(self) -> dict:
@@ -62,6 +64,7 @@ class Config:
 
     def validate(self) -> "Config":
         choices = {"prior": ("fixed", "learned"), "kl_anneal": ("none", "monotonic", "cyclical"),
+                   "output": ("image", "compose", "cdna"),
                    "kl_granularity": ("step", "epoch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -80,8 +83,10 @@ PRESETS: dict[str, dict] = {
     # SVG-LP's BAIR settings: learned prior, constant beta 1e-4, batch 100, always teacher forcing.
     "svg-lp": {"prior": "learned", "kl_anneal": "none", "kl_weight": 1e-4, "batch_size": 100,
                "tfr_decay_step": 0.0, "out": "runs/svg-lp"},
-    # A reduced-width model that trains on a 2-core CPU; the bundled checkpoint uses it.
-    "cpu": {"width": 0.125, "last_frame_skip": True, "g_dim": 64, "z_dim": 16, "rnn_size": 128, "batch_size": 16, "epochs": 25,
+    # A reduced-width model that trains on a 2-core CPU; the bundled checkpoint uses it. Its CDNA
+    # head and condition maps were chosen by measurement (README, "The bundled model").
+    "cpu": {"width": 0.125, "last_frame_skip": True, "g_dim": 64, "z_dim": 16, "rnn_size": 128, "batch_size": 16,
+            "output": "cdna", "cond_maps": True, "epochs": 60,
             "iters_per_epoch": 100, "kl_anneal": "monotonic", "kl_ratio": 0.2,
             "tfr_start_decay_epoch": 2, "tfr_decay_step": 0.05, "tfr_lower_bound": 0.3,
             "val_seqs": 64, "out": "runs/cpu"},

@@ -55,12 +55,67 @@ def test_shapes_and_gradients(prior, last_frame_skip, cond_embed, teacher_forcin
         assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
-@pytest.mark.parametrize("prior,last_frame_skip,channels_last",
-                         [("fixed", False, False), ("learned", True, False), ("fixed", False, True), ("learned", True, True)])
-def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last):
+HEADS = [("image", False), ("compose", False), ("cdna", False), ("compose", True), ("cdna", True)]
+
+
+@pytest.mark.parametrize("output,cond_maps", HEADS)
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_output_heads_shapes_and_gradients(output, cond_maps, teacher_forcing):
+    model = tiny(output=output, cond_maps=cond_maps, last_frame_skip=True)
+    x, c = batch()
+    out = model(x, c, teacher_forcing)
+    assert out.pred.shape == (2, 4, 3, 64, 64) and out.pred.min() >= 0 and out.pred.max() <= 1
+    (out.mse.sum() + out.kld.sum()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+@pytest.mark.parametrize("output", ["compose", "cdna"])
+def test_compositing_heads_start_near_copy_last(output):
+    """The mask starts almost closed: an untrained model predicts nearly the previous frame (of
+    smooth, frame-like images), so training starts at copy-last instead of at a grey image."""
+    model = tiny(output=output, cond_maps=True).eval()
+    x, c = batch(t=6)
+    x = torch.nn.functional.interpolate(x[..., :8, :8].flatten(0, 1), size=64, mode="bilinear").view_as(x)
+    pred = model(x, c, teacher_forcing=True).pred
+    image = tiny(cond_maps=True).eval()(x, c, teacher_forcing=True).pred
+    to_prev = (pred - x[:, :-1]).abs().mean()
+    assert to_prev < 0.1 * (image - x[:, :-1]).abs().mean()
+
+
+def test_cdna_kernels_move_the_previous_frame():
+    from cvae.model.heads import CDNA_SIZE, move
+
+    prev = torch.rand(2, 3, 16, 16)
+    kernels = torch.zeros(2, 2, CDNA_SIZE, CDNA_SIZE)
+    kernels[:, 0, 2, 2] = 1  # identity
+    kernels[0, 1, 2, 1] = 1  # sample 0: take the pixel to the left, i.e. shift right by one
+    kernels[1, 1, 1, 2] = 1  # sample 1: shift down by one
+    moved = move(prev, kernels)
+    assert moved.shape == (2, 2, 3, 16, 16)
+    torch.testing.assert_close(moved[:, 0], prev)
+    torch.testing.assert_close(moved[0, 1, :, :, 1:], prev[0, :, :, :-1])
+    torch.testing.assert_close(moved[1, 1, :, 1:], prev[1, :, :-1])
+
+
+def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
+    cfg = preset("cpu", **TINY).to_dict()
+    old = {k: v for k, v in cfg.items() if k not in ("output", "cond_maps")}
+    model = tiny(last_frame_skip=True)
+    checkpoint.save(tmp_path / "old", model, old, {"epoch": 1})
+    loaded, _ = checkpoint.load_model(tmp_path / "old")
+    assert loaded.decoder.output == "image" and loaded.decoder.cond_dim == 0
+
+
+@pytest.mark.parametrize("prior,last_frame_skip,channels_last,output,cond_maps",
+                         [("fixed", False, False, "image", False), ("learned", True, False, "image", False),
+                          ("fixed", False, True, "image", False), ("learned", True, True, "image", False),
+                          ("fixed", True, False, "compose", True), ("fixed", True, True, "cdna", True)])
+def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
+                                                                 cond_maps):
     """Same losses and same gradients: batching across time (and the channels_last layout that
     training uses) changes the speed, not the math."""
-    model = tiny(prior=prior, last_frame_skip=last_frame_skip).eval()  # eval: BN uses running stats in both
+    model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps).eval()
     ref_model = copy.deepcopy(model)
     if channels_last:
         model.channels_last = True
@@ -204,8 +259,9 @@ def test_presets_and_config_round_trip():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model = tiny(prior="learned")
     cfg = preset("cpu", **TINY, prior="learned").to_dict()
+    torch.manual_seed(0)
+    model = SVG.from_config(cfg)
     checkpoint.save(tmp_path / "ck", model, cfg, {"epoch": 3}, {"step": torch.tensor(4)})
     loaded, meta = checkpoint.load_model(tmp_path / "ck")
     assert meta["epoch"] == 3 and meta["config"] == cfg and not loaded.training

@@ -24,10 +24,13 @@ class FramePredictor(nn.Module):
     def forward(self, h: torch.Tensor, z: torch.Tensor, cond: torch.Tensor,
                 state: State | None = None) -> tuple[torch.Tensor, State]:
         """h [B, L, g], z [B, L, z], cond [B, L, 7] -> predicted codes [B, L, g] and the state."""
-        cond = (cond - self.cond_mean) / self.cond_std
-        x = torch.cat([self.cond_embed(cond), h, z], dim=-1)
+        x = torch.cat([self.cond_embed(self.normalize(cond)), h, z], dim=-1)
         out, state = self.lstm(self.embed(x), state)
         return self.out(out), state
+
+    def normalize(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition in training-set units (the decoder's condition maps use it too)."""
+        return (cond - self.cond_mean) / self.cond_std
 
     def set_condition_stats(self, cond: torch.Tensor) -> None:
         """Standardise conditions like ``cond`` [..., 7]; a constant column keeps a scale of 1."""

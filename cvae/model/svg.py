@@ -36,23 +36,31 @@ class SVG(nn.Module):
     def __init__(self, g_dim: int = 128, z_dim: int = 64, rnn_size: int = 256, width: float = 1.0,
                  posterior_layers: int = 1, prior_layers: int = 1, predictor_layers: int = 2,
                  prior: str = "fixed", n_past: int = 2, last_frame_skip: bool = False,
-                 cond_embed: int = 0, channels_last: bool = False) -> None:
+                 cond_embed: int = 0, output: str = "image", cond_maps: bool = False,
+                 channels_last: bool = False) -> None:
         super().__init__()
         if prior not in ("fixed", "learned"):
             raise ValueError(f"prior must be 'fixed' or 'learned', not {prior!r}")
         self.z_dim, self.n_past, self.last_frame_skip = z_dim, n_past, last_frame_skip
         self.channels_last = channels_last
         self.encoder = Encoder(g_dim, width)
-        self.decoder = Decoder(g_dim, width)
+        self.decoder = Decoder(g_dim, width, output=output, cond_dim=COND_DIM if cond_maps else 0)
         self.posterior = GaussianLSTM(g_dim, z_dim, rnn_size, posterior_layers)
         self.prior = GaussianLSTM(g_dim, z_dim, rnn_size, prior_layers) if prior == "learned" else None
         self.predictor = FramePredictor(g_dim, z_dim, COND_DIM, rnn_size, predictor_layers, cond_embed)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "SVG":
+        """Checkpoints from before a field existed load with that field's old behaviour."""
         keys = ("g_dim", "z_dim", "rnn_size", "width", "posterior_layers", "prior_layers",
                 "predictor_layers", "prior", "n_past", "last_frame_skip", "cond_embed")
-        return cls(**{k: cfg[k] for k in keys})
+        added = {"output": "image", "cond_maps": False}
+        return cls(**{k: cfg[k] for k in keys}, **{k: cfg.get(k, v) for k, v in added.items()})
+
+    def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
+                cond: torch.Tensor) -> torch.Tensor:
+        """Codes [N, g], skips, previous frames [N, 3, 64, 64] and raw conditions [N, 7] -> frames."""
+        return self.decoder(g, skips, prev, self.predictor.normalize(cond))
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(0, 1)
@@ -89,14 +97,17 @@ class SVG(nn.Module):
         if teacher_forcing:
             prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
             g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
-            pred = self.decoder(g.flatten(0, 1), self._step_skips(skips, t)).view(b, t - 1, *x.shape[2:])
+            pred = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
+                                cond[:, :-1].flatten(0, 1)).view(b, t - 1, *x.shape[2:])
         else:
-            pred, prior = self._rollout(h[:, : self.n_past], [s[:, : self.n_past] for s in skips], cond, t, z=z)
+            n = self.n_past
+            pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
         kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
         mse = F.mse_loss(pred.float(), x[:, 1:].float(), reduction="none").mean((0, 2, 3, 4))
         return StepLosses(pred, mse, kld)
 
-    def _rollout(self, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor], cond: torch.Tensor, t: int,
+    def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
+                 cond: torch.Tensor, t: int,
                  z: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Steps 1..t-1, feeding back predictions once the context is used up.
@@ -110,7 +121,7 @@ class SVG(nn.Module):
         if z is None:
             mu, logvar, _ = self.posterior(h_ctx[:, 1:])
             z_ctx = reparameterize(mu, logvar, noise[:, : n_past - 1])
-        h_prev = h_ctx[:, 0]
+        h_prev, x_prev = h_ctx[:, 0], x_ctx[:, 0]
         skip_prev = [s[:, 0] for s in skips_ctx]
         skip_last = [s[:, n_past - 1] for s in skips_ctx]
         pred_state = prior_state = None
@@ -130,13 +141,13 @@ class SVG(nn.Module):
                 z_i = noise[:, i - 1]
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
-            x_i = self.decoder(g[:, 0], skip)
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1])
             preds.append(x_i)
             if i < n_past:
-                h_prev, skip_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx]
+                h_prev, skip_prev, x_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx], x_ctx[:, i]
             elif i < t - 1:
                 h_next, skips_next = self._encode(x_i[:, None])
-                h_prev, skip_prev = h_next[:, 0], [s[:, 0] for s in skips_next]
+                h_prev, skip_prev, x_prev = h_next[:, 0], [s[:, 0] for s in skips_next], x_i
         prior = (torch.stack(prior_mu, 1), torch.stack(prior_logvar, 1)) if self.prior is not None else None
         return torch.stack(preds, 1), prior
 
@@ -165,6 +176,6 @@ class SVG(nn.Module):
         ctx = context.repeat_interleave(n_samples, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h_ctx, skips_ctx = self._encode(ctx)
-            pred, _ = self._rollout(h_ctx, skips_ctx, cond[:, : t - 1].repeat_interleave(n_samples, 0), t, noise=noise)
+            pred, _ = self._rollout(ctx, h_ctx, skips_ctx, cond[:, : t - 1].repeat_interleave(n_samples, 0), t, noise=noise)
         self.train(was_training)
         return pred[:, self.n_past - 1:].float().reshape(b, n_samples, n_future, *context.shape[2:])

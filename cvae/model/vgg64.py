@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .heads import OUTPUTS, CDNAKernels, apply_head, init_mask_bias, out_channels
+
 BASE_CHANNELS = (64, 128, 256, 512)
 
 
@@ -41,20 +43,48 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3) -> None:
+    """Mirror of the encoder. ``cond_dim`` > 0 tiles the (standardised) condition and two pixel
+    coordinate maps into the feature maps at every scale (as Finn et al. 2016 and SAVP tile the
+    action; the coordinates let a convolution turn an end-effector position into a place in the
+    image). ``output`` chooses the head (``heads.py``); for ``cdna`` the decoder also predicts
+    the kernels from the frame code."""
+
+    def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0) -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+        self.output, self.nc, self.cond_dim = output, nc, cond_dim
+        e = cond_dim + 2 if cond_dim else 0
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
-        self.upc2 = nn.Sequential(vgg_layer(c3 * 2, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
-        self.upc3 = nn.Sequential(vgg_layer(c2 * 2, c2), vgg_layer(c2, c2), vgg_layer(c2, c1))
-        self.upc4 = nn.Sequential(vgg_layer(c1 * 2, c1), vgg_layer(c1, c0))
-        self.upc5 = nn.Sequential(vgg_layer(c0 * 2, c0), nn.ConvTranspose2d(c0, nc, 3, 1, 1), nn.Sigmoid())
+        self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
+        self.upc3 = nn.Sequential(vgg_layer(c2 * 2 + e, c2), vgg_layer(c2, c2), vgg_layer(c2, c1))
+        self.upc4 = nn.Sequential(vgg_layer(c1 * 2 + e, c1), vgg_layer(c1, c0))
+        self.upc5 = nn.Sequential(vgg_layer(c0 * 2 + e, c0), nn.ConvTranspose2d(c0, out_channels(output, nc), 3, 1, 1))
+        init_mask_bias(self.upc5[1], output, nc)
+        self.kernels = CDNAKernels(g_dim) if output == "cdna" else None
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Code [N, g_dim] and the encoder's skips -> frame [N, 3, 64, 64] in [0, 1]."""
+    def _with_cond(self, d: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        parts = [self.up(d), skip]
+        if self.cond_dim:
+            n, _, h, w = skip.shape
+            ys = torch.linspace(-1, 1, h, device=d.device, dtype=d.dtype)
+            xs = torch.linspace(-1, 1, w, device=d.device, dtype=d.dtype)
+            coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))[None].expand(n, -1, -1, -1)
+            parts += [cond.to(d.dtype)[:, :, None, None].expand(-1, -1, h, w), coords]
+        return torch.cat(parts, 1)
+
+    def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna)
+        and the standardised condition [N, cond_dim] -> frame [N, 3, 64, 64] in [0, 1]."""
+        if self.cond_dim and cond is None:
+            raise ValueError("this decoder tiles the condition into its maps: pass cond")
         d = self.upc1(g[:, :, None, None])
-        d = self.upc2(torch.cat([self.up(d), skips[3]], 1))
-        d = self.upc3(torch.cat([self.up(d), skips[2]], 1))
-        d = self.upc4(torch.cat([self.up(d), skips[1]], 1))
-        return self.upc5(torch.cat([self.up(d), skips[0]], 1))
+        d = self.upc2(self._with_cond(d, skips[3], cond))
+        d = self.upc3(self._with_cond(d, skips[2], cond))
+        d = self.upc4(self._with_cond(d, skips[1], cond))
+        out = self.upc5(self._with_cond(d, skips[0], cond))
+        kernels = self.kernels(g) if self.kernels is not None else None
+        return apply_head(self.output, out, prev, kernels, self.nc)

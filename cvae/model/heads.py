@@ -1,0 +1,76 @@
+"""Output heads: how the decoder's last feature map becomes the next frame.
+
+- ``image``: the frame is the decoder's sigmoid output (SVG and the course lab).
+- ``compose``: the decoder also outputs a mask; frame = m * generated + (1 - m) * previous frame.
+  The mask starts almost closed, so an untrained model already copies the last frame and training
+  only has to learn what changes.
+- ``cdna``: Finn et al. 2016 (and SAVP): ``CDNA_KERNELS`` normalised 5x5 kernels, predicted from
+  the frame code, move copies of the previous frame; a softmax mask per pixel chooses between the
+  generated image, the previous frame and the moved copies.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+OUTPUTS = ("image", "compose", "cdna")
+CDNA_KERNELS = 4
+CDNA_SIZE = 5
+MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, or 1% among cdna's 6
+
+
+def out_channels(output: str, nc: int = 3) -> int:
+    """Channels the decoder's last layer must produce for ``output``."""
+    return {"image": nc, "compose": nc + 1, "cdna": nc + 2 + CDNA_KERNELS}[output]
+
+
+def init_mask_bias(last: nn.ConvTranspose2d, output: str, nc: int = 3) -> None:
+    """Start compose and cdna near copy-last: the generated image's mask logit at MASK_BIAS."""
+    if output != "image":
+        with torch.no_grad():
+            last.bias[nc] = MASK_BIAS
+
+
+class CDNAKernels(nn.Module):
+    """Frame code [N, g] -> CDNA_KERNELS normalised kernels [N, K, 5, 5], initially peaked at the
+    centre so every moved copy starts as (nearly) the previous frame."""
+
+    def __init__(self, g_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(g_dim, CDNA_KERNELS * CDNA_SIZE * CDNA_SIZE)
+        with torch.no_grad():
+            self.fc.weight.mul_(0.1)
+            centre = torch.zeros(CDNA_SIZE, CDNA_SIZE)
+            centre[CDNA_SIZE // 2, CDNA_SIZE // 2] = 4.0
+            self.fc.bias.copy_(centre.flatten().repeat(CDNA_KERNELS))
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(g).float().view(-1, CDNA_KERNELS, CDNA_SIZE * CDNA_SIZE)
+        return logits.softmax(-1).view(-1, CDNA_KERNELS, CDNA_SIZE, CDNA_SIZE)
+
+
+def move(prev: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Apply sample n's kernels to its own frame: prev [N, C, H, W], kernels [N, K, k, k] ->
+    [N, K, C, H, W]. One grouped convolution over the whole batch, no Python loop."""
+    n, c, h, w = prev.shape
+    k = kernels.shape[1]
+    weight = kernels[:, None].expand(n, c, k, CDNA_SIZE, CDNA_SIZE).reshape(n * c * k, 1, CDNA_SIZE, CDNA_SIZE)
+    out = F.conv2d(prev.reshape(1, n * c, h, w), weight.to(prev.dtype), padding=CDNA_SIZE // 2, groups=n * c)
+    return out.view(n, c, k, h, w).transpose(1, 2)
+
+
+def apply_head(output: str, out: torch.Tensor, prev: torch.Tensor | None = None,
+               kernels: torch.Tensor | None = None, nc: int = 3) -> torch.Tensor:
+    """The decoder's raw output [N, out_channels, H, W] -> the frame [N, nc, H, W] in [0, 1]."""
+    generated = torch.sigmoid(out[:, :nc])
+    if output == "image":
+        return generated
+    if prev is None:
+        raise ValueError(f"the {output!r} head needs the previous frame")
+    if output == "compose":
+        mask = torch.sigmoid(out[:, nc : nc + 1])
+        return mask * generated + (1 - mask) * prev.to(generated.dtype)
+    masks = out[:, nc:].float().softmax(1)  # [N, 2 + K, H, W]: generated, previous, moved copies
+    candidates = torch.cat([generated[:, None].float(), prev[:, None].float(), move(prev.float(), kernels)], 1)
+    return (masks[:, :, None] * candidates).sum(1)
