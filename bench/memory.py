@@ -22,7 +22,7 @@ def one(preset_name: str, batch: int) -> dict:
 
     from cvae.config import preset
     from cvae.model import SVG
-    from cvae.train import prepare, train_step
+    from cvae.train import bf16_autocast, prepare, train_step
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset(preset_name)
@@ -30,7 +30,7 @@ def one(preset_name: str, batch: int) -> dict:
     x = torch.rand(batch, cfg.n_past + cfg.n_future, 3, 64, 64, device=device)
     c = torch.randn(batch, cfg.n_past + cfg.n_future, 7, device=device)
     for _ in range(2):
-        train_step(model, opt, x, c, 1.0, True, amp=device.type == "cuda" and cfg.amp)
+        train_step(model, opt, x, c, 1.0, True, amp=cfg.amp and bf16_autocast(device))
     return {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
 

@@ -28,7 +28,7 @@ from bench.common import record  # noqa: E402
 from bench.reference import reference_losses  # noqa: E402
 from cvae.config import preset  # noqa: E402
 from cvae.model import SVG  # noqa: E402
-from cvae.train import prepare, train_step  # noqa: E402
+from cvae.train import bf16_autocast, prepare, train_step  # noqa: E402
 
 
 
@@ -88,7 +88,7 @@ def main() -> None:
     fast, opt_fast = prepare(copy.deepcopy(base), cfg, device)  # exactly what training runs
     ref = copy.deepcopy(base)
     opt_ref = torch.optim.Adam(ref.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
-    amp = cuda and not args.no_amp
+    amp = cfg.amp and bf16_autocast(device) and not args.no_amp  # as training decides
     fast_net = torch.compile(fast) if args.compile else fast
 
     def fast_step() -> None:

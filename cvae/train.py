@@ -129,6 +129,14 @@ def prepare(model: SVG, cfg: Config, device: torch.device) -> tuple[SVG, torch.o
     return model, opt
 
 
+def bf16_autocast(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively here: CUDA with bf16, or a CPU with AVX512-BF16/AMX
+    (oneDNN's check). Elsewhere CPU bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool) -> torch.Tensor:
     """One optimiser step on loss = MSE + beta * KL. Returns detached (loss, mse, kld) on the
@@ -181,6 +189,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
+    amp = cfg.amp and bf16_autocast(rt.device)
     workers = cfg.num_workers if cfg.num_workers >= 0 else (2 if cuda else 0)
     total_steps = cfg.epochs * cfg.iters_per_epoch
     log_every = max(1, cfg.iters_per_epoch // max(1, cfg.logs_per_epoch))
@@ -236,7 +245,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
                                total_steps if cfg.kl_granularity == "step" else cfg.epochs,
                                cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
-                sums += train_step(net, opt, x, c, beta, use_tf, amp=cuda and cfg.amp)
+                sums += train_step(net, opt, x, c, beta, use_tf, amp=amp)
                 count += 1
                 step_in_epoch += 1
                 bar.update(1)
