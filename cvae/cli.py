@@ -53,7 +53,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from .artifacts import comparison_video, read_log, rows, strip, to_uint8, write_curves_html, write_gif, write_png
     from .checkpoint import find_log, load_model
     from .data.dataset import BairDataset
-    from .evaluate import evaluate
+    from .evaluate import counterfactual, evaluate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(args.ckpt, device)
@@ -65,6 +65,7 @@ def eval_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
     out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
     result = evaluate(model, ds, n_future, args.samples, args.seed, args.limit, baselines=True, device=device)
+    result.counterfactual = counterfactual(model, ds, n_future, args.seed, args.limit, device=device)
     result.extra = {"checkpoint": str(args.ckpt), "data": str(data), "split": args.split, "epoch": meta.get("epoch")}
     result.to_json(out / "eval.json")
     print(result.table())

@@ -12,8 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .data.counterfactual import ALTERNATIVES, alternative_actions, resimulate, scene_of
 from .data.dataset import BairDataset
 from .metrics import psnr, ssim
 from .model import SVG
@@ -35,6 +37,9 @@ class EvalResult:
     copy_last_ssim: float | None = None
     shuffled_cond_psnr: float | None = None
     shuffled_cond_ssim: float | None = None
+    copy_last_psnr_per_step: list[float] | None = None
+    # simulated data only: {alternative: {psnr, ssim, copy_last_psnr, copy_last_ssim}}, plus "all"
+    counterfactual: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self, path: str | Path) -> None:
@@ -51,11 +56,16 @@ class EvalResult:
             rows.append(("baseline: copy last frame", self.copy_last_psnr, self.copy_last_ssim))
         if self.shuffled_cond_psnr is not None:
             rows.append(("baseline: actions shuffled", self.shuffled_cond_psnr, self.shuffled_cond_ssim))
+        for kind, r in (self.counterfactual or {}).items():
+            rows += [(f"counterfactual {kind}: model", r["psnr"], r["ssim"]),
+                     (f"counterfactual {kind}: copy last", r["copy_last_psnr"], r["copy_last_ssim"])]
         lines = [f"{self.protocol}; {self.n_sequences} sequences",
-                 f"{'':32s} {'PSNR dB':>8s} {'SSIM':>7s}"]
+                 f"{'':38s} {'PSNR dB':>8s} {'SSIM':>7s}"]
         for name, p, s in rows:
-            lines.append(f"{name:32s} {p:8.2f} {'' if s is None else f'{s:7.4f}':>7s}")
+            lines.append(f"{name:38s} {p:8.2f} {'' if s is None else f'{s:7.4f}':>7s}")
         lines.append("per-step PSNR: " + " ".join(f"{v:.1f}" for v in self.psnr_per_step))
+        if self.copy_last_psnr_per_step is not None:
+            lines.append("copy last:     " + " ".join(f"{v:.1f}" for v in self.copy_last_psnr_per_step))
         return "\n".join(lines)
 
 
@@ -108,6 +118,45 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         result.mean_of_n_psnr = seq_mean.mean().item()
         result.best_of_n_ssim = s[rows, best].mean().item()
     if baselines:
+        result.copy_last_psnr_per_step = torch.cat(copy_p).mean(0).tolist()
         result.copy_last_psnr, result.copy_last_ssim = torch.cat(copy_p).mean().item(), torch.cat(copy_s).mean().item()
         result.shuffled_cond_psnr, result.shuffled_cond_ssim = torch.cat(shuf_p).mean().item(), torch.cat(shuf_s).mean().item()
     return result
+
+
+@torch.no_grad()
+def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: int = 0,
+                   limit: int = 0, kinds: tuple[str, ...] = ALTERNATIVES,
+                   device: torch.device | str = "cpu") -> dict | None:
+    """Score the model under actions the data never took, against the re-simulated truth.
+
+    For each sequence and each alternative (``counterfactual.alternative_actions``) the scene is
+    re-simulated under the changed actions; the model sees the same two context frames and the
+    new conditions. Copy-last is scored against the same truth. None unless every sequence comes
+    from the simulator (real data has no counterfactual truth).
+    """
+    n_past = model.n_past
+    n = min(len(dataset), limit) if limit else len(dataset)
+    scenes = [scene_of(dataset.packed.sequences[i]) for i in range(n)]
+    if not n or any(s is None for s in scenes):
+        return None
+    scores: dict[str, dict[str, list]] = {k: {"psnr": [], "ssim": [], "copy_last_psnr": [], "copy_last_ssim": []}
+                                          for k in kinds}
+    for idx in _batches(n, 32):
+        x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
+        x, c = x[:, : n_past + n_future], c[:, : n_past + n_future].numpy()
+        for kind in kinds:
+            truth, cond = zip(*(resimulate(scenes[i], alternative_actions(c[j, :, :4], kind, n_past - 1, seed + i))
+                                for j, i in enumerate(idx)))
+            truth = torch.from_numpy(np.stack(truth)).permute(0, 1, 4, 2, 3).float().div(255).to(device)
+            pred = model.predict(x[:, :n_past].to(device), torch.from_numpy(np.stack(cond)).to(device), n_future, 1,
+                                 seed + idx.start)[:, 0]
+            last = truth[:, n_past - 1 : n_past].expand_as(truth[:, n_past:])
+            r = scores[kind]
+            r["psnr"].append(psnr(pred, truth[:, n_past:]))
+            r["ssim"].append(ssim(pred, truth[:, n_past:]))
+            r["copy_last_psnr"].append(psnr(last, truth[:, n_past:]))
+            r["copy_last_ssim"].append(ssim(last, truth[:, n_past:]))
+    out = {k: {m: torch.cat(v).mean().item() for m, v in r.items()} for k, r in scores.items()}
+    out["all"] = {m: sum(out[k][m] for k in kinds) / len(kinds) for m in out[kinds[0]]}
+    return out

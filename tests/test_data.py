@@ -273,3 +273,39 @@ def test_data_cli_gif_and_bad_index(sim_root, tmp_path, capsys):
     assert img.n_frames == 30 and img.size[0] > 2 * 64 * 4
     assert main(["gif", "--root", str(sim_root), "--index", "9"]) == 2
     assert "--index 9 is out of range" in capsys.readouterr().err
+
+
+def test_counterfactual_scene_is_found_and_resimulated_exactly(sim_root, square_root):
+    from cvae.data.counterfactual import Scene, resimulate, scene_of
+
+    seq = list_sequences(sim_root, "test")[2]
+    scene = scene_of(seq)
+    assert scene == Scene(seed=3, split_id=2, index=2)
+    frames, cond = read_sequence(seq)
+    again, again_cond = resimulate(scene, cond[:12, :4])
+    assert np.array_equal(again, frames[:12])  # the same scene under its own actions: the same video
+    np.testing.assert_allclose(again_cond, cond[:12], atol=1e-6)
+    assert scene_of(list_sequences(square_root, "train")[0]) is None  # not the simulator's data
+
+
+@pytest.mark.parametrize("kind", ["reversed", "rotated", "random"])
+def test_alternative_actions_change_only_the_future_motion(sim_root, kind):
+    from cvae.data.counterfactual import alternative_actions, resimulate, scene_of
+
+    seq = list_sequences(sim_root, "test")[1]
+    frames, cond = read_sequence(seq)
+    actions = cond[:12, :4]
+    alt = alternative_actions(actions, kind, keep=1, seed=4)
+    assert np.array_equal(alt[:1], actions[:1]) and np.array_equal(alt[:, 2:], actions[:, 2:])
+    if kind == "reversed":
+        np.testing.assert_allclose(alt[1:, :2], -actions[1:, :2])
+    elif kind == "rotated":
+        np.testing.assert_allclose(alt[1:, :2], np.stack([-actions[1:, 1], actions[1:, 0]], 1), atol=1e-7)
+    else:
+        assert np.abs(alt[1:, :2]).max() <= 0.07 and np.array_equal(alt[2::2, :2], alt[3::2, :2])  # held in pairs
+    truth, alt_cond = resimulate(scene_of(seq), alt)
+    assert np.array_equal(truth[:2], frames[:2])  # the context is what the model sees: unchanged
+    assert np.abs(truth[2:].astype(int) - frames[2:12]).mean() > 0.5  # the future is another one
+    np.testing.assert_allclose(alt_cond[:, 4:], integrate_positions(cond[0, 4:], alt), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown alternative"):
+        alternative_actions(actions, "sideways", keep=1)

@@ -13,7 +13,7 @@ import cvae.train as train_mod
 from cvae import checkpoint
 from cvae.config import preset
 from cvae.data.dataset import BairDataset
-from cvae.evaluate import evaluate
+from cvae.evaluate import counterfactual, evaluate
 from cvae.train import TrainingDiverged, train
 
 TINY = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16, batch_size=4, val_seqs=2, num_workers=0)
@@ -113,6 +113,11 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert not (exported / "state.pt").exists()
     assert cli.main(["eval", "--ckpt", str(exported), "--limit", "2", "--samples", "1"]) == 0
     assert (exported / "eval" / "eval.json").is_file() and (exported / "eval" / "curves.html").is_file()
+    scores = json.loads((exported / "eval" / "eval.json").read_text())
+    assert set(scores["counterfactual"]) == {"reversed", "rotated", "random", "all"}  # simulated data
+    assert 10 < scores["counterfactual"]["reversed"]["copy_last_psnr"] < 60
+    assert len(scores["copy_last_psnr_per_step"]) == 10
+    assert "counterfactual reversed: model" in capsys.readouterr().out
 
 
 def test_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
@@ -147,8 +152,10 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
                  last_frame_skip=False, tfr_start_decay_epoch=1, tfr_decay_step=0.15, tfr_lower_bound=0.4,
                  val_seqs=1, num_workers=0)
     model = train(cfg, progress=False)
-    result = evaluate(model, BairDataset(square_root, "train", 12), 10, baselines=True)
+    data = BairDataset(square_root, "train", 12)
+    result = evaluate(model, data, 10, baselines=True)
     assert result.psnr > result.copy_last_psnr + 1, result.table()
+    assert counterfactual(model, data) is None  # not the simulator's data: no counterfactual truth
 
 
 LEARN_EPOCHS, LEARN_ITERS = 6, 50

@@ -1,0 +1,78 @@
+"""Counterfactual truth: a simulated sequence's scene re-simulated under other actions.
+
+Real video cannot say what would have happened had the arm pushed another way; the simulator can.
+A sequence of a data set that ``cvae.data.generate`` wrote is fully determined by the data set's
+seed, its split and its index, so the same scene can be run again under any actions
+(``simulator.simulate(..., actions=...)``). Sequences of any other data set (real BAIR) have no
+such truth, and :func:`scene_of` returns None for them.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bair import SPLITS, TRAJ_RE
+from .generate import DATASET_JSON
+from .simulator import ACTION_HOLD, KINEMATICS, MAX_DXY, simulate
+
+ALTERNATIVES = ("reversed", "rotated", "random")
+
+
+@dataclass(frozen=True)
+class Scene:
+    seed: int
+    split_id: int
+    index: int
+
+
+def scene_of(seq: str | Path) -> Scene | None:
+    """The simulator's scene behind sequence folder ``ROOT/<split>/<trajectory>/<n>``, or None
+    where the data set was not written by this simulator (no ``dataset.json`` in ROOT naming it
+    and its kinematics)."""
+    seq = Path(seq)
+    root, split = seq.parent.parent.parent, seq.parent.parent.name
+    try:
+        info = json.loads((root / DATASET_JSON).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if info.get("generator") != "cvae.data.simulator" or info.get("kinematics") != KINEMATICS:
+        return None
+    match = TRAJ_RE.match(seq.parent.name)
+    if match is None or not seq.name.isdigit() or split not in SPLITS:
+        return None
+    index = int(match.group(1)) + int(seq.name)
+    if index >= info.get("sizes", {}).get(split, 0):
+        return None
+    return Scene(int(info["seed"]), SPLITS.index(split), index)
+
+
+def alternative_actions(actions: np.ndarray, kind: str, keep: int, seed: int = 0) -> np.ndarray:
+    """Actions [T, 4] whose first ``keep`` rows (those that produced the context frames) are the
+    original's and whose later motion (dx, dy) is changed; lift and grip stay.
+
+    ``reversed``: the opposite direction; ``rotated``: turned 90 degrees; ``random``: a random
+    policy (uniform dx, dy within BAIR's +-0.07, held over the same step pairs as BAIR's).
+    """
+    out = np.array(actions, dtype=np.float64)
+    xy = out[keep:, :2]
+    if kind == "reversed":
+        xy *= -1
+    elif kind == "rotated":
+        xy[:] = np.stack([-xy[:, 1], xy[:, 0]], 1)
+    elif kind == "random":
+        rng = np.random.default_rng(seed)
+        held = rng.uniform(-MAX_DXY, MAX_DXY, (math.ceil(len(out) / ACTION_HOLD), 2))
+        xy[:] = np.repeat(held, ACTION_HOLD, 0)[keep : len(out)]  # held in BAIR's step pairs
+    else:
+        raise ValueError(f"unknown alternative {kind!r}: choose from {', '.join(ALTERNATIVES)}")
+    return out
+
+
+def resimulate(scene: Scene, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 [T, 64, 64, 3] and condition [T, 7] of ``scene`` run under ``actions`` [T, 4]."""
+    seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions)
+    return seq.frames, np.concatenate([seq.actions, seq.positions], 1)
