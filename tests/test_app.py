@@ -75,8 +75,12 @@ def test_positions_rederived_with_documented_kinematics(bundled):
     (lambda r: r[3].__setitem__(2, "abc"), r"row 4, column dx: 'abc' is not a number"),
     (lambda r: r[0].__setitem__(3, float("nan")), r"row 1, column dy: nan is not a finite number"),
     (lambda r: r[9].__setitem__(8, "inf"), r"row 10, column z: inf is not a finite number"),
-    (lambda r: r[2].__setitem__(2, 50), r"row 3, column dx: 50 is absurd"),
-    (lambda r: r[5].__setitem__(7, -1e6), r"row 6, column y: -1e\+06 is absurd"),
+    (lambda r: r[2].__setitem__(2, 50), r"row 3, column dx: 50 is out of range \(allowed -0.5 to 0.5"),
+    (lambda r: r[5].__setitem__(7, -1e6), r"row 6, column y: -1e\+06 is out of range"),
+    (lambda r: r[0].__setitem__(4, -5), r"row 1, column lift: -5 is out of range \(allowed 0 to 3"),
+    (lambda r: r[0].__setitem__(5, 0.5), r"row 1, column grip: 0.5 is not a whole number"),
+    (lambda r: r[4].__setitem__(5, -3), r"row 5, column grip: -3 is out of range"),
+    (lambda r: r[7].__setitem__(8, -4), r"row 8, column z: -4 is out of range \(allowed 0 to 1"),
     (lambda r: r.append(list(r[0])), r"exactly 10 rows.*it has 11"),
     (lambda r: r.pop(), r"exactly 10 rows.*it has 9"),
     (lambda r: r.clear(), r"the action table is empty"),
@@ -88,6 +92,48 @@ def test_bad_table_input_is_named(bundled, edit, message):
     edit(rows)
     with pytest.raises(logic.InputError, match=message):
         logic.parse_table(rows, N_PAST, N_FUTURE)
+
+
+@pytest.mark.parametrize("kind,amount,message", [
+    ("noise", -0.1, r"noise sigma must be from 0 to 0.2, not -0.1"),
+    ("noise", 5, r"noise sigma must be from 0 to 0.2, not 5"),
+    ("scale", None, r"k is empty: type a number from -5 to 5"),
+    ("scale", "  ", r"k is empty"),
+    ("scale", "two", r"k: 'two' is not a number"),
+    ("scale", float("inf"), r"k must be from -5 to 5, not inf"),
+    ("rotate", 1000, r"angle must be from -360 to 360"),
+])
+def test_transform_amounts_are_checked(kind, amount, message):
+    with pytest.raises(logic.InputError, match=message):
+        logic.transform_amount(kind, amount)
+    assert logic.transform_amount("scale", "2.5") == 2.5
+
+
+def test_transforms_stay_inside_the_table_ranges(bundled):
+    _, _, _, cond = bundled
+    table = logic.parse_table(logic.table_rows(cond, N_PAST, N_FUTURE), N_PAST, N_FUTURE)
+    scaled = logic.transform(table, "scale", 5) * np.array([1, 1, 1, 1, 1, 1, 1])
+    assert np.abs(scaled[:, :2]).max() <= 0.5
+    logic.parse_table([[0, 0, *row] for row in scaled.tolist()], N_PAST, N_FUTURE)  # accepted as is
+
+
+def test_model_quality_is_stated(tmp_path):
+    entry = logic.describe(logic.BUNDLED_MODEL, "bundled")
+    assert "Test PSNR" in entry.quality and "copying the last frame" in entry.quality
+    shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))
+    assert "Not evaluated" in logic.describe(tmp_path / "m", "m").quality
+
+
+def test_physics_under_edited_actions(bundled):
+    source, model, frames, cond = bundled
+    assert np.array_equal(logic.physics(source.sequences[0], cond), frames)  # own actions: the recorded video
+    edited = logic.rederive_positions(logic.with_table(cond, logic.transform(cond[1:11], "reverse"), N_PAST),
+                                      N_PAST, source.kinematics)
+    phys = logic.physics(source.sequences[0], edited)
+    assert np.array_equal(phys[:2], frames[:2]) and not np.array_equal(phys[2:], frames[2:])
+    p = logic.predict(model, frames, cond, edited, 2, seed=0, physics_frames=phys)
+    assert p.psnr_physics.shape == (10,) and p.psnr_physics_copy_last.shape == (10,)
+    assert logic.physics(Path("/nowhere/test/traj_0_to_255/0"), cond) is None
 
 
 def test_prediction_is_seeded_and_responds_to_actions(bundled, responsive_runs):
@@ -113,12 +159,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(responsive_runs):
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("server") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(responsive_runs, server_log):
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(server_log, "w")
     proc = subprocess.Popen([sys.executable, "demo_app.py", "--port", str(port), "--host", "127.0.0.1",
                              "--runs", str(responsive_runs)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -127,7 +179,7 @@ def server(responsive_runs):
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"the app exited: {proc.stdout.read()}")
+                pytest.fail(f"the app exited: {server_log.read_text()}")
             time.sleep(0.5)
     else:
         proc.kill()
@@ -135,9 +187,10 @@ def server(responsive_runs):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
-def test_live_app_through_gradio_client(server, bundled, responsive_runs):
+def test_live_app_through_gradio_client(server, server_log, bundled, responsive_runs):
     from gradio_client import Client
 
     _, _, _, cond = bundled
@@ -154,7 +207,7 @@ def test_live_app_through_gradio_client(server, bundled, responsive_runs):
     def frames(result):
         from PIL import Image
 
-        img = Image.open(result[0])  # truth | original | edited
+        img = Image.open(result[0])  # truth | original | edited | physics under the edited actions
         return np.stack([np.asarray(img.seek(i) or img.convert("RGB")) for i in range(img.n_frames)])
 
     one = client.predict(source, 0, model, edited, 4, 7, api_name="/predict")
@@ -162,14 +215,17 @@ def test_live_app_through_gradio_client(server, bundled, responsive_runs):
     same = client.predict(source, 0, model, table, 4, 7, api_name="/predict")
     a, b, c = frames(one), frames(two), frames(same)
     assert np.array_equal(a, b)  # same seed, same frames
-    tile, gap = 64 * 4, 2 * 4  # the GIF is upscaled 4x, with 2-pixel gaps between its three videos
+    tile, gap = 64 * 4, 2 * 4  # the GIF is upscaled 4x, with 2-pixel gaps between its four videos
 
     def column(video, k):
         return video[:, :, k * (tile + gap) : k * (tile + gap) + tile].astype(int)
 
-    assert a.shape[2] == 3 * tile + 2 * gap
+    assert a.shape[2] == 4 * tile + 3 * gap
     assert np.abs(column(a, 1) - column(a, 2)).mean() > 0.1  # edited actions change the future
     assert np.array_equal(column(c, 1), column(c, 2))  # unedited: identical columns
+    assert np.array_equal(column(c, 3), column(c, 0))  # physics under the own actions is the truth
+    assert np.abs(column(a, 3)[2:] - column(a, 0)[2:]).mean() > 0.5  # ... and under reversed ones it is not
+    assert "Physics under your actions" in one[-1]
     assert "ms" in one[-1]
 
     from gradio_client.exceptions import AppError
@@ -178,20 +234,68 @@ def test_live_app_through_gradio_client(server, bundled, responsive_runs):
     bad["data"][2][4] = "banana"
     with pytest.raises(AppError, match=r"row 3, column lift: 'banana' is not a number"):
         client.predict(source, 0, model, bad, 4, 7, api_name="/predict")
+    bad["data"][2][4] = "<b>" + "x" * 1000
+    with pytest.raises(AppError) as err:
+        client.predict(source, 0, model, bad, 4, 7, api_name="/predict")
+    assert "&lt;b&gt;" in str(err.value) and "<b>" not in str(err.value) and len(str(err.value)) < 400
     assert client.predict(source, 1, model, table, 2, 1, api_name="/predict")  # still serving
+    assert "Traceback" not in server_log.read_text()  # a typing mistake is no server error
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_browser_pick_edit_predict(server, tmp_path):
+def change_at(before: np.ndarray, after: np.ndarray, p_before: np.ndarray, p_after: np.ndarray,
+              radius: float = 4.0, min_px: float = 4.0) -> tuple[float, float]:
+    """Change between two uint8 videos [T, 64, 64, 3], summed in grey levels within ``radius``
+    pixels of where the kinematics put the moved gripper (p_after, (col, row) per frame) and of
+    the mirror point where a move the opposite way would have put it. A model that moves the
+    gripper the edited way changes the first far more; one that ignores the actions changes
+    neither, and a blur changes both alike. Frames where the gripper moved less than ``min_px``
+    are skipped."""
+    there = mirror = 0.0
+    rows, cols = np.indices(before.shape[1:3])
+    for a, b, pa, pb in zip(before, after, p_before, p_after):
+        if np.linalg.norm(pb - pa) >= min_px:
+            change = np.abs(b.astype(float) - a.astype(float)).mean(-1)
+            there += change[np.hypot(cols - pb[0], rows - pb[1]) <= radius].sum()
+            mirror += change[np.hypot(cols - (2 * pa - pb)[0], rows - (2 * pa - pb)[1]) <= radius].sum()
+    return there, mirror
+
+
+def gif_frames(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    return np.stack([np.asarray(img.seek(i) or img.convert("RGB")) for i in range(img.n_frames)])
+
+
+SEQ = 2
+
+
+def test_browser_pick_edit_predict(server, tmp_path, bundled):
+    """As a person would: pick a sequence by its thumbnail, type a dx (the positions follow),
+    reverse the motion, press Predict, and see the predicted gripper go where the edited actions
+    send it, beside the physics under those actions."""
     if _chromium() is None:
         if os.environ.get("CVAE_REQUIRE_BROWSER"):
             pytest.fail("chromium is required here (CVAE_REQUIRE_BROWSER is set) but not installed")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
+    from cvae.data.simulator import world_to_px
+
+    source = bundled[0]
+    frames, cond = logic.load_sequence(source.sequences[SEQ])
+    frames, cond = frames[:12], cond[:12]
+    table = logic.parse_table(logic.table_rows(cond, N_PAST, N_FUTURE), N_PAST, N_FUTURE)
+    table[0, 0] = -0.0123
+    typed = logic.rederive_positions(logic.with_table(cond, table, N_PAST), N_PAST, source.kinematics)
+    edited = logic.rederive_positions(logic.with_table(cond, logic.transform(table, "reverse"), N_PAST), N_PAST,
+                                      source.kinematics)
     shots = ROOT / "test-artifacts"
     shots.mkdir(exist_ok=True)
     with sync_playwright() as pw:
@@ -202,19 +306,36 @@ def test_browser_pick_edit_predict(server, tmp_path):
         page.goto(server)
         page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
         page.wait_for_selector("#ctx1 img", timeout=60_000)
-        page.locator("#gallery .thumbnail-item").nth(3).click()  # pick sequence 3 by its thumbnail
-        page.wait_for_function("document.querySelector('#index input[type=number]').value == '3'", timeout=30_000)
+        assert "Test PSNR" in page.locator("#quality").inner_text()  # the page says how good the model is
+        page.locator("#gallery .thumbnail-item").nth(SEQ).click()  # pick the sequence by its thumbnail
+        page.wait_for_function(f"document.querySelector('#index input[type=number]').value == '{SEQ}'",
+                               timeout=30_000)
         page.locator('#table [data-testid="cell-0-2"]').dblclick()  # row 1, column dx
         page.keyboard.press("Control+A")
         page.keyboard.type("-0.0123")
         page.keyboard.press("Enter")
-        page.wait_for_function("""document.querySelector('#table [data-testid="cell-0-2"]').innerText.includes('-0.0123')""",
-                               timeout=10_000)
+        x_next = typed[2, 4]  # row 2, column x: where that dx moves the arm
+        page.wait_for_function(f"""Math.abs(parseFloat(document.querySelector('#table [data-testid="cell-1-6"]')
+                                   .innerText) - {x_next}) < 2e-5""", timeout=20_000)
+        page.locator("#reverse").click()
+        page.wait_for_function("""document.querySelector('#table [data-testid="cell-0-2"]').innerText
+                                  .includes('0.0123') && !document.querySelector('#table [data-testid="cell-0-2"]')
+                                  .innerText.includes('-')""", timeout=20_000)
         page.locator("#predict").click()
         page.wait_for_selector("#compare img[src*='.gif']", timeout=60_000)
         page.wait_for_selector("#step_plot .js-plotly-plot", timeout=60_000)
         summary = page.locator("#summary").inner_text()
-        assert "ms" in summary and "actions unedited" not in summary, summary  # the edited cell reached the model
+        assert "ms" in summary and "actions unedited" not in summary, summary  # the edits reached the model
+        assert "Physics under your actions" in summary
+        video = gif_frames(page.request.get(page.locator("#compare img").get_attribute("src")).body())
         page.screenshot(path=str(shots / "app.png"), full_page=True)
         browser.close()
+    small = video[:, ::4, ::4]  # the GIF is upscaled 4x: back to 64 px per frame
+    tile = 64 + 2  # each video 64 px, then a 2 px gap
+    original, yours, physics = (small[N_PAST:, :, k * tile : k * tile + 64] for k in (1, 2, 3))
+    p_orig, p_edit = world_to_px(cond[N_PAST:, 4:6]), world_to_px(edited[N_PAST:, 4:6])
+    there, mirror = change_at(original, yours, p_orig, p_edit)
+    truth_there, truth_mirror = change_at(frames[N_PAST:], physics, p_orig, p_edit)
+    assert truth_there > 3 * truth_mirror  # the measure itself, on the physics
+    assert there > 1000 and there > 3 * mirror, (there, mirror)  # the predicted gripper went the edited way
     assert (shots / "app.png").stat().st_size > 10_000

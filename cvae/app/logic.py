@@ -14,6 +14,7 @@ import torch
 
 from ..checkpoint import CheckpointError, find_log, load_model, read_meta
 from ..data.bair import DataError, list_sequences, read_sequence
+from ..data.counterfactual import resimulate, scene_of
 from ..data.generate import read_kinematics
 from ..data.simulator import GAIN, KINEMATICS, integrate_positions
 from ..metrics import psnr, ssim
@@ -24,8 +25,15 @@ BUNDLED_MODEL = ASSETS / "model"
 ACTION_COLS = ["dx", "dy", "lift", "grip"]
 POSITION_COLS = ["x", "y", "z"]
 HEADERS = ["step", "drives frame"] + ACTION_COLS + POSITION_COLS
-MAX_DXY, MAX_ACTION, MAX_POSITION = 1.0, 5.0, 5.0
+# Allowed range of each table column: wide enough for any edit a person means (BAIR moves about
+# +-0.07 per step; x 0.46-0.74, y -0.25-0.11, z 0.20-0.22), narrow enough to catch a slip.
+# lift and grip are BAIR's small whole numbers.
+RANGES = {"dx": (-0.5, 0.5), "dy": (-0.5, 0.5), "lift": (0, 3), "grip": (0, 3),
+          "x": (0.0, 1.5), "y": (-1.0, 1.0), "z": (0.0, 1.0)}
+WHOLE = ("lift", "grip")
 DECIMALS = 5  # the table shows values rounded to this many decimals
+# Transform inputs: (lowest, highest) accepted
+TRANSFORM_RANGES = {"scale": (-5.0, 5.0), "rotate": (-360.0, 360.0), "noise": (0.0, 0.2)}
 
 
 class InputError(ValueError):
@@ -70,20 +78,38 @@ class ModelEntry:
     config: dict
     test_psnr: float | None
     log: Path | None
+    quality: str  # how good the model is, in words the page shows
+
+
+def quality(path: Path, scores: dict | None) -> str:
+    """The model's test scores against the baselines, from its ``eval/eval.json``."""
+    if scores is None:
+        return (f"**Not evaluated**: how good this model is is unknown. Score it with "
+                f"`python train_cli.py eval --ckpt {path}`.")
+    text = f"Test PSNR **{scores['psnr']:.2f} dB** ({scores['n_sequences']} sequences, lab protocol)"
+    if scores.get("copy_last_psnr") is not None:
+        gain = scores["psnr"] - scores["copy_last_psnr"]
+        text += (f" against **{scores['copy_last_psnr']:.2f} dB** for copying the last frame ({gain:+.2f} dB)"
+                 f" and {scores['shuffled_cond_psnr']:.2f} dB when fed another sequence's actions")
+    cf = (scores.get("counterfactual") or {}).get("all")
+    if cf:
+        text += (f"; under actions the data never took, against the re-simulated physics: "
+                 f"**{cf['psnr']:.2f} dB** vs copy-last {cf['copy_last_psnr']:.2f} dB")
+    return text + "."
 
 
 def describe(path: Path, name: str) -> ModelEntry:
     meta = read_meta(path)
     cfg = meta["config"]
-    score = None
     eval_json = path / "eval" / "eval.json"
-    if eval_json.is_file():
-        score = json.loads(eval_json.read_text()).get("psnr")
+    scores = json.loads(eval_json.read_text()) if eval_json.is_file() else None
+    score = None if scores is None else scores.get("psnr")
     log = find_log(path)
     shown = f"test PSNR {score:.2f} dB" if score is not None else "not evaluated"
-    label = (f"{name} · {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']}, "
+    head = cfg.get("output", "image")
+    label = (f"{name} · {cfg['prior']} prior, {head} head, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']}, "
              f"epoch {meta.get('epoch', '?')} · {shown}")
-    return ModelEntry(label, path, cfg, score, log)
+    return ModelEntry(label, path, cfg, score, log, quality(path, scores))
 
 
 def find_models(runs_dirs: list[str | Path]) -> dict[str, ModelEntry]:
@@ -139,10 +165,13 @@ def parse_table(rows: list[list] | None, n_past: int, n_future: int) -> np.ndarr
                 raise InputError(f"row {r + 1}, column {name}: {str(cell)!r} is not a number") from None
             if not math.isfinite(v):
                 raise InputError(f"row {r + 1}, column {name}: {v} is not a finite number")
-            limit = MAX_DXY if name in ("dx", "dy") else MAX_ACTION if name in ACTION_COLS else MAX_POSITION
-            if abs(v) > limit:
-                raise InputError(f"row {r + 1}, column {name}: {v:g} is absurd (allowed |{name}| <= {limit:g}; "
-                                 "BAIR moves about +-0.07 per step)")
+            lo, hi = RANGES[name]
+            if not lo <= v <= hi:
+                raise InputError(f"row {r + 1}, column {name}: {v:g} is out of range (allowed {lo:g} to {hi:g}; "
+                                 "BAIR moves about +-0.07 per step, x 0.46-0.74, y -0.25-0.11, z 0.20-0.22)")
+            if name in WHOLE and not v.is_integer():
+                raise InputError(f"row {r + 1}, column {name}: {v:g} is not a whole number ({name} is a level: "
+                                 f"{lo} to {hi})")
             out[r, c] = v
     return out
 
@@ -170,8 +199,25 @@ def rederive_positions(cond: np.ndarray, n_past: int, kinematics: dict | None) -
     return out
 
 
+def transform_amount(kind: str, amount: object) -> float:
+    """The number typed beside a transform button, checked: a blank or out-of-range box is an
+    error, never a silent zero."""
+    lo, hi = TRANSFORM_RANGES[kind]
+    label = {"scale": "k", "rotate": "angle", "noise": "noise sigma"}[kind]
+    if amount is None or (isinstance(amount, str) and not amount.strip()):
+        raise InputError(f"{label} is empty: type a number from {lo:g} to {hi:g}")
+    try:
+        value = float(amount)
+    except (TypeError, ValueError):
+        raise InputError(f"{label}: {str(amount)[:40]!r} is not a number") from None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise InputError(f"{label} must be from {lo:g} to {hi:g}, not {value:g}")
+    return value
+
+
 def transform(table: np.ndarray, kind: str, amount: float = 0.0, seed: int = 0) -> np.ndarray:
-    """One-click edits of the motion (dx, dy); lift and grip stay."""
+    """One-click edits of the motion (dx, dy); lift and grip stay. Results are clipped to the
+    table's dx, dy range, so a transform never produces a table that Predict refuses."""
     out = table.copy()
     xy = out[:, :2]
     if kind == "zero":
@@ -188,6 +234,7 @@ def transform(table: np.ndarray, kind: str, amount: float = 0.0, seed: int = 0) 
         xy += np.random.default_rng(seed).normal(0, amount, xy.shape).astype(np.float32)
     else:
         raise InputError(f"unknown transform {kind!r}")
+    np.clip(xy, *RANGES["dx"], out=xy)
     return out
 
 
@@ -204,17 +251,22 @@ class Prediction:
     best: int  # best-of-N sample (original actions) by mean PSNR
     edited_differs: bool
     seconds: float
+    physics: torch.Tensor | None = None  # [n_past + n_future, 3, 64, 64]: the scene re-simulated under the edits
+    psnr_physics: torch.Tensor | None = None  # [n_future]: sample 1 (edited actions) against physics
+    psnr_physics_copy_last: torch.Tensor | None = None  # [n_future]: the last context frame against physics
 
     def uncertainty(self) -> np.ndarray:
         """Per-pixel standard deviation over the samples (edited actions), averaged over time and
-        colour channels, as [64, 64] in [0, 1] of the largest value."""
-        std = self.edited.std(0, unbiased=False).mean((0, 1)) if len(self.edited) > 1 else torch.zeros(self.edited.shape[-2:])
-        return std.numpy()
+        colour channels, in grey levels (0-255) as [64, 64]."""
+        if len(self.edited) < 2:
+            return np.zeros(self.edited.shape[-2:], np.float32)
+        return (self.edited.std(0, unbiased=False).mean((0, 1)) * 255).numpy()
 
 
 def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,  # noqa: ANN001
-            seed: int) -> Prediction:
-    """Futures under the original and the edited conditions, in one batched call."""
+            seed: int, physics_frames: np.ndarray | None = None) -> Prediction:
+    """Futures under the original and the edited conditions, in one batched call; scored against
+    ``physics_frames`` (uint8 [T, 64, 64, 3], the scene under the edits) where given."""
     if not 1 <= n_samples <= 16:
         raise InputError(f"number of futures must be between 1 and 16, not {n_samples}")
     n_past = model.n_past
@@ -226,13 +278,27 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
     seconds = time.perf_counter() - started
     target = x[n_past:]
     p_orig, p_edit = psnr(out[0], target), psnr(out[1], target)
-    return Prediction(truth=x, original=out[0], edited=out[1], psnr_original=p_orig, psnr_edited=p_edit,
-                      ssim_edited=ssim(out[1], target), best=int(p_orig.mean(1).argmax()),
-                      edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds)
+    result = Prediction(truth=x, original=out[0], edited=out[1], psnr_original=p_orig, psnr_edited=p_edit,
+                        ssim_edited=ssim(out[1], target), best=int(p_orig.mean(1).argmax()),
+                        edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds)
+    if physics_frames is not None:
+        phys = torch.from_numpy(physics_frames[: len(frames)]).permute(0, 3, 1, 2).float() / 255
+        result.physics = phys
+        result.psnr_physics = psnr(out[1, 0], phys[n_past:])
+        result.psnr_physics_copy_last = psnr(x[n_past - 1].expand_as(phys[n_past:]), phys[n_past:])
+    return result
+
+
+def physics(sequence: Path, cond: np.ndarray) -> np.ndarray | None:
+    """The scene of a simulated ``sequence`` re-run under the actions of ``cond`` [T, 7]: uint8
+    frames [T, 64, 64, 3]. None for data the simulator did not make (real BAIR)."""
+    scene = scene_of(sequence)
+    return None if scene is None else resimulate(scene, cond[:, :4])[0]
 
 
 def kinematics_note(source: Source) -> str:
     if source.kinematics is None:
         return "This data set documents no kinematics: edited actions leave the positions as they are."
-    return (f"Positions follow the simulator's kinematics: xy[t+1] = xy[t] + {GAIN} * (dx, dy), "
-            "z from the lift level.")
+    return (f"x, y, z follow from the actions by the simulator's kinematics (xy[t+1] = xy[t] + {GAIN} * (dx, dy), "
+            "z from the lift level): they are recomputed whenever you edit dx, dy or lift, so typing into "
+            "them has no effect.")

@@ -1,7 +1,10 @@
 """The Gradio page. Layout and wiring only; what each control does lives in ``logic``."""
 from __future__ import annotations
 
+import collections
+import html
 import random
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -10,7 +13,8 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from ..artifacts import comparison_video, curves_figure, grid, read_log, rows, strip, to_uint8, upscale, write_gif, write_png
+from ..artifacts import (comparison_video, curves_figure, grid, read_log, rows, strip, tile, to_uint8, upscale,
+                         write_gif, write_png)
 from ..checkpoint import CheckpointError
 from ..data.bair import DataError
 from . import logic
@@ -24,26 +28,83 @@ the prediction with the original actions, and the prediction with yours. *z* is 
 randomness: **Resample z** draws a different future for the same actions."""
 
 
+MAX_ERROR_CHARS = 300
+KEEP_OUTPUTS = 24  # newest output folders kept on disk; older ones are deleted
+UNCERTAINTY_MAX = 32.0  # grey levels at the top of the uncertainty map's fixed colour scale
+
+
+def user_error(message: object) -> gr.Error:
+    """A toast for a person's mistake: plain text (HTML escaped), cut to a readable length, and no
+    traceback in the server log."""
+    text = str(message)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    return gr.Error(html.escape(text, quote=False), print_exception=False)
+
+
+class Outputs:
+    """A fresh folder per request under one root, keeping only the newest KEEP_OUTPUTS, so a
+    long-running server's disk use stays bounded."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cvae_app_"))
+        self.folders: collections.deque[Path] = collections.deque()
+
+    def new(self) -> Path:
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir()
+        self.folders.append(folder)
+        while len(self.folders) > KEEP_OUTPUTS:
+            shutil.rmtree(self.folders.popleft(), ignore_errors=True)
+        return folder
+
+
 def _png(img: np.ndarray, out: Path, name: str) -> str:
     return str(write_png(out / f"{name}.png", img))
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
-    """A [H, W] map as a dark-to-yellow heat image, scaled to its own maximum."""
-    v = values / values.max() if values.max() > 0 else values
+def _colours(v: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> dark-to-yellow uint8 colours [..., 3]."""
     rgb = np.stack([np.clip(1.5 * v, 0, 1), np.clip(1.5 * v - 0.5, 0, 1) ** 0.8, np.clip(0.6 - 1.2 * abs(v - 0.35), 0, 1)], -1)
     return (rgb * 255).astype(np.uint8)
 
 
+def _heat(grey_levels: np.ndarray, scale: int = 4) -> np.ndarray:
+    """A [H, W] map in grey levels on a fixed scale (0 to UNCERTAINTY_MAX), upscaled, with a
+    labelled colour bar on its right, so maps of different predictions compare by eye."""
+    from PIL import Image, ImageDraw
+
+    img = upscale(_colours(np.clip(grey_levels / UNCERTAINTY_MAX, 0, 1)), scale)
+    h = img.shape[0]
+    bar = np.repeat(_colours(np.linspace(1, 0, h))[:, None], 14, 1)
+    panel = Image.new("RGB", (img.shape[1] + 80, h), "white")
+    panel.paste(Image.fromarray(img), (0, 0))
+    panel.paste(Image.fromarray(bar), (img.shape[1] + 6, 0))
+    draw = ImageDraw.Draw(panel)
+    x = img.shape[1] + 24
+    draw.text((x, 0), f">={UNCERTAINTY_MAX:g}", fill="black")
+    draw.text((x, h // 2 - 12), "grey\nlevels", fill="black")
+    draw.text((x, h - 12), "0", fill="black")
+    return np.asarray(panel)
+
+
 def _step_plot(p: logic.Prediction, n_past: int) -> go.Figure:
+    """Per-step scores of sample 1; each line has its own colour, dash and marker, and the legend
+    sits below the axes where nothing covers it."""
     frames = list(range(n_past, n_past + len(p.psnr_edited[0])))
     fig = go.Figure()
-    fig.add_scatter(x=frames, y=p.psnr_original[0].tolist(), name="PSNR, original actions", mode="lines+markers")
-    fig.add_scatter(x=frames, y=p.psnr_edited[0].tolist(), name="PSNR, edited actions", mode="lines+markers")
-    fig.add_scatter(x=frames, y=p.ssim_edited[0].tolist(), name="SSIM, edited actions", mode="lines+markers", yaxis="y2")
-    fig.update_layout(xaxis_title="frame", yaxis_title="PSNR (dB) vs ground truth",
+    lines = [("PSNR vs truth, original actions", p.psnr_original[0], "#1f77b4", "solid", "circle", "y"),
+             ("PSNR vs truth, your actions", p.psnr_edited[0], "#ff7f0e", "dash", "square", "y"),
+             ("SSIM vs truth, your actions (right axis)", p.ssim_edited[0], "#2ca02c", "dot", "diamond", "y2")]
+    if p.psnr_physics is not None:
+        lines.append(("PSNR vs physics under your actions", p.psnr_physics, "#9467bd", "dashdot", "x", "y"))
+    for name, values, colour, dash, marker, axis in lines:
+        fig.add_scatter(x=frames, y=values.tolist(), name=name, mode="lines+markers", yaxis=axis,
+                        line=dict(color=colour, dash=dash, width=2), marker=dict(symbol=marker, size=8))
+    fig.update_layout(xaxis_title="frame", yaxis_title="PSNR (dB)",
                       yaxis2=dict(title="SSIM", overlaying="y", side="right", range=[0, 1]),
-                      height=320, margin=dict(l=50, r=50, t=30, b=40), legend=dict(orientation="h", y=1.15))
+                      height=380, margin=dict(l=50, r=50, t=20, b=110),
+                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
     return fig
 
 
@@ -54,29 +115,29 @@ def _picked(evt: gr.SelectData) -> int:
 def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
     sources = logic.find_sources(data_dirs)
     models = logic.find_models(runs_dirs)
-    out_root = Path(tempfile.mkdtemp(prefix="cvae_app_"))
+    outputs = Outputs()
     first_source, first_model = next(iter(sources)), next(iter(models))
 
     def current(source_label: str, index: int) -> tuple[logic.Source, np.ndarray, np.ndarray]:
         if source_label not in sources:
-            raise gr.Error(f"unknown sequence source {source_label!r}")
+            raise user_error(f"unknown sequence source {source_label!r}")
         source = sources[source_label]
         index = int(index)
         if not 0 <= index < len(source.sequences):
-            raise gr.Error(f"sequence {index} is out of range: {source_label} has {len(source.sequences)}")
+            raise user_error(f"sequence {index} is out of range: {source_label} has {len(source.sequences)}")
         try:
             frames, cond = logic.load_sequence(source.sequences[index])
         except DataError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
         return source, frames, cond
 
     def model_for(label: str):  # noqa: ANN202
         if label not in models:
-            raise gr.Error(f"unknown model {label!r}")
+            raise user_error(f"unknown model {label!r}")
         try:
             return logic.cached_model(models[label].path)
         except CheckpointError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
 
     def selection(source_label: str, index: int, model_label: str):  # noqa: ANN202
         """The chosen sequence and model, and how many frames the model sees and predicts."""
@@ -86,47 +147,69 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
 
     def on_sequence(source_label: str, index: int, model_label: str):  # noqa: ANN202
         source, frames, cond, _, n_past, n_future = selection(source_label, index, model_label)
-        out = out_root / uuid.uuid4().hex
+        out = outputs.new()
         ctx = [_png(upscale(frames[t], 4), out, f"context{t}") for t in range(n_past)]
         truth = write_gif(out / "truth.gif", frames[: n_past + n_future])
         return (ctx[0], ctx[-1], str(truth), logic.table_rows(cond, n_past, n_future),
-                logic.kinematics_note(source) + f" Sequence: `{source.sequences[int(index)].relative_to(source.root)}`.")
+                logic.kinematics_note(source) + f" Sequence: `{source.sequences[int(index)].relative_to(source.root)}`.",
+                models[model_label].quality)
 
     def on_source(source_label: str, model_label: str):  # noqa: ANN202
         source = sources[source_label]
         thumbs = [(upscale(logic.load_sequence(s)[0][0], 2), str(i)) for i, s in enumerate(source.sequences[:48])]
         return (gr.update(maximum=len(source.sequences) - 1, value=0), thumbs, *on_sequence(source_label, 0, model_label))
 
-    def on_transform(kind: str, source_label: str, index: int, model_label: str, table: list, amount: float,
-                     seed: float):  # noqa: ANN202
+    def edited_conditions(source: logic.Source, cond: np.ndarray, table: list, n_past: int,
+                          n_future: int) -> np.ndarray:
+        """The full condition with the table's rows, positions re-derived where the data set's
+        kinematics say how."""
+        edited = logic.with_table(cond, logic.parse_table(table, n_past, n_future), n_past)
+        return logic.rederive_positions(edited, n_past, source.kinematics)
+
+    def on_transform(kind: str, source_label: str, index: int, model_label: str, table: list, amount: object,
+                     seed: object):  # noqa: ANN202
         source, _, cond, _, n_past, n_future = selection(source_label, index, model_label)
         if kind == "reset":
             return logic.table_rows(cond, n_past, n_future)
         try:
-            edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, float(amount or 0), int(seed or 0))
+            value = logic.transform_amount(kind, amount) if kind in logic.TRANSFORM_RANGES else 0.0
+            edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, value, check_seed(seed))
+            full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics)
         except logic.InputError as e:
-            raise gr.Error(str(e)) from None
-        full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics)
+            raise user_error(e) from None
         return logic.table_rows(full, n_past, n_future)
 
-    def on_predict(source_label: str, index: int, model_label: str, table: list, n_samples: float, seed: float):  # noqa: ANN202
-        _, frames, cond, model, n_past, n_future = selection(source_label, index, model_label)
+    def on_table_input(source_label: str, index: int, model_label: str, table: list):  # noqa: ANN202
+        """Typing into dx, dy or lift re-derives x, y, z at once where the kinematics are known."""
+        source, _, cond, _, n_past, n_future = selection(source_label, index, model_label)
+        if source.kinematics is None:
+            return gr.update()
         try:
-            if seed is None or not float(seed).is_integer() or not 0 <= seed < 2**31:
-                raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
-            edited = logic.with_table(cond, logic.parse_table(table, n_past, n_future), n_past)
-            p = logic.predict(model, frames[: n_past + n_future], cond[: n_past + n_future],
-                              edited[: n_past + n_future], int(n_samples), int(seed))
+            return logic.table_rows(edited_conditions(source, cond, table, n_past, n_future), n_past, n_future)
         except logic.InputError as e:
-            raise gr.Error(str(e)) from None
-        out = out_root / uuid.uuid4().hex
+            raise user_error(e) from None
+
+    def on_predict(source_label: str, index: int, model_label: str, table: list, n_samples: float, seed: float):  # noqa: ANN202
+        source, frames, cond, model, n_past, n_future = selection(source_label, index, model_label)
+        t = n_past + n_future
+        try:
+            z_seed = check_seed(seed)
+            edited = edited_conditions(source, cond, table, n_past, n_future)
+            phys = logic.physics(source.sequences[int(index)], edited[:t])
+            p = logic.predict(model, frames[:t], cond[:t], edited[:t], int(n_samples), z_seed, phys)
+        except logic.InputError as e:
+            raise user_error(e) from None
+        out = outputs.new()
         truth = to_uint8(p.truth)
         original, edited_v = to_uint8(p.original), to_uint8(p.edited)
-        side = write_gif(out / "compare.gif", comparison_video(truth, [original[0], edited_v[0]], n_past))
+        videos = comparison_video(truth, [original[0], edited_v[0]], n_past)
+        if p.physics is not None:
+            videos = tile([videos, to_uint8(p.physics)])
+        side = write_gif(out / "compare.gif", videos)
         futures = [np.concatenate([truth[:n_past], v]) for v in edited_v]
         futures_gif = write_gif(out / "futures.gif", grid(futures), scale=3)
         best = write_gif(out / "best.gif", comparison_video(truth, [original[p.best]], n_past))
-        std = _png(upscale(_heat(p.uncertainty()), 4), out, "std")
+        std = _png(_heat(p.uncertainty()), out, "std")
         steps = _png(rows([strip(truth[n_past:]), strip(original[0]), strip(edited_v[0])]), out, "steps")
         note = "" if p.edited_differs else " (actions unedited: both columns use the same actions)"
         summary = (f"**{p.seconds * 1000:.0f} ms** for {int(n_samples)} futures x {n_future} frames under the "
@@ -134,7 +217,22 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                    f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
                    f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {int(n_samples)} "
                    f"(original actions): sample {p.best + 1}, **{p.psnr_original[p.best].mean():.2f} dB**.")
+        if p.physics is not None:
+            summary += (f" **Physics under your actions** (the scene re-simulated): your-actions prediction "
+                        f"**{p.psnr_physics.mean():.2f} dB** against it; copying the last frame "
+                        f"{p.psnr_physics_copy_last.mean():.2f} dB.")
+        else:
+            summary += " This is not simulated data, so there is no physics truth for edited actions."
         return str(side), str(futures_gif), std, str(best), steps, _step_plot(p, n_past), summary
+
+    def check_seed(seed: object) -> int:
+        try:
+            value = float(seed)
+        except (TypeError, ValueError):
+            raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed!r}") from None
+        if not (value.is_integer() and 0 <= value < 2**31):
+            raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
+        return int(value)
 
     def on_curves(labels: list[str]):  # noqa: ANN202
         logs = {}
@@ -145,10 +243,12 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
             try:
                 logs[label.split(" · ")[0]] = read_log(entry.log)
             except ValueError as e:
-                raise gr.Error(str(e)) from None
+                raise user_error(e) from None
         return curves_figure(logs)
 
-    with gr.Blocks(title="Action-conditioned video prediction") as demo:
+    # Gradio copies every returned file into its cache: delete_cache bounds that copy as Outputs
+    # bounds ours (every 5 minutes, files older than 15 minutes).
+    with gr.Blocks(title="Action-conditioned video prediction", delete_cache=(300, 900)) as demo:
         gr.Markdown(INTRO, elem_id="title")
         with gr.Tab("Predict"):
             with gr.Row():
@@ -156,6 +256,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                 index = gr.Slider(0, len(sources[first_source].sequences) - 1, value=0, step=1, label="Sequence",
                                   elem_id="index")
                 model_dd = gr.Dropdown(list(models), value=first_model, label="Model", elem_id="model", scale=2)
+            quality = gr.Markdown(models[first_model].quality, elem_id="quality")
             gallery = gr.Gallery(label="Pick a sequence (first frames)", columns=12, height=130, allow_preview=False,
                                  elem_id="gallery")
             with gr.Row():
@@ -169,11 +270,11 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
             with gr.Row():
                 zero = gr.Button("zero motion", size="sm", elem_id="zero")
                 reverse = gr.Button("reverse (-dx, -dy)", size="sm", elem_id="reverse")
-                scale_k = gr.Number(2.0, label="k", min_width=60, elem_id="scale_k")
+                scale_k = gr.Number(2.0, label="k (-5 to 5)", min_width=60, elem_id="scale_k")
                 scale = gr.Button("scale by k", size="sm", elem_id="scale")
-                angle = gr.Number(90.0, label="angle (deg)", min_width=80, elem_id="angle")
+                angle = gr.Number(90.0, label="angle (deg, -360 to 360)", min_width=80, elem_id="angle")
                 rotate = gr.Button("rotate", size="sm", elem_id="rotate")
-                sigma = gr.Number(0.03, label="noise sigma", min_width=80, elem_id="sigma")
+                sigma = gr.Number(0.03, label="noise sigma (0 to 0.2)", min_width=80, elem_id="sigma")
                 noise = gr.Button("add noise", size="sm", elem_id="noise")
                 reset = gr.Button("reset", size="sm", elem_id="reset")
             with gr.Row():
@@ -183,7 +284,8 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                 resample = gr.Button("Resample z", elem_id="resample")
             summary = gr.Markdown(elem_id="summary")
             with gr.Row():
-                compare = gr.Image(label="truth | original actions | your actions (red border: predicted)",
+                compare = gr.Image(label="truth | original actions | your actions (red border: predicted) | "
+                                   "physics under your actions (simulated data only)",
                                    elem_classes="frame", elem_id="compare")
                 best = gr.Image(label="truth | best of N (original actions)", elem_classes="frame", elem_id="best")
             with gr.Row():
@@ -198,7 +300,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                                   elem_id="runs")
             curves = gr.Plot(label="KL, MSE, validation PSNR, teacher forcing, KL weight", elem_id="curves")
 
-        seq_outputs = [ctx0, ctx1, truth, table, kin_note]
+        seq_outputs = [ctx0, ctx1, truth, table, kin_note, quality]
         pred_inputs = [source_dd, index, model_dd, table, n_samples, seed]
         pred_outputs = [compare, futures, std, best, steps, step_plot, summary]
         source_dd.change(on_source, [source_dd, model_dd], [index, gallery, *seq_outputs])
@@ -210,6 +312,7 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                                   (rotate, "rotate", angle), (noise, "noise", sigma), (reset, "reset", None)]:
             btn.click(lambda s, i, m, t, a, z, kind=kind: on_transform(kind, s, i, m, t, a, z),
                       [source_dd, index, model_dd, table, amount or scale_k, seed], table)
+        table.input(on_table_input, [source_dd, index, model_dd, table], table)
         predict_btn.click(on_predict, pred_inputs, pred_outputs, api_name="predict")
         resample.click(lambda: random.randrange(2**31), None, seed).then(on_predict, pred_inputs, pred_outputs)
         runs_dd.change(on_curves, runs_dd, curves)
