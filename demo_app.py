@@ -17,14 +17,16 @@ def main() -> int:
     p.add_argument("--host", default=None, help="server name, e.g. 0.0.0.0 (Gradio's default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (Gradio's default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    p.add_argument("--keep-minutes", type=float, default=10,
+                   help="delete generated GIFs and images older than this (default 10), so disk use stays bounded")
     args = p.parse_args()
     from cvae.app.ui import launch
     from cvae.checkpoint import CheckpointError
     from cvae.data.bair import DataError
 
     try:
-        launch(args.data, args.runs, args.host, args.port, args.share)
-    except (DataError, CheckpointError) as e:
+        launch(args.data, args.runs, args.host, args.port, args.share, args.keep_minutes)
+    except (DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -339,3 +339,22 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
     assert truth_there > 3 * truth_mirror  # the measure itself, on the physics
     assert there > 1000 and there > 3 * mirror, (there, mirror)  # the predicted gripper went the edited way
     assert (shots / "app.png").stat().st_size > 10_000
+
+
+def test_output_folders_are_bounded():
+    from cvae.app.ui import KEEP_OUTPUTS, Outputs
+
+    outputs = Outputs()
+    made = []
+    for _ in range(KEEP_OUTPUTS + 5):
+        made.append(outputs.new())
+        (made[-1] / "x.gif").write_bytes(b"x" * 10)
+    assert sorted(outputs.root.iterdir()) == sorted(made[-KEEP_OUTPUTS:])
+    shutil.rmtree(outputs.root)
+
+
+def test_app_refuses_a_bad_option_without_traceback():
+    proc = subprocess.run([sys.executable, "demo_app.py", "--keep-minutes", "0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert proc.returncode == 2 and "--keep-minutes must be positive" in proc.stderr
+    assert "Traceback" not in proc.stderr

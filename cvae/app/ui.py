@@ -112,7 +112,11 @@ def _picked(evt: gr.SelectData) -> int:
     return int(evt.index)
 
 
-def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
+def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) -> gr.Blocks:
+    """The page. Gradio copies every returned file into its cache; files there older than
+    ``keep_minutes`` are deleted (checked every quarter of that), as Outputs bounds our own."""
+    if not keep_minutes > 0:
+        raise ValueError(f"--keep-minutes must be positive, not {keep_minutes}")
     sources = logic.find_sources(data_dirs)
     models = logic.find_models(runs_dirs)
     outputs = Outputs()
@@ -246,9 +250,8 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                 raise user_error(e) from None
         return curves_figure(logs)
 
-    # Gradio copies every returned file into its cache: delete_cache bounds that copy as Outputs
-    # bounds ours (every 5 minutes, files older than 15 minutes).
-    with gr.Blocks(title="Action-conditioned video prediction", delete_cache=(300, 900)) as demo:
+    keep = max(1, round(keep_minutes * 60))
+    with gr.Blocks(title="Action-conditioned video prediction", delete_cache=(max(1, keep // 4), keep)) as demo:
         gr.Markdown(INTRO, elem_id="title")
         with gr.Tab("Predict"):
             with gr.Row():
@@ -283,14 +286,14 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
                 predict_btn = gr.Button("Predict", variant="primary", elem_id="predict")
                 resample = gr.Button("Resample z", elem_id="resample")
             summary = gr.Markdown(elem_id="summary")
+            compare = gr.Image(label="truth | original actions | your actions (red border: predicted) | "
+                               "physics under your actions (simulated data only)",
+                               elem_classes="frame", elem_id="compare")
             with gr.Row():
-                compare = gr.Image(label="truth | original actions | your actions (red border: predicted) | "
-                                   "physics under your actions (simulated data only)",
-                                   elem_classes="frame", elem_id="compare")
                 best = gr.Image(label="truth | best of N (original actions)", elem_classes="frame", elem_id="best")
-            with gr.Row():
                 futures = gr.Image(label="N futures with your actions", elem_classes="frame", elem_id="futures")
-                std = gr.Image(label="uncertainty: per-pixel std over the N futures", elem_classes="frame", elem_id="std")
+                std = gr.Image(label="uncertainty: per-pixel std over the N futures, in grey levels (fixed scale)",
+                               elem_classes="frame", elem_id="std")
             steps = gr.Image(label="per step: truth / original actions / your actions", elem_classes="frame",
                              elem_id="steps")
             step_plot = gr.Plot(label="per-step PSNR and SSIM", elem_id="step_plot")
@@ -320,8 +323,9 @@ def build(data_dirs: list[str], runs_dirs: list[str]) -> gr.Blocks:
     return demo
 
 
-def launch(data_dirs: list[str], runs_dirs: list[str], host: str | None, port: int | None, share: bool) -> None:
-    demo = build(data_dirs, runs_dirs)
+def launch(data_dirs: list[str], runs_dirs: list[str], host: str | None, port: int | None, share: bool,
+           keep_minutes: float = 10) -> None:
+    demo = build(data_dirs, runs_dirs, keep_minutes)
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
                 allowed_paths=[tempfile.gettempdir()])
