@@ -310,13 +310,21 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
         page.locator("#gallery .thumbnail-item").nth(SEQ).click()  # pick the sequence by its thumbnail
         page.wait_for_function(f"document.querySelector('#index input[type=number]').value == '{SEQ}'",
                                timeout=30_000)
+        page.wait_for_function(f"""Math.abs(parseFloat(document.querySelector('#table [data-testid="cell-0-2"]')
+                                   .innerText) - {cond[1, 0]}) < 2e-5""", timeout=30_000)  # its table is in
+        before = page.locator('#table [data-testid="cell-0-2"]').inner_text()
+        page.locator("#sigma input").fill("-0.5")  # a slip: the toast says so, the table stays
+        page.locator("#noise").click()
+        page.wait_for_selector(".toast-body", timeout=20_000)
+        assert "noise sigma must be from 0 to 0.2, not -0.5" in page.locator(".toast-body").first.inner_text()
+        assert page.locator('#table [data-testid="cell-0-2"]').inner_text() == before
         page.locator('#table [data-testid="cell-0-2"]').dblclick()  # row 1, column dx
         page.keyboard.press("Control+A")
         page.keyboard.type("-0.0123")
         page.keyboard.press("Enter")
         x_next = typed[2, 4]  # row 2, column x: where that dx moves the arm
         page.wait_for_function(f"""Math.abs(parseFloat(document.querySelector('#table [data-testid="cell-1-6"]')
-                                   .innerText) - {x_next}) < 2e-5""", timeout=20_000)
+                                   .innerText) - {x_next}) < 2e-5""", timeout=30_000)
         page.locator("#reverse").click()
         page.wait_for_function("""document.querySelector('#table [data-testid="cell-0-2"]').innerText
                                   .includes('0.0123') && !document.querySelector('#table [data-testid="cell-0-2"]')

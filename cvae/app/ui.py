@@ -33,13 +33,24 @@ KEEP_OUTPUTS = 24  # newest output folders kept on disk; older ones are deleted
 UNCERTAINTY_MAX = 32.0  # grey levels at the top of the uncertainty map's fixed colour scale
 
 
-def user_error(message: object) -> gr.Error:
-    """A toast for a person's mistake: plain text (HTML escaped), cut to a readable length, and no
-    traceback in the server log."""
+def _plain(message: object) -> str:
+    """Toast text: HTML escaped (toasts render HTML) and cut to a readable length."""
     text = str(message)
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
-    return gr.Error(html.escape(text, quote=False), print_exception=False)
+    return html.escape(text, quote=False)
+
+
+def user_error(message: object) -> gr.Error:
+    """An error toast for a person's mistake, with no traceback in the server log."""
+    return gr.Error(_plain(message), print_exception=False)
+
+
+def keep_and_warn(message: object) -> dict:
+    """A toast for a mistake in an edit: the component keeps what it showed (raising would put a
+    red 'Error' box in place of the person's table)."""
+    gr.Warning(_plain(message))
+    return gr.update()
 
 
 class Outputs:
@@ -180,7 +191,7 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
             edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, value, check_seed(seed))
             full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics)
         except logic.InputError as e:
-            raise user_error(e) from None
+            return keep_and_warn(e)
         return logic.table_rows(full, n_past, n_future)
 
     def on_table_input(source_label: str, index: int, model_label: str, table: list):  # noqa: ANN202
@@ -191,7 +202,7 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         try:
             return logic.table_rows(edited_conditions(source, cond, table, n_past, n_future), n_past, n_future)
         except logic.InputError as e:
-            raise user_error(e) from None
+            return keep_and_warn(e)
 
     def on_predict(source_label: str, index: int, model_label: str, table: list, n_samples: float, seed: float):  # noqa: ANN202
         source, frames, cond, model, n_past, n_future = selection(source_label, index, model_label)
