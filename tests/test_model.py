@@ -98,6 +98,17 @@ def test_cdna_kernels_move_the_previous_frame():
     torch.testing.assert_close(moved[1, 1, :, 1:], prev[1, :, :-1])
 
 
+def test_the_bundled_model_from_before_the_heads_still_fits():
+    """The config and weight shapes of the checkpoint bundled before output heads existed: the
+    same config builds a model with exactly those weights."""
+    import json
+    from pathlib import Path
+
+    old = json.loads((Path(__file__).parent / "data" / "checkpoint_before_heads.json").read_text())
+    model = SVG.from_config(old["config"])
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == old["shapes"]
+
+
 def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
     cfg = preset("cpu", **TINY).to_dict()
     old = {k: v for k, v in cfg.items() if k not in ("output", "cond_maps")}
