@@ -69,6 +69,13 @@ def test_positions_rederived_with_documented_kinematics(bundled):
     derived = logic.rederive_positions(scaled, N_PAST, source.kinematics)
     np.testing.assert_allclose(derived[1:, 4:], integrate_positions(cond[1, 4:], scaled[1:, :4]), atol=1e-5)
     assert np.array_equal(logic.rederive_positions(scaled, N_PAST, None), scaled)  # unknown kinematics: unchanged
+    same = logic.with_table(cond, logic.parse_table(logic.table_rows(cond, N_PAST, N_FUTURE), N_PAST, N_FUTURE), N_PAST)
+    assert np.array_equal(logic.rederive_positions(same, N_PAST, source.kinematics, cond), cond)  # unedited: as recorded
+    late = cond.copy()
+    late[6, :2] = 0  # an edit at step 6 leaves the positions before it as recorded
+    derived = logic.rederive_positions(late, N_PAST, source.kinematics, cond)
+    assert np.array_equal(derived[:7, 4:], cond[:7, 4:])
+    np.testing.assert_allclose(derived[7, 4:6], cond[6, 4:6], atol=1e-6)  # no motion at step 6
 
 
 @pytest.mark.parametrize("edit,message", [

@@ -188,14 +188,25 @@ def with_table(cond: np.ndarray, table: np.ndarray, n_past: int) -> np.ndarray:
     return full
 
 
-def rederive_positions(cond: np.ndarray, n_past: int, kinematics: dict | None) -> np.ndarray:
+def rederive_positions(cond: np.ndarray, n_past: int, kinematics: dict | None,
+                       original: np.ndarray | None = None) -> np.ndarray:
     """Positions after the context recomputed from the actions, where the data set documents its
-    kinematics (the simulator's); otherwise the positions are left as they are."""
+    kinematics (the simulator's); otherwise the positions are left as they are.
+
+    Given the sequence's ``original`` condition, positions up to the first changed action are the
+    recorded ones, bit for bit (recomputing them would differ in the last float32 digit, and a
+    sensitive model would then predict differently for an unedited table)."""
     if kinematics is None:
         return cond
     out = cond.copy()
     start = n_past - 1
-    out[start:, 4:] = integrate_positions(cond[start, 4:], cond[start:, :4])
+    if original is not None:
+        changed = np.flatnonzero((cond[start:, :4] != original[start:, :4]).any(1))
+        out[start:, 4:] = original[start:, 4:]
+        if len(changed) == 0:
+            return out
+        start += int(changed[0])
+    out[start:, 4:] = integrate_positions(out[start, 4:], cond[start:, :4])
     return out
 
 

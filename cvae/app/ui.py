@@ -179,7 +179,7 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         """The full condition with the table's rows, positions re-derived where the data set's
         kinematics say how."""
         edited = logic.with_table(cond, logic.parse_table(table, n_past, n_future), n_past)
-        return logic.rederive_positions(edited, n_past, source.kinematics)
+        return logic.rederive_positions(edited, n_past, source.kinematics, cond)
 
     def on_transform(kind: str, source_label: str, index: int, model_label: str, table: list, amount: object,
                      seed: object):  # noqa: ANN202
@@ -189,7 +189,7 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         try:
             value = logic.transform_amount(kind, amount) if kind in logic.TRANSFORM_RANGES else 0.0
             edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, value, check_seed(seed))
-            full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics)
+            full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics, cond)
         except logic.InputError as e:
             return keep_and_warn(e)
         return logic.table_rows(full, n_past, n_future)
