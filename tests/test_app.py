@@ -325,6 +325,7 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
         page.wait_for_selector(".toast-body", timeout=20_000)
         assert "noise sigma must be from 0 to 0.2, not -0.5" in page.locator(".toast-body").first.inner_text()
         assert page.locator('#table [data-testid="cell-0-2"]').inner_text() == before
+        page.locator(".toast-close").first.click()
         page.locator('#table [data-testid="cell-0-2"]').dblclick()  # row 1, column dx
         page.keyboard.press("Control+A")
         page.keyboard.type("-0.0123")
