@@ -4,7 +4,7 @@ Both copies start from the same weights and take the same batch. Before timing, 
 must match the fp32 loss (teacher forcing on, fixed seed, evaluation-mode batch norm) to within
 ``--tol``; the KL and the loss itself stay float32 under autocast (cvae/model/gaussian.py).
 
-    python bench/amp.py --preset cpu [--batch 16] [--rounds 7] [--set output=compose cond_maps=true]
+    python bench/amp.py --preset cpu [--batch 16] [--rounds 7] [--output compose --channels-last false ...]
 """
 from __future__ import annotations
 
@@ -20,22 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.common import record  # noqa: E402
-from cvae.config import Config, preset  # noqa: E402
+from cvae.cli import add_config_flags, config_overrides  # noqa: E402
+from cvae.config import preset  # noqa: E402
 from cvae.model import SVG  # noqa: E402
 from cvae.train import bf16_autocast, prepare, train_step  # noqa: E402
-
-
-def overrides(pairs: list[str]) -> dict:
-    """``name=value`` pairs typed like the Config field they set."""
-    types = {f.name: f.type for f in Config.__dataclass_fields__.values()}
-    out = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        kind = types.get(name)
-        if kind is None:
-            raise SystemExit(f"--set {pair}: no config field {name!r}")
-        out[name] = value.lower() in ("1", "true", "on") if kind in (bool, "bool") else {"int": int, "float": float}.get(str(kind), str)(value)
-    return out
 
 
 def main() -> None:
@@ -44,12 +32,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=0, help="default: the preset's batch size")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--tol", type=float, default=0.02, help="largest relative loss difference accepted")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
+    add_config_flags(p)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not bf16_autocast(device):
         raise SystemExit(f"bf16 autocast is not native on this {device.type}; training runs fp32 here")
-    cfg = preset(args.preset, **overrides(args.set))
+    changes = config_overrides(args)
+    cfg = preset(args.preset, **changes)
     batch = args.batch or cfg.batch_size
     torch.manual_seed(0)
     base = SVG.from_config(cfg.to_dict()).to(device)
@@ -84,11 +73,11 @@ def main() -> None:
         t32.append(timed(fp32, opt32, False))
         t16.append(timed(bf16, opt16, True))
     ratios = sorted(a / b for a, b in zip(t32, t16))
-    row = record("amp", device, preset=args.preset, overrides=args.set, batch=batch, rounds=args.rounds,
+    row = record("amp", device, preset=args.preset, overrides=changes, batch=batch, rounds=args.rounds,
                  loss_rel_diff=rel, fp32_seq_per_s=round(batch / statistics.median(t32), 2),
                  bf16_seq_per_s=round(batch / statistics.median(t16), 2), ratio=round(statistics.median(ratios), 2),
                  ratio_min=round(ratios[0], 2), ratio_max=round(ratios[-1], 2), channels_last=cfg.channels_last)
-    print(f"{args.preset} {' '.join(args.set)}, batch {batch} on {row['machine']}: bf16 loss within {rel:.2%} of fp32")
+    print(f"{args.preset} {changes or ''}, batch {batch} on {row['machine']}: bf16 loss within {rel:.2%} of fp32")
     print(f"fp32 {row['fp32_seq_per_s']} seq/s, bf16 {row['bf16_seq_per_s']} seq/s: {row['ratio']}x "
           f"(per-round {row['ratio_min']}-{row['ratio_max']})")
 

@@ -17,7 +17,8 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per Config field (``--kl-anneal``, ``--cond-maps true``, ...); the benches use it too."""
     group = p.add_argument_group("config fields (override the preset)")
     for f in dataclasses.fields(Config):
         kind = _bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), str)
@@ -25,7 +26,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                            metavar=f.name.upper(), help=f"default {f.default!r}")
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The Config fields given on the command line."""
     names = {f.name for f in dataclasses.fields(Config)}
     return {k: v for k, v in vars(args).items() if k in names}
 
@@ -34,7 +36,7 @@ def train_command(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .train import train
 
-    overrides = _overrides(args)
+    overrides = config_overrides(args)
     last = Path(overrides.get("out", preset(args.preset).out)) / "last"
     if args.resume and last.exists():
         cfg = Config.from_dict({**checkpoint.read_meta(last)["config"], **overrides}).validate()
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--preset", choices=list(PRESETS), default="cpu",
                    help="cpu: the light model of the bundled checkpoint; lab: the course lab; svg-lp: SVG-LP")
     t.add_argument("--resume", action="store_true", help="continue OUT/last exactly where it stopped")
-    _add_config_flags(t)
+    add_config_flags(t)
     e = sub.add_parser("eval", help="score a checkpoint under the lab protocol, with baselines and artifacts")
     e.add_argument("--ckpt", required=True, help="checkpoint folder, e.g. runs/cpu/best or assets/model")
     e.add_argument("--data", help="data root (default: the one the model trained on)")
