@@ -9,22 +9,16 @@ resident memory and the bytes under its output and Gradio cache folders every ``
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import record  # noqa: E402
+from bench.common import record, start_app  # noqa: E402
 from cvae.app import logic  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def rss_mib(pid: int) -> float:
@@ -46,30 +40,17 @@ def main() -> None:
     args = p.parse_args()
     from gradio_client import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tmp = Path(tempfile.mkdtemp(prefix="soak_"))
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    server = subprocess.Popen([sys.executable, "demo_app.py", "--port", str(port), "--host", "127.0.0.1",
-                               "--keep-minutes", str(args.keep_minutes)], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = start_app(["--keep-minutes", str(args.keep_minutes)],
+                            env={"TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")})
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the app did not start")
-                time.sleep(0.5)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = Client(url, verbose=False)
         source = "bundled test sequences"
         model = next(iter(logic.find_models([])))
+        sequences = logic.find_sources([])[source].sequences
         tables = []
         for i in range(4):
-            _, cond = logic.load_sequence(logic.find_sources([])[source].sequences[i])
+            _, cond = logic.load_sequence(sequences[i])
             rows = logic.table_rows(cond, 2, 10)
             for r in rows:
                 r[2], r[3] = -r[2], -r[3]

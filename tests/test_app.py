@@ -1,10 +1,8 @@
 """The app: its handlers as units, then the live server through gradio_client and a browser."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +114,13 @@ def test_transform_amounts_are_checked(kind, amount, message):
     assert logic.transform_amount("scale", "2.5") == 2.5
 
 
+@pytest.mark.parametrize("seed", [None, "x", -1, 2.5, 2**31])
+def test_bad_seed_is_named(seed):
+    with pytest.raises(logic.InputError, match="the seed must be a whole number from 0 to 2147483647"):
+        logic.parse_seed(seed)
+    assert logic.parse_seed(7.0) == 7
+
+
 def test_transforms_stay_inside_the_table_ranges(bundled):
     _, _, _, cond = bundled
     table = logic.parse_table(logic.table_rows(cond, N_PAST, N_FUTURE), N_PAST, N_FUTURE)
@@ -159,12 +164,6 @@ def test_prediction_is_seeded_and_responds_to_actions(bundled, responsive_runs):
         logic.predict(model, frames, cond, edited, 17, seed=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server") / "server.log"
@@ -172,29 +171,16 @@ def server_log(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(responsive_runs, server_log):
-    port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(server_log, "w")
-    proc = subprocess.Popen([sys.executable, "demo_app.py", "--port", str(port), "--host", "127.0.0.1",
-                             "--runs", str(responsive_runs)], cwd=ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    from bench.common import start_app
+
+    with open(server_log, "w") as log:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"the app exited: {server_log.read_text()}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start listening within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+            proc, url = start_app(["--runs", str(responsive_runs)], stdout=log)
+        except RuntimeError as e:
+            pytest.fail(f"{e}: {server_log.read_text()}")
+        yield url
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_live_app_through_gradio_client(server, server_log, bundled, responsive_runs):

@@ -210,6 +210,23 @@ def rederive_positions(cond: np.ndarray, n_past: int, kinematics: dict | None,
     return out
 
 
+def edited_conditions(cond: np.ndarray, table: np.ndarray, n_past: int, kinematics: dict | None) -> np.ndarray:
+    """The full condition with a parsed table's rows in place, positions re-derived where the
+    data set's kinematics say how (recorded ones kept up to the first edited action)."""
+    return rederive_positions(with_table(cond, table, n_past), n_past, kinematics, cond)
+
+
+def parse_seed(seed: object) -> int:
+    """The z seed box, checked: a whole number from 0 to 2**31 - 1."""
+    try:
+        value = float(seed)
+    except (TypeError, ValueError):
+        raise InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed!r}") from None
+    if not (value.is_integer() and 0 <= value < 2**31):
+        raise InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
+    return int(value)
+
+
 def transform_amount(kind: str, amount: object) -> float:
     """The number typed beside a transform button, checked: a blank or out-of-range box is an
     error, never a silent zero."""

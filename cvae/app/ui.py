@@ -174,13 +174,6 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         thumbs = [(upscale(logic.load_sequence(s)[0][0], 2), str(i)) for i, s in enumerate(source.sequences[:48])]
         return (gr.update(maximum=len(source.sequences) - 1, value=0), thumbs, *on_sequence(source_label, 0, model_label))
 
-    def edited_conditions(source: logic.Source, cond: np.ndarray, table: list, n_past: int,
-                          n_future: int) -> np.ndarray:
-        """The full condition with the table's rows, positions re-derived where the data set's
-        kinematics say how."""
-        edited = logic.with_table(cond, logic.parse_table(table, n_past, n_future), n_past)
-        return logic.rederive_positions(edited, n_past, source.kinematics, cond)
-
     def on_transform(kind: str, source_label: str, index: int, model_label: str, table: list, amount: object,
                      seed: object):  # noqa: ANN202
         source, _, cond, _, n_past, n_future = selection(source_label, index, model_label)
@@ -188,8 +181,8 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
             return logic.table_rows(cond, n_past, n_future)
         try:
             value = logic.transform_amount(kind, amount) if kind in logic.TRANSFORM_RANGES else 0.0
-            edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, value, check_seed(seed))
-            full = logic.rederive_positions(logic.with_table(cond, edited, n_past), n_past, source.kinematics, cond)
+            edited = logic.transform(logic.parse_table(table, n_past, n_future), kind, value, logic.parse_seed(seed))
+            full = logic.edited_conditions(cond, edited, n_past, source.kinematics)
         except logic.InputError as e:
             return keep_and_warn(e)
         return logic.table_rows(full, n_past, n_future)
@@ -200,7 +193,8 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         if source.kinematics is None:
             return gr.update()
         try:
-            return logic.table_rows(edited_conditions(source, cond, table, n_past, n_future), n_past, n_future)
+            edited = logic.edited_conditions(cond, logic.parse_table(table, n_past, n_future), n_past, source.kinematics)
+            return logic.table_rows(edited, n_past, n_future)
         except logic.InputError as e:
             return keep_and_warn(e)
 
@@ -208,8 +202,8 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         source, frames, cond, model, n_past, n_future = selection(source_label, index, model_label)
         t = n_past + n_future
         try:
-            z_seed = check_seed(seed)
-            edited = edited_conditions(source, cond, table, n_past, n_future)
+            z_seed = logic.parse_seed(seed)
+            edited = logic.edited_conditions(cond, logic.parse_table(table, n_past, n_future), n_past, source.kinematics)
             phys = logic.physics(source.sequences[int(index)], edited[:t])
             p = logic.predict(model, frames[:t], cond[:t], edited[:t], int(n_samples), z_seed, phys)
         except logic.InputError as e:
@@ -239,15 +233,6 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         else:
             summary += " This is not simulated data, so there is no physics truth for edited actions."
         return str(side), str(futures_gif), std, str(best), steps, _step_plot(p, n_past), summary
-
-    def check_seed(seed: object) -> int:
-        try:
-            value = float(seed)
-        except (TypeError, ValueError):
-            raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed!r}") from None
-        if not (value.is_integer() and 0 <= value < 2**31):
-            raise logic.InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
-        return int(value)
 
     def on_curves(labels: list[str]):  # noqa: ANN202
         logs = {}
