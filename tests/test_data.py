@@ -11,7 +11,8 @@ from PIL import Image
 from cvae.data.bair import DataError, list_sequences, read_sequence
 from cvae.data.cache import load_split
 from cvae.data.dataset import BairDataset, WindowBatchSampler, seed_worker
-from cvae.data.simulator import integrate_positions, simulate
+from cvae.data.simulator import simulate
+from cvae.kinematics import integrate_positions
 from cvae.data.tfrecord import convert, encode_example, read_records, write_records
 
 
@@ -25,7 +26,7 @@ def test_dataset_shapes_and_ranges(sim_root):
     assert frames.shape == (12, 3, 64, 64) and frames.dtype == torch.float32
     assert 0 <= frames.min() and frames.max() <= 1 and frames.std() > 0.05
     assert cond.shape == (12, 7)
-    seq = simulate(3, 0, 0)  # train sequence 0 of the fixture's seed
+    seq = simulate(3, 0, 0, uncertainty=1.0)  # train sequence 0 of the fixture's seed, generate's default causes
     np.testing.assert_allclose(cond[:, :4].numpy(), seq.actions[:12], atol=1e-6)
     np.testing.assert_allclose(cond[:, 4:].numpy(), seq.positions[:12], atol=1e-6)
     assert np.array_equal((frames.permute(0, 2, 3, 1) * 255).round().byte().numpy(), seq.frames[:12])
@@ -210,6 +211,60 @@ def test_actions_cause_arm_and_object_motion():
     assert np.abs(a.frames[-1].astype(int) - b.frames[-1].astype(int)).mean() > 2
 
 
+def test_hidden_causes_change_the_future_not_the_context():
+    """Re-drawn causes: the same first frame and arm, other outcomes for pushed objects; the
+    context frames look the same whatever the amount of hidden causes."""
+    moved = []
+    for index in range(8):
+        draws = [simulate(4, index, 2, n_frames=12, uncertainty=1.0, draw=d) for d in range(4)]
+        exact = simulate(4, index, 2, n_frames=12)
+        for seq in draws:
+            assert np.array_equal(seq.frames[0], exact.frames[0])  # what a person sees first is the same
+            assert np.array_equal(seq.actions, exact.actions) and np.array_equal(seq.positions, exact.positions)
+        if draws[0].contact:  # pushed within these 12 frames: where the object ends depends on the draw
+            moved.append(max(int((np.abs(a.frames[-1].astype(int) - draws[0].frames[-1]).max(-1) > 25).sum())
+                             for a in draws[1:]))
+    assert len(moved) >= 4 and min(moved) >= 5, moved  # pixels off by more than 25 grey levels
+
+    def context_stats(uncertainty: float) -> np.ndarray:
+        seqs = [simulate(6, i, 0, n_frames=2, uncertainty=uncertainty) for i in range(24)]
+        frames = np.stack([s.frames for s in seqs]).astype(float)
+        return np.array([frames.mean(), frames.std(), np.abs(frames[:, 1] - frames[:, 0]).mean()])
+
+    np.testing.assert_allclose(context_stats(1.0), context_stats(0.0), rtol=0.05)
+
+
+def test_no_hidden_causes_is_the_old_world_bit_for_bit():
+    """Uncertainty 0 reproduces data sets generated before hidden causes existed (sha256 of the
+    frames as the earlier simulator wrote them)."""
+    import hashlib
+
+    for index, digest in ((0, "68cb1e14edec8fd4"), (5, "e20a545c67b37985")):
+        assert hashlib.sha256(simulate(0, index, 2, uncertainty=0.0).frames.tobytes()).hexdigest()[:16] == digest
+    with pytest.raises(ValueError, match="uncertainty must be a number >= 0"):
+        simulate(0, 0, uncertainty=-1.0)
+
+
+def test_true_futures_and_older_data_sets(sim_copy):
+    import json
+
+    from cvae.data.counterfactual import scene_of, true_futures
+
+    info = json.loads((sim_copy / "dataset.json").read_text())
+    assert info["uncertainty"] == 1.0  # generate records the amount it used
+    seq = list_sequences(sim_copy, "test")[0]
+    _, cond = read_sequence(seq)
+    futures = true_futures(scene_of(seq), cond[:12, :4], 3)
+    assert futures.shape == (3, 12, 64, 64, 3)
+    assert all(np.array_equal(f[0], futures[0, 0]) for f in futures)
+    del info["uncertainty"]  # a data set from before hidden causes: deterministic, one future
+    (sim_copy / "dataset.json").write_text(json.dumps(info))
+    scene = scene_of(seq)
+    assert scene.uncertainty == 0.0
+    old = true_futures(scene, cond[:12, :4], 2)
+    assert np.array_equal(old[0], old[1])
+
+
 def test_lifted_gripper_passes_over_objects():
     seq = simulate(2, 0)
     lifted = seq.actions.copy()
@@ -280,7 +335,7 @@ def test_counterfactual_scene_is_found_and_resimulated_exactly(sim_root, square_
 
     seq = list_sequences(sim_root, "test")[2]
     scene = scene_of(seq)
-    assert scene == Scene(seed=3, split_id=2, index=2)
+    assert scene == Scene(seed=3, split_id=2, index=2, uncertainty=1.0)  # generate's default
     frames, cond = read_sequence(seq)
     again, again_cond = resimulate(scene, cond[:12, :4])
     assert np.array_equal(again, frames[:12])  # the same scene under its own actions: the same video

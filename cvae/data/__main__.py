@@ -11,6 +11,7 @@ from ..artifacts import tile, write_gif
 from .bair import SPLITS, DataError, list_sequences, read_sequence
 from .cache import load_split
 from .generate import DEFAULT_SIZES, generate
+from .simulator import DEFAULT_UNCERTAINTY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     for split, n in DEFAULT_SIZES.items():
         g.add_argument(f"--{split}", type=int, default=n, help=f"sequences in {split} (default {n})")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--uncertainty", type=float, default=DEFAULT_UNCERTAINTY,
+                   help="scale of the hidden causes (friction, mass, centre of mass, finger grip) that make "
+                        f"the future uncertain given the actions; 0: deterministic (default {DEFAULT_UNCERTAINTY:g})")
     g.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     c = sub.add_parser("convert", help="convert BAIR TFRecords (softmotion30_44k) without TensorFlow")
     c.add_argument("--tfrecords", required=True, help="folder holding train/ and test/ *.tfrecords")
@@ -38,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "generate":
             sizes = {s: getattr(args, s) for s in SPLITS}
-            stats = generate(args.out, sizes, args.seed, args.workers)
-            print(json.dumps({k: stats[k] for k in ("sizes", "contact_share", "seconds", "sequences_per_s")}))
+            stats = generate(args.out, sizes, args.seed, args.workers, uncertainty=args.uncertainty)
+            print(json.dumps({k: stats[k] for k in ("sizes", "uncertainty", "contact_share", "seconds", "sequences_per_s")}))
         elif args.cmd == "convert":
             from .tfrecord import convert
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise DataError(f"--index {i} is out of range: split {args.split!r} has {len(seqs)} sequences")
             videos = [read_sequence(seqs[i])[0] for i in args.index]
             print(write_gif(args.out, tile(videos)))
-    except (DataError, FileExistsError, FileNotFoundError) as e:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

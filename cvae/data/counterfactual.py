@@ -1,4 +1,8 @@
-"""Counterfactual truth: a simulated sequence's scene re-simulated under other actions.
+"""Counterfactual truth and the distribution of true futures, for simulated sequences.
+
+A simulated scene can be run again under other actions (counterfactual truth: the scene keeps its
+own hidden causes, so there is one truth) or under the same actions with the hidden causes
+re-drawn (:func:`true_futures`: other futures that were just as possible).
 
 Real video cannot say what would have happened had the arm pushed another way; the simulator can.
 A sequence of a data set that ``cvae.data.generate`` wrote is fully determined by the data set's
@@ -17,7 +21,8 @@ import numpy as np
 
 from .bair import SPLITS, TRAJ_RE
 from .generate import DATASET_JSON
-from .simulator import ACTION_HOLD, KINEMATICS, MAX_DXY, simulate
+from ..kinematics import ACTION_HOLD, KINEMATICS, MAX_DXY
+from .simulator import simulate
 
 ALTERNATIVES = ("reversed", "rotated", "random")
 
@@ -27,6 +32,7 @@ class Scene:
     seed: int
     split_id: int
     index: int
+    uncertainty: float = 0.0  # the data set's scale of hidden causes; absent from older data sets: 0
 
 
 def scene_of(seq: str | Path) -> Scene | None:
@@ -47,7 +53,7 @@ def scene_of(seq: str | Path) -> Scene | None:
     index = int(match.group(1)) + int(seq.name)
     if index >= info.get("sizes", {}).get(split, 0):
         return None
-    return Scene(int(info["seed"]), SPLITS.index(split), index)
+    return Scene(int(info["seed"]), SPLITS.index(split), index, float(info.get("uncertainty", 0.0)))
 
 
 def alternative_actions(actions: np.ndarray, kind: str, keep: int, seed: int = 0) -> np.ndarray:
@@ -72,7 +78,16 @@ def alternative_actions(actions: np.ndarray, kind: str, keep: int, seed: int = 0
     return out
 
 
-def resimulate(scene: Scene, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frames uint8 [T, 64, 64, 3] and condition [T, 7] of ``scene`` run under ``actions`` [T, 4]."""
-    seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions)
+def resimulate(scene: Scene, actions: np.ndarray, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 [T, 64, 64, 3] and condition [T, 7] of ``scene`` run under ``actions`` [T, 4],
+    with hidden causes of ``draw`` (0: the scene's own, as recorded in the data set)."""
+    seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions,
+                   uncertainty=scene.uncertainty, draw=draw)
     return seq.frames, np.concatenate([seq.actions, seq.positions], 1)
+
+
+def true_futures(scene: Scene, actions: np.ndarray, k: int) -> np.ndarray:
+    """Frames uint8 [k, T, 64, 64, 3]: ``scene`` under ``actions`` [T, 4] with its hidden causes
+    re-drawn k times (draws 1..k; the recorded sequence is draw 0). All k are equal where the
+    data set has no hidden causes (uncertainty 0)."""
+    return np.stack([resimulate(scene, actions, draw)[0] for draw in range(1, k + 1)])

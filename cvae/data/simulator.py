@@ -2,17 +2,25 @@
 
 A top-down 64x64 tabletop. A kinematic gripper (pymunk) pushes 1-4 rigid objects that slide
 with Coulomb-like friction; an arm is drawn from the image edge to the gripper and occludes what
-lies beneath it, as BAIR's arm does.
+lies beneath it, as BAIR's arm does. The kinematics (how actions move the end effector, where it
+is in the image) are in ``cvae/kinematics.py``.
 
-Kinematics (the mapping that the app uses to re-derive positions from edited actions):
-  - Actions have BAIR's 4 columns: ``dx, dy`` (continuous, about +-0.07), ``lift`` (0 = on the
-    table, >= 1 = lifted over objects) and ``grip`` (0 = open, 1 = closed; drawn only).
-  - Action ``a_t`` moves the end effector from its position in frame ``t`` to frame ``t + 1``:
-    ``xy_{t+1} = clip(xy_t + GAIN * a_t[:2], WORKSPACE)`` and
-    ``z_{t+1} = Z_TABLE + Z_PER_LIFT * a_t[2]``. The arm is stronger than any object, so these
-    hold exactly whatever it pushes.
-  - Image rows grow with x, image columns with y: ``row = 64 (x - X0) / (X1 - X0)``,
-    ``col = 64 (y - Y0) / (Y1 - Y0)``.
+Hidden causes (:class:`Causes`): what two context frames cannot reveal, as on a real table. Each
+object's friction against the table, its mass and where its centre of mass sits, and the grip
+of the finger on objects, are drawn per scene from a stream of their own,
+``(seed, split, index, draw)``, and scaled by ``uncertainty`` (0: the deterministic world of
+data sets made before this existed, bit for bit). Re-drawing them (another ``draw``) gives
+another possible future of the same scene under the same actions. At ``uncertainty = 1``:
+
+  - table friction x 0.15 to 2.0 (log-uniform): some objects glide for a tray's width after a
+    push, some stop within a pixel;
+  - mass x 0.3 to 3 (log-uniform): who wins when pushed objects collide;
+  - centre of mass moved by up to 0.35 of the object's size: a push turns it one way or the other;
+  - finger friction x 0.3 to 1.5 (log-uniform): whether an object slides off the finger or is
+    carried along.
+
+The arm stays exact: the recorded end-effector positions are the ones the actions produce, and
+they are in the model's condition, so an actuation error would be visible there, not hidden.
 """
 from __future__ import annotations
 
@@ -23,67 +31,49 @@ import numpy as np
 import pymunk
 from PIL import Image, ImageDraw, ImageFilter
 
-SIZE = 64
+from ..kinematics import (ACTION_HOLD, GAIN, KINEMATICS, MARGIN_PX, MAX_DXY, SIZE, X_RANGE, Y_RANGE, Z_TABLE,
+                          integrate_positions, px_to_world, world_to_px)
+
 SUPERSAMPLE = 4
 N_FRAMES = 30
-X_RANGE = (0.46, 0.74)
-Y_RANGE = (-0.25, 0.11)
-Z_TABLE = 0.20
-Z_PER_LIFT = 0.04
-GAIN = 0.2
-ACTION_HOLD = 2
-MAX_DXY = 0.07
-MARGIN_PX = 5.0
 SUBSTEPS = 10
 FRAME_DT = 0.1
 GRIPPER_RADIUS_PX = 2.6
-
-KINEMATICS = {
-    "kind": "cvae-sim",
-    "gain": GAIN,
-    "x_range": list(X_RANGE),
-    "y_range": list(Y_RANGE),
-    "z_table": Z_TABLE,
-    "z_per_lift": Z_PER_LIFT,
-    "margin_px": MARGIN_PX,
-    "image_size": SIZE,
-}
+DEFAULT_UNCERTAINTY = 1.0
+# Ranges of the hidden causes at uncertainty 1 (multipliers are log-uniform over these).
+FRICTION_RANGE = (0.15, 2.0)
+MASS_RANGE = (0.3, 3.0)
+COG_SHIFT = 0.35  # of the object's size
+FINGER_FRICTION_RANGE = (0.3, 1.5)
+MAX_OBJECTS = 4
 
 
-def px_to_world(px: np.ndarray) -> np.ndarray:
-    """(col, row) pixel coordinates -> (x, y) end-effector metres."""
-    col, row = px[..., 0], px[..., 1]
-    x = X_RANGE[0] + (X_RANGE[1] - X_RANGE[0]) * row / SIZE
-    y = Y_RANGE[0] + (Y_RANGE[1] - Y_RANGE[0]) * col / SIZE
-    return np.stack([x, y], axis=-1)
+@dataclass(frozen=True)
+class Causes:
+    """Hidden physical causes of one scene: per-object multipliers and offsets (``MAX_OBJECTS``
+    of each, whatever the scene holds, so the stream does not depend on the object count)."""
 
+    friction: np.ndarray  # [MAX_OBJECTS]
+    mass: np.ndarray  # [MAX_OBJECTS]
+    cog: np.ndarray  # [MAX_OBJECTS, 2], as fractions of the object's size
+    finger_friction: float
 
-def world_to_px(xy: np.ndarray) -> np.ndarray:
-    """(x, y) end-effector metres -> (col, row) pixel coordinates."""
-    row = SIZE * (xy[..., 0] - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0])
-    col = SIZE * (xy[..., 1] - Y_RANGE[0]) / (Y_RANGE[1] - Y_RANGE[0])
-    return np.stack([col, row], axis=-1)
+    @classmethod
+    def draw(cls, seed: int, split_id: int, index: int, draw: int, amount: float) -> "Causes":
+        """The causes of draw ``draw`` of scene (seed, split, index) scaled by ``amount``; at 0
+        every multiplier is exactly 1 and every offset 0."""
+        if not (math.isfinite(amount) and amount >= 0):
+            raise ValueError(f"uncertainty must be a number >= 0, not {amount}")
+        rng = np.random.default_rng([seed, split_id, index, 0x5EED, draw])
 
+        def log_uniform(lo_hi: tuple[float, float], n: int | None = None) -> np.ndarray:
+            return np.exp(amount * rng.uniform(math.log(lo_hi[0]), math.log(lo_hi[1]), n))
 
-def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest reachable (x, y), MARGIN_PX inside the image border."""
-    lo = px_to_world(np.array([MARGIN_PX, MARGIN_PX]))
-    hi = px_to_world(np.array([SIZE - MARGIN_PX, SIZE - MARGIN_PX]))
-    return lo, hi
-
-
-def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """End-effector positions [T, 3] that ``actions`` [T, 4] produce from ``start`` (x, y, z).
-
-    Row t is the position in frame t; the last action has no frame to move into.
-    """
-    lo, hi = workspace_bounds()
-    pos = np.empty((len(actions), 3))
-    pos[0] = start
-    for t in range(1, len(actions)):
-        pos[t, :2] = np.clip(pos[t - 1, :2] + GAIN * actions[t - 1, :2], lo, hi)
-        pos[t, 2] = Z_TABLE + Z_PER_LIFT * actions[t - 1, 2]
-    return pos
+        friction, mass = log_uniform(FRICTION_RANGE, MAX_OBJECTS), log_uniform(MASS_RANGE, MAX_OBJECTS)
+        angle = rng.uniform(0, 2 * math.pi, MAX_OBJECTS)
+        radius = amount * COG_SHIFT * np.sqrt(rng.uniform(0, 1, MAX_OBJECTS))
+        cog = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+        return cls(friction, mass, cog, float(log_uniform(FINGER_FRICTION_RANGE)))
 
 
 @dataclass
@@ -118,10 +108,12 @@ def _table_texture(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
 
 
-def _make_object(rng: np.random.Generator, space: pymunk.Space, pos: tuple[float, float]) -> dict:
+def _make_object(rng: np.random.Generator, space: pymunk.Space, pos: tuple[float, float], causes: Causes,
+                 k: int) -> dict:
+    """Object ``k`` of the scene; what it looks like comes from ``rng``, what it hides from ``causes``."""
     kind = rng.choice(["box", "circle", "triangle", "pentagon"])
     size = rng.uniform(4.0, 7.5)
-    mass = rng.uniform(0.5, 3.0)
+    mass = rng.uniform(0.5, 3.0) * causes.mass[k]
     color = tuple(int(c) for c in rng.integers(30, 240, size=3))
     if kind == "circle":
         moment = pymunk.moment_for_circle(mass, 0, size)
@@ -135,13 +127,18 @@ def _make_object(rng: np.random.Generator, space: pymunk.Space, pos: tuple[float
                   size * aspect * math.sin(2 * math.pi * k / n + math.pi / n)) for k in range(n)]
         body = pymunk.Body(mass, pymunk.moment_for_poly(mass, verts))
         shape = pymunk.Poly(body, verts)
-    body.position = pos
+    cog = tuple(causes.cog[k] * size)
+    body.center_of_gravity = cog
     body.angle = rng.uniform(0, 2 * math.pi)
+    body.position = pos
+    if any(cog):  # pymunk places the centre of mass; put the shape's own origin at ``pos`` instead
+        body.position = body.position + (pymunk.Vec2d(*pos) - body.local_to_world((0, 0)))
     shape.friction = 0.6
     shape.elasticity = 0.1
-    mu = rng.uniform(0.5, 1.5)
-    # Top-down friction against the table: joints to the static body with no error correction.
-    slide = pymunk.PivotJoint(space.static_body, body, (0, 0), (0, 0))
+    mu = rng.uniform(0.5, 1.5) * causes.friction[k]
+    # Top-down friction against the table: joints to the static body with no error correction,
+    # acting at the centre of mass.
+    slide = pymunk.PivotJoint(space.static_body, body, (0, 0), cog)
     slide.max_bias, slide.max_force = 0, mu * mass * 60
     spin = pymunk.GearJoint(space.static_body, body, 0, 1)
     spin.max_bias, spin.max_force = 0, mu * body.moment * 6
@@ -229,12 +226,16 @@ def _draw(table: Image.Image, objects: list[dict], ee_px: np.ndarray, lifted: bo
 
 
 def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
-             actions: np.ndarray | None = None) -> Sequence:
-    """One sequence, fully determined by (seed, split_id, index) and, if given, ``actions``.
+             actions: np.ndarray | None = None, uncertainty: float = 0.0, draw: int = 0) -> Sequence:
+    """One sequence, fully determined by (seed, split_id, index), ``uncertainty``, ``draw`` and,
+    if given, ``actions``.
 
     With ``actions`` given the scene is the same as without, but the arm follows them instead of
-    the scripted policy: that is what makes causality testable.
+    the scripted policy: that is what makes causality testable. ``draw`` picks the hidden causes
+    (a data set's own sequences are draw 0); everything a person sees in the first frame, the
+    scripted actions and the positions are the same for every draw.
     """
+    causes = Causes.draw(seed, split_id, index, draw, uncertainty)
     rng = np.random.default_rng([seed, split_id, index])
     table = _table_texture(rng)
     space = pymunk.Space()
@@ -251,7 +252,7 @@ def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
             break
         pos = rng.uniform(14, SIZE - 14, 2)
         if all(np.linalg.norm(pos - np.array(o["start"])) > o["size"] + 9 for o in objects):
-            objects.append(_make_object(rng, space, (float(pos[0]), float(pos[1]))))
+            objects.append(_make_object(rng, space, (float(pos[0]), float(pos[1])), causes, len(objects)))
     ee_px = rng.uniform(MARGIN_PX + 4, SIZE - MARGIN_PX - 4, 2)
     arm_base = np.array([rng.uniform(16, 48), -12.0]) if rng.random() < 0.5 else np.array([SIZE + 12.0, rng.uniform(16, 48)])
     policy_actions = _policy(rng, ee_px, objects)
@@ -264,7 +265,7 @@ def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
     gripper = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
     gripper.position = tuple(ee_px)
     finger = pymunk.Circle(gripper, GRIPPER_RADIUS_PX)
-    finger.friction = 0.8
+    finger.friction = 0.8 * causes.finger_friction
     space.add(gripper, finger)
 
     frames = np.empty((n_frames, SIZE, SIZE, 3), dtype=np.uint8)

@@ -1,0 +1,74 @@
+"""The built-in world's kinematics: how actions move the end effector and where it is in the image.
+
+Pure numpy, so the app (re-deriving positions from typed actions) and evaluation (the window
+around the end effector) use it without loading the physics engine.
+
+  - Actions have BAIR's 4 columns: ``dx, dy`` (continuous, about +-0.07), ``lift`` (0 = on the
+    table, >= 1 = lifted over objects) and ``grip`` (0 = open, 1 = closed; drawn only).
+  - Action ``a_t`` moves the end effector from its position in frame ``t`` to frame ``t + 1``:
+    ``xy_{t+1} = clip(xy_t + GAIN * a_t[:2], WORKSPACE)`` and
+    ``z_{t+1} = Z_TABLE + Z_PER_LIFT * a_t[2]``. The arm is stronger than any object, so these
+    hold exactly whatever it pushes.
+  - Image rows grow with x, image columns with y: ``row = 64 (x - X0) / (X1 - X0)``,
+    ``col = 64 (y - Y0) / (Y1 - Y0)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SIZE = 64
+X_RANGE = (0.46, 0.74)
+Y_RANGE = (-0.25, 0.11)
+Z_TABLE = 0.20
+Z_PER_LIFT = 0.04
+GAIN = 0.2
+ACTION_HOLD = 2
+MAX_DXY = 0.07
+MARGIN_PX = 5.0
+
+KINEMATICS = {
+    "kind": "cvae-sim",
+    "gain": GAIN,
+    "x_range": list(X_RANGE),
+    "y_range": list(Y_RANGE),
+    "z_table": Z_TABLE,
+    "z_per_lift": Z_PER_LIFT,
+    "margin_px": MARGIN_PX,
+    "image_size": SIZE,
+}
+
+
+def px_to_world(px: np.ndarray) -> np.ndarray:
+    """(col, row) pixel coordinates -> (x, y) end-effector metres."""
+    col, row = px[..., 0], px[..., 1]
+    x = X_RANGE[0] + (X_RANGE[1] - X_RANGE[0]) * row / SIZE
+    y = Y_RANGE[0] + (Y_RANGE[1] - Y_RANGE[0]) * col / SIZE
+    return np.stack([x, y], axis=-1)
+
+
+def world_to_px(xy: np.ndarray) -> np.ndarray:
+    """(x, y) end-effector metres -> (col, row) pixel coordinates."""
+    row = SIZE * (xy[..., 0] - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0])
+    col = SIZE * (xy[..., 1] - Y_RANGE[0]) / (Y_RANGE[1] - Y_RANGE[0])
+    return np.stack([col, row], axis=-1)
+
+
+def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest reachable (x, y), MARGIN_PX inside the image border."""
+    lo = px_to_world(np.array([MARGIN_PX, MARGIN_PX]))
+    hi = px_to_world(np.array([SIZE - MARGIN_PX, SIZE - MARGIN_PX]))
+    return lo, hi
+
+
+def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """End-effector positions [T, 3] that ``actions`` [T, 4] produce from ``start`` (x, y, z).
+
+    Row t is the position in frame t; the last action has no frame to move into.
+    """
+    lo, hi = workspace_bounds()
+    pos = np.empty((len(actions), 3))
+    pos[0] = start
+    for t in range(1, len(actions)):
+        pos[t, :2] = np.clip(pos[t - 1, :2] + GAIN * actions[t - 1, :2], lo, hi)
+        pos[t, 2] = Z_TABLE + Z_PER_LIFT * actions[t - 1, 2]
+    return pos
