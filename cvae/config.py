@@ -22,8 +22,10 @@ class Config:
     prior: str = "fixed"  # fixed: N(0, I) as in the lab; learned: SVG-LP
     last_frame_skip: bool = False
     cond_embed: int = 0  # 0 feeds the raw 7-d condition; >0 learns an embedding of that size
-    output: str = "image"  # image (the lab's) | compose | cdna: the output head (cvae/model/heads.py)
+    output: str = "image"  # image (the lab's) | compose | cdna | flow: the output head (cvae/model/heads.py)
     cond_maps: bool = False  # tile the condition and pixel coordinates into the decoder's maps
+    ee_maps: bool = False  # draw a heat map of the end effector's learned place into the decoder's maps
+    pixel_loss: str = "mse"  # mse (the lab's) | l1 (SAVP's; blurs less)
     # optimisation
     lr: float = 0.002
     beta1: float = 0.9
@@ -64,7 +66,7 @@ class Config:
 
     def validate(self) -> "Config":
         choices = {"prior": ("fixed", "learned"), "kl_anneal": ("none", "monotonic", "cyclical"),
-                   "output": ("image", "compose", "cdna"),
+                   "output": ("image", "compose", "cdna", "flow"), "pixel_loss": ("mse", "l1"),
                    "kl_granularity": ("step", "epoch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

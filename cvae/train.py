@@ -139,12 +139,12 @@ def bf16_autocast(device: torch.device) -> bool:
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool) -> torch.Tensor:
-    """One optimiser step on loss = MSE + beta * KL. Returns detached (loss, mse, kld) on the
-    device, so the caller decides when to pay for a host sync."""
+    """One optimiser step on loss = pixel loss (MSE or L1) + beta * KL. Returns detached (loss,
+    mse, kld) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing)
     mse, kld = losses.mse.sum(), losses.kld.sum()
-    loss = mse + beta * kld
+    loss = losses.recon.sum() + beta * kld
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -6,7 +6,14 @@
   only has to learn what changes.
 - ``cdna``: Finn et al. 2016 (and SAVP): ``CDNA_KERNELS`` normalised 5x5 kernels, predicted from
   the frame code, move copies of the previous frame; a softmax mask per pixel chooses between the
-  generated image, the previous frame and the moved copies.
+  generated image, the previous frame and the moved copies. A 5x5 kernel moves pixels at most 2 px
+  a step; the gripper moves up to 3.2.
+- ``flow``: two dense per-pixel displacement fields, applied with bilinear ``grid_sample`` (SAVP's
+  ``flow`` and SNA's skip to an early frame): one moves the previous frame, the other moves the
+  last context frame (the latest real frame), which stays sharp because it is resampled once
+  rather than once per step, and shows the table where the arm uncovers it. A softmax mask per
+  pixel chooses among the generated image and the two moved frames. Displacements are in pixels
+  and unbounded, so anything can move as far as it moves.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-OUTPUTS = ("image", "compose", "cdna")
+OUTPUTS = ("image", "compose", "cdna", "flow")
 CDNA_KERNELS = 4
 CDNA_SIZE = 5
 MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, or 1% among cdna's 6
@@ -22,12 +29,17 @@ MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, o
 
 def out_channels(output: str, nc: int = 3) -> int:
     """Channels the decoder's last layer must produce for ``output``."""
-    return {"image": nc, "compose": nc + 1, "cdna": nc + 2 + CDNA_KERNELS}[output]
+    return {"image": nc, "compose": nc + 1, "cdna": nc + 2 + CDNA_KERNELS, "flow": nc + 4 + 3}[output]
 
 
 def init_mask_bias(last: nn.ConvTranspose2d, output: str, nc: int = 3) -> None:
     """Start compose and cdna near copy-last: the generated image's mask logit at MASK_BIAS."""
-    if output != "image":
+    if output == "flow":  # flows start at zero: both moved frames start as plain copies
+        with torch.no_grad():
+            last.weight[:, nc : nc + 4].mul_(0.1)
+            last.bias[nc : nc + 4] = 0
+            last.bias[nc + 4] = MASK_BIAS
+    elif output != "image":
         with torch.no_grad():
             last.bias[nc] = MASK_BIAS
 
@@ -60,14 +72,33 @@ def move(prev: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return out.view(n, c, k, h, w).transpose(1, 2)
 
 
+def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward warp: output pixel p takes ``frame`` at p + ``flow``[p] (in pixels, x then y),
+    bilinearly; outside the image the border continues. frame [N, C, H, W], flow [N, 2, H, W]."""
+    n, _, h, w = frame.shape
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=frame.device)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=frame.device)
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [H, W, 2] as (x, y)
+    scale = torch.tensor([2 / w, 2 / h], device=frame.device)
+    grid = base + flow.float().permute(0, 2, 3, 1) * scale
+    return F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def apply_head(output: str, out: torch.Tensor, prev: torch.Tensor | None = None,
-               kernels: torch.Tensor | None = None, nc: int = 3) -> torch.Tensor:
-    """The decoder's raw output [N, out_channels, H, W] -> the frame [N, nc, H, W] in [0, 1]."""
+               kernels: torch.Tensor | None = None, nc: int = 3, anchor: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder's raw output [N, out_channels, H, W] -> the frame [N, nc, H, W] in [0, 1].
+    ``prev`` is the previous frame; ``anchor`` (``flow`` only) the latest real frame."""
     generated = torch.sigmoid(out[:, :nc])
     if output == "image":
         return generated
     if prev is None:
         raise ValueError(f"the {output!r} head needs the previous frame")
+    if output == "flow":
+        if anchor is None:
+            raise ValueError("the 'flow' head needs the latest real frame (anchor)")
+        masks = out[:, nc + 4 :].float().softmax(1)  # [N, 3, H, W]: generated, moved previous, moved anchor
+        candidates = torch.stack([generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])], 1)
+        return (masks[:, :, None] * candidates).sum(1)
     if output == "compose":
         mask = torch.sigmoid(out[:, nc : nc + 1])
         return mask * generated + (1 - mask) * prev.to(generated.dtype)

@@ -25,11 +25,15 @@ from .vgg64 import Decoder, Encoder
 COND_DIM = 7
 
 
+PIXEL_LOSSES = ("mse", "l1")
+
+
 @dataclass
 class StepLosses:
     pred: torch.Tensor  # [B, T-1, 3, 64, 64]: predictions of frames 1..T-1
     mse: torch.Tensor  # [T-1]: per-step pixel MSE, averaged over batch and pixels
     kld: torch.Tensor  # [T-1]: per-step KL, summed over z and averaged over the batch
+    recon: torch.Tensor  # [T-1]: the pixel loss trained on (MSE, or L1 which blurs less)
 
 
 class SVG(nn.Module):
@@ -37,14 +41,17 @@ class SVG(nn.Module):
                  posterior_layers: int = 1, prior_layers: int = 1, predictor_layers: int = 2,
                  prior: str = "fixed", n_past: int = 2, last_frame_skip: bool = False,
                  cond_embed: int = 0, output: str = "image", cond_maps: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, ee_maps: bool = False, pixel_loss: str = "mse") -> None:
         super().__init__()
         if prior not in ("fixed", "learned"):
             raise ValueError(f"prior must be 'fixed' or 'learned', not {prior!r}")
+        if pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"pixel_loss must be one of {', '.join(PIXEL_LOSSES)}, not {pixel_loss!r}")
         self.z_dim, self.n_past, self.last_frame_skip = z_dim, n_past, last_frame_skip
-        self.channels_last = channels_last
+        self.channels_last, self.pixel_loss = channels_last, pixel_loss
         self.encoder = Encoder(g_dim, width)
-        self.decoder = Decoder(g_dim, width, output=output, cond_dim=COND_DIM if cond_maps else 0)
+        self.decoder = Decoder(g_dim, width, output=output, cond_dim=COND_DIM if cond_maps else 0,
+                               ee_cond_dim=COND_DIM if ee_maps else 0)
         self.posterior = GaussianLSTM(g_dim, z_dim, rnn_size, posterior_layers)
         self.prior = GaussianLSTM(g_dim, z_dim, rnn_size, prior_layers) if prior == "learned" else None
         self.predictor = FramePredictor(g_dim, z_dim, COND_DIM, rnn_size, predictor_layers, cond_embed)
@@ -54,13 +61,14 @@ class SVG(nn.Module):
         """Checkpoints from before a field existed load with that field's old behaviour."""
         keys = ("g_dim", "z_dim", "rnn_size", "width", "posterior_layers", "prior_layers",
                 "predictor_layers", "prior", "n_past", "last_frame_skip", "cond_embed")
-        added = {"output": "image", "cond_maps": False}
+        added = {"output": "image", "cond_maps": False, "ee_maps": False, "pixel_loss": "mse"}
         return cls(**{k: cfg[k] for k in keys}, **{k: cfg.get(k, v) for k, v in added.items()})
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
-                cond: torch.Tensor) -> torch.Tensor:
-        """Codes [N, g], skips, previous frames [N, 3, 64, 64] and raw conditions [N, 7] -> frames."""
-        return self.decoder(g, skips, prev, self.predictor.normalize(cond))
+                cond: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7] and the
+        latest real frames [N, 3, 64, 64] -> frames."""
+        return self.decoder(g, skips, prev, self.predictor.normalize(cond), anchor)
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(0, 1)
@@ -71,6 +79,12 @@ class SVG(nn.Module):
         b, length = x.shape[:2]
         h, skips = self.encoder(self._images(x))
         return h.view(b, length, -1), [s.view(b, length, *s.shape[1:]) for s in skips]
+
+    def _latest_real(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Frames [B, T, ...] -> for steps 1..t-1 the latest real frame before each, [B*(t-1), ...]:
+        frame i-1 during the context, then the last context frame."""
+        n = self.n_past
+        return self._images(torch.cat([x[:, : n - 1], x[:, n - 1 : n].expand(-1, t - n, *x.shape[2:])], 1))
 
     def _step_skips(self, skips: list[torch.Tensor], t: int) -> list[torch.Tensor]:
         """Skips [B, T, ...] -> the skips of steps 1..t-1 flattened to [B*(t-1), ...]: frame i-1
@@ -98,13 +112,14 @@ class SVG(nn.Module):
             prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
             g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
             pred = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
-                                cond[:, :-1].flatten(0, 1)).view(b, t - 1, *x.shape[2:])
+                                cond[:, :-1].flatten(0, 1), self._latest_real(x, t)).view(b, t - 1, *x.shape[2:])
         else:
             n = self.n_past
             pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
         kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
         mse = F.mse_loss(pred.float(), x[:, 1:].float(), reduction="none").mean((0, 2, 3, 4))
-        return StepLosses(pred, mse, kld)
+        recon = mse if self.pixel_loss == "mse" else (pred.float() - x[:, 1:].float()).abs().mean((0, 2, 3, 4))
+        return StepLosses(pred, mse, kld, recon)
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
@@ -141,7 +156,8 @@ class SVG(nn.Module):
                 z_i = noise[:, i - 1]
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1])
+            anchor = x_prev if i < n_past else x_ctx[:, n_past - 1]
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], anchor)
             preds.append(x_i)
             if i < n_past:
                 h_prev, skip_prev, x_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx], x_ctx[:, i]

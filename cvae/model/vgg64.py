@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cues import EndEffectorMap, coordinate_maps
 from .heads import OUTPUTS, CDNAKernels, apply_head, init_mask_bias, out_channels
 
 BASE_CHANNELS = (64, 128, 256, 512)
@@ -46,15 +47,18 @@ class Decoder(nn.Module):
     """Mirror of the encoder. ``cond_dim`` > 0 tiles the (standardised) condition and two pixel
     coordinate maps into the feature maps at every scale (as Finn et al. 2016 and SAVP tile the
     action; the coordinates let a convolution turn an end-effector position into a place in the
-    image). ``output`` chooses the head (``heads.py``); for ``cdna`` the decoder also predicts
+    image). ``ee_cond_dim`` > 0 adds a heat map of where the end effector is (``cues.py``) at
+    every scale. ``output`` chooses the head (``heads.py``); for ``cdna`` the decoder also predicts
     the kernels from the frame code."""
 
-    def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0) -> None:
+    def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
+                 ee_cond_dim: int = 0) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
         self.output, self.nc, self.cond_dim = output, nc, cond_dim
-        e = cond_dim + 2 if cond_dim else 0
+        self.ee_map = EndEffectorMap(ee_cond_dim) if ee_cond_dim else None
+        e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
         self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
@@ -67,24 +71,25 @@ class Decoder(nn.Module):
 
     def _with_cond(self, d: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         parts = [self.up(d), skip]
+        n, _, h, w = skip.shape
         if self.cond_dim:
-            n, _, h, w = skip.shape
-            ys = torch.linspace(-1, 1, h, device=d.device, dtype=d.dtype)
-            xs = torch.linspace(-1, 1, w, device=d.device, dtype=d.dtype)
-            coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))[None].expand(n, -1, -1, -1)
+            coords = coordinate_maps(h, w, d.device, d.dtype)[None].expand(n, -1, -1, -1)
             parts += [cond.to(d.dtype)[:, :, None, None].expand(-1, -1, h, w), coords]
+        if self.ee_map is not None:
+            parts.append(self.ee_map(cond, h, w).to(d.dtype))
         return torch.cat(parts, 1)
 
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna)
-        and the standardised condition [N, cond_dim] -> frame [N, 3, 64, 64] in [0, 1]."""
-        if self.cond_dim and cond is None:
-            raise ValueError("this decoder tiles the condition into its maps: pass cond")
+                cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
+        flow), the standardised condition [N, 7] (condition and end-effector maps) and the latest
+        real frame (flow) -> frame [N, 3, 64, 64] in [0, 1]."""
+        if (self.cond_dim or self.ee_map is not None) and cond is None:
+            raise ValueError("this decoder draws the condition into its maps: pass cond")
         d = self.upc1(g[:, :, None, None])
         d = self.upc2(self._with_cond(d, skips[3], cond))
         d = self.upc3(self._with_cond(d, skips[2], cond))
         d = self.upc4(self._with_cond(d, skips[1], cond))
         out = self.upc5(self._with_cond(d, skips[0], cond))
         kernels = self.kernels(g) if self.kernels is not None else None
-        return apply_head(self.output, out, prev, kernels, self.nc)
+        return apply_head(self.output, out, prev, kernels, self.nc, anchor)

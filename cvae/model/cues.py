@@ -1,0 +1,42 @@
+"""Spatial cues the decoder reads beside its features: where each pixel is, and where the end
+effector is.
+
+A convolution cannot turn a number (the end-effector position) into a place in the image by
+itself. Coordinate maps let it compare; the end-effector map draws the place outright, as a
+Gaussian blob at a location learned from the condition (the kinematics of a camera looking at a
+table are close to affine, which one linear layer holds).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def coordinate_maps(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[2, h, w]: row and column coordinates from -1 to 1."""
+    ys = torch.linspace(-1, 1, h, device=device, dtype=dtype)
+    xs = torch.linspace(-1, 1, w, device=device, dtype=dtype)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
+
+
+class EndEffectorMap(nn.Module):
+    """Standardised condition [N, cond_dim] -> a heat map [N, 1, h, w] peaked where a learned
+    affine map of the condition puts the end effector; its width is learned too (starting at
+    about 5 px of 64, so early gradients reach the true place from afar)."""
+
+    def __init__(self, cond_dim: int) -> None:
+        super().__init__()
+        self.where = nn.Linear(cond_dim, 2)
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(0.15)))
+
+    def location(self, cond: torch.Tensor) -> torch.Tensor:
+        """(row, column) in [-1, 1] coordinates, [N, 2]."""
+        return torch.tanh(self.where(cond.float()))
+
+    def forward(self, cond: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        loc = self.location(cond)
+        coords = coordinate_maps(h, w, cond.device, torch.float32)
+        d2 = (coords[None] - loc[:, :, None, None]).pow(2).sum(1, keepdim=True)
+        return torch.exp(-d2 / (2 * self.log_sigma.exp().pow(2)))
