@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,10 @@ def eval_command(args: argparse.Namespace) -> int:
     from .artifacts import comparison_video, read_log, rows, strip, to_uint8, write_curves_html, write_gif, write_png
     from .checkpoint import find_log, load_model
     from .data.dataset import BairDataset
-    from .evaluate import counterfactual, evaluate
+    from .data.generate import read_kinematics
+    from .evaluate import evaluate
+    from .kinematics import KINEMATICS
+    from .physics_eval import counterfactual, distribution
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(args.ckpt, device)
@@ -66,8 +70,11 @@ def eval_command(args: argparse.Namespace) -> int:
     if not 0 <= args.seq < len(ds):
         raise ValueError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
     out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
-    result = evaluate(model, ds, n_future, args.samples, args.seed, args.limit, baselines=True, device=device)
+    result = evaluate(model, ds, n_future, args.samples, args.seed, args.limit, baselines=True,
+                      ee_window=read_kinematics(data) == KINEMATICS, device=device)
     result.counterfactual = counterfactual(model, ds, n_future, args.seed, args.limit, device=device)
+    result.distribution = distribution(model, ds, args.truths, args.samples, n_future, args.seed, args.limit,
+                                       workers=args.workers, device=device)
     result.extra = {"checkpoint": str(args.ckpt), "data": str(data), "split": args.split, "epoch": meta.get("epoch")}
     result.to_json(out / "eval.json")
     print(result.table())
@@ -104,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--n-future", type=int, default=0, help="frames to predict (default: the training setting)")
     e.add_argument("--limit", type=int, default=0, help="score only the first N sequences (0: all)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--truths", type=int, default=10,
+                   help="simulated data with hidden causes: true futures re-simulated per scene (0: skip)")
+    e.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes re-simulating true futures")
     e.add_argument("--seq", type=int, default=0, help="test sequence for the GIF and the frame strip")
     e.add_argument("--gif-samples", type=int, default=3)
     e.add_argument("--out", help="output folder (default: CKPT/eval)")

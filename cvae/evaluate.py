@@ -1,10 +1,19 @@
-"""Evaluation under the lab protocol, the SVG papers' best/mean-of-N, and two baselines.
+"""Evaluation under the lab protocol, the SVG papers' best/mean-of-N, two baselines, and the
+measures of what a person sees (sharpness, PSNR where things move and around the end effector).
 
 Lab protocol: the first ``n_past + n_future`` (2 + 10) frames of every test sequence; the model
 sees the 2 context frames and the conditions, draws one z path from the prior, and predicts the
 10 future frames with no teacher forcing. PSNR is per-channel 10 log10(1/MSE) on [0, 1] images,
 averaged over channels, then over the future frames and *all* sequences (not the last batch, as
 the lab template did).
+
+Whole-frame PSNR hides most of what a person sees, because most pixels never move. So beside it:
+sharpness per step (the prediction's mean spatial gradient over the truth's: 1 is as sharp as the
+truth, less is blur), PSNR over the pixels that move (the truth differs from the last context
+frame by more than 0.1) and PSNR in a 9x9 window around the true end-effector pixel (data with
+the built-in kinematics only: real BAIR's camera is not calibrated), each beside copy-last.
+Scoring against re-simulated truths (counterfactual, the distribution of futures) is in
+``physics_eval.py``.
 """
 from __future__ import annotations
 
@@ -15,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.counterfactual import ALTERNATIVES, alternative_actions, resimulate, scene_of
 from .data.dataset import BairDataset
-from .metrics import psnr, ssim
+from .kinematics import world_to_px
+from .metrics import masked_psnr, moving_mask, psnr, sharpness, ssim, window_mask
 from .model import SVG
 
 
@@ -38,8 +47,19 @@ class EvalResult:
     shuffled_cond_psnr: float | None = None
     shuffled_cond_ssim: float | None = None
     copy_last_psnr_per_step: list[float] | None = None
+    # prediction's sharpness over the truth's, per step (1: as sharp as the truth)
+    sharpness_per_step: list[float] | None = None
+    copy_last_sharpness_per_step: list[float] | None = None
+    moving_share: float | None = None  # share of future pixels that move
+    moving_psnr: float | None = None  # PSNR over the moving pixels, one sample
+    moving_best_of_n_psnr: float | None = None
+    copy_last_moving_psnr: float | None = None
+    ee_psnr: float | None = None  # 9x9 window around the true end-effector pixel (built-in kinematics only)
+    copy_last_ee_psnr: float | None = None
     # simulated data only: {alternative: {psnr, ssim, copy_last_psnr, copy_last_ssim}}, plus "all"
     counterfactual: dict | None = None
+    # simulated data only: the model's futures against K re-simulated true futures (physics_eval.py)
+    distribution: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self, path: str | Path) -> None:
@@ -66,6 +86,25 @@ class EvalResult:
         lines.append("per-step PSNR: " + " ".join(f"{v:.1f}" for v in self.psnr_per_step))
         if self.copy_last_psnr_per_step is not None:
             lines.append("copy last:     " + " ".join(f"{v:.1f}" for v in self.copy_last_psnr_per_step))
+        if self.sharpness_per_step is not None:
+            lines.append("sharpness (prediction / truth) per step: "
+                         + " ".join(f"{v:.2f}" for v in self.sharpness_per_step))
+        if self.moving_psnr is not None:
+            best = "" if self.moving_best_of_n_psnr is None else f", best of {self.n_samples} {self.moving_best_of_n_psnr:.2f}"
+            lines.append(f"moving pixels ({100 * self.moving_share:.1f}%): PSNR {self.moving_psnr:.2f}{best}, "
+                         f"copy last {self.copy_last_moving_psnr:.2f}")
+        if self.ee_psnr is not None:
+            lines.append(f"end-effector 9x9 window: PSNR {self.ee_psnr:.2f}, copy last {self.copy_last_ee_psnr:.2f}")
+        d = self.distribution
+        if d is not None:
+            lines.append(f"against {d['k']} re-simulated true futures ({d['n_sequences']} sequences, "
+                         f"{self.n_samples} model samples):")
+            lines.append(f"  spread in the moving region: truth {d['truth_spread']:.4f}, model {d['model_spread']:.4f}, "
+                         f"ratio {d['spread_ratio']:.2f}")
+            lines.append(f"  uncertainty agreement (correlation of std maps): {d['agreement']:.2f} "
+                         f"over {d['agreement_sequences']} sequences")
+            lines.append(f"  coverage (closest sample per true future): {d['coverage_psnr']:.2f} dB, "
+                         f"one sample {d['one_sample_psnr']:.2f} dB")
         return "\n".join(lines)
 
 
@@ -75,20 +114,23 @@ def _batches(n: int, batch: int) -> list[range]:
 
 @torch.no_grad()
 def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: int = 1, seed: int = 0,
-             limit: int = 0, batch_size: int = 32, baselines: bool = False,
+             limit: int = 0, batch_size: int = 32, baselines: bool = False, ee_window: bool = False,
              device: torch.device | str = "cpu") -> EvalResult:
     """Score ``model`` on the first ``limit`` (0: all) sequences of ``dataset`` in its fixed order.
 
     Sample 0 of every sequence is the lab's one-z score. With ``n_samples`` > 1 the best and the
     mean over samples (of each sequence's mean PSNR over future frames) are reported as well.
     Baselines: copy the last context frame; the model fed another sequence's conditions (each
-    sequence takes the next one's, cyclically).
+    sequence takes the next one's, cyclically). With ``baselines`` also sharpness, moving-region
+    and (with ``ee_window``: the data's positions follow ``cvae.kinematics``) end-effector-window
+    PSNR, each beside copy-last.
     """
     n_past = model.n_past
     n = min(len(dataset), limit) if limit else len(dataset)
     if dataset.seq_len < n_past + n_future:
         raise ValueError(f"dataset windows hold {dataset.seq_len} frames; {n_past + n_future} are needed")
     p_all, s_all, copy_p, copy_s, shuf_p, shuf_s = [], [], [], [], [], []
+    sharp, sharp_copy, sharp_truth, mov, mov_copy, ee, ee_copy, moving = [], [], [], [], [], [], [], []
     for idx in _batches(n, batch_size):
         x, c = (torch.stack(t).to(device) for t in zip(*(dataset[i] for i in idx)))
         x = x[:, : n_past + n_future]
@@ -104,6 +146,18 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
             pred_other = model.predict(x[:, :n_past], c_other, n_future, 1, seed + idx.start)
             shuf_p.append(psnr(pred_other[:, 0], x[:, n_past:]))
             shuf_s.append(ssim(pred_other[:, 0], x[:, n_past:]))
+            sharp.append(sharpness(pred[:, 0]))
+            sharp_copy.append(sharpness(last))
+            sharp_truth.append(sharpness(x[:, n_past:]))
+            mask = moving_mask(x[:, n_past:], last)  # [B, F, H, W]
+            moving.append(mask.float().mean((1, 2, 3)))
+            mov.append(_frame_mean(masked_psnr(pred, target, mask[:, None])))  # [B, S]
+            mov_copy.append(_frame_mean(masked_psnr(last, x[:, n_past:], mask)))
+            if ee_window:
+                centre = torch.from_numpy(world_to_px(c[:, n_past : n_past + n_future, 4:6].cpu().numpy()))
+                window = window_mask(centre.to(device))
+                ee.append(_frame_mean(masked_psnr(pred[:, 0], x[:, n_past:], window)))
+                ee_copy.append(_frame_mean(masked_psnr(last, x[:, n_past:], window)))
     p, s = torch.cat(p_all), torch.cat(s_all)
     seq_mean = p.mean(-1)  # [N, S]
     best = seq_mean.argmax(1)
@@ -121,42 +175,20 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         result.copy_last_psnr_per_step = torch.cat(copy_p).mean(0).tolist()
         result.copy_last_psnr, result.copy_last_ssim = torch.cat(copy_p).mean().item(), torch.cat(copy_s).mean().item()
         result.shuffled_cond_psnr, result.shuffled_cond_ssim = torch.cat(shuf_p).mean().item(), torch.cat(shuf_s).mean().item()
+        truth_sharp = torch.cat(sharp_truth).mean(0)
+        result.sharpness_per_step = (torch.cat(sharp).mean(0) / truth_sharp).tolist()
+        result.copy_last_sharpness_per_step = (torch.cat(sharp_copy).mean(0) / truth_sharp).tolist()
+        result.moving_share = torch.cat(moving).mean().item()
+        m = torch.cat(mov)  # [N, S]; NaN for a sequence where nothing moves
+        result.moving_psnr = m[:, 0].nanmean().item()
+        if n_samples > 1:
+            result.moving_best_of_n_psnr = m.max(1).values.nanmean().item()
+        result.copy_last_moving_psnr = torch.cat(mov_copy).nanmean().item()
+        if ee_window:
+            result.ee_psnr, result.copy_last_ee_psnr = torch.cat(ee).nanmean().item(), torch.cat(ee_copy).nanmean().item()
     return result
 
 
-@torch.no_grad()
-def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: int = 0,
-                   limit: int = 0, kinds: tuple[str, ...] = ALTERNATIVES,
-                   device: torch.device | str = "cpu") -> dict | None:
-    """Score the model under actions the data never took, against the re-simulated truth.
-
-    For each sequence and each alternative (``counterfactual.alternative_actions``) the scene is
-    re-simulated under the changed actions; the model sees the same two context frames and the
-    new conditions. Copy-last is scored against the same truth. None unless every sequence comes
-    from the simulator (real data has no counterfactual truth).
-    """
-    n_past = model.n_past
-    n = min(len(dataset), limit) if limit else len(dataset)
-    scenes = [scene_of(dataset.packed.sequences[i]) for i in range(n)]
-    if not n or any(s is None for s in scenes):
-        return None
-    scores: dict[str, dict[str, list]] = {k: {"psnr": [], "ssim": [], "copy_last_psnr": [], "copy_last_ssim": []}
-                                          for k in kinds}
-    for idx in _batches(n, 32):
-        x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
-        x, c = x[:, : n_past + n_future], c[:, : n_past + n_future].numpy()
-        for kind in kinds:
-            truth, cond = zip(*(resimulate(scenes[i], alternative_actions(c[j, :, :4], kind, n_past - 1, seed + i))
-                                for j, i in enumerate(idx)))
-            truth = torch.from_numpy(np.stack(truth)).permute(0, 1, 4, 2, 3).float().div(255).to(device)
-            pred = model.predict(x[:, :n_past].to(device), torch.from_numpy(np.stack(cond)).to(device), n_future, 1,
-                                 seed + idx.start)[:, 0]
-            last = truth[:, n_past - 1 : n_past].expand_as(truth[:, n_past:])
-            r = scores[kind]
-            r["psnr"].append(psnr(pred, truth[:, n_past:]))
-            r["ssim"].append(ssim(pred, truth[:, n_past:]))
-            r["copy_last_psnr"].append(psnr(last, truth[:, n_past:]))
-            r["copy_last_ssim"].append(ssim(last, truth[:, n_past:]))
-    out = {k: {m: torch.cat(v).mean().item() for m, v in r.items()} for k, r in scores.items()}
-    out["all"] = {m: sum(out[k][m] for k in kinds) / len(kinds) for m in out[kinds[0]]}
-    return out
+def _frame_mean(v: torch.Tensor) -> torch.Tensor:
+    """Per-frame scores [..., F] (NaN where a frame has no pixel to score) -> their mean [...]."""
+    return v.nanmean(-1)

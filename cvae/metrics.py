@@ -1,4 +1,5 @@
-"""PSNR and SSIM as the lab protocol scores them: per channel, on [0, 1] images."""
+"""PSNR and SSIM as the lab protocol scores them (per channel, on [0, 1] images), and the
+measures of what a person sees: sharpness, PSNR where things move, spread of futures."""
 from __future__ import annotations
 
 import torch
@@ -41,3 +42,61 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.pow(2) + mu_y.pow(2) + c1) * (var_x + var_y + c2))
     return s.mean((-2, -1)).mean(-1).reshape(lead)
+
+
+# What whole-frame PSNR hides: most pixels never move, so these look where things happen.
+
+MOVING_THRESHOLD = 0.1  # on [0, 1]: a pixel moves where the truth differs from the last context frame by more
+EE_WINDOW = 9  # pixels on a side of the window around the end effector
+
+
+def sharpness(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute spatial gradient (horizontal and vertical neighbour differences, averaged):
+    [..., C, H, W] -> [...]. A blurred frame scores lower than the truth, noise higher."""
+    x = x.float()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean((-3, -2, -1))
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((-3, -2, -1))
+    return (dx + dy) / 2
+
+
+def moving_mask(target: torch.Tensor, last: torch.Tensor, threshold: float = MOVING_THRESHOLD) -> torch.Tensor:
+    """Pixels that move: where ``target`` differs from ``last`` (the last context frame) by more
+    than ``threshold`` in any channel. [..., C, H, W] -> bool [..., H, W]."""
+    return ((target.float() - last.float()).abs() > threshold).any(-3)
+
+
+def window_mask(centre_px: torch.Tensor, size: int = EE_WINDOW, hw: tuple[int, int] = (64, 64)) -> torch.Tensor:
+    """A ``size`` x ``size`` window around each (col, row) pixel position [..., 2] -> bool [..., H, W]
+    (cut at the image border). The centre is the pixel that holds the position."""
+    col, row = centre_px.floor().long().unbind(-1)
+    rows = torch.arange(hw[0], device=centre_px.device)
+    cols = torch.arange(hw[1], device=centre_px.device)
+    r = (rows - row[..., None]).abs() <= size // 2
+    c = (cols - col[..., None]).abs() <= size // 2
+    return r[..., :, None] & c[..., None, :]
+
+
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR over the pixels of ``mask`` only, per channel then averaged as :func:`psnr` does:
+    [..., C, H, W] with mask [..., H, W] -> [...]; NaN where the mask is empty."""
+    m = mask.float().unsqueeze(-3)
+    n = m.sum((-2, -1))
+    mse = ((pred.float() - target.float()).pow(2) * m).sum((-2, -1)) / n
+    out = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean(-1)
+    return out.masked_fill(n[..., 0] == 0, float("nan"))
+
+
+def pixel_std(samples: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Per-pixel standard deviation over ``dim`` (futures), averaged over the channels:
+    [..., S, ..., C, H, W] -> the same without ``dim`` and C. The population std (divides by S)."""
+    return samples.float().std(dim, correction=0).mean(-3)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two maps over their last two dims: [..., H, W] -> [...]. NaN where
+    either map is constant (a correlation is undefined there)."""
+    a = a.float().flatten(-2)
+    b = b.float().flatten(-2)
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
+    return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))

@@ -13,7 +13,8 @@ import cvae.train as train_mod
 from cvae import checkpoint
 from cvae.config import preset
 from cvae.data.dataset import BairDataset
-from cvae.evaluate import counterfactual, evaluate
+from cvae.evaluate import evaluate
+from cvae.physics_eval import counterfactual
 from cvae.train import TrainingDiverged, train
 
 TINY = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16, batch_size=4, val_seqs=2, num_workers=0)
@@ -111,13 +112,22 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert cli.main(["export", "--ckpt", str(best), "--out", str(exported)]) == 0
     assert (exported / "log.jsonl").read_text() == (tmp_path / "r" / "log.jsonl").read_text()
     assert not (exported / "state.pt").exists()
-    assert cli.main(["eval", "--ckpt", str(exported), "--limit", "2", "--samples", "1"]) == 0
+    assert cli.main(["eval", "--ckpt", str(exported), "--limit", "2", "--samples", "2", "--truths", "3",
+                     "--workers", "1"]) == 0
     assert (exported / "eval" / "eval.json").is_file() and (exported / "eval" / "curves.html").is_file()
     scores = json.loads((exported / "eval" / "eval.json").read_text())
     assert set(scores["counterfactual"]) == {"reversed", "rotated", "random", "all"}  # simulated data
     assert 10 < scores["counterfactual"]["reversed"]["copy_last_psnr"] < 60
     assert len(scores["copy_last_psnr_per_step"]) == 10
-    assert "counterfactual reversed: model" in capsys.readouterr().out
+    assert len(scores["sharpness_per_step"]) == 10 and all(v > 0 for v in scores["sharpness_per_step"])
+    assert scores["copy_last_sharpness_per_step"][0] == pytest.approx(1.0, abs=0.2)  # a real frame is sharp
+    assert 0 < scores["moving_share"] < 0.5 and 5 < scores["copy_last_moving_psnr"] < 40
+    assert scores["ee_psnr"] is not None  # the simulator's kinematics place the end effector
+    dist = scores["distribution"]  # the data has hidden causes: true futures re-simulated
+    assert (dist["k"], dist["n_samples"], dist["n_sequences"]) == (3, 2, 2) and dist["truth_spread"] > 0
+    assert dist["coverage_psnr"] >= dist["one_sample_psnr"]
+    out = capsys.readouterr().out
+    assert "counterfactual reversed: model" in out and "against 3 re-simulated true futures" in out
 
 
 def test_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):
@@ -155,6 +165,8 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
     data = BairDataset(square_root, "train", 12)
     result = evaluate(model, data, 10, baselines=True)
     assert result.psnr > result.copy_last_psnr + 1, result.table()
+    assert result.moving_psnr > result.copy_last_moving_psnr, result.table()  # it gains where things move
+    assert result.ee_psnr is None  # no documented kinematics: no end-effector window
     assert counterfactual(model, data) is None  # not the simulator's data: no counterfactual truth
 
 

@@ -1,0 +1,141 @@
+"""Scoring against truths only a simulator can give: what would have happened under other
+actions (counterfactual), and the other futures that were just as possible (the distribution).
+
+Real video has one future per sequence; a scene written by ``cvae.data.generate`` can be run
+again (``data/counterfactual.py``). Both scores are None for any other data set. This module
+loads the physics engine; ``evaluate.py`` does not.
+"""
+from __future__ import annotations
+
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+
+from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resimulate, scene_of, true_futures
+from .data.dataset import BairDataset
+from .evaluate import _batches
+from .metrics import correlation, moving_mask, pixel_std, psnr, ssim
+from .model import SVG
+
+VISIBLE_STD = 0.25 / 255  # a std map whose largest value is below a quarter grey level shows nothing
+
+
+def scenes(dataset: BairDataset, limit: int = 0) -> list[Scene] | None:
+    """The simulator's scene behind each of the first ``limit`` (0: all) sequences, or None unless
+    every one comes from the simulator."""
+    n = min(len(dataset), limit) if limit else len(dataset)
+    found = [scene_of(dataset.packed.sequences[i]) for i in range(n)]
+    return found if n and all(s is not None for s in found) else None
+
+
+def _to_tensor(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [0, 1]."""
+    return torch.from_numpy(frames).movedim(-1, -3).float().div(255).to(device)
+
+
+@torch.no_grad()
+def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: int = 0,
+                   limit: int = 0, kinds: tuple[str, ...] = ALTERNATIVES,
+                   device: torch.device | str = "cpu") -> dict | None:
+    """Score the model under actions the data never took, against the re-simulated truth.
+
+    For each sequence and each alternative (``counterfactual.alternative_actions``) the scene is
+    re-simulated under the changed actions with its own hidden causes, so there is one truth; the
+    model sees the same two context frames and the new conditions. Copy-last is scored against
+    the same truth.
+    """
+    n_past = model.n_past
+    found = scenes(dataset, limit)
+    if found is None:
+        return None
+    scores: dict[str, dict[str, list]] = {k: {"psnr": [], "ssim": [], "copy_last_psnr": [], "copy_last_ssim": []}
+                                          for k in kinds}
+    for idx in _batches(len(found), 32):
+        x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
+        x, c = x[:, : n_past + n_future], c[:, : n_past + n_future].numpy()
+        for kind in kinds:
+            truth, cond = zip(*(resimulate(found[i], alternative_actions(c[j, :, :4], kind, n_past - 1, seed + i))
+                                for j, i in enumerate(idx)))
+            truth = _to_tensor(np.stack(truth), device)
+            pred = model.predict(x[:, :n_past].to(device), torch.from_numpy(np.stack(cond)).to(device), n_future, 1,
+                                 seed + idx.start)[:, 0]
+            last = truth[:, n_past - 1 : n_past].expand_as(truth[:, n_past:])
+            r = scores[kind]
+            r["psnr"].append(psnr(pred, truth[:, n_past:]))
+            r["ssim"].append(ssim(pred, truth[:, n_past:]))
+            r["copy_last_psnr"].append(psnr(last, truth[:, n_past:]))
+            r["copy_last_ssim"].append(ssim(last, truth[:, n_past:]))
+    out = {k: {m: torch.cat(v).mean().item() for m, v in r.items()} for k, r in scores.items()}
+    out["all"] = {m: sum(out[k][m] for k in kinds) / len(kinds) for m in out[kinds[0]]}
+    return out
+
+
+def _futures(job: tuple[Scene, np.ndarray, int]) -> np.ndarray:
+    return true_futures(*job)
+
+
+def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Model futures [B, S, F, 3, H, W] against true futures [B, K, F, 3, H, W] of the same scenes
+    and actions, with last context frames [B, 3, H, W] -> per-sequence scores [B]:
+
+    - ``truth_spread``, ``model_spread``: the per-pixel std over the K truths and over the S
+      samples, averaged over the moving region (pixels where any true future differs from the
+      last context frame by more than 0.1; NaN where nothing moves);
+    - ``agreement``: the correlation of the two std maps over all future pixels (NaN where the
+      truths agree everywhere; 0 where the model's map shows nothing: no pixel's std reaches
+      ``VISIBLE_STD``, as a collapsed z gives, whose float noise would otherwise correlate);
+    - ``coverage``: for each truth the PSNR of the closest sample, averaged over the truths;
+    - ``one_sample``: the PSNR of sample 0, averaged over the same truths.
+    """
+    region = moving_mask(truths, last[:, None, None]).any(1)  # [B, F, H, W]
+    t_std, m_std = pixel_std(truths, 1), pixel_std(samples, 1)  # [B, F, H, W]
+    n = region.float().sum((1, 2, 3))
+    nan = torch.full_like(n, float("nan"))
+    truth_spread = torch.where(n > 0, (t_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
+    model_spread = torch.where(n > 0, (m_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
+    agreement = correlation(t_std.flatten(1, 2), m_std.flatten(1, 2))
+    truth_flat = t_std.flatten(1).amax(1) == t_std.flatten(1).amin(1)
+    model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
+    agreement = torch.where(model_flat, torch.zeros_like(n), agreement.nan_to_num(0.0))
+    agreement = torch.where(truth_flat, nan, agreement)
+    pair = psnr(samples[:, :, None], truths[:, None]).mean(-1)  # [B, S, K]
+    return {"truth_spread": truth_spread, "model_spread": model_spread, "agreement": agreement,
+            "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1)}
+
+
+@torch.no_grad()
+def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int = 10, n_future: int = 10,
+                 seed: int = 0, limit: int = 0, workers: int = 1,
+                 device: torch.device | str = "cpu") -> dict | None:
+    """The model's ``n_samples`` futures against ``k`` re-simulated true futures of each scene under
+    its recorded actions, the hidden causes re-drawn (:func:`spread_scores`, averaged over the
+    sequences; the spread ratio is model over truth of those averages). None unless the data is
+    the simulator's and has hidden causes (a deterministic world has one future)."""
+    n_past = model.n_past
+    found = scenes(dataset, limit)
+    if found is None or found[0].uncertainty == 0 or k < 2 or n_samples < 2:
+        return None
+    per_seq: dict[str, list[torch.Tensor]] = {}
+    pool = get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        for idx in _batches(len(found), 16):
+            x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
+            x, c = x[:, : n_past + n_future].to(device), c[:, : n_past + n_future]
+            jobs = [(found[i], c[j, :, :4].numpy().astype(np.float64), k) for j, i in enumerate(idx)]
+            truths = _to_tensor(np.stack(pool.map(_futures, jobs) if pool else [_futures(j) for j in jobs]), device)[:, :, n_past:]
+            samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples, seed + idx.start)
+            for name, v in spread_scores(samples, truths, x[:, n_past - 1]).items():
+                per_seq.setdefault(name, []).append(v)
+    finally:
+        if pool:
+            pool.terminate()
+    s = {name: torch.cat(v) for name, v in per_seq.items()}
+    truth_spread, model_spread = s["truth_spread"].nanmean().item(), s["model_spread"].nanmean().item()
+    return {"k": k, "n_samples": n_samples, "n_sequences": len(found),
+            "truth_spread": truth_spread, "model_spread": model_spread,
+            "spread_ratio": model_spread / truth_spread if truth_spread > 0 else float("nan"),
+            "agreement": s["agreement"].nanmean().item(),
+            "agreement_sequences": int((~s["agreement"].isnan()).sum()),
+            "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item()}
+

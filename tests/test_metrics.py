@@ -1,0 +1,107 @@
+"""Metrics against hand-computed cases: PSNR and SSIM as the lab scores them, and the measures of
+what a person sees (sharpness, moving-region and window PSNR, spread of futures, agreement)."""
+import math
+
+import pytest
+import torch
+
+from cvae.metrics import (correlation, masked_psnr, moving_mask, pixel_std, psnr, sharpness, ssim,
+                          window_mask)
+from cvae.physics_eval import VISIBLE_STD, spread_scores
+
+
+def test_psnr_and_ssim():
+    a = torch.rand(2, 3, 3, 64, 64)
+    assert torch.allclose(psnr(a, a), torch.full((2, 3), 100.0))
+    b = (a + 0.1).clamp(0, 1)
+    per_channel = [10 * math.log10(1 / ((b[0, 0, ch] - a[0, 0, ch]) ** 2).mean().item()) for ch in range(3)]
+    assert psnr(b, a)[0, 0].item() == pytest.approx(sum(per_channel) / 3, rel=1e-5)
+    assert torch.allclose(ssim(a, a), torch.ones(2, 3), atol=1e-5)
+    assert (ssim(b, a) < 1).all() and (ssim(torch.rand_like(a), a) < 0.1).all()
+    samples = torch.stack([a, b], 1)  # [2, S=2, 3, ...] against one target, as evaluation does
+    torch.testing.assert_close(ssim(samples, a[:, None]), torch.stack([ssim(a, a), ssim(b, a)], 1))
+
+
+def test_sharpness_is_the_mean_absolute_neighbour_difference():
+    stripes = torch.zeros(3, 4, 4)
+    stripes[:, :, 1::2] = 1.0  # columns alternate 0, 1: every horizontal step is 1, no vertical one
+    assert sharpness(stripes).item() == pytest.approx((1.0 + 0.0) / 2)
+    ramp = torch.arange(4.0).repeat(3, 4, 1) / 10  # +0.1 per column
+    assert sharpness(ramp).item() == pytest.approx(0.05)
+    blurred = (stripes + stripes.roll(1, -1)) / 2  # a box blur flattens the stripes
+    assert sharpness(blurred) < sharpness(stripes)
+    assert sharpness(torch.stack([stripes, ramp])).shape == (2,)
+
+
+def test_moving_mask_and_masked_psnr():
+    last = torch.zeros(3, 4, 4)
+    truth = last.clone()
+    truth[0, 1, 2] = 0.5  # one pixel moves, in one channel
+    truth[:, 3, 3] = 0.05  # below the 0.1 threshold: does not count
+    mask = moving_mask(truth, last)
+    assert mask.shape == (4, 4) and mask.sum() == 1 and mask[1, 2]
+    pred = truth.clone()
+    pred[:, 1, 2] += 0.1  # error 0.1 in every channel at the moving pixel; elsewhere error-free
+    pred[:, 0, 0] = 1.0  # a large error outside the mask is not counted
+    assert masked_psnr(pred, truth, mask).item() == pytest.approx(10 * math.log10(1 / 0.01), rel=1e-4)
+    assert masked_psnr(pred, truth, torch.zeros(4, 4, dtype=torch.bool)).isnan()
+    # two pixels with errors 0.1 and 0.3: MSE is their mean square
+    two = mask.clone()
+    two[2, 2] = True
+    pred[:, 2, 2] = truth[:, 2, 2] + 0.3
+    assert masked_psnr(pred, truth, two).item() == pytest.approx(10 * math.log10(1 / 0.05), rel=1e-4)
+
+
+def test_window_mask_is_centred_on_the_pixel_and_cut_at_the_border():
+    w = window_mask(torch.tensor([[10.6, 20.2], [0.0, 63.9]]), size=9, hw=(64, 64))
+    assert w.shape == (2, 64, 64)
+    rows, cols = w[0].nonzero().unbind(1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 24, 6, 14)  # col 10, row 20, +-4
+    assert w[0].sum() == 81 and w[1].sum() == 5 * 5  # corner: only the in-image quarter, 5x5
+
+
+def test_pixel_std_and_correlation():
+    futures = torch.zeros(2, 3, 2, 2)  # S=2 futures of a 2x2 RGB frame
+    futures[1, :, 0, 0] = 0.4  # one pixel differs by 0.4 between the two futures: std 0.2
+    std = pixel_std(futures, 0)
+    assert std.shape == (2, 2)
+    torch.testing.assert_close(std, torch.tensor([[0.2, 0.0], [0.0, 0.0]]))
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert correlation(a, 2 * a + 1).item() == pytest.approx(1.0)
+    assert correlation(a, -a).item() == pytest.approx(-1.0)
+    assert correlation(a, torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert correlation(a, torch.ones(2, 2)).isnan()
+
+
+def _futures(values: list[float], moving: float = 0.5) -> torch.Tensor:
+    """Futures [1, len(values), F=1, 3, 4, 4]: pixel (0, 0) takes each value in turn, pixel
+    (1, 1) is ``moving`` in all of them (it moves, but every future agrees), the rest is 0."""
+    x = torch.zeros(1, len(values), 1, 3, 4, 4)
+    for i, v in enumerate(values):
+        x[0, i, 0, :, 0, 0] = v
+    x[..., 1, 1] = moving
+    return x
+
+
+def test_spread_scores_by_hand():
+    last = torch.zeros(1, 3, 4, 4)
+    truths = _futures([0.2, 0.6])  # pixel (0, 0): std 0.2; pixel (1, 1): std 0; region: both
+    same = spread_scores(truths.clone(), truths, last)
+    assert same["truth_spread"].item() == pytest.approx(0.1)  # (0.2 + 0) / 2 moving pixels
+    assert same["model_spread"].item() == pytest.approx(0.1)
+    assert same["agreement"].item() == pytest.approx(1.0)
+    collapsed = spread_scores(_futures([0.4, 0.4]), truths, last)  # both samples the mean
+    assert collapsed["model_spread"].item() == 0 and collapsed["agreement"].item() == 0
+    # each truth has a sample equal to it: coverage is exact (100 dB); sample 0 misses truth 1
+    assert same["coverage"].item() == pytest.approx(100.0)
+    miss = 10 * math.log10(1 / (0.4 ** 2 / 16))  # one pixel of 16 off by 0.4
+    assert same["one_sample"].item() == pytest.approx((100 + miss) / 2, rel=1e-4)
+    # the collapsed model is 0.2 from both truths at one pixel: its best and one sample agree
+    off = 10 * math.log10(1 / (0.2 ** 2 / 16))
+    assert collapsed["coverage"].item() == pytest.approx(off, rel=1e-4)
+    assert collapsed["one_sample"].item() == pytest.approx(off, rel=1e-4)
+    # a spread that is float noise shows nothing: no credit for agreement
+    noise = _futures([0.4, 0.4 + VISIBLE_STD])
+    assert spread_scores(noise, truths, last)["agreement"].item() == 0
+    # truths that agree everywhere: agreement is undefined (NaN), not counted
+    assert spread_scores(truths, _futures([0.2, 0.2]), last)["agreement"].isnan()
