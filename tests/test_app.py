@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cvae.app import logic
-from cvae.data.simulator import integrate_positions
+from cvae.kinematics import integrate_positions
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PAST, N_FUTURE = 2, 10
@@ -146,6 +146,24 @@ def test_physics_under_edited_actions(bundled):
     p = logic.predict(model, frames, cond, edited, 2, seed=0, physics_frames=phys)
     assert p.psnr_physics.shape == (10,) and p.psnr_physics_copy_last.shape == (10,)
     assert logic.physics(Path("/nowhere/test/traj_0_to_255/0"), cond) is None
+    assert p.physics_futures is None and p.spread() is None and p.physics_uncertainty() is None
+
+
+def test_physics_futures_redraw_the_hidden_causes(bundled):
+    """The world's own futures under the person's actions: K re-simulations, the same start, other
+    outcomes where objects are pushed; scored beside the model's as eval scores them."""
+    source, model, frames, cond = bundled
+    world = logic.physics_futures(source.sequences[0], cond, 6)
+    assert world.shape == (6, 12, 64, 64, 3)
+    assert all(np.array_equal(w[0], frames[0]) for w in world)  # the same scene
+    assert np.abs(world[:, -1].astype(int) - world[0, -1]).max() > 25  # objects end in other places
+    p = logic.predict(model, frames, cond, cond, 4, seed=0, physics_futures=world)
+    assert p.physics_futures.shape == (6, 10, 3, 64, 64)
+    assert p.physics_uncertainty().shape == (64, 64) and p.physics_uncertainty().max() > 5  # grey levels
+    s = p.spread()
+    assert s["truth_spread"] > 0 and s["ratio"] == pytest.approx(s["model_spread"] / s["truth_spread"])
+    assert -1 <= s["agreement"] <= 1
+    assert logic.physics_futures(Path("/nowhere/test/traj_0_to_255/0"), cond, 4) is None  # not simulated
 
 
 def test_prediction_is_seeded_and_responds_to_actions(bundled, responsive_runs):
@@ -267,6 +285,15 @@ def gif_frames(data: bytes) -> np.ndarray:
 
 
 SEQ = 2
+Z_VISIBLE = 3.0  # grey levels (0-255): the least mean change in the moving region a person sees as another future
+
+
+def futures_tiles(video: np.ndarray, scale: int = 3, per_row: int = 4, n: int = 8) -> list[np.ndarray]:
+    """The futures grid GIF (videos of 64 px with 2 px gaps, ``per_row`` per row, upscaled
+    ``scale``x) -> its ``n`` videos [T, 64, 64, 3]."""
+    small = video[:, ::scale, ::scale]
+    return [small[:, (k // per_row) * 66 : (k // per_row) * 66 + 64, (k % per_row) * 66 : (k % per_row) * 66 + 64]
+            for k in range(n)]
 
 
 def test_browser_pick_edit_predict(server, tmp_path, bundled):
@@ -279,7 +306,7 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    from cvae.data.simulator import world_to_px
+    from cvae.kinematics import world_to_px
 
     source = bundled[0]
     frames, cond = logic.load_sequence(source.sequences[SEQ])
@@ -329,9 +356,28 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
         summary = page.locator("#summary").inner_text()
         assert "ms" in summary and "actions unedited" not in summary, summary  # the edits reached the model
         assert "Physics under your actions" in summary
+        assert "ratio" in summary and "Agreement of the two maps" in summary  # the world's spread beside the model's
         video = gif_frames(page.request.get(page.locator("#compare img").get_attribute("src")).body())
+        page.wait_for_selector("#physics_futures img[src*='.gif']", timeout=30_000)
+        world = gif_frames(page.request.get(page.locator("#physics_futures img").get_attribute("src")).body())
+        futures_src = page.locator("#futures img").get_attribute("src")
+        seed_a = gif_frames(page.request.get(futures_src).body())
         page.screenshot(path=str(shots / "app.png"), full_page=True)
+        page.locator("#seed input").fill("12345")  # another z, the same actions
+        page.locator("#predict").click()
+        page.wait_for_function(f"document.querySelector('#futures img') && "
+                               f"document.querySelector('#futures img').src != '{futures_src}'", timeout=60_000)
+        seed_b = gif_frames(page.request.get(page.locator("#futures img").get_attribute("src")).body())
         browser.close()
+    # Another z changes the futures where the world is uncertain: in the moving region (where any
+    # physics future differs from the last context frame by more than 0.1), by more than
+    # Z_VISIBLE grey levels on average over the 8 futures.
+    world_tiles, a_tiles, b_tiles = (futures_tiles(v) for v in (world, seed_a, seed_b))
+    assert len(world_tiles) == 8 and not all(np.array_equal(world_tiles[0], w) for w in world_tiles[1:])
+    last = world_tiles[0][N_PAST - 1].astype(int)
+    region = np.stack([np.abs(w[N_PAST:].astype(int) - last).max(-1) > 25 for w in world_tiles]).any(0)
+    moved = np.stack([np.abs(a[N_PAST:].astype(int) - b[N_PAST:]).mean(-1) for a, b in zip(a_tiles, b_tiles)])
+    assert region.sum() > 50 and moved[:, region].mean() > Z_VISIBLE, (region.sum(), moved[:, region].mean())
     small = video[:, ::4, ::4]  # the GIF is upscaled 4x: back to 64 px per frame
     tile = 64 + 2  # each video 64 px, then a 2 px gap
     original, yours, physics = (small[N_PAST:, :, k * tile : k * tile + 64] for k in (1, 2, 3))

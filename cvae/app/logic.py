@@ -14,10 +14,11 @@ import torch
 
 from ..checkpoint import CheckpointError, find_log, load_model, read_meta
 from ..data.bair import DataError, list_sequences, read_sequence
-from ..data.counterfactual import resimulate, scene_of
+from ..data.counterfactual import resimulate, scene_of, true_futures
 from ..data.generate import read_kinematics
-from ..data.simulator import GAIN, KINEMATICS, integrate_positions
+from ..kinematics import GAIN, KINEMATICS, integrate_positions
 from ..metrics import psnr, ssim
+from ..physics_eval import spread_scores
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 BUNDLED_DATA = ASSETS / "data"
@@ -282,19 +283,43 @@ class Prediction:
     physics: torch.Tensor | None = None  # [n_past + n_future, 3, 64, 64]: the scene re-simulated under the edits
     psnr_physics: torch.Tensor | None = None  # [n_future]: sample 1 (edited actions) against physics
     psnr_physics_copy_last: torch.Tensor | None = None  # [n_future]: the last context frame against physics
+    # [K, n_future, 3, 64, 64]: the scene under the edits with its hidden causes re-drawn K times
+    physics_futures: torch.Tensor | None = None
 
     def uncertainty(self) -> np.ndarray:
-        """Per-pixel standard deviation over the samples (edited actions), averaged over time and
-        colour channels, in grey levels (0-255) as [64, 64]."""
-        if len(self.edited) < 2:
-            return np.zeros(self.edited.shape[-2:], np.float32)
-        return (self.edited.std(0, unbiased=False).mean((0, 1)) * 255).numpy()
+        """Per-pixel standard deviation over the model's futures (edited actions), averaged over
+        time and colour channels, in grey levels (0-255) as [64, 64]."""
+        return _std_map(self.edited)
+
+    def physics_uncertainty(self) -> np.ndarray | None:
+        """The same map over the physics futures; None for real data."""
+        return None if self.physics_futures is None else _std_map(self.physics_futures)
+
+    def spread(self) -> dict[str, float] | None:
+        """Model against physics futures for this sequence, as ``eval`` scores them
+        (``physics_eval.spread_scores``): truth and model spread in the moving region, their
+        ratio, and the agreement of the two std maps. None for real data or a single future."""
+        if self.physics_futures is None or len(self.edited) < 2 or len(self.physics_futures) < 2:
+            return None
+        n_past = len(self.truth) - self.edited.shape[1]
+        s = {k: v.item() for k, v in spread_scores(self.edited[None], self.physics_futures[None],
+                                                    self.truth[None, n_past - 1]).items()}
+        s["ratio"] = s["model_spread"] / s["truth_spread"] if s["truth_spread"] > 0 else math.nan
+        return s
+
+
+def _std_map(futures: torch.Tensor) -> np.ndarray:
+    if len(futures) < 2:
+        return np.zeros(futures.shape[-2:], np.float32)
+    return (futures.std(0, unbiased=False).mean((0, 1)) * 255).numpy()
 
 
 def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,  # noqa: ANN001
-            seed: int, physics_frames: np.ndarray | None = None) -> Prediction:
+            seed: int, physics_frames: np.ndarray | None = None,
+            physics_futures: np.ndarray | None = None) -> Prediction:
     """Futures under the original and the edited conditions, in one batched call; scored against
-    ``physics_frames`` (uint8 [T, 64, 64, 3], the scene under the edits) where given."""
+    ``physics_frames`` (uint8 [T, 64, 64, 3], the scene under the edits) where given, and beside
+    ``physics_futures`` (uint8 [K, T, 64, 64, 3], the same with the hidden causes re-drawn)."""
     if not 1 <= n_samples <= 16:
         raise InputError(f"number of futures must be between 1 and 16, not {n_samples}")
     n_past = model.n_past
@@ -314,6 +339,8 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
         result.physics = phys
         result.psnr_physics = psnr(out[1, 0], phys[n_past:])
         result.psnr_physics_copy_last = psnr(x[n_past - 1].expand_as(phys[n_past:]), phys[n_past:])
+    if physics_futures is not None:
+        result.physics_futures = torch.from_numpy(physics_futures[:, n_past : len(frames)]).permute(0, 1, 4, 2, 3).float() / 255
     return result
 
 
@@ -322,6 +349,16 @@ def physics(sequence: Path, cond: np.ndarray) -> np.ndarray | None:
     frames [T, 64, 64, 3]. None for data the simulator did not make (real BAIR)."""
     scene = scene_of(sequence)
     return None if scene is None else resimulate(scene, cond[:, :4])[0]
+
+
+def physics_futures(sequence: Path, cond: np.ndarray, k: int) -> np.ndarray | None:
+    """``k`` other futures of a simulated ``sequence`` under the actions of ``cond`` [T, 7], its
+    hidden causes (friction, mass, centre of mass, grip) re-drawn: uint8 [k, T, 64, 64, 3]. None
+    for real data, and for a data set without hidden causes (its futures would all be one)."""
+    scene = scene_of(sequence)
+    if scene is None or scene.uncertainty == 0:
+        return None
+    return true_futures(scene, cond[:, :4].astype(np.float64), k)
 
 
 def kinematics_note(source: Source) -> str:

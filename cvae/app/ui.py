@@ -80,22 +80,26 @@ def _colours(v: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def _heat(grey_levels: np.ndarray, scale: int = 4) -> np.ndarray:
-    """A [H, W] map in grey levels on a fixed scale (0 to UNCERTAINTY_MAX), upscaled, with a
-    labelled colour bar on its right, so maps of different predictions compare by eye."""
+def _heat(maps: list[tuple[str, np.ndarray]], scale: int = 4) -> np.ndarray:
+    """[H, W] maps in grey levels, titled, side by side on one fixed scale (0 to UNCERTAINTY_MAX)
+    with one labelled colour bar on the right, so the model's map and the world's, and maps of
+    different predictions, compare by eye."""
     from PIL import Image, ImageDraw
 
-    img = upscale(_colours(np.clip(grey_levels / UNCERTAINTY_MAX, 0, 1)), scale)
-    h = img.shape[0]
+    imgs = [upscale(_colours(np.clip(m / UNCERTAINTY_MAX, 0, 1)), scale) for _, m in maps]
+    h, w = imgs[0].shape[:2]
+    top, gap = 16, 8
     bar = np.repeat(_colours(np.linspace(1, 0, h))[:, None], 14, 1)
-    panel = Image.new("RGB", (img.shape[1] + 80, h), "white")
-    panel.paste(Image.fromarray(img), (0, 0))
-    panel.paste(Image.fromarray(bar), (img.shape[1] + 6, 0))
+    panel = Image.new("RGB", (len(imgs) * (w + gap) + 80, h + top), "white")
     draw = ImageDraw.Draw(panel)
-    x = img.shape[1] + 24
-    draw.text((x, 0), f">={UNCERTAINTY_MAX:g}", fill="black")
-    draw.text((x, h // 2 - 12), "grey\nlevels", fill="black")
-    draw.text((x, h - 12), "0", fill="black")
+    for i, ((title, _), img) in enumerate(zip(maps, imgs)):
+        panel.paste(Image.fromarray(img), (i * (w + gap), top))
+        draw.text((i * (w + gap), 2), title, fill="black")
+    x = len(imgs) * (w + gap)
+    panel.paste(Image.fromarray(bar), (x, top))
+    draw.text((x + 18, top), f">={UNCERTAINTY_MAX:g}", fill="black")
+    draw.text((x + 18, top + h // 2 - 12), "grey\nlevels", fill="black")
+    draw.text((x + 18, top + h - 12), "0", fill="black")
     return np.asarray(panel)
 
 
@@ -205,7 +209,8 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
             z_seed = logic.parse_seed(seed)
             edited = logic.edited_conditions(cond, logic.parse_table(table, n_past, n_future), n_past, source.kinematics)
             phys = logic.physics(source.sequences[int(index)], edited[:t])
-            p = logic.predict(model, frames[:t], cond[:t], edited[:t], int(n_samples), z_seed, phys)
+            phys_futures = logic.physics_futures(source.sequences[int(index)], edited[:t], int(n_samples))
+            p = logic.predict(model, frames[:t], cond[:t], edited[:t], int(n_samples), z_seed, phys, phys_futures)
         except logic.InputError as e:
             raise user_error(e) from None
         out = outputs.new()
@@ -218,7 +223,13 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
         futures = [np.concatenate([truth[:n_past], v]) for v in edited_v]
         futures_gif = write_gif(out / "futures.gif", grid(futures), scale=3)
         best = write_gif(out / "best.gif", comparison_video(truth, [original[p.best]], n_past))
-        std = _png(_heat(p.uncertainty()), out, "std")
+        maps = [("model: std over its N futures", p.uncertainty())]
+        physics_gif = None
+        if p.physics_futures is not None:
+            maps.append(("physics: std over K re-simulations", p.physics_uncertainty()))
+            world = [np.concatenate([truth[:n_past], v]) for v in to_uint8(p.physics_futures)]
+            physics_gif = str(write_gif(out / "physics_futures.gif", grid(world), scale=3))
+        std = _png(_heat(maps), out, "std")
         steps = _png(rows([strip(truth[n_past:]), strip(original[0]), strip(edited_v[0])]), out, "steps")
         note = "" if p.edited_differs else " (actions unedited: both columns use the same actions)"
         summary = (f"**{p.seconds * 1000:.0f} ms** for {int(n_samples)} futures x {n_future} frames under the "
@@ -232,7 +243,18 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                         f"{p.psnr_physics_copy_last.mean():.2f} dB.")
         else:
             summary += " This is not simulated data, so there is no physics truth for edited actions."
-        return str(side), str(futures_gif), std, str(best), steps, _step_plot(p, n_past), summary
+        spread = p.spread()
+        if spread is not None:
+            summary += (f"\n\n**Uncertainty, model against the world** ({int(n_samples)} model futures, "
+                        f"{len(p.physics_futures)} re-simulations with friction, mass, centre of mass and grip "
+                        f"re-drawn): where things move, the model's futures spread "
+                        f"**{spread['model_spread'] * 255:.1f}** grey levels (std) and the world's "
+                        f"**{spread['truth_spread'] * 255:.1f}**: ratio **{spread['ratio']:.2f}** (1 is right). "
+                        f"Agreement of the two maps (correlation): **{spread['agreement']:.2f}**.")
+        elif p.physics_futures is not None:
+            summary += "\n\nChoose 2 or more futures to compare the model's spread with the world's."
+        return (str(side), str(futures_gif), gr.update(value=physics_gif, visible=physics_gif is not None), std,
+                str(best), steps, _step_plot(p, n_past), summary)
 
     def on_curves(labels: list[str]):  # noqa: ANN202
         logs = {}
@@ -287,9 +309,12 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                                elem_classes="frame", elem_id="compare")
             with gr.Row():
                 best = gr.Image(label="truth | best of N (original actions)", elem_classes="frame", elem_id="best")
-                futures = gr.Image(label="N futures with your actions", elem_classes="frame", elem_id="futures")
-                std = gr.Image(label="uncertainty: per-pixel std over the N futures, in grey levels (fixed scale)",
-                               elem_classes="frame", elem_id="std")
+                futures = gr.Image(label="model: N futures with your actions (one z each)", elem_classes="frame",
+                                   elem_id="futures")
+                physics_futures = gr.Image(label="physics: N futures with your actions (hidden causes re-drawn)",
+                                           elem_classes="frame", elem_id="physics_futures")
+            std = gr.Image(label="uncertainty: per-pixel std over the futures, averaged over frames, in grey levels "
+                           "(one fixed scale)", elem_classes="frame", elem_id="std", height=300)
             steps = gr.Image(label="per step: truth / original actions / your actions", elem_classes="frame",
                              elem_id="steps")
             step_plot = gr.Plot(label="per-step PSNR and SSIM", elem_id="step_plot")
@@ -301,7 +326,7 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
 
         seq_outputs = [ctx0, ctx1, truth, table, kin_note, quality]
         pred_inputs = [source_dd, index, model_dd, table, n_samples, seed]
-        pred_outputs = [compare, futures, std, best, steps, step_plot, summary]
+        pred_outputs = [compare, futures, physics_futures, std, best, steps, step_plot, summary]
         source_dd.change(on_source, [source_dd, model_dd], [index, gallery, *seq_outputs])
         index.release(on_sequence, [source_dd, index, model_dd], seq_outputs)
         gallery.select(_picked, None, index).then(
