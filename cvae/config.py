@@ -37,6 +37,7 @@ class Config:
     kl_cycles: int = 3
     kl_ratio: float = 0.5
     kl_weight: float = 1.0
+    kl_free_bits: float = 0.0  # nats per step the posterior may use at no cost (0: none); the prior still learns
     kl_granularity: str = "epoch"  # step | epoch
     # teacher forcing
     tfr: float = 1.0
@@ -76,6 +77,8 @@ class Config:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.n_past < 1 or self.kl_ratio <= 0 or self.width <= 0 or self.lr <= 0:
             raise ValueError("n_past, kl_ratio, width and lr must be positive")
+        if not 0 <= self.kl_free_bits < float("inf"):
+            raise ValueError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
         return self
 
 

@@ -138,13 +138,13 @@ def bf16_autocast(device: torch.device) -> bool:
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
-               teacher_forcing: bool, amp: bool) -> torch.Tensor:
+               teacher_forcing: bool, amp: bool, free_bits: float = 0.0) -> torch.Tensor:
     """One optimiser step on loss = pixel loss (MSE or L1) + beta * KL. Returns detached (loss,
     mse, kld) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = net(x, c, teacher_forcing)
+        losses = net(x, c, teacher_forcing, free_bits)
     mse, kld = losses.mse.sum(), losses.kld.sum()
-    loss = losses.recon.sum() + beta * kld
+    loss = losses.recon.sum() + beta * losses.kl_loss.sum()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -175,7 +175,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
     if resume:
         state = checkpoint.load_state(out / "last")
         weights, meta = checkpoint.load_model(out / "last", rt.device)
-        diff = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and meta["config"].get(k) != v)
+        run = Config.from_dict(meta["config"]).to_dict()  # fields newer than the run read as their defaults
+        diff = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and run.get(k) != v)
         if diff:
             raise ValueError(f"--resume with settings that differ from the run's own: {', '.join(diff)}")
         model.load_state_dict(weights.state_dict())
@@ -245,7 +246,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
                                total_steps if cfg.kl_granularity == "step" else cfg.epochs,
                                cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
-                sums += train_step(net, opt, x, c, beta, use_tf, amp=amp)
+                sums += train_step(net, opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits)
                 count += 1
                 step_in_epoch += 1
                 bar.update(1)

@@ -218,6 +218,30 @@ def test_full_width_is_the_published_architecture():
 
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
+def test_free_bits_keep_the_posterior_free_and_the_prior_learning(prior):
+    """Below the free nats the posterior gets no KL gradient (z may carry that much at no cost);
+    the learned prior still gets the full gradient towards the posterior."""
+    model = tiny(prior=prior)
+    x, c = batch()
+    plain = model(x, c, True)
+    free = model(x, c, True, free_bits=1e3)  # far above this KL: the posterior's KL term is flat
+    torch.testing.assert_close(free.kld, plain.kld)  # what is logged is the true KL
+    post = [p for n, p in model.named_parameters() if n.startswith("posterior.")]
+    grads = torch.autograd.grad(free.kl_loss.sum(), post, allow_unused=True, retain_graph=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads)
+    assert any(g is not None and g.abs().max() > 0
+               for g in torch.autograd.grad(plain.kl_loss.sum(), post, retain_graph=True))
+    if prior == "learned":
+        pri = [p for n, p in model.named_parameters() if n.startswith("prior.")]
+        torch.testing.assert_close(torch.autograd.grad(free.kl_loss.sum(), pri, allow_unused=True),
+                                   torch.autograd.grad(plain.kl_loss.sum(), pri, allow_unused=True))
+    else:
+        torch.testing.assert_close(free.kl_loss, torch.full_like(free.kl_loss, 1e3))
+    with pytest.raises(ValueError, match="kl_free_bits must be a number >= 0"):
+        preset("cpu", kl_free_bits=-1.0)
+
+
+@pytest.mark.parametrize("prior", ["fixed", "learned"])
 def test_predict_is_deterministic_per_seed_and_samples_differ(prior):
     model = calibrated(tiny(prior=prior))
     x, c = batch(t=12)

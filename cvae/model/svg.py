@@ -34,6 +34,7 @@ class StepLosses:
     mse: torch.Tensor  # [T-1]: per-step pixel MSE, averaged over batch and pixels
     kld: torch.Tensor  # [T-1]: per-step KL, summed over z and averaged over the batch
     recon: torch.Tensor  # [T-1]: the pixel loss trained on (MSE, or L1 which blurs less)
+    kl_loss: torch.Tensor  # [T-1]: the KL term trained on (``kld``, or with free bits)
 
 
 class SVG(nn.Module):
@@ -97,8 +98,14 @@ class SVG(nn.Module):
             steps = [torch.cat([s[:, : n - 1], s[:, n - 1 : n].expand(-1, t - n, *s.shape[2:])], 1) for s in skips]
         return [s.flatten(0, 1).contiguous(memory_format=fmt) for s in steps]
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True) -> StepLosses:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
+                free_bits: float = 0.0) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
+
+        ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
+        al. 2016), so z is not switched off before the predictor learns to use it; the prior
+        still learns to match the posterior with the full gradient (the split of DreamerV3's
+        KL balancing: KL(sg(q) || p) trains the prior, max(free_bits, KL(q || sg(p))) the posterior).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
@@ -117,9 +124,14 @@ class SVG(nn.Module):
             n = self.n_past
             pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
         kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
+        kl_loss = kld
+        if free_bits > 0:
+            kl_loss = kl_divergence(mu_q, logvar_q, *(p.detach() for p in prior or ())).mean(0).clamp_min(free_bits)
+            if prior is not None:
+                kl_loss = kl_loss + kl_divergence(mu_q.detach(), logvar_q.detach(), *prior).mean(0)
         mse = F.mse_loss(pred.float(), x[:, 1:].float(), reduction="none").mean((0, 2, 3, 4))
         recon = mse if self.pixel_loss == "mse" else (pred.float() - x[:, 1:].float()).abs().mean((0, 2, 3, 4))
-        return StepLosses(pred, mse, kld, recon)
+        return StepLosses(pred, mse, kld, recon, kl_loss)
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
