@@ -285,6 +285,7 @@ def gif_frames(data: bytes) -> np.ndarray:
 
 
 SEQ = 2
+UNCERTAIN_SEQ = 10  # its recorded push has many outcomes: the physics futures differ widely
 Z_VISIBLE = 3.0  # grey levels (0-255): the least mean change in the moving region a person sees as another future
 
 
@@ -358,26 +359,28 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
         assert "Physics under your actions" in summary
         assert "ratio" in summary and "Agreement of the two maps" in summary  # the world's spread beside the model's
         video = gif_frames(page.request.get(page.locator("#compare img").get_attribute("src")).body())
+        page.screenshot(path=str(shots / "app.png"), full_page=True)
+        # Another z, where the world is uncertain: a sequence whose push has many possible outcomes
+        page.locator("#gallery .thumbnail-item").nth(UNCERTAIN_SEQ).click()
+        page.wait_for_function(f"document.querySelector('#index input[type=number]').value == '{UNCERTAIN_SEQ}'",
+                               timeout=30_000)
+        _, u_cond = logic.load_sequence(source.sequences[UNCERTAIN_SEQ])
+        page.wait_for_function(f"""Math.abs(parseFloat(document.querySelector('#table [data-testid="cell-0-2"]')
+                                   .innerText) - {u_cond[1, 0]}) < 2e-5""", timeout=30_000)
+        futures_src = page.locator("#futures img").get_attribute("src")
+        page.locator("#predict").click()
+        page.wait_for_function(f"document.querySelector('#futures img') && "
+                               f"document.querySelector('#futures img').src != '{futures_src}'", timeout=60_000)
         page.wait_for_selector("#physics_futures img[src*='.gif']", timeout=30_000)
         world = gif_frames(page.request.get(page.locator("#physics_futures img").get_attribute("src")).body())
         futures_src = page.locator("#futures img").get_attribute("src")
         seed_a = gif_frames(page.request.get(futures_src).body())
-        page.screenshot(path=str(shots / "app.png"), full_page=True)
         page.locator("#seed input").fill("12345")  # another z, the same actions
         page.locator("#predict").click()
         page.wait_for_function(f"document.querySelector('#futures img') && "
                                f"document.querySelector('#futures img').src != '{futures_src}'", timeout=60_000)
         seed_b = gif_frames(page.request.get(page.locator("#futures img").get_attribute("src")).body())
         browser.close()
-    # Another z changes the futures where the world is uncertain: in the moving region (where any
-    # physics future differs from the last context frame by more than 0.1), by more than
-    # Z_VISIBLE grey levels on average over the 8 futures.
-    world_tiles, a_tiles, b_tiles = (futures_tiles(v) for v in (world, seed_a, seed_b))
-    assert len(world_tiles) == 8 and not all(np.array_equal(world_tiles[0], w) for w in world_tiles[1:])
-    last = world_tiles[0][N_PAST - 1].astype(int)
-    region = np.stack([np.abs(w[N_PAST:].astype(int) - last).max(-1) > 25 for w in world_tiles]).any(0)
-    moved = np.stack([np.abs(a[N_PAST:].astype(int) - b[N_PAST:]).mean(-1) for a, b in zip(a_tiles, b_tiles)])
-    assert region.sum() > 50 and moved[:, region].mean() > Z_VISIBLE, (region.sum(), moved[:, region].mean())
     small = video[:, ::4, ::4]  # the GIF is upscaled 4x: back to 64 px per frame
     tile = 64 + 2  # each video 64 px, then a 2 px gap
     original, yours, physics = (small[N_PAST:, :, k * tile : k * tile + 64] for k in (1, 2, 3))
@@ -387,6 +390,15 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
     assert truth_there > 3 * truth_mirror  # the measure itself, on the physics
     assert there > 1000 and there > 3 * mirror, (there, mirror)  # the predicted gripper went the edited way
     assert (shots / "app.png").stat().st_size > 10_000
+    # Another z changes the futures where the world is uncertain: in the moving region (where any
+    # physics future differs from the last context frame by more than 0.1), by more than
+    # Z_VISIBLE grey levels on average over the 8 futures.
+    world_tiles, a_tiles, b_tiles = (futures_tiles(v) for v in (world, seed_a, seed_b))
+    assert len(world_tiles) == 8 and not all(np.array_equal(world_tiles[0], w) for w in world_tiles[1:])
+    last = world_tiles[0][N_PAST - 1].astype(int)
+    region = np.stack([np.abs(w[N_PAST:].astype(int) - last).max(-1) > 25 for w in world_tiles]).any(0)
+    moved = np.stack([np.abs(a[N_PAST:].astype(int) - b[N_PAST:]).mean(-1) for a, b in zip(a_tiles, b_tiles)])
+    assert region.sum() > 50 and moved[:, region].mean() > Z_VISIBLE, (region.sum(), moved[:, region].mean())
 
 
 def test_output_folders_are_bounded():
