@@ -160,7 +160,9 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
     cfg = preset("cpu", data=str(square_root), out=str(tmp_path / "r"), width=0.125, g_dim=32, z_dim=4,
                  rnn_size=64, batch_size=8, epochs=LEARN_EPOCHS, iters_per_epoch=LEARN_ITERS, kl_ratio=0.5,
                  last_frame_skip=False, tfr_start_decay_epoch=1, tfr_decay_step=0.15, tfr_lower_bound=0.4,
-                 val_seqs=1, num_workers=0)
+                 val_seqs=1, num_workers=0,
+                 # the training loop is under test, not the recipe: the light CDNA head, fixed prior
+                 output="cdna", ee_maps=False, prior="fixed", kl_anneal="monotonic", kl_weight=1.0, kl_free_bits=0.0)
     model = train(cfg, progress=False)
     data = BairDataset(square_root, "train", 12)
     result = evaluate(model, data, 10, baselines=True)
