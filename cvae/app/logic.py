@@ -32,6 +32,7 @@ HEADERS = ["step", "drives frame"] + ACTION_COLS + POSITION_COLS
 RANGES = {"dx": (-0.5, 0.5), "dy": (-0.5, 0.5), "lift": (0, 3), "grip": (0, 3),
           "x": (0.0, 1.5), "y": (-1.0, 1.0), "z": (0.0, 1.0)}
 WHOLE = ("lift", "grip")
+CERTAIN_GREY_LEVELS = 0.5  # a world whose futures spread less than this (std, moving region) is certain
 DECIMALS = 5  # the table shows values rounded to this many decimals
 # Transform inputs: (lowest, highest) accepted
 TRANSFORM_RANGES = {"scale": (-5.0, 5.0), "rotate": (-360.0, 360.0), "noise": (0.0, 0.2)}

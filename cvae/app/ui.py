@@ -81,25 +81,25 @@ def _colours(v: np.ndarray) -> np.ndarray:
 
 
 def _heat(maps: list[tuple[str, np.ndarray]], scale: int = 4) -> np.ndarray:
-    """[H, W] maps in grey levels, titled, side by side on one fixed scale (0 to UNCERTAINTY_MAX)
-    with one labelled colour bar on the right, so the model's map and the world's, and maps of
-    different predictions, compare by eye."""
+    """[H, W] maps in grey levels side by side on one fixed scale (0 to UNCERTAINTY_MAX), each
+    titled underneath (Gradio's label covers the top left), with one labelled colour bar on the
+    right, so the model's map and the world's, and maps of different predictions, compare by eye."""
     from PIL import Image, ImageDraw
 
     imgs = [upscale(_colours(np.clip(m / UNCERTAINTY_MAX, 0, 1)), scale) for _, m in maps]
     h, w = imgs[0].shape[:2]
-    top, gap = 16, 8
+    caption, gap = 18, 8
     bar = np.repeat(_colours(np.linspace(1, 0, h))[:, None], 14, 1)
-    panel = Image.new("RGB", (len(imgs) * (w + gap) + 80, h + top), "white")
+    panel = Image.new("RGB", (len(imgs) * (w + gap) + 80, h + caption), "white")
     draw = ImageDraw.Draw(panel)
     for i, ((title, _), img) in enumerate(zip(maps, imgs)):
-        panel.paste(Image.fromarray(img), (i * (w + gap), top))
-        draw.text((i * (w + gap), 2), title, fill="black")
+        panel.paste(Image.fromarray(img), (i * (w + gap), 0))
+        draw.text((i * (w + gap), h + 4), title, fill="black")
     x = len(imgs) * (w + gap)
-    panel.paste(Image.fromarray(bar), (x, top))
-    draw.text((x + 18, top), f">={UNCERTAINTY_MAX:g}", fill="black")
-    draw.text((x + 18, top + h // 2 - 12), "grey\nlevels", fill="black")
-    draw.text((x + 18, top + h - 12), "0", fill="black")
+    panel.paste(Image.fromarray(bar), (x, 0))
+    draw.text((x + 18, 0), f">={UNCERTAINTY_MAX:g}", fill="black")
+    draw.text((x + 18, h // 2 - 12), "grey\nlevels", fill="black")
+    draw.text((x + 18, h - 12), "0", fill="black")
     return np.asarray(panel)
 
 
@@ -249,8 +249,13 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                         f"{len(p.physics_futures)} re-simulations with friction, mass, centre of mass and grip "
                         f"re-drawn): where things move, the model's futures spread "
                         f"**{spread['model_spread'] * 255:.1f}** grey levels (std) and the world's "
-                        f"**{spread['truth_spread'] * 255:.1f}**: ratio **{spread['ratio']:.2f}** (1 is right). "
-                        f"Agreement of the two maps (correlation): **{spread['agreement']:.2f}**.")
+                        f"**{spread['truth_spread'] * 255:.1f}**")
+            if spread["truth_spread"] * 255 >= logic.CERTAIN_GREY_LEVELS:
+                summary += (f": ratio **{spread['ratio']:.2f}** (1 is right). "
+                            f"Agreement of the two maps (correlation): **{spread['agreement']:.2f}**.")
+            else:
+                summary += (": under these actions the world is certain (nothing is pushed, or every push "
+                            "ends alike), so there is no spread to match; a good model's futures agree too.")
         elif p.physics_futures is not None:
             summary += "\n\nChoose 2 or more futures to compare the model's spread with the world's."
         return (str(side), str(futures_gif), gr.update(value=physics_gif, visible=physics_gif is not None), std,
