@@ -132,6 +132,7 @@ def test_transforms_stay_inside_the_table_ranges(bundled):
 def test_model_quality_is_stated(tmp_path):
     entry = logic.describe(logic.BUNDLED_MODEL, "bundled")
     assert "Test PSNR" in entry.quality and "copying the last frame" in entry.quality
+    assert "Sharpness" in entry.quality and "as much as the world's" in entry.quality  # what z and blur do
     shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))
     assert "Not evaluated" in logic.describe(tmp_path / "m", "m").quality
 

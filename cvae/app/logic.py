@@ -97,7 +97,15 @@ def quality(path: Path, scores: dict | None) -> str:
     if cf:
         text += (f"; under actions the data never took, against the re-simulated physics: "
                  f"**{cf['psnr']:.2f} dB** vs copy-last {cf['copy_last_psnr']:.2f} dB")
-    return text + "."
+    text += "."
+    sharp, dist = scores.get("sharpness_per_step"), scores.get("distribution")
+    if sharp:
+        text += f" Sharpness (its frames' detail over the truth's) falls from {sharp[0]:.2f} to {sharp[-1]:.2f} over the steps."
+    if dist:
+        text += (f" Its futures spread **{dist['spread_ratio']:.2f}x** as much as the world's where things move "
+                 f"(1 is right); against {dist['k']} re-simulated futures the closest of its {dist['n_samples']} "
+                 f"scores {dist['coverage_psnr'] - dist['one_sample_psnr']:+.2f} dB over a single one.")
+    return text
 
 
 def describe(path: Path, name: str) -> ModelEntry:
