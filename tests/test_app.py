@@ -258,6 +258,14 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def require_chromium() -> None:
+    """Skip a browser test where chromium is missing, except where CI requires it."""
+    if _chromium() is None:
+        if os.environ.get("CVAE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (CVAE_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+
+
 def change_at(before: np.ndarray, after: np.ndarray, p_before: np.ndarray, p_after: np.ndarray,
               radius: float = 4.0, min_px: float = 4.0) -> tuple[float, float]:
     """Change between two uint8 videos [T, 64, 64, 3], summed in grey levels within ``radius``
@@ -302,10 +310,7 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
     """As a person would: pick a sequence by its thumbnail, type a dx (the positions follow),
     reverse the motion, press Predict, and see the predicted gripper go where the edited actions
     send it, beside the physics under those actions."""
-    if _chromium() is None:
-        if os.environ.get("CVAE_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required here (CVAE_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     from cvae.kinematics import world_to_px
@@ -392,10 +397,7 @@ def test_browser_resample_z_changes_the_uncertain_futures(server, bundled):
     z gives visibly other futures: in the moving region (where any physics future differs from
     the last context frame by more than 0.1), by more than Z_VISIBLE grey levels on average over
     the 8 futures."""
-    if _chromium() is None:
-        if os.environ.get("CVAE_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required here (CVAE_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     source = bundled[0]

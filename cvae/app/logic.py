@@ -17,7 +17,7 @@ from ..data.bair import DataError, list_sequences, read_sequence
 from ..data.counterfactual import resimulate, scene_of, true_futures
 from ..data.generate import read_kinematics
 from ..kinematics import GAIN, KINEMATICS, integrate_positions
-from ..metrics import psnr, ssim
+from ..metrics import pixel_std, psnr, ssim
 from ..physics_eval import spread_scores
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
@@ -318,9 +318,10 @@ class Prediction:
 
 
 def _std_map(futures: torch.Tensor) -> np.ndarray:
+    """Futures [S, F, 3, H, W] -> ``metrics.pixel_std`` over them, averaged over the frames, in grey levels."""
     if len(futures) < 2:
         return np.zeros(futures.shape[-2:], np.float32)
-    return (futures.std(0, unbiased=False).mean((0, 1)) * 255).numpy()
+    return (pixel_std(futures, 0).mean(0) * 255).numpy()
 
 
 def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,  # noqa: ANN001
