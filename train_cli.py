@@ -1,4 +1,5 @@
-"""Train or evaluate the action-conditioned video-prediction CVAE (see README.md).
+"""Train or evaluate the action-conditioned video-prediction CVAE (see README.md); the same as
+the ``cvae`` command, with ``train`` as the default.
 
     python train_cli.py                      # built-in data (generated if absent), cpu preset
     python train_cli.py --preset lab --data /path/to/bair
@@ -10,4 +11,4 @@ import sys
 from cvae.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="train_cli.py", default="train"))

@@ -11,19 +11,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from common import record
 
-import torch  # noqa: E402
-
-from bench.common import record  # noqa: E402
-from cvae.cli import add_config_flags, config_overrides  # noqa: E402
-from cvae.config import preset  # noqa: E402
-from cvae.model import SVG  # noqa: E402
-from cvae.train import bf16_autocast, prepare, train_step  # noqa: E402
+from cvae.cli import add_config_flags, config_overrides
+from cvae.config import preset
+from cvae.model import SVG
+from cvae.train import bf16_autocast, prepare, train_step
 
 
 def main() -> None:

@@ -9,16 +9,14 @@ resident memory and the bytes under its output and Gradio cache folders every ``
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from common import record
 
-import torch  # noqa: E402
-
-from bench.common import record, start_app  # noqa: E402
-from cvae.app import logic  # noqa: E402
+from cvae.app import logic
+from cvae.app.process import start_app
 
 
 def rss_mib(pid: int) -> float:

@@ -8,20 +8,16 @@ from __future__ import annotations
 import argparse
 import statistics
 from contextlib import nullcontext
-import sys
-from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from common import record
 
-import torch  # noqa: E402
-
-from bench.common import record  # noqa: E402
-from cvae.model import SVG  # noqa: E402
-from cvae.model.gaussian import GaussianLSTM  # noqa: E402
+from cvae.model import SVG
+from cvae.model.gaussian import GaussianLSTM
 
 
-def bf16_heads(self: GaussianLSTM, h: torch.Tensor, state=None):  # noqa: ANN001, ANN201
+def bf16_heads(self: GaussianLSTM, h: torch.Tensor, state=None):
     """GaussianLSTM.forward without the float32 cast: what the KL would see otherwise."""
     out, state = self.lstm(self.embed(h), state)
     return self.mu(out), self.logvar(out), state

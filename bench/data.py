@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from common import record
 
-import torch  # noqa: E402
-
-from bench.common import record  # noqa: E402
-from cvae.data.bair import list_sequences, read_sequence  # noqa: E402
-from cvae.data.dataset import BairDataset  # noqa: E402
-from cvae.data.generate import generate  # noqa: E402
+from cvae.data.bair import list_sequences, read_sequence
+from cvae.data.dataset import BairDataset
+from cvae.data.generate import generate
 
 
 def main() -> None:
@@ -49,7 +46,8 @@ def main() -> None:
                  simulator_contact_share=stats["contact_share"]["train"],
                  png_seq_per_s=round(png_rate, 1), cache_seq_per_s=round(cache_rate, 1),
                  cache_speedup=round(cache_rate / png_rate, 1), frames_per_seq=30)
-    print(f"simulator: {row['simulator_seq_per_s']} seq/s (30 frames, all cores); contact share {row['simulator_contact_share']:.2f}")
+    print(f"simulator: {row['simulator_seq_per_s']} seq/s (30 frames, all cores); "
+          f"contact share {row['simulator_contact_share']:.2f}")
     print(f"loader, one process, 30-frame sequences: PNG {row['png_seq_per_s']} seq/s, "
           f"cache {row['cache_seq_per_s']} seq/s: {row['cache_speedup']}x")
 

@@ -12,9 +12,6 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def one(preset_name: str, batch: int) -> dict:
@@ -44,8 +41,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(one(args.preset, args.child)))
         return
-    from bench.common import record
     import torch
+    from common import record
 
     res = {}
     for b in args.batches:

@@ -5,17 +5,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from common import record
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from bench.common import record  # noqa: E402
-from cvae.checkpoint import load_model  # noqa: E402
+from cvae.checkpoint import load_model
 
 
 def main() -> None:

@@ -68,7 +68,8 @@ def main() -> int:
         rates = [r["seq_per_s"] for r in records if r.get("seq_per_s")]
         best = f"{max(vals):.2f}" if vals else "-"
         rate = f"{sorted(rates)[len(rates) // 2]:.1f}" if rates else "-"
-        print(f"{name:12s} {proc.returncode:4d} {steps:6d} {best:>13s} {rate:>7s}  {'no (stopped)' if name in stopped else 'yes'}")
+        done = "no (stopped)" if name in stopped else "yes"
+        print(f"{name:12s} {proc.returncode:4d} {steps:6d} {best:>13s} {rate:>7s}  {done}")
     print(f"{time.time() - started:.0f} s in all")
     return 0
 

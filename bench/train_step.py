@@ -16,23 +16,18 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from common import record
 
-import torch  # noqa: E402
-
-from bench.common import record  # noqa: E402
-from bench.reference import reference_losses  # noqa: E402
-from cvae.config import preset  # noqa: E402
-from cvae.model import SVG  # noqa: E402
-from cvae.train import bf16_autocast, prepare, train_step  # noqa: E402
+from cvae.config import preset
+from cvae.model import SVG
+from cvae.model.reference import reference_losses
+from cvae.train import bf16_autocast, prepare, train_step
 
 
-
-def flops_per_sequence(loss_fn, x: torch.Tensor, c: torch.Tensor) -> float:  # noqa: ANN001
+def flops_per_sequence(loss_fn, x: torch.Tensor, c: torch.Tensor) -> float:
     """Forward plus backward FLOPs of one teacher-forced sequence, counted by torch over two
     (per-frame batch norm in training mode needs more than one value per channel)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -101,7 +96,7 @@ def main() -> None:
         loss.backward()
         opt_ref.step()
 
-    def timed(step) -> float:  # noqa: ANN001
+    def timed(step) -> float:
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()

@@ -8,6 +8,10 @@ against the same run continued unchanged.
 
     python bench/z_surgery.py runs/cpu13 runs/cpu13z --shift 4
     python train_cli.py --out runs/cpu13z --resume --epochs 14
+
+``--kl-weight`` also changes the copy's KL weight (and turns free bits off), to test whether z
+is ignored because it does not pay: the information it could carry is worth less MSE than its
+KL costs at beta 1e-4.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ def main() -> int:
     p.add_argument("run")
     p.add_argument("out")
     p.add_argument("--shift", type=float, default=4.0, help="how much to lower the posterior's log-variance bias")
+    p.add_argument("--kl-weight", type=float, default=None,
+                   help="also set the copy's KL weight (free bits off), so --resume continues with it")
     args = p.parse_args()
     src, dst = Path(args.run), Path(args.out)
     if dst.exists():
@@ -36,8 +42,11 @@ def main() -> int:
     save_file(weights, dst / "last" / "model.safetensors")
     meta = json.loads((dst / "last" / "meta.json").read_text())
     meta["config"]["out"] = str(dst)
+    if args.kl_weight is not None:
+        meta["config"].update(kl_weight=args.kl_weight, kl_free_bits=0.0)
     (dst / "last" / "meta.json").write_text(json.dumps(meta, indent=1))
-    print(f"{dst}/last: posterior log-variance bias lowered by {args.shift}; continue with --resume")
+    beta = "" if args.kl_weight is None else f", KL weight {args.kl_weight:g} without free bits"
+    print(f"{dst}/last: posterior log-variance bias lowered by {args.shift}{beta}; continue with --resume")
     return 0
 
 

@@ -2,13 +2,11 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch.distributed as dist
+from safetensors.torch import save_file
 
-import torch.distributed as dist  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from cvae.config import preset  # noqa: E402
-from cvae.train import train  # noqa: E402
+from cvae.config import preset
+from cvae.train import train
 
 out, data = Path(sys.argv[1]), sys.argv[2]
 cfg = preset("cpu", data=data, out=str(out / "run"), width=0.125, g_dim=16, z_dim=4, rnn_size=16, batch_size=4,
