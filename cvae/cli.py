@@ -1,13 +1,21 @@
-"""Command line behind ``train_cli.py``: ``train`` (the default) and ``eval``."""
+"""The ``cvae`` command: ``train``, ``eval``, ``export``, ``data`` and ``app``.
+
+``train_cli.py`` and ``demo_app.py`` are shims over it (``train_cli.py`` with ``train`` as the
+default). A :class:`~cvae.errors.CvaeError` prints as one line and exits 2 (an interrupted run:
+128 + the signal); any other exception is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import PRESETS, Config, preset
+from .errors import ConfigError, CvaeError
 
 
 def _bool(text: str) -> bool:
@@ -16,6 +24,21 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def whole(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``, refused with the flag's rule otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -35,19 +58,37 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def train_command(args: argparse.Namespace) -> int:
     from . import checkpoint
+    from .run import RunFolder
     from .train import train
 
     overrides = config_overrides(args)
-    last = Path(overrides.get("out", preset(args.preset).out)) / "last"
-    if args.resume and last.exists():
-        cfg = Config.from_dict({**checkpoint.read_meta(last)["config"], **overrides}).validate()
+    run = RunFolder(overrides.get("out", preset(args.preset).out))
+    if args.resume and run.has_checkpoint():
+        cfg = Config.from_dict({**checkpoint.read_meta(run.last)["config"], **overrides}).validate()
     else:
-        if args.resume:
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
         cfg = preset(args.preset, **overrides)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
     print(f"done: checkpoints and log.jsonl in {cfg.out}")
     return 0
+
+
+def eval_folder(ckpt: Path, data: str, split: str) -> Path:
+    """``CKPT/eval``, unless it holds a score measured on other data: that score stays, and this
+    one goes beside it, so evaluating elsewhere never silently replaces a model's own score."""
+    from .data.bair import fingerprint
+
+    home = ckpt / "eval"
+    try:
+        old = json.loads((home / "eval.json").read_text()).get("extra", {})
+    except (OSError, json.JSONDecodeError):
+        return home
+    same = (old.get("split") == split and (old.get("data_fingerprint") == fingerprint(data, split)
+            if old.get("data_fingerprint") else Path(old.get("data", "")).resolve() == Path(data).resolve()))
+    if same:
+        return home
+    other = ckpt / f"eval-{Path(data).resolve().name}-{split}"
+    print(f"note: {home} holds the score on {old.get('data')} ({old.get('split')}); this one goes to {other}")
+    return other
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -55,6 +96,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from .artifacts import comparison_video, read_log, rows, strip, to_uint8, write_curves_html, write_gif, write_png
     from .checkpoint import find_log, load_model
+    from .data.bair import fingerprint
     from .data.dataset import BairDataset
     from .data.generate import read_kinematics
     from .evaluate import evaluate
@@ -68,14 +110,15 @@ def eval_command(args: argparse.Namespace) -> int:
     data = args.data or cfg["data"]
     ds = BairDataset(data, args.split, model.n_past + n_future)
     if not 0 <= args.seq < len(ds):
-        raise ValueError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
-    out = Path(args.out) if args.out else Path(args.ckpt) / "eval"
+        raise ConfigError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
+    out = Path(args.out) if args.out else eval_folder(Path(args.ckpt), data, args.split)
     result = evaluate(model, ds, n_future, args.samples, args.seed, args.limit, baselines=True,
-                      ee_window=read_kinematics(data) == KINEMATICS, device=device)
-    result.counterfactual = counterfactual(model, ds, n_future, args.seed, args.limit, device=device)
+                      ee_window=read_kinematics(data) == KINEMATICS, device=device, progress=True)
+    result.counterfactual = counterfactual(model, ds, n_future, args.seed, args.limit, device=device, progress=True)
     result.distribution = distribution(model, ds, args.truths, args.samples, n_future, args.seed, args.limit,
-                                       workers=args.workers, device=device)
-    result.extra = {"checkpoint": str(args.ckpt), "data": str(data), "split": args.split, "epoch": meta.get("epoch")}
+                                       workers=args.workers, device=device, progress=True)
+    result.extra = {"checkpoint": str(args.ckpt), "data": str(data), "split": args.split,
+                    "data_fingerprint": fingerprint(data, args.split), "epoch": meta.get("epoch")}
     result.to_json(out / "eval.json")
     print(result.table())
     x, c = ds[args.seq]
@@ -92,46 +135,78 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "eval", "export", "-h", "--help"):
-        argv.insert(0, "train")
-    p = argparse.ArgumentParser(prog="train_cli.py", description="Train and evaluate the action-conditioned CVAE.")
+def export_command(args: argparse.Namespace) -> int:
+    from .checkpoint import export
+
+    print(f"exported {export(args.ckpt, args.out, force=args.force)}")
+    return 0
+
+
+def app_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .app.ui import launch
+
+    launch(args.data, args.runs, args.host, args.port, args.share, args.keep_minutes)
+    return 0
+
+
+def parser(prog: str = "cvae") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train, evaluate and explore the action-conditioned CVAE.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train (the default command)")
+    t = sub.add_parser("train", help="train (the default command of train_cli.py)")
     t.add_argument("--preset", choices=list(PRESETS), default="cpu",
                    help="cpu: the light model of the bundled checkpoint; lab: the course lab; svg-lp: SVG-LP")
     t.add_argument("--resume", action="store_true", help="continue OUT/last exactly where it stopped")
+    t.add_argument("--stop-at-step", type=whole(1), default=None, metavar="STEP",
+                   help="save and stop once STEP steps are done (epoch E ends at E x iters-per-epoch), "
+                        "without reshaping the schedules as a smaller --epochs would; --resume goes on")
     add_config_flags(t)
     e = sub.add_parser("eval", help="score a checkpoint under the lab protocol, with baselines and artifacts")
     e.add_argument("--ckpt", required=True, help="checkpoint folder, e.g. runs/cpu/best or assets/model")
     e.add_argument("--data", help="data root (default: the one the model trained on)")
     e.add_argument("--split", default="test", choices=["train", "validate", "test"])
-    e.add_argument("--samples", type=int, default=10, help="samples per sequence for best/mean-of-N")
-    e.add_argument("--n-future", type=int, default=0, help="frames to predict (default: the training setting)")
-    e.add_argument("--limit", type=int, default=0, help="score only the first N sequences (0: all)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--truths", type=int, default=10,
+    e.add_argument("--samples", type=whole(1), default=10, help="samples per sequence for best/mean-of-N")
+    e.add_argument("--n-future", type=whole(0), default=0, help="frames to predict (default 0: the training setting)")
+    e.add_argument("--limit", type=whole(0), default=0, help="score only the first N sequences (0: all)")
+    e.add_argument("--seed", type=whole(0), default=0)
+    e.add_argument("--truths", type=whole(0), default=10,
                    help="simulated data with hidden causes: true futures re-simulated per scene (0: skip)")
-    e.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes re-simulating true futures")
-    e.add_argument("--seq", type=int, default=0, help="test sequence for the GIF and the frame strip")
-    e.add_argument("--gif-samples", type=int, default=3)
-    e.add_argument("--out", help="output folder (default: CKPT/eval)")
+    e.add_argument("--workers", type=whole(1), default=os.cpu_count() or 1, help="processes re-simulating true futures")
+    e.add_argument("--seq", type=whole(0), default=0, help="test sequence for the GIF and the frame strip")
+    e.add_argument("--gif-samples", type=whole(1), default=3)
+    e.add_argument("--out", help="output folder (default: CKPT/eval, or beside it for other data)")
     x = sub.add_parser("export", help="copy a checkpoint for inference only (weights, meta, log, eval)")
     x.add_argument("--ckpt", required=True)
-    x.add_argument("--out", required=True, help="e.g. assets/model")
-    args = p.parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data.bair import DataError
-    from .train import TrainingDiverged
+    x.add_argument("--out", required=True, help="a new folder or an earlier export, e.g. assets/model")
+    x.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
+    sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
+                   add_help=False)
+    a = sub.add_parser("app", help="open the Gradio app")
+    a.add_argument("--data", action="append", default=[], help="a data set in the processed BAIR layout (repeatable)")
+    a.add_argument("--runs", action="append", default=[], help="a folder searched for checkpoints (repeatable)")
+    a.add_argument("--host", default=None, help="server name, e.g. 0.0.0.0 (Gradio's default: 127.0.0.1)")
+    a.add_argument("--port", type=whole(1), default=None, help="port (Gradio's default: 7860 or the next free one)")
+    a.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    a.add_argument("--keep-minutes", type=float, default=10,
+                   help="delete generated GIFs and images older than this (default 10), so disk use stays bounded")
+    return p
 
+
+COMMANDS = {"train": train_command, "eval": eval_command, "export": export_command, "app": app_command}
+
+
+def main(argv: list[str] | None = None, prog: str = "cvae", default: str | None = None) -> int:
+    """Run one command; ``default`` is the command taken when the first word names none."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if default and (not argv or argv[0] not in (*COMMANDS, "data", "-h", "--help")):
+        argv.insert(0, default)
     try:
-        if args.cmd == "export":
-            from .checkpoint import export
+        if argv and argv[0] == "data":
+            from .data.__main__ import main as data_main
 
-            print(f"exported {export(args.ckpt, args.out)}")
-            return 0
-        return train_command(args) if args.cmd == "train" else eval_command(args)
-    except (DataError, CheckpointError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            return data_main(argv[1:])
+        args = parser(prog).parse_args(argv)
+        return COMMANDS[args.cmd](args)
+    except CvaeError as err:
+        print(f"{err.label}: {err}", file=sys.stderr)
+        return err.exit_code

@@ -4,28 +4,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import ConfigError
+from .model.svg import ModelConfig
+
 
 @dataclass
-class Config:
+class Config(ModelConfig):
+    """Everything a training run is: the model's fields (``ModelConfig``, one flat flag each, as
+    they are stored in checkpoints), the data and the optimisation."""
+
     # data
     data: str = "data/sim"
-    n_past: int = 2
     n_future: int = 10
-    # model (width 1 is the published VGG-64; smaller widths are light CPU variants)
-    width: float = 1.0
-    g_dim: int = 128
-    z_dim: int = 64
-    rnn_size: int = 256
-    posterior_layers: int = 1
-    prior_layers: int = 1
-    predictor_layers: int = 2
-    prior: str = "fixed"  # fixed: N(0, I) as in the lab; learned: SVG-LP
-    last_frame_skip: bool = False
-    cond_embed: int = 0  # 0 feeds the raw 7-d condition; >0 learns an embedding of that size
-    output: str = "image"  # image (the lab's) | compose | cdna | flow: the output head (cvae/model/heads.py)
-    cond_maps: bool = False  # tile the condition and pixel coordinates into the decoder's maps
-    ee_maps: bool = False  # draw a heat map of the end effector's learned place into the decoder's maps
-    pixel_loss: str = "mse"  # mse (the lab's) | l1 (SAVP's; blurs less)
     # optimisation
     lr: float = 0.002
     beta1: float = 0.9
@@ -58,27 +48,40 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
         return cls(**d)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         choices = {"prior": ("fixed", "learned"), "kl_anneal": ("none", "monotonic", "cyclical"),
                    "output": ("image", "compose", "cdna", "flow"), "pixel_loss": ("mse", "l1"),
                    "kl_granularity": ("step", "epoch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("n_past", "n_future", "batch_size", "epochs", "iters_per_epoch", "g_dim", "z_dim", "rnn_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.n_past < 1 or self.kl_ratio <= 0 or self.width <= 0 or self.lr <= 0:
-            raise ValueError("n_past, kl_ratio, width and lr must be positive")
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("kl_ratio", "width"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a positive number, not {getattr(self, name)}")
+        if not 0 < self.lr <= 1:
+            raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
+        if not 0 <= self.beta1 < 1:
+            raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
+        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
+        for name in ("kl_cycles", "logs_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.val_seqs < 0 or self.tfr_start_decay_epoch < 0:
+            raise ConfigError("val_seqs and tfr_start_decay_epoch must be >= 0")
         if not 0 <= self.kl_free_bits < float("inf"):
-            raise ValueError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
+            raise ConfigError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
         return self
 
 
@@ -101,5 +104,5 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str, **overrides: object) -> Config:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
     return Config.from_dict({**dataclasses.asdict(Config()), **PRESETS[name], **overrides}).validate()

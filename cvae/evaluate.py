@@ -21,9 +21,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from .condition import XY
 from .data.dataset import BairDataset
 from .kinematics import world_to_px
 from .metrics import masked_psnr, moving_mask, psnr, sharpness, ssim, window_mask
@@ -108,14 +108,23 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _batches(n: int, batch: int) -> list[range]:
+def batches(n: int, batch: int) -> list[range]:
     return [range(i, min(n, i + batch)) for i in range(0, n, batch)]
+
+
+def progress_bar(items: list, show: bool, what: str):
+    """A tqdm bar over ``items`` when ``show`` (eval can take minutes), else the items as they are."""
+    if not show:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="batch", dynamic_ncols=True)
 
 
 @torch.no_grad()
 def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: int = 1, seed: int = 0,
              limit: int = 0, batch_size: int = 32, baselines: bool = False, ee_window: bool = False,
-             device: torch.device | str = "cpu") -> EvalResult:
+             device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
     """Score ``model`` on the first ``limit`` (0: all) sequences of ``dataset`` in its fixed order.
 
     Sample 0 of every sequence is the lab's one-z score. With ``n_samples`` > 1 the best and the
@@ -131,7 +140,7 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         raise ValueError(f"dataset windows hold {dataset.seq_len} frames; {n_past + n_future} are needed")
     p_all, s_all, copy_p, copy_s, shuf_p, shuf_s = [], [], [], [], [], []
     sharp, sharp_copy, sharp_truth, mov, mov_copy, ee, ee_copy, moving = [], [], [], [], [], [], [], []
-    for idx in _batches(n, batch_size):
+    for idx in progress_bar(batches(n, batch_size), progress, "scoring"):
         x, c = (torch.stack(t).to(device) for t in zip(*(dataset[i] for i in idx)))
         x = x[:, : n_past + n_future]
         target = x[:, n_past:].unsqueeze(1)
@@ -154,7 +163,7 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
             mov.append(_frame_mean(masked_psnr(pred, target, mask[:, None])))  # [B, S]
             mov_copy.append(_frame_mean(masked_psnr(last, x[:, n_past:], mask)))
             if ee_window:
-                centre = torch.from_numpy(world_to_px(c[:, n_past : n_past + n_future, 4:6].cpu().numpy()))
+                centre = torch.from_numpy(world_to_px(c[:, n_past : n_past + n_future, XY].cpu().numpy()))
                 window = window_mask(centre.to(device))
                 ee.append(_frame_mean(masked_psnr(pred[:, 0], x[:, n_past:], window)))
                 ee_copy.append(_frame_mean(masked_psnr(last, x[:, n_past:], window)))

@@ -7,16 +7,16 @@ loads the physics engine; ``evaluate.py`` does not.
 """
 from __future__ import annotations
 
-from multiprocessing import get_context
-
 import numpy as np
 import torch
 
+from .condition import ACTIONS
 from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resimulate, scene_of, true_futures
 from .data.dataset import BairDataset
-from .evaluate import _batches
+from .evaluate import batches, progress_bar
 from .metrics import correlation, moving_mask, pixel_std, psnr, ssim
 from .model import SVG
+from .parallel import pool
 
 VISIBLE_STD = 0.25 / 255  # a std map whose largest value is below a quarter grey level shows nothing
 
@@ -37,7 +37,7 @@ def _to_tensor(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
 @torch.no_grad()
 def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: int = 0,
                    limit: int = 0, kinds: tuple[str, ...] = ALTERNATIVES,
-                   device: torch.device | str = "cpu") -> dict | None:
+                   device: torch.device | str = "cpu", progress: bool = False) -> dict | None:
     """Score the model under actions the data never took, against the re-simulated truth.
 
     For each sequence and each alternative (``counterfactual.alternative_actions``) the scene is
@@ -51,11 +51,11 @@ def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: i
         return None
     scores: dict[str, dict[str, list]] = {k: {"psnr": [], "ssim": [], "copy_last_psnr": [], "copy_last_ssim": []}
                                           for k in kinds}
-    for idx in _batches(len(found), 32):
+    for idx in progress_bar(batches(len(found), 32), progress, "counterfactuals"):
         x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
         x, c = x[:, : n_past + n_future], c[:, : n_past + n_future].numpy()
         for kind in kinds:
-            truth, cond = zip(*(resimulate(found[i], alternative_actions(c[j, :, :4], kind, n_past - 1, seed + i))
+            truth, cond = zip(*(resimulate(found[i], alternative_actions(c[j, :, ACTIONS], kind, n_past - 1, seed + i))
                                 for j, i in enumerate(idx)))
             truth = _to_tensor(np.stack(truth), device)
             pred = model.predict(x[:, :n_past].to(device), torch.from_numpy(np.stack(cond)).to(device), n_future, 1,
@@ -107,7 +107,7 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
 @torch.no_grad()
 def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int = 10, n_future: int = 10,
                  seed: int = 0, limit: int = 0, workers: int = 1,
-                 device: torch.device | str = "cpu") -> dict | None:
+                 device: torch.device | str = "cpu", progress: bool = False) -> dict | None:
     """The model's ``n_samples`` futures against ``k`` re-simulated true futures of each scene under
     its recorded actions, the hidden causes re-drawn (:func:`spread_scores`, averaged over the
     sequences; the spread ratio is model over truth of those averages). None unless the data is
@@ -117,19 +117,15 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
     if found is None or found[0].uncertainty == 0 or k < 2 or n_samples < 2:
         return None
     per_seq: dict[str, list[torch.Tensor]] = {}
-    pool = get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        for idx in _batches(len(found), 16):
+    with pool(workers) as workers_pool:
+        for idx in progress_bar(batches(len(found), 16), progress, "true futures"):
             x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
             x, c = x[:, : n_past + n_future].to(device), c[:, : n_past + n_future]
-            jobs = [(found[i], c[j, :, :4].numpy().astype(np.float64), k) for j, i in enumerate(idx)]
-            truths = _to_tensor(np.stack(pool.map(_futures, jobs) if pool else [_futures(j) for j in jobs]), device)[:, :, n_past:]
+            jobs = [(found[i], c[j, :, ACTIONS].numpy().astype(np.float64), k) for j, i in enumerate(idx)]
+            truths = _to_tensor(np.stack(workers_pool.map(_futures, jobs)), device)[:, :, n_past:]
             samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples, seed + idx.start)
             for name, v in spread_scores(samples, truths, x[:, n_past - 1]).items():
                 per_seq.setdefault(name, []).append(v)
-    finally:
-        if pool:
-            pool.terminate()
     s = {name: torch.cat(v) for name, v in per_seq.items()}
     truth_spread, model_spread = s["truth_spread"].nanmean().item(), s["model_spread"].nanmean().item()
     return {"k": k, "n_samples": n_samples, "n_sequences": len(found),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 from ..artifacts import tile, write_gif
-from .bair import SPLITS, DataError, list_sequences, read_sequence
+from ..errors import CvaeError, DataError
+from .bair import SPLITS, list_sequences, read_sequence
 from .cache import load_split
 from .generate import DEFAULT_SIZES, generate
 from .simulator import DEFAULT_UNCERTAINTY
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise DataError(f"--index {i} is out of range: split {args.split!r} has {len(seqs)} sequences")
             videos = [read_sequence(seqs[i])[0] for i in args.index]
             print(write_gif(args.out, tile(videos)))
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CvaeError as e:
+        print(f"{e.label}: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -17,16 +17,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..condition import ACTION_DIM, POSITION_DIM, join
+from ..errors import DataError
+
 SPLITS = ("train", "validate", "test")
 TRAJ_RE = re.compile(r"^traj_(\d+)_to_(\d+)(\.tfrecords)?$")
 IMAGE_SIZE = 64
 ACTIONS_CSV = "actions.csv"
 POSITIONS_CSV = "endeffector_positions.csv"
-ACTION_DIM, POSITION_DIM = 4, 3
-
-
-class DataError(ValueError):
-    """Bad or missing data. The message names the file and what is wrong with it."""
 
 
 def split_dir(root: str | Path, split: str) -> Path:
@@ -59,6 +57,22 @@ def list_sequences(root: str | Path, split: str) -> list[Path]:
         raise DataError(f"split {split!r} at {base} holds no sequences "
                         f"(expected {base}/traj_<a>_to_<b>[.tfrecords]/<n>/)")
     return [p for _, _, p in sorted(seqs)]
+
+
+def fingerprint(root: str | Path, split: str) -> str:
+    """A short content fingerprint of a split: every sequence file's path within the split and its
+    size, and ``dataset.json`` where there is one. Moving or copying the data keeps it."""
+    import hashlib
+
+    h = hashlib.sha1()
+    base = split_dir(root, split)
+    for seq in list_sequences(root, split):
+        for f in sorted(seq.iterdir()):
+            h.update(f"{f.relative_to(base)}:{f.stat().st_size}\n".encode())
+    info = Path(root) / "dataset.json"
+    if info.is_file():
+        h.update(info.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def read_csv(path: Path, n_cols: int) -> np.ndarray:
@@ -113,7 +127,7 @@ def read_sequence(seq: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(actions) != len(positions):
         raise DataError(f"{seq}: {ACTIONS_CSV} has {len(actions)} rows but {POSITIONS_CSV} has {len(positions)}")
     frames = np.stack([read_frame(seq / f"{t}.png") for t in range(len(actions))])
-    return frames, np.concatenate([actions, positions], axis=1)
+    return frames, join(actions, positions)
 
 
 def sequence_files(seq: Path, n_frames: int) -> list[Path]:

@@ -11,13 +11,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_path, write_text
-from .bair import ACTIONS_CSV, DataError, IMAGE_SIZE, list_sequences, read_sequence, sequence_files, split_dir
+from ..condition import COND_DIM
+from ..errors import DataError
+from ..parallel import pool
+from .bair import ACTIONS_CSV, IMAGE_SIZE, list_sequences, read_sequence, sequence_files, split_dir
 
 CACHE_VERSION = 1
 
@@ -77,22 +79,41 @@ def load_split(root: str | Path, split: str, cache_dir: str | Path | None = None
         manifest = json.loads(manifest_path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         manifest = None
-    if manifest != expected:
+    cond = _intact(out, len(seqs), n_frames) if manifest == expected else None
+    if cond is None:
+        if manifest == expected:
+            print(f"note: the cache {out} is damaged (its files do not match its manifest): rebuilding it")
         _build(seqs, n_frames, out, workers)
         write_text(manifest_path, json.dumps(expected, indent=1))
         rebuilt = True
-    return PackedSplit(out / "frames.u8", np.load(out / "cond.npy"), len(seqs), n_frames, seqs, rebuilt)
+        cond = _intact(out, len(seqs), n_frames)
+        if cond is None:
+            raise DataError(f"{out}: the cache was rebuilt but still does not read back; is the disk full?")
+    return PackedSplit(out / "frames.u8", cond, len(seqs), n_frames, seqs, rebuilt)
+
+
+def _intact(out: Path, n: int, n_frames: int) -> np.ndarray | None:
+    """The condition array when the cache's own files match its manifest's counts, else None
+    (a truncated memmap or a replaced ``cond.npy`` is rebuilt, never read as numpy's riddle)."""
+    frames = out / "frames.u8"
+    if not frames.is_file() or frames.stat().st_size != n * n_frames * IMAGE_SIZE * IMAGE_SIZE * 3:
+        return None
+    try:
+        cond = np.load(out / "cond.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return cond if cond.shape == (n, n_frames, COND_DIM) and cond.dtype == np.float32 else None
 
 
 def _build(seqs: list[Path], n_frames: int, out: Path, workers: int | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
-    cond = np.empty((len(seqs), n_frames, 7), dtype=np.float32)
+    cond = np.empty((len(seqs), n_frames, COND_DIM), dtype=np.float32)
     workers = workers or min(8, os.cpu_count() or 1)
     with atomic_path(out / "frames.u8") as tmp:
         frames = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(seqs), n_frames, IMAGE_SIZE, IMAGE_SIZE, 3))
-        with get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
-            for i, (seq, (f, c)) in enumerate(zip(seqs, pool.imap(read_sequence, seqs, chunksize=16))):
+        with pool(workers) as workers_pool:
+            for i, (seq, (f, c)) in enumerate(zip(seqs, workers_pool.imap(read_sequence, seqs, chunksize=16))):
                 if len(f) != n_frames:
                     raise DataError(f"{seq}: has {len(f)} frames but {seqs[0]} has {n_frames}; "
                                     "all sequences of a split must be the same length")
@@ -103,16 +124,3 @@ def _build(seqs: list[Path], n_frames: int, out: Path, workers: int | None) -> N
         with open(tmp, "wb") as fh:
             np.save(fh, cond)
 
-
-class _Serial:
-    """A stand-in for a Pool when one worker is asked for."""
-
-    def __enter__(self) -> "_Serial":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @staticmethod
-    def imap(fn, items, chunksize: int = 1):  # noqa: ANN001, ANN205
-        return map(fn, items)

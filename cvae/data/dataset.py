@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .bair import DataError
+from ..errors import ConfigError, DataError
 from .cache import PackedSplit, load_split
 
 
@@ -49,7 +49,7 @@ class BairDataset(Dataset):
 def check_global_batch(batch_size: int, world: int) -> None:
     """The batch size is global: every process takes ``batch_size / world`` of each batch."""
     if batch_size % world:
-        raise ValueError(f"--batch-size {batch_size} is the global batch and must divide evenly over the "
+        raise ConfigError(f"--batch-size {batch_size} is the global batch and must divide evenly over the "
                          f"{world} processes torchrun started")
 
 

@@ -6,9 +6,10 @@ import os
 import shutil
 import time
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
+from ..errors import ConfigError, DataError
+from ..parallel import pool
 from ..atomic import write_text
 from .bair import SPLITS, traj_folder, write_sequence
 from ..kinematics import KINEMATICS
@@ -37,9 +38,9 @@ def generate(out: str | Path, sizes: dict[str, int] | None = None, seed: int = 0
     """
     out = Path(out)
     if not (uncertainty >= 0 and uncertainty == uncertainty):
-        raise ValueError(f"--uncertainty must be a number >= 0, not {uncertainty}")
+        raise ConfigError(f"--uncertainty must be a number >= 0, not {uncertainty}")
     if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another --out")
+        raise DataError(f"{out} already exists; remove it or choose another --out")
     sizes = sizes or DEFAULT_SIZES
     partial_dir = out.with_name(out.name + ".partial")
     shutil.rmtree(partial_dir, ignore_errors=True)
@@ -48,13 +49,13 @@ def generate(out: str | Path, sizes: dict[str, int] | None = None, seed: int = 0
     contacts: dict[str, float] = {}
     from tqdm import tqdm
 
-    with get_context("spawn").Pool(workers) as pool:
+    with pool(workers) as workers_pool:
         for split_id, split in enumerate(SPLITS):
             n = sizes.get(split, 0)
             if not n:
                 continue
             fn = partial(_one, split_id, seed, uncertainty, partial_dir, split)
-            flags = list(tqdm(pool.imap(fn, range(n), chunksize=8), total=n, desc=f"simulating {split}",
+            flags = list(tqdm(workers_pool.imap(fn, range(n), chunksize=8), total=n, desc=f"simulating {split}",
                               disable=not progress))
             contacts[split] = sum(flags) / n
     seconds = time.perf_counter() - started

@@ -18,7 +18,9 @@ import crc32c as _crc32c
 import numpy as np
 from PIL import Image
 
-from .bair import IMAGE_SIZE, DataError, write_sequence
+from ..condition import ACTION_DIM, POSITION_DIM
+from ..errors import DataError
+from .bair import IMAGE_SIZE, write_sequence
 
 Feature = list  # a list of bytes, floats or ints
 
@@ -169,8 +171,9 @@ def example_to_sequence(ex: dict[str, Feature], camera: str, where: str) -> tupl
         actions.append(ex[f"{t}/action"])
         positions.append(ex[f"{t}/endeffector_pos"])
     actions_a, positions_a = np.asarray(actions, np.float32), np.asarray(positions, np.float32)
-    if actions_a.shape[1:] != (4,) or positions_a.shape[1:] != (3,):
-        raise DataError(f"{where}: actions are {actions_a.shape}, positions {positions_a.shape}; expected [T,4], [T,3]")
+    if actions_a.shape[1:] != (ACTION_DIM,) or positions_a.shape[1:] != (POSITION_DIM,):
+        raise DataError(f"{where}: actions are {actions_a.shape}, positions {positions_a.shape}; "
+                        f"expected [T,{ACTION_DIM}], [T,{POSITION_DIM}]")
     return np.stack(frames), actions_a, positions_a
 
 
