@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -15,33 +17,71 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import write_text
+from .atomic import fsync, fsync_tree
+from .errors import CheckpointError
 from .model import SVG
 
 WEIGHTS, META, STATE, LOG = "model.safetensors", "meta.json", "state.pt", "log.jsonl"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and why."""
-
-
 def save(path: str | Path, model: torch.nn.Module, config: dict, meta: dict, state: dict | None = None) -> Path:
+    """Write the checkpoint folder ``path`` whole, durably, then swap it in. A failed write (a full
+    disk) removes its partial copy and raises CheckpointError; the previous ``path`` is untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    old = path.with_name(f".{path.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / WEIGHTS)
-    write_text(tmp / META, json.dumps({"config": config, **meta}, indent=1))
-    if state is not None:
-        torch.save(state, tmp / STATE)
+    try:
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / WEIGHTS)
+        (tmp / META).write_text(json.dumps({"config": config, **meta}, indent=1))
+        if state is not None:
+            torch.save(state, tmp / STATE)
+        fsync_tree(tmp)
+    except (OSError, SafetensorError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        kept = f"the previous {path} is intact" if (path / WEIGHTS).is_file() else f"no earlier {path} exists"
+        raise CheckpointError(f"could not save {path} ({reason}); {kept}") from None
+    swap_in(tmp, path)
+    return path
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Replace the folder ``path`` by the complete folder ``tmp``. A kill between the two renames
+    leaves ``.<name>.old`` alone, which :func:`recover` (and loading) take as the checkpoint."""
+    old = path.with_name(f".{path.name}.old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
+    fsync(path.parent)
     shutil.rmtree(old, ignore_errors=True)
-    return path
+
+
+def copy(src: Path, dst: Path) -> None:
+    """Copy the checkpoint folder ``src`` to ``dst`` as atomically and durably as :func:`save`."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        fsync_tree(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not copy {src} to {dst} ({e.strerror}); the previous {dst} is intact") from None
+    swap_in(tmp, dst)
+
+
+def recover(folder: Path, name: str) -> None:
+    """Finish what a killed save of ``folder/name`` left: drop a half-written ``.name.tmp`` and put
+    ``.name.old`` back when the kill fell between the two renames."""
+    path, tmp, old = folder / name, folder / f".{name}.tmp", folder / f".{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not (path / WEIGHTS).is_file() and (old / WEIGHTS).is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(old, path)
+        fsync(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -95,8 +135,13 @@ def load_state(path: str | Path) -> dict:
         raise CheckpointError(f"{file}: no training state to resume from (inference-only checkpoint)")
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- torch raises many types for bad or unsafe files
-        raise CheckpointError(f"{file}: refused or unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"the global {found.group(1)}" if found else "objects that are not tensors"
+        raise CheckpointError(f"{file}: refused because it holds code ({what}), which loading would run; "
+                              "a training state holds only tensors and numbers") from None
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{file}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def find_log(path: str | Path) -> Path | None:
@@ -105,15 +150,37 @@ def find_log(path: str | Path) -> Path | None:
     return next((p for p in (path / LOG, path.parent / LOG) if p.is_file()), None)
 
 
-def export(src: str | Path, dst: str | Path) -> Path:
-    """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state."""
+EXPORT_ENTRIES = {WEIGHTS, META, LOG, "eval"}
+
+
+def export(src: str | Path, dst: str | Path, force: bool = False) -> Path:
+    """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state.
+
+    ``dst`` must be new, empty or an earlier export (which it replaces); anything else, say a run
+    or a data set, is refused unless ``force``. The source itself is never a destination.
+    """
     src, dst = _resolve(src), Path(dst)
+    a, b = src.resolve(), dst.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise CheckpointError(f"export --out {dst} overlaps the checkpoint {src}; choose a folder outside it")
+    if dst.is_dir() and any(dst.iterdir()) and not force:
+        names = {p.name for p in dst.iterdir()}
+        if not (WEIGHTS in names and names <= EXPORT_ENTRIES):
+            extra = ", ".join(sorted(names - EXPORT_ENTRIES)[:3]) or "no model.safetensors"
+            raise CheckpointError(f"export --out {dst} is a folder with other contents ({extra}), not an earlier "
+                                  "export; choose a new folder, or pass --force to replace it")
+    elif dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"export --out {dst} is a file; choose a folder")
     model, meta = load_model(src)
     config = meta.pop("config")
-    save(dst, model, config, meta)
+    tmp = dst.with_name(f".{dst.name}.export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp, model, config, meta)
     if (src / "eval").is_dir():
-        shutil.copytree(src / "eval", dst / "eval", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.html"))
+        shutil.copytree(src / "eval", tmp / "eval", ignore=shutil.ignore_patterns("*.html"))
     log = find_log(src)
     if log is not None:
-        shutil.copy2(log, dst / LOG)
+        shutil.copy2(log, tmp / LOG)
+    fsync_tree(tmp)
+    swap_in(tmp, dst)
     return dst

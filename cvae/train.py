@@ -9,12 +9,11 @@ within it), ``last/`` (resumable) and ``best/`` (best validation PSNR) checkpoin
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +23,14 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .config import Config
-from .data.bair import DataError
 from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, seed_worker
+from .errors import DataError, Interrupted, RunError, TrainingDiverged
 from .evaluate import evaluate
 from .model import SVG
+from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
 
-
-RESUME_MAY_CHANGE = {"epochs", "num_workers", "compile", "logs_per_epoch", "val_seqs"}
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+RESUME_MAY_CHANGE = {"epochs", "num_workers", "compile", "logs_per_epoch", "val_seqs", "out"}
 
 
 @dataclass
@@ -85,10 +80,10 @@ def ensure_data(cfg: Config, rt: Runtime) -> None:
 @contextmanager
 def stop_on_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks, so it can save before exiting."""
-    flag = {"stop": False}
+    flag = {"stop": False, "signum": 0}
 
     def handler(signum: int, frame: object) -> None:
-        flag["stop"] = True
+        flag.update(stop=True, signum=signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -109,13 +104,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _trim_log(log: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint so the log is never duplicated."""
-    if log.exists():
-        keep = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        log.write_text("".join(line + "\n" for line in keep))
 
 
 def prepare(model: SVG, cfg: Config, device: torch.device) -> tuple[SVG, torch.optim.Adam]:
@@ -151,148 +139,278 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     return torch.stack([loss.detach(), mse.detach(), kld.detach()])
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> SVG:
-    """Train per ``cfg``; returns the (unwrapped) model. Raises TrainingDiverged on a non-finite loss."""
+def describe_schedules(cfg: Config) -> str:
+    """The KL weight and teacher-forcing ratio per epoch, in brief: what ``--epochs`` shapes."""
+    total = cfg.epochs * cfg.iters_per_epoch
+
+    def runs(values: list[float]) -> str:
+        spans, start = [], 0
+        for e in range(1, len(values) + 1):
+            if e == len(values) or values[e] != values[start]:
+                spans.append(f"{start}" + (f"-{e - 1}" if e - 1 > start else "") + f" {values[start]:.3g}")
+                start = e
+        return ", ".join(spans if len(spans) <= 7 else spans[:4] + ["..."] + spans[-2:])
+
+    betas = [kl_beta(cfg.kl_anneal, e * cfg.iters_per_epoch if cfg.kl_granularity == "step" else e,
+                     total if cfg.kl_granularity == "step" else cfg.epochs, cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
+             for e in range(cfg.epochs)]
+    tfrs = [teacher_forcing_ratio(e, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step, cfg.tfr_lower_bound)
+            for e in range(cfg.epochs)]
+    return (f"{cfg.epochs} epochs x {cfg.iters_per_epoch} steps; by epoch (they stretch with --epochs; "
+            f"--stop-at-step stops early without changing them):\n  KL weight ({cfg.kl_anneal}): {runs(betas)}"
+            f"\n  teacher forcing: {runs(tfrs)}")
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """One host sync: whether every weight is finite (a blow-up in a step's update shows here
+    before it shows in any loss)."""
+    return bool(torch.stack([p.detach().float().abs().max() for p in model.parameters()]).isfinite().all())
+
+
+@dataclass
+class Loop:
+    """What the step loop carries and a checkpoint saves: where training stands and its best."""
+
+    model: SVG
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int | None = None
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, stop_at_step: int | None = None) -> SVG:
+    """Train per ``cfg``; returns the (unwrapped) model.
+
+    Raises TrainingDiverged on a non-finite loss or weights (nothing diverged is saved), and
+    Interrupted after saving ``last/`` on SIGINT/SIGTERM. ``stop_at_step`` saves ``last/`` and
+    returns once that many steps are done, leaving the schedules as ``epochs`` shapes them.
+    """
     cfg.validate()
     rt = setup_runtime()
     check_global_batch(cfg.batch_size, rt.world)  # before any data or model work
     ensure_data(cfg, rt)
-    torch.manual_seed(cfg.seed + rt.rank)
+    run = RunFolder(cfg.out)
+    with run.lock() if rt.main else nullcontext():
+        train_ds, val_ds = open_data(cfg, rt)
+        loop = start(cfg, rt, run, train_ds, resume)
+        with stop_on_signals() as flag:
+            train_epochs(cfg, rt, run, loop, train_ds, val_ds, flag, progress, stop_at_step)
+    sync_buffers(loop.model, rt)
+    return loop.model
+
+
+def open_data(cfg: Config, rt: Runtime) -> tuple[BairDataset, BairDataset | None]:
+    """Rank 0 builds the caches (and alone validates); the other ranks then open them."""
     seq_len = cfg.n_past + cfg.n_future
+    train_ds = val_ds = None
     if rt.main:
         train_ds = BairDataset(cfg.data, "train", seq_len)
         val_ds = BairDataset(cfg.data, "validate", seq_len)
-    rt.barrier()  # rank 0 built the caches; the others now open them
+    rt.barrier()
     if not rt.main:
         train_ds = BairDataset(cfg.data, "train", seq_len)
-    cuda = rt.device.type == "cuda"
+    return train_ds, val_ds
+
+
+def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resume: bool) -> Loop:
+    """A fresh model and optimizer, or the run's ``last/`` restored exactly (weights, optimizer,
+    position, RNG), after repairing whatever a kill left in the run folder."""
+    torch.manual_seed(cfg.seed + rt.rank)
     model = SVG.from_config(cfg.to_dict())
     model.predictor.set_condition_stats(torch.from_numpy(train_ds.packed.cond))
     model, opt = prepare(model, cfg, rt.device)
-    out = Path(cfg.out)
-    log = out / checkpoint.LOG
-    epoch, step_in_epoch, best = 0, 0, -math.inf
-    if resume:
-        state = checkpoint.load_state(out / "last")
-        weights, meta = checkpoint.load_model(out / "last", rt.device)
-        run = Config.from_dict(meta["config"]).to_dict()  # fields newer than the run read as their defaults
-        diff = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and run.get(k) != v)
-        if diff:
-            raise ValueError(f"--resume with settings that differ from the run's own: {', '.join(diff)}")
-        model.load_state_dict(weights.state_dict())
-        opt.load_state_dict(state["optimizer"])
-        epoch, step_in_epoch, best = int(state["epoch"]), int(state["step_in_epoch"]), float(state["best_psnr"])
-        set_rng_state(state["rng"][rt.rank] if rt.rank < len(state["rng"]) else state["rng"][0])
-        if rt.main:
-            _trim_log(log, epoch * cfg.iters_per_epoch + step_in_epoch)
-    elif rt.main and log.exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
+    loop = Loop(model, net, opt)
+    if rt.main:
+        for note in run.recover():
+            print(f"note: {note}")
+    rt.barrier()
+    if rt.main and not run.has_checkpoint() and run.log.exists():
+        print(f"note: {run.path} holds a log but no checkpoint (it stopped before its first save): starting it "
+              f"from scratch; its old log is kept as {run.set_aside_log()}")
+        resume = False
+    elif rt.main and not resume and run.has_checkpoint():
+        raise RunError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    elif resume and not run.has_checkpoint():
+        if rt.main and not run.log.exists():
+            raise RunError(f"--resume: there is no run at {run.path} to continue; drop --resume to start one")
+        resume = False
+    if resume:
+        restore(cfg, rt, run, loop)
+    if rt.main:
+        print(describe_schedules(cfg))
+        if not (Path(cfg.data) / "validate").is_dir():
+            print(f"note: {cfg.data} has no validate/ split, so best/ is chosen by the test split's score "
+                  "(which is then not held out)")
+    return loop
+
+
+def restore(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop) -> None:
+    state = checkpoint.load_state(run.last)
+    weights, meta = checkpoint.load_model(run.last, rt.device)
+    ours = Config.from_dict(meta["config"]).to_dict()  # fields newer than the run read as their defaults
+    asked = cfg.to_dict()
+    ours["data"], asked["data"] = str(Path(ours["data"]).resolve()), str(Path(asked["data"]).resolve())
+    diff = sorted(k for k, v in asked.items() if k not in RESUME_MAY_CHANGE and ours.get(k) != v)
+    if diff:
+        raise RunError(f"--resume with settings that differ from the run's own: {', '.join(diff)}")
+    loop.model.load_state_dict(weights.state_dict())
+    loop.opt.load_state_dict(state["optimizer"])
+    loop.epoch, loop.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+    loop.best, loop.best_epoch = float(state["best_psnr"]), meta.get("best_epoch")
+    set_rng_state(state["rng"][rt.rank] if rt.rank < len(state["rng"]) else state["rng"][0])
+    if rt.main:
+        run.trim_log(loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch)
+
+
+def save(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, names: list[str], metrics: dict) -> None:
+    """Collective (every rank calls it, for the RNG gather); rank 0 writes ``names`` in order,
+    ``last`` first: a kill before ``best`` is written is repaired from ``last`` on resume."""
+    rngs = [rng_state()]
+    if rt.world > 1:
+        gathered: list = [None] * rt.world
+        dist.all_gather_object(gathered, rngs[0])
+        rngs = gathered
+    if rt.main:
+        state = {"optimizer": loop.opt.state_dict(), "epoch": loop.epoch, "step_in_epoch": loop.step_in_epoch,
+                 "best_psnr": loop.best, "rng": rngs}
+        meta = {"epoch": loop.epoch, "step": loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch,
+                "best_psnr": loop.best, "best_epoch": loop.best_epoch, **metrics}
+        for name in names:
+            checkpoint.save(run.path / name, loop.model, cfg.to_dict(), meta, state)
+
+
+def sync_buffers(model: torch.nn.Module, rt: Runtime) -> None:
+    """Batch-norm statistics are updated per rank; leave every rank with rank 0's (the saved ones)."""
+    if rt.world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
+def diverged(run: RunFolder, where: str) -> TrainingDiverged:
+    kept = (f"kept the last good checkpoint {run.last}" if run.has_checkpoint()
+            else "no checkpoint had been saved yet")
+    return TrainingDiverged(f"{where}; {kept}. Try a lower --lr.")
+
+
+def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds: BairDataset,
+                 val_ds: BairDataset | None, flag: dict, progress: bool, stop_at_step: int | None) -> None:
+    """The step loop, epoch by epoch, with the checkpoint policy at its two exits: the end of an
+    epoch (``last``, and ``best`` when validation improved) and a stop mid-epoch (``last``)."""
+    from tqdm import tqdm
+
+    seq_len = cfg.n_past + cfg.n_future
+    cuda = rt.device.type == "cuda"
     amp = cfg.amp and bf16_autocast(rt.device)
     workers = cfg.num_workers if cfg.num_workers >= 0 else (2 if cuda else 0)
     total_steps = cfg.epochs * cfg.iters_per_epoch
     log_every = max(1, cfg.iters_per_epoch // max(1, cfg.logs_per_epoch))
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=epoch * cfg.iters_per_epoch + step_in_epoch, disable=not (rt.main and progress),
-               desc="training", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch,
+               disable=not (rt.main and progress), desc="training", dynamic_ncols=True)
     last_val = None
-
-    def save(names: list[str], at_epoch: int, at_step: int, metrics: dict) -> None:
-        """Collective (every rank calls it, for the RNG gather); rank 0 writes ``names``."""
-        rngs = [rng_state()]
-        if rt.world > 1:
-            gathered: list = [None] * rt.world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        if rt.main:
-            state = {"optimizer": opt.state_dict(), "epoch": at_epoch, "step_in_epoch": at_step,
-                     "best_psnr": best, "rng": rngs}
-            meta = {"epoch": at_epoch, "step": at_epoch * cfg.iters_per_epoch + at_step, "best_psnr": best, **metrics}
-            for name in names:
-                checkpoint.save(out / name, model, cfg.to_dict(), meta, state)
-
-    def sync_buffers() -> None:
-        """Batch-norm statistics are updated per rank; leave every rank with rank 0's (the saved ones)."""
-        if rt.world > 1:
-            for buf in model.buffers():
-                dist.broadcast(buf, 0)
-
-    def write(record: dict) -> None:
-        if rt.main:
-            out.mkdir(parents=True, exist_ok=True)
-            with open(log, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    with stop_on_signals() as flag:
-        while epoch < cfg.epochs:
-            tfr = teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step, cfg.tfr_lower_bound)
-            sampler = WindowBatchSampler(len(train_ds), train_ds.n_frames, seq_len, cfg.batch_size, cfg.iters_per_epoch,
-                                         cfg.seed, epoch, step_in_epoch, rt.rank, rt.world)
+    try:
+        while loop.epoch < cfg.epochs:
+            tfr = teacher_forcing_ratio(loop.epoch, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step,
+                                        cfg.tfr_lower_bound)
+            sampler = WindowBatchSampler(len(train_ds), train_ds.n_frames, seq_len, cfg.batch_size,
+                                         cfg.iters_per_epoch, cfg.seed, loop.epoch, loop.step_in_epoch, rt.rank, rt.world)
             # A private generator: creating an iterator must not draw from the global RNG, which the
             # teacher-forcing coin and z use, or a resumed run would diverge from an unbroken one.
-            loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + epoch)
+            loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
             sums = torch.zeros(3, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
-            net.train()
+            loop.net.train()
             for x, c in loader:
                 x, c = x.to(rt.device, non_blocking=True), c.to(rt.device, non_blocking=True)
-                step = epoch * cfg.iters_per_epoch + step_in_epoch
-                beta = kl_beta(cfg.kl_anneal, step if cfg.kl_granularity == "step" else epoch,
+                step = loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch
+                beta = kl_beta(cfg.kl_anneal, step if cfg.kl_granularity == "step" else loop.epoch,
                                total_steps if cfg.kl_granularity == "step" else cfg.epochs,
                                cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
-                sums += train_step(net, opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits)
+                sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits)
                 count += 1
-                step_in_epoch += 1
+                loop.step_in_epoch += 1
                 bar.update(1)
-                if step_in_epoch % log_every == 0 or step_in_epoch == cfg.iters_per_epoch:
+                logged = loop.step_in_epoch % log_every == 0 or loop.step_in_epoch == cfg.iters_per_epoch
+                if logged:
                     if rt.world > 1:
                         dist.all_reduce(sums)
                         stop = torch.tensor(float(flag["stop"]), device=rt.device)
                         dist.all_reduce(stop)
-                        flag["stop"] = bool(stop.item())
+                        flag["stop"] = flag["stop"] or bool(stop.item())
                         sums /= rt.world
                     mean = (sums / count).tolist()
                     if not all(math.isfinite(v) for v in mean):
-                        raise TrainingDiverged(
-                            f"loss became non-finite at epoch {epoch}, step {step} (loss {mean[0]}, mse {mean[1]}, "
-                            f"kld {mean[2]}); kept the last good checkpoint in {out / 'last'}. Try a lower --lr.")
+                        raise diverged(run, f"loss became non-finite at epoch {loop.epoch}, step {step} "
+                                            f"(loss {mean[0]}, mse {mean[1]}, kld {mean[2]})")
                     rate = (count - tick) * cfg.batch_size / (time.perf_counter() - window_start)
-                    record = {"kind": "step", "epoch": epoch, "step": step + 1, "loss": mean[0], "mse": mean[1],
-                              "kld": mean[2], "beta": beta, "tfr": tfr, "lr": opt.param_groups[0]["lr"],
+                    record = {"kind": "step", "epoch": loop.epoch, "step": step + 1, "loss": mean[0], "mse": mean[1],
+                              "kld": mean[2], "beta": beta, "tfr": tfr, "lr": loop.opt.param_groups[0]["lr"],
                               "seq_per_s": round(rate, 2)}
-                    write(record)
+                    if rt.main:
+                        run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")
                     window_start, tick = time.perf_counter(), count
-                if flag["stop"] and step_in_epoch < cfg.iters_per_epoch:
-                    save(["last"], epoch, step_in_epoch, {"interrupted": True})
-                    sync_buffers()
-                    bar.close()
-                    if rt.main:
-                        print(f"\ninterrupted: saved {out / 'last'} at epoch {epoch}, step {step_in_epoch}; "
-                              "continue with --resume")
-                    return model
-            val = None
-            if rt.main:
-                val = evaluate(model, val_ds, cfg.n_future, limit=cfg.val_seqs, device=rt.device)
-                last_val = val.psnr
-            record.update(kind="epoch", val_psnr=None if val is None else val.psnr,
-                          val_ssim=None if val is None else val.ssim)
-            write(record)
-            epoch, step_in_epoch = epoch + 1, 0
-            improved = val is not None and val.psnr > best
-            if improved:
-                best = val.psnr
-            metrics = {"val_psnr": record["val_psnr"], "val_ssim": record["val_ssim"]}
-            save(["last", "best"] if improved else ["last"], epoch, 0, metrics)
+                asked_stop = stop_at_step is not None and step + 1 >= stop_at_step
+                signalled = flag["stop"] and (logged or rt.world == 1)  # ranks agree only at log points
+                if (asked_stop or signalled) and loop.step_in_epoch < cfg.iters_per_epoch:
+                    stop_mid_epoch(cfg, rt, run, loop, flag, asked_stop and not signalled)
+                    return
+            last_val = end_epoch(cfg, rt, run, loop, val_ds, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{last_val:.2f}" if last_val is not None else "-")
             if flag["stop"]:
-                break
-    sync_buffers()
-    bar.close()
-    return model
+                raise interrupted(run, loop, flag)
+            if stop_at_step is not None and loop.epoch * cfg.iters_per_epoch >= stop_at_step:
+                if rt.main:
+                    print(f"\nstopped at step {stop_at_step} as asked: {run.last} holds epoch {loop.epoch}; "
+                          "continue with --resume")
+                return
+    finally:
+        bar.close()
+
+
+def stop_mid_epoch(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, flag: dict, asked: bool) -> None:
+    """Save ``last/`` where the loop stands (never diverged weights), then report how to go on."""
+    if not weights_finite(loop.model):
+        raise diverged(run, f"weights became non-finite at epoch {loop.epoch}, step {loop.step_in_epoch}")
+    save(cfg, rt, run, loop, ["last"], {"interrupted": True})
+    if not asked:
+        raise interrupted(run, loop, flag)
+    if rt.main:
+        print(f"\nstopped at step {loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch} as asked: saved "
+              f"{run.last}; continue with --resume")
+
+
+def interrupted(run: RunFolder, loop: Loop, flag: dict) -> Interrupted:
+    name = signal.Signals(flag["signum"]).name if flag["signum"] else "a signal"
+    return Interrupted(f"{name}: saved {run.last} at epoch {loop.epoch}, step {loop.step_in_epoch}; continue "
+                       f"with --resume --out {run.path}", flag["signum"] or signal.SIGINT)
+
+
+def end_epoch(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, val_ds: BairDataset | None,
+              record: dict) -> float | None:
+    """Validate, log the epoch and save: ``last`` always, ``best`` when validation improved.
+    Diverged weights (a blow-up in the epoch's last update) are never saved."""
+    if not weights_finite(loop.model):  # the same on every rank: DDP keeps the weights equal
+        raise diverged(run, f"weights became non-finite in the last update of epoch {loop.epoch}")
+    val = None
+    if rt.main:
+        val = evaluate(loop.model, val_ds, cfg.n_future, limit=cfg.val_seqs, device=rt.device)
+        if not math.isfinite(val.psnr):
+            raise diverged(run, f"validation PSNR is {val.psnr} after epoch {loop.epoch}")
+    record.update(kind="epoch", val_psnr=None if val is None else val.psnr, val_ssim=None if val is None else val.ssim)
+    if rt.main:
+        run.append(record)
+    loop.epoch, loop.step_in_epoch = loop.epoch + 1, 0
+    improved = val is not None and val.psnr > loop.best
+    if improved:
+        loop.best, loop.best_epoch = val.psnr, loop.epoch
+    save(cfg, rt, run, loop, ["last", "best"] if improved else ["last"],
+         {"val_psnr": record["val_psnr"], "val_ssim": record["val_ssim"]})
+    return None if val is None else val.psnr

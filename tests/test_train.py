@@ -13,9 +13,10 @@ import cvae.train as train_mod
 from cvae import checkpoint
 from cvae.config import preset
 from cvae.data.dataset import BairDataset
+from cvae.errors import Interrupted, RunError, TrainingDiverged
 from cvae.evaluate import evaluate
 from cvae.physics_eval import counterfactual
-from cvae.train import TrainingDiverged, train
+from cvae.train import train
 
 TINY = dict(width=0.125, g_dim=16, z_dim=4, rnn_size=16, batch_size=4, val_seqs=2, num_workers=0)
 
@@ -32,20 +33,20 @@ def weights(model):
 def test_resume_after_interrupt_continues_exactly(sim_root, tmp_path, monkeypatch):
     straight = weights(train(tiny_cfg(sim_root, tmp_path / "a"), progress=False))
 
-    real_beta = train_mod.kl_beta
+    real_coin = train_mod.use_teacher_forcing
 
-    def interrupt_at_step_4(kind, t, *args):
-        if getattr(interrupt_at_step_4, "armed", True) and interrupt_at_step_4.calls == 4:
+    def interrupt_at_step_4(ratio, seed, step):
+        if step == 4:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-epoch 1, like a Ctrl-C
-        interrupt_at_step_4.calls += 1
-        return real_beta(kind, t, *args)
+        return real_coin(ratio, seed, step)
 
-    interrupt_at_step_4.calls = 0
-    monkeypatch.setattr(train_mod, "kl_beta", interrupt_at_step_4)
-    train(tiny_cfg(sim_root, tmp_path / "b"), progress=False)
+    monkeypatch.setattr(train_mod, "use_teacher_forcing", interrupt_at_step_4)
+    with pytest.raises(Interrupted, match="SIGINT: saved .*last at epoch 1, step 2; continue with --resume") as err:
+        train(tiny_cfg(sim_root, tmp_path / "b"), progress=False)
+    assert err.value.exit_code == 130
     meta = checkpoint.read_meta(tmp_path / "b" / "last")
     assert meta["interrupted"] and meta["step"] == 5
-    monkeypatch.setattr(train_mod, "kl_beta", real_beta)
+    monkeypatch.setattr(train_mod, "use_teacher_forcing", real_coin)
     resumed = weights(train(tiny_cfg(sim_root, tmp_path / "b"), resume=True, progress=False))
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
@@ -64,9 +65,9 @@ def test_missing_data_root_is_reported_not_generated(tmp_path):
 
 def test_existing_run_is_not_overwritten(sim_root, tmp_path):
     train(tiny_cfg(sim_root, tmp_path / "a", epochs=1, iters_per_epoch=1), progress=False)
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(RunError, match="pass --resume"):
         train(tiny_cfg(sim_root, tmp_path / "a", epochs=1, iters_per_epoch=1), progress=False)
-    with pytest.raises(ValueError, match="differ from the run's own: lr"):
+    with pytest.raises(RunError, match="differ from the run's own: lr"):
         train(tiny_cfg(sim_root, tmp_path / "a", epochs=2, iters_per_epoch=1, lr=0.1), resume=True, progress=False)
 
 
@@ -82,7 +83,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sim_root, tmp_path
         return out
 
     monkeypatch.setattr(train_mod.SVG, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match="non-finite at epoch 1.*kept the last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="non-finite at epoch 1.*kept the last good checkpoint .*last"):
         train(tiny_cfg(sim_root, tmp_path / "r", logs_per_epoch=3), progress=False)
     model, meta = checkpoint.load_model(tmp_path / "r" / "last")
     assert meta["epoch"] == 1 and all(torch.isfinite(v).all() for v in model.state_dict().values())
