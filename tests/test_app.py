@@ -190,7 +190,7 @@ def server_log(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(responsive_runs, server_log):
-    from bench.common import start_app
+    from cvae.app.process import start_app
 
     with open(server_log, "w") as log:
         try:
@@ -382,7 +382,7 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
 
 
 
-def _browser(pw):  # noqa: ANN001, ANN202
+def _browser(pw):
     return pw.chromium.launch(executable_path=_chromium(), headless=True,
                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                     "--disable-component-update", "--disable-sync", "--no-first-run"])
@@ -443,7 +443,7 @@ def test_browser_resample_z_changes_the_uncertain_futures(server, bundled):
 
 
 def test_output_folders_are_bounded():
-    from cvae.app.ui import KEEP_OUTPUTS, Outputs
+    from cvae.app.views import KEEP_OUTPUTS, Outputs
 
     outputs = Outputs()
     made = []

@@ -12,8 +12,8 @@ from cvae.data.bair import DataError, list_sequences, read_sequence
 from cvae.data.cache import load_split
 from cvae.data.dataset import BairDataset, WindowBatchSampler, seed_worker
 from cvae.data.simulator import simulate
-from cvae.kinematics import integrate_positions
 from cvae.data.tfrecord import convert, encode_example, read_records, write_records
+from cvae.kinematics import integrate_positions
 
 
 def first_seq(root, split="train"):

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from cvae.metrics import (correlation, masked_psnr, moving_mask, pixel_std, psnr, sharpness, ssim,
-                          window_mask)
+from cvae.metrics import correlation, masked_psnr, moving_mask, pixel_std, psnr, sharpness, ssim, window_mask
 from cvae.physics_eval import VISIBLE_STD, spread_scores
 
 

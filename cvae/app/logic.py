@@ -12,20 +12,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, find_log, load_model, read_meta
-from ..data.bair import DataError, list_sequences, read_sequence
+from ..checkpoint import find_log, load_model, read_meta
+from ..condition import ACTIONS, COLUMNS, COND_DIM, POSITIONS
+from ..data.bair import list_sequences, read_sequence
 from ..data.counterfactual import resimulate, scene_of, true_futures
 from ..data.generate import read_kinematics
+from ..errors import CheckpointError, DataError, InputError
 from ..kinematics import GAIN, KINEMATICS, integrate_positions
 from ..metrics import pixel_std, psnr, ssim
+from ..model.svg import ModelConfig
 from ..physics_eval import spread_scores
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 BUNDLED_DATA = ASSETS / "data"
 BUNDLED_MODEL = ASSETS / "model"
-ACTION_COLS = ["dx", "dy", "lift", "grip"]
-POSITION_COLS = ["x", "y", "z"]
-HEADERS = ["step", "drives frame"] + ACTION_COLS + POSITION_COLS
+HEADERS = ["step", "drives frame", *COLUMNS]
 # Allowed range of each table column: wide enough for any edit a person means (BAIR moves about
 # +-0.07 per step; x 0.46-0.74, y -0.25-0.11, z 0.20-0.22), narrow enough to catch a slip.
 # lift and grip are BAIR's small whole numbers.
@@ -36,10 +37,6 @@ CERTAIN_GREY_LEVELS = 0.5  # a world whose futures spread less than this (std, m
 DECIMALS = 5  # the table shows values rounded to this many decimals
 # Transform inputs: (lowest, highest) accepted
 TRANSFORM_RANGES = {"scale": (-5.0, 5.0), "rotate": (-360.0, 360.0), "noise": (0.0, 0.2)}
-
-
-class InputError(ValueError):
-    """Something the person typed or chose that cannot be used; shown in the page as is."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,9 @@ def quality(path: Path, scores: dict | None) -> str:
     if scores is None:
         return (f"**Not evaluated**: how good this model is is unknown. Score it with "
                 f"`python train_cli.py eval --ckpt {path}`.")
-    text = f"Test PSNR **{scores['psnr']:.2f} dB** ({scores['n_sequences']} sequences, lab protocol)"
+    extra = scores.get("extra") or {}
+    on = f"of {extra['data']} / {extra.get('split', 'test')}" if extra.get("data") else "(data not recorded)"
+    text = f"Test PSNR **{scores['psnr']:.2f} dB** ({scores['n_sequences']} sequences {on}, lab protocol)"
     if scores.get("copy_last_psnr") is not None:
         gain = scores["psnr"] - scores["copy_last_psnr"]
         text += (f" against **{scores['copy_last_psnr']:.2f} dB** for copying the last frame ({gain:+.2f} dB)"
@@ -109,10 +108,23 @@ def quality(path: Path, scores: dict | None) -> str:
 
 
 def describe(path: Path, name: str) -> ModelEntry:
+    """The picker's entry for a checkpoint; CheckpointError (naming the file) when its metadata or
+    its ``eval/eval.json`` cannot be read, so the caller can skip it and say why."""
     meta = read_meta(path)
     cfg = meta["config"]
+    try:
+        ModelConfig.from_dict(cfg)
+        if not isinstance(cfg.get("n_future"), int):
+            raise ValueError("the config lacks n_future, the number of frames the model predicts")
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path / 'meta.json'}: {e}") from None
     eval_json = path / "eval" / "eval.json"
-    scores = json.loads(eval_json.read_text()) if eval_json.is_file() else None
+    try:
+        scores = json.loads(eval_json.read_text()) if eval_json.is_file() else None
+        if scores is not None and not (isinstance(scores, dict) and isinstance(scores.get("psnr"), (int, float))):
+            raise ValueError("it holds no psnr score")
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{eval_json}: unreadable ({e})") from None
     score = None if scores is None else scores.get("psnr")
     log = find_log(path)
     shown = f"test PSNR {score:.2f} dB" if score is not None else "not evaluated"
@@ -140,7 +152,7 @@ def find_models(runs_dirs: list[str | Path]) -> dict[str, ModelEntry]:
 
 
 @lru_cache(maxsize=8)
-def cached_model(path: Path):  # noqa: ANN201
+def cached_model(path: Path):
     model, _ = load_model(path, "cpu")
     return model
 
@@ -156,18 +168,18 @@ def table_rows(cond: np.ndarray, n_past: int, n_future: int) -> list[list]:
 
 
 def parse_table(rows: list[list] | None, n_past: int, n_future: int) -> np.ndarray:
-    """The table's 7 condition columns as float [n_future, 7], or an InputError naming the cell."""
+    """The table's condition columns as float [n_future, COND_DIM], or an InputError naming the cell."""
     if rows is None or len(rows) == 0:
         raise InputError("the action table is empty; press 'reset' to restore the sequence's actions")
     if len(rows) != n_future:
         raise InputError(f"the action table must have exactly {n_future} rows, one per predicted frame; "
                          f"it has {len(rows)}. Press 'reset' to restore it.")
-    out = np.empty((n_future, 7), dtype=np.float32)
+    out = np.empty((n_future, COND_DIM), dtype=np.float32)
     for r, row in enumerate(rows):
         row = list(row)
         if len(row) != len(HEADERS):
             raise InputError(f"row {r + 1} has {len(row)} columns, expected {len(HEADERS)} ({', '.join(HEADERS)})")
-        for c, name in enumerate(ACTION_COLS + POSITION_COLS):
+        for c, name in enumerate(COLUMNS):
             cell = row[c + 2]
             try:
                 v = float(str(cell).strip()) if not isinstance(cell, (int, float)) else float(cell)
@@ -211,12 +223,12 @@ def rederive_positions(cond: np.ndarray, n_past: int, kinematics: dict | None,
     out = cond.copy()
     start = n_past - 1
     if original is not None:
-        changed = np.flatnonzero((cond[start:, :4] != original[start:, :4]).any(1))
-        out[start:, 4:] = original[start:, 4:]
+        changed = np.flatnonzero((cond[start:, ACTIONS] != original[start:, ACTIONS]).any(1))
+        out[start:, POSITIONS] = original[start:, POSITIONS]
         if len(changed) == 0:
             return out
         start += int(changed[0])
-    out[start:, 4:] = integrate_positions(out[start, 4:], cond[start:, :4])
+    out[start:, POSITIONS] = integrate_positions(out[start, POSITIONS], cond[start:, ACTIONS])
     return out
 
 
@@ -317,6 +329,11 @@ class Prediction:
         return s
 
 
+def check_futures(n_samples: int) -> None:
+    if not 1 <= n_samples <= 16:
+        raise InputError(f"number of futures must be between 1 and 16, not {n_samples}")
+
+
 def _std_map(futures: torch.Tensor) -> np.ndarray:
     """Futures [S, F, 3, H, W] -> ``metrics.pixel_std`` over them, averaged over the frames, in grey levels."""
     if len(futures) < 2:
@@ -324,14 +341,13 @@ def _std_map(futures: torch.Tensor) -> np.ndarray:
     return (pixel_std(futures, 0).mean(0) * 255).numpy()
 
 
-def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,  # noqa: ANN001
+def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,
             seed: int, physics_frames: np.ndarray | None = None,
             physics_futures: np.ndarray | None = None) -> Prediction:
     """Futures under the original and the edited conditions, in one batched call; scored against
     ``physics_frames`` (uint8 [T, 64, 64, 3], the scene under the edits) where given, and beside
     ``physics_futures`` (uint8 [K, T, 64, 64, 3], the same with the hidden causes re-drawn)."""
-    if not 1 <= n_samples <= 16:
-        raise InputError(f"number of futures must be between 1 and 16, not {n_samples}")
+    check_futures(n_samples)
     n_past = model.n_past
     n_future = len(frames) - n_past
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
@@ -358,7 +374,7 @@ def physics(sequence: Path, cond: np.ndarray) -> np.ndarray | None:
     """The scene of a simulated ``sequence`` re-run under the actions of ``cond`` [T, 7]: uint8
     frames [T, 64, 64, 3]. None for data the simulator did not make (real BAIR)."""
     scene = scene_of(sequence)
-    return None if scene is None else resimulate(scene, cond[:, :4])[0]
+    return None if scene is None else resimulate(scene, cond[:, ACTIONS])[0]
 
 
 def physics_futures(sequence: Path, cond: np.ndarray, k: int) -> np.ndarray | None:
@@ -368,7 +384,7 @@ def physics_futures(sequence: Path, cond: np.ndarray, k: int) -> np.ndarray | No
     scene = scene_of(sequence)
     if scene is None or scene.uncertainty == 0:
         return None
-    return true_futures(scene, cond[:, :4].astype(np.float64), k)
+    return true_futures(scene, cond[:, ACTIONS].astype(np.float64), k)
 
 
 def kinematics_note(source: Source) -> str:
@@ -377,3 +393,42 @@ def kinematics_note(source: Source) -> str:
     return (f"x, y, z follow from the actions by the simulator's kinematics (xy[t+1] = xy[t] + {GAIN} * (dx, dy), "
             "z from the lift level): they are recomputed whenever you edit dx, dy or lift, so typing into "
             "them has no effect.")
+
+
+# ---- one call per button ----------------------------------------------------------------------
+
+def run_prediction(source: Source, index: int, model, n_future: int, table: list | None, n_samples: int,
+                   seed: object) -> Prediction:
+    """Predict: the table and seed read and checked, the edited conditions (positions re-derived
+    where the kinematics are known), the physics under them (simulated data), and the model's
+    futures under the original and the edited actions."""
+    frames, cond = load_sequence(source.sequences[index])
+    n_past = model.n_past
+    t = n_past + n_future
+    z_seed = parse_seed(seed)
+    edited = edited_conditions(cond, parse_table(table, n_past, n_future), n_past, source.kinematics)
+    check_futures(n_samples)  # before simulating that many physics futures
+    phys = physics(source.sequences[index], edited[:t])
+    phys_futures = physics_futures(source.sequences[index], edited[:t], n_samples)
+    return predict(model, frames[:t], cond[:t], edited[:t], n_samples, z_seed, phys, phys_futures)
+
+
+def transformed_table(kind: str, source: Source, index: int, n_past: int, n_future: int, table: list | None,
+                      amount: object, seed: object) -> list[list]:
+    """A transform button: the table's rows after ``kind`` (``reset`` restores the sequence's own)."""
+    cond = load_sequence(source.sequences[index])[1]
+    if kind == "reset":
+        return table_rows(cond, n_past, n_future)
+    value = transform_amount(kind, amount) if kind in TRANSFORM_RANGES else 0.0
+    edited = transform(parse_table(table, n_past, n_future), kind, value, parse_seed(seed))
+    return table_rows(edited_conditions(cond, edited, n_past, source.kinematics), n_past, n_future)
+
+
+def rederived_table(source: Source, index: int, n_past: int, n_future: int, table: list | None) -> list[list] | None:
+    """After a cell edit: the rows with x, y, z re-derived from the actions, or None where the data
+    documents no kinematics (the table stays as typed)."""
+    if source.kinematics is None:
+        return None
+    cond = load_sequence(source.sequences[index])[1]
+    return table_rows(edited_conditions(cond, parse_table(table, n_past, n_future), n_past, source.kinematics),
+                      n_past, n_future)

@@ -1,4 +1,5 @@
-"""Output heads: how the decoder's last feature map becomes the next frame.
+"""Output heads: how the decoder's last feature map becomes the next frame. Each head is one
+class registered by name (``HEADS``); adding a head is one class here.
 
 - ``image``: the frame is the decoder's sigmoid output (SVG and the course lab).
 - ``compose``: the decoder also outputs a mask; frame = m * generated + (1 - m) * previous frame.
@@ -21,27 +22,136 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-OUTPUTS = ("image", "compose", "cdna", "flow")
 CDNA_KERNELS = 4
 CDNA_SIZE = 5
 MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, or 1% among cdna's 6
 
-
-def out_channels(output: str, nc: int = 3) -> int:
-    """Channels the decoder's last layer must produce for ``output``."""
-    return {"image": nc, "compose": nc + 1, "cdna": nc + 2 + CDNA_KERNELS, "flow": nc + 4 + 3}[output]
+HEADS: dict[str, type[Head]] = {}
 
 
-def init_mask_bias(last: nn.ConvTranspose2d, output: str, nc: int = 3) -> None:
-    """Start compose and cdna near copy-last: the generated image's mask logit at MASK_BIAS."""
-    if output == "flow":  # flows start at zero: both moved frames start as plain copies
+def register(cls: type[Head]) -> type[Head]:
+    HEADS[cls.name] = cls
+    return cls
+
+
+class Head(nn.Module):
+    """The decoder's raw output [N, nc + extra, H, W] -> the frame [N, nc, H, W] in [0, 1].
+
+    The first ``nc`` channels are always the generated image; ``extra`` channels more are the
+    head's own (masks, flows). ``init_last`` sets how the decoder's last layer starts."""
+
+    name = ""
+    extra = 0
+
+    def __init__(self, g_dim: int, nc: int = 3) -> None:
+        super().__init__()
+        self.nc = nc
+
+    def init_last(self, last: nn.ConvTranspose2d) -> None:
+        """Start the decoder's last layer where this head wants it (default: as initialised)."""
+
+    def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
+                g: torch.Tensor) -> torch.Tensor:
+        """``prev`` is the previous frame, ``anchor`` the latest real frame, ``g`` the frame code."""
+        raise NotImplementedError
+
+    def generated(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out[:, : self.nc])
+
+    def previous(self, prev: torch.Tensor | None) -> torch.Tensor:
+        if prev is None:
+            raise ValueError(f"the {self.name!r} head needs the previous frame")
+        return prev
+
+
+@register
+class ImageHead(Head):
+    """The frame is the decoder's sigmoid output (SVG and the course lab)."""
+
+    name = "image"
+
+    def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
+                g: torch.Tensor) -> torch.Tensor:
+        return self.generated(out)
+
+
+@register
+class ComposeHead(Head):
+    """frame = m * generated + (1 - m) * previous frame, the mask starting almost closed."""
+
+    name = "compose"
+    extra = 1
+
+    def init_last(self, last: nn.ConvTranspose2d) -> None:
+        with torch.no_grad():
+            last.bias[self.nc] = MASK_BIAS
+
+    def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
+                g: torch.Tensor) -> torch.Tensor:
+        generated, prev = self.generated(out), self.previous(prev)
+        mask = torch.sigmoid(out[:, self.nc : self.nc + 1])
+        return mask * generated + (1 - mask) * prev.to(generated.dtype)
+
+
+@register
+class CDNAHead(Head):
+    """Kernels predicted from the frame code move copies of the previous frame; a softmax mask per
+    pixel chooses among the generated image, the previous frame and the moved copies."""
+
+    name = "cdna"
+    extra = 2 + CDNA_KERNELS
+
+    def __init__(self, g_dim: int, nc: int = 3) -> None:
+        super().__init__(g_dim, nc)
+        self.kernels = CDNAKernels(g_dim)
+
+    def init_last(self, last: nn.ConvTranspose2d) -> None:
+        with torch.no_grad():
+            last.bias[self.nc] = MASK_BIAS
+
+    def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
+                g: torch.Tensor) -> torch.Tensor:
+        generated, prev = self.generated(out), self.previous(prev)
+        masks = out[:, self.nc :].float().softmax(1)  # [N, 2 + K, H, W]: generated, previous, moved copies
+        candidates = torch.cat([generated[:, None].float(), prev[:, None].float(), move(prev.float(), self.kernels(g))], 1)
+        return (masks[:, :, None] * candidates).sum(1)
+
+
+@register
+class FlowHead(Head):
+    """Two dense displacement fields move the previous frame and the latest real frame; a softmax
+    mask per pixel chooses among the generated image and the two moved frames."""
+
+    name = "flow"
+    extra = 4 + 3
+
+    def init_last(self, last: nn.ConvTranspose2d) -> None:
+        """Flows start at zero (both moved frames start as plain copies), the generated image's
+        mask logit at MASK_BIAS."""
+        nc = self.nc
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
             last.bias[nc : nc + 4] = 0
             last.bias[nc + 4] = MASK_BIAS
-    elif output != "image":
-        with torch.no_grad():
-            last.bias[nc] = MASK_BIAS
+
+    def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
+                g: torch.Tensor) -> torch.Tensor:
+        generated, prev, nc = self.generated(out), self.previous(prev), self.nc
+        if anchor is None:
+            raise ValueError("the 'flow' head needs the latest real frame (anchor)")
+        masks = out[:, nc + 4 :].float().softmax(1)  # [N, 3, H, W]: generated, moved previous, moved anchor
+        candidates = torch.stack([generated.float(), warp(prev, out[:, nc : nc + 2]),
+                                  warp(anchor, out[:, nc + 2 : nc + 4])], 1)
+        return (masks[:, :, None] * candidates).sum(1)
+
+
+OUTPUTS = tuple(HEADS)
+
+
+def make_head(name: str, g_dim: int, nc: int = 3) -> Head:
+    if name not in HEADS:
+        raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
+    return HEADS[name](g_dim, nc)
 
 
 class CDNAKernels(nn.Module):
@@ -82,26 +192,3 @@ def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     scale = torch.tensor([2 / w, 2 / h], device=frame.device)
     grid = base + flow.float().permute(0, 2, 3, 1) * scale
     return F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def apply_head(output: str, out: torch.Tensor, prev: torch.Tensor | None = None,
-               kernels: torch.Tensor | None = None, nc: int = 3, anchor: torch.Tensor | None = None) -> torch.Tensor:
-    """The decoder's raw output [N, out_channels, H, W] -> the frame [N, nc, H, W] in [0, 1].
-    ``prev`` is the previous frame; ``anchor`` (``flow`` only) the latest real frame."""
-    generated = torch.sigmoid(out[:, :nc])
-    if output == "image":
-        return generated
-    if prev is None:
-        raise ValueError(f"the {output!r} head needs the previous frame")
-    if output == "flow":
-        if anchor is None:
-            raise ValueError("the 'flow' head needs the latest real frame (anchor)")
-        masks = out[:, nc + 4 :].float().softmax(1)  # [N, 3, H, W]: generated, moved previous, moved anchor
-        candidates = torch.stack([generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])], 1)
-        return (masks[:, :, None] * candidates).sum(1)
-    if output == "compose":
-        mask = torch.sigmoid(out[:, nc : nc + 1])
-        return mask * generated + (1 - mask) * prev.to(generated.dtype)
-    masks = out[:, nc:].float().softmax(1)  # [N, 2 + K, H, W]: generated, previous, moved copies
-    candidates = torch.cat([generated[:, None].float(), prev[:, None].float(), move(prev.float(), kernels)], 1)
-    return (masks[:, :, None] * candidates).sum(1)

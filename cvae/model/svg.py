@@ -12,18 +12,17 @@ Skips come from the last context frame (SVG), or from the previous frame with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..condition import COND_DIM
 from .gaussian import GaussianLSTM, kl_divergence, reparameterize
+from .heads import HEADS
 from .predictor import FramePredictor
 from .vgg64 import Decoder, Encoder
-
-COND_DIM = 7
-
 
 PIXEL_LOSSES = ("mse", "l1")
 
@@ -37,33 +36,67 @@ class StepLosses:
     kl_loss: torch.Tensor  # [T-1]: the KL term trained on (``kld``, or with free bits)
 
 
-class SVG(nn.Module):
-    def __init__(self, g_dim: int = 128, z_dim: int = 64, rnn_size: int = 256, width: float = 1.0,
-                 posterior_layers: int = 1, prior_layers: int = 1, predictor_layers: int = 2,
-                 prior: str = "fixed", n_past: int = 2, last_frame_skip: bool = False,
-                 cond_embed: int = 0, output: str = "image", cond_maps: bool = False,
-                 channels_last: bool = False, ee_maps: bool = False, pixel_loss: str = "mse") -> None:
-        super().__init__()
-        if prior not in ("fixed", "learned"):
-            raise ValueError(f"prior must be 'fixed' or 'learned', not {prior!r}")
-        if pixel_loss not in PIXEL_LOSSES:
-            raise ValueError(f"pixel_loss must be one of {', '.join(PIXEL_LOSSES)}, not {pixel_loss!r}")
-        self.z_dim, self.n_past, self.last_frame_skip = z_dim, n_past, last_frame_skip
-        self.channels_last, self.pixel_loss = channels_last, pixel_loss
-        self.encoder = Encoder(g_dim, width)
-        self.decoder = Decoder(g_dim, width, output=output, cond_dim=COND_DIM if cond_maps else 0,
-                               ee_cond_dim=COND_DIM if ee_maps else 0)
-        self.posterior = GaussianLSTM(g_dim, z_dim, rnn_size, posterior_layers)
-        self.prior = GaussianLSTM(g_dim, z_dim, rnn_size, prior_layers) if prior == "learned" else None
-        self.predictor = FramePredictor(g_dim, z_dim, COND_DIM, rnn_size, predictor_layers, cond_embed)
+PRIORS = ("fixed", "learned")
+
+
+@dataclass
+class ModelConfig:
+    """The model's shape: what a checkpoint must record to be rebuilt. Fields after
+    ``cond_embed`` came later; a checkpoint without one gets its old behaviour (the default)."""
+
+    n_past: int = 2
+    width: float = 1.0  # 1 is the published VGG-64; smaller widths are light CPU variants
+    g_dim: int = 128
+    z_dim: int = 64
+    rnn_size: int = 256
+    posterior_layers: int = 1
+    prior_layers: int = 1
+    predictor_layers: int = 2
+    prior: str = "fixed"  # fixed: N(0, I) as in the lab; learned: SVG-LP
+    last_frame_skip: bool = False
+    cond_embed: int = 0  # 0 feeds the raw 7-d condition; >0 learns an embedding of that size
+    output: str = "image"  # the output head: a name in cvae/model/heads.py's HEADS
+    cond_maps: bool = False  # tile the condition and pixel coordinates into the decoder's maps
+    ee_maps: bool = False  # draw a heat map of the end effector's learned place into the decoder's maps
+    pixel_loss: str = "mse"  # mse (the lab's) | l1 (SAVP's; blurs less)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "SVG":
-        """Checkpoints from before a field existed load with that field's old behaviour."""
-        keys = ("g_dim", "z_dim", "rnn_size", "width", "posterior_layers", "prior_layers",
-                "predictor_layers", "prior", "n_past", "last_frame_skip", "cond_embed")
-        added = {"output": "image", "cond_maps": False, "ee_maps": False, "pixel_loss": "mse"}
-        return cls(**{k: cfg[k] for k in keys}, **{k: cfg.get(k, v) for k, v in added.items()})
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """The model fields of ``d`` (a checkpoint's or a training config); others are ignored."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names[: names.index("cond_embed") + 1] if n not in d]
+        if missing:
+            raise ValueError(f"the config lacks the model field(s) {', '.join(missing)}")
+        return cls(**{n: d[n] for n in names if n in d}).validate()
+
+    def validate(self) -> ModelConfig:
+        for name, allowed in (("prior", PRIORS), ("output", tuple(HEADS)), ("pixel_loss", PIXEL_LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        return self
+
+
+class SVG(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None, **fields_: object) -> None:
+        """``SVG(ModelConfig(...))``, or ``SVG(g_dim=16, ...)`` for the same with keywords."""
+        super().__init__()
+        cfg = replace(cfg or ModelConfig(), **fields_).validate()
+        self.cfg = cfg
+        self.z_dim, self.n_past, self.last_frame_skip = cfg.z_dim, cfg.n_past, cfg.last_frame_skip
+        self.channels_last, self.pixel_loss = False, cfg.pixel_loss  # training's prepare() may set channels_last
+        self.encoder = Encoder(cfg.g_dim, cfg.width)
+        self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
+                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0)
+        self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
+        self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
+                      if cfg.prior == "learned" else None)
+        self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
+                                        cfg.cond_embed)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> SVG:
+        """The model a config dict (a checkpoint's ``meta.json`` or a training config) describes."""
+        return cls(ModelConfig.from_dict(cfg))
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
                 cond: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

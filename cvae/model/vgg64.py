@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .cues import EndEffectorMap, coordinate_maps
-from .heads import OUTPUTS, CDNAKernels, apply_head, init_mask_bias, out_channels
+from .heads import make_head
 
 BASE_CHANNELS = (64, 128, 256, 512)
 
@@ -48,14 +48,13 @@ class Decoder(nn.Module):
     coordinate maps into the feature maps at every scale (as Finn et al. 2016 and SAVP tile the
     action; the coordinates let a convolution turn an end-effector position into a place in the
     image). ``ee_cond_dim`` > 0 adds a heat map of where the end effector is (``cues.py``) at
-    every scale. ``output`` chooses the head (``heads.py``); for ``cdna`` the decoder also predicts
-    the kernels from the frame code."""
+    every scale. ``output`` names the head (``heads.py``) that turns the last feature map into the
+    frame."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0) -> None:
         super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+        self.head = make_head(output, g_dim, nc)
         self.output, self.nc, self.cond_dim = output, nc, cond_dim
         self.ee_map = EndEffectorMap(ee_cond_dim) if ee_cond_dim else None
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
@@ -64,9 +63,9 @@ class Decoder(nn.Module):
         self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
         self.upc3 = nn.Sequential(vgg_layer(c2 * 2 + e, c2), vgg_layer(c2, c2), vgg_layer(c2, c1))
         self.upc4 = nn.Sequential(vgg_layer(c1 * 2 + e, c1), vgg_layer(c1, c0))
-        self.upc5 = nn.Sequential(vgg_layer(c0 * 2 + e, c0), nn.ConvTranspose2d(c0, out_channels(output, nc), 3, 1, 1))
-        init_mask_bias(self.upc5[1], output, nc)
-        self.kernels = CDNAKernels(g_dim) if output == "cdna" else None
+        self.upc5 = nn.Sequential(vgg_layer(c0 * 2 + e, c0), nn.ConvTranspose2d(c0, nc + self.head.extra, 3, 1, 1))
+        self.head.init_last(self.upc5[1])
+        self._register_load_state_dict_pre_hook(_old_head_keys)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
     def _with_cond(self, d: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -91,5 +90,10 @@ class Decoder(nn.Module):
         d = self.upc3(self._with_cond(d, skips[2], cond))
         d = self.upc4(self._with_cond(d, skips[1], cond))
         out = self.upc5(self._with_cond(d, skips[0], cond))
-        kernels = self.kernels(g) if self.kernels is not None else None
-        return apply_head(self.output, out, prev, kernels, self.nc, anchor)
+        return self.head(out, prev, anchor, g)
+
+
+def _old_head_keys(state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints from before heads were modules keep CDNA's kernels at ``decoder.kernels``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "kernels.")]:
+        state_dict[prefix + "head." + key[len(prefix):]] = state_dict.pop(key)
