@@ -98,7 +98,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from .checkpoint import find_log, load_model
     from .data.bair import fingerprint
     from .data.dataset import BairDataset
-    from .data.generate import read_kinematics
+    from .data.info import read_kinematics
     from .evaluate import evaluate
     from .kinematics import KINEMATICS
     from .physics_eval import counterfactual, distribution

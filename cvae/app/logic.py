@@ -16,7 +16,7 @@ from ..checkpoint import find_log, load_model, read_meta
 from ..condition import ACTIONS, COLUMNS, COND_DIM, POSITIONS
 from ..data.bair import list_sequences, read_sequence
 from ..data.counterfactual import resimulate, scene_of, true_futures
-from ..data.generate import read_kinematics
+from ..data.info import read_kinematics
 from ..errors import CheckpointError, DataError, InputError
 from ..kinematics import GAIN, KINEMATICS, integrate_positions
 from ..metrics import pixel_std, psnr, ssim

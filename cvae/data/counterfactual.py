@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .bair import SPLITS, TRAJ_RE
-from .generate import DATASET_JSON
+from .info import read_info
 from ..kinematics import ACTION_HOLD, KINEMATICS, MAX_DXY
-from .simulator import simulate
 
 ALTERNATIVES = ("reversed", "rotated", "random")
 
@@ -41,11 +40,8 @@ def scene_of(seq: str | Path) -> Scene | None:
     and its kinematics)."""
     seq = Path(seq)
     root, split = seq.parent.parent.parent, seq.parent.parent.name
-    try:
-        info = json.loads((root / DATASET_JSON).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if info.get("generator") != "cvae.data.simulator" or info.get("kinematics") != KINEMATICS:
+    info = read_info(root)
+    if info is None or info.get("generator") != "cvae.data.simulator" or info.get("kinematics") != KINEMATICS:
         return None
     match = TRAJ_RE.match(seq.parent.name)
     if match is None or not seq.name.isdigit() or split not in SPLITS:
@@ -81,6 +77,8 @@ def alternative_actions(actions: np.ndarray, kind: str, keep: int, seed: int = 0
 def resimulate(scene: Scene, actions: np.ndarray, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 [T, 64, 64, 3] and condition [T, 7] of ``scene`` run under ``actions`` [T, 4],
     with hidden causes of ``draw`` (0: the scene's own, as recorded in the data set)."""
+    from .simulator import simulate  # pymunk, loaded only when a scene is run
+
     seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions,
                    uncertainty=scene.uncertainty, draw=draw)
     return seq.frames, np.concatenate([seq.actions, seq.positions], 1)

@@ -12,11 +12,11 @@ from ..errors import ConfigError, DataError
 from ..parallel import pool
 from ..atomic import write_text
 from .bair import SPLITS, traj_folder, write_sequence
+from .info import DATASET_JSON
 from ..kinematics import KINEMATICS
 from .simulator import DEFAULT_UNCERTAINTY, simulate
 
 DEFAULT_SIZES = {"train": 2048, "validate": 256, "test": 256}
-DATASET_JSON = "dataset.json"
 
 
 def _one(split_id: int, seed: int, uncertainty: float, out: Path, split: str, index: int) -> bool:
@@ -66,11 +66,3 @@ def generate(out: str | Path, sizes: dict[str, int] | None = None, seed: int = 0
     write_text(partial_dir / DATASET_JSON, json.dumps(stats, indent=1))
     os.replace(partial_dir, out)
     return stats
-
-
-def read_kinematics(root: str | Path) -> dict | None:
-    """The documented kinematics of a data set, where its ``dataset.json`` states them."""
-    try:
-        return json.loads((Path(root) / DATASET_JSON).read_text()).get("kinematics")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
