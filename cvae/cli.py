@@ -146,7 +146,7 @@ def app_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from .app.ui import launch
 
-    launch(args.data, args.runs, args.host, args.port, args.share, args.keep_minutes)
+    launch(args.data, args.runs, args.host, args.port, args.share, args.keep_minutes, args.threads, args.concurrency)
     return 0
 
 
@@ -187,6 +187,10 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     a.add_argument("--host", default=None, help="server name, e.g. 0.0.0.0 (Gradio's default: 127.0.0.1)")
     a.add_argument("--port", type=whole(1), default=None, help="port (Gradio's default: 7860 or the next free one)")
     a.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    a.add_argument("--threads", type=whole(1), default=None,
+                   help="torch threads per request (default 1: see bench/README.md, 'The app under load')")
+    a.add_argument("--concurrency", type=whole(1), default=None,
+                   help="requests served at once (default: the number of cores)")
     a.add_argument("--keep-minutes", type=float, default=10,
                    help="delete generated GIFs and images older than this (default 10), so disk use stays bounded")
     return p

@@ -1,8 +1,10 @@
 """The app: its handlers as units, then the live server through gradio_client and a browser."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +79,11 @@ def test_positions_rederived_with_documented_kinematics(bundled):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda r: r[3].__setitem__(2, "abc"), r"row 4, column dx: 'abc' is not a number"),
+    (lambda r: r[3].__setitem__(2, "abc"), r"row 4, column dx: 'abc' is not a plain decimal number"),
     (lambda r: r[0].__setitem__(3, float("nan")), r"row 1, column dy: nan is not a finite number"),
-    (lambda r: r[9].__setitem__(8, "inf"), r"row 10, column z: inf is not a finite number"),
+    (lambda r: r[9].__setitem__(8, "inf"), r"row 10, column z: 'inf' is not a plain decimal number"),
     (lambda r: r[2].__setitem__(2, 50), r"row 3, column dx: 50 is out of range \(allowed -0.5 to 0.5"),
-    (lambda r: r[5].__setitem__(7, -1e6), r"row 6, column y: -1e\+06 is out of range"),
+    (lambda r: r[5].__setitem__(7, -1e6), r"row 6, column y: -1000000 is out of range"),
     (lambda r: r[0].__setitem__(4, -5), r"row 1, column lift: -5 is out of range \(allowed 0 to 3"),
     (lambda r: r[0].__setitem__(5, 0.5), r"row 1, column grip: 0.5 is not a whole number"),
     (lambda r: r[4].__setitem__(5, -3), r"row 5, column grip: -3 is out of range"),
@@ -90,6 +92,14 @@ def test_positions_rederived_with_documented_kinematics(bundled):
     (lambda r: r.pop(), r"exactly 10 rows.*it has 9"),
     (lambda r: r.clear(), r"the action table is empty"),
     (lambda r: r[1].pop(), r"row 2 has 8 columns"),
+    (lambda r: r[0].__setitem__(2, ""), r"row 1, column dx is empty"),
+    (lambda r: r[0].__setitem__(2, "0.0_1"), r"row 1, column dx: '0.0_1' is not a plain decimal number"),
+    (lambda r: r[0].__setitem__(4, "٣"), r"row 1, column lift: '٣' is not a plain decimal number"),
+    (lambda r: r[0].__setitem__(2, 0.5000001), r"row 1, column dx: 0.5000001 is out of range \(allowed -0.5 to 0.5; "
+                                               r"BAIR moves about \+-0.07 per step\)"),
+    (lambda r: r[0].__setitem__(5, 5), r"row 1, column grip: 5 is out of range \(allowed 0 to 3; 0 open, 1 closed\)"),
+    (lambda r: r[0].__setitem__(6, 2), r"row 1, column x: 2 is out of range \(allowed 0 to 1.5; BAIR's end effector "
+                                        r"spans about 0.46 to 0.74\)"),
 ])
 def test_bad_table_input_is_named(bundled, edit, message):
     _, _, _, cond = bundled
@@ -104,8 +114,8 @@ def test_bad_table_input_is_named(bundled, edit, message):
     ("noise", 5, r"noise sigma must be from 0 to 0.2, not 5"),
     ("scale", None, r"k is empty: type a number from -5 to 5"),
     ("scale", "  ", r"k is empty"),
-    ("scale", "two", r"k: 'two' is not a number"),
-    ("scale", float("inf"), r"k must be from -5 to 5, not inf"),
+    ("scale", "two", r"k: 'two' is not a plain decimal number"),
+    ("scale", float("inf"), r"k: inf is not a finite number"),
     ("rotate", 1000, r"angle must be from -360 to 360"),
 ])
 def test_transform_amounts_are_checked(kind, amount, message):
@@ -114,11 +124,27 @@ def test_transform_amounts_are_checked(kind, amount, message):
     assert logic.transform_amount("scale", "2.5") == 2.5
 
 
-@pytest.mark.parametrize("seed", [None, "x", -1, 2.5, 2**31])
-def test_bad_seed_is_named(seed):
-    with pytest.raises(logic.InputError, match="the seed must be a whole number from 0 to 2147483647"):
+@pytest.mark.parametrize("seed,message", [
+    (None, "the seed is empty"), ("", "the seed is empty"), ("x", "the seed: 'x' is not a plain decimal number"),
+    ("七", "the seed: '七' is not a plain decimal number"),
+    (-1, "the seed must be from 0 to 2147483647, not -1"), (2**31, "not 2147483648"),
+    (1.5, r"the seed must be a whole number from 0 to 2147483647, not 1.5"), (1e30, r"not 1e\+30"),
+])
+def test_bad_seed_is_named(seed, message):
+    with pytest.raises(logic.InputError, match=message):
         logic.parse_seed(seed)
-    assert logic.parse_seed(7.0) == 7
+    assert logic.parse_seed(7.0) == 7 and logic.parse_seed(" 12 ") == 12
+
+
+@pytest.mark.parametrize("payload,message", [
+    (None, "the action table is empty"),
+    ("0.1, 0.2", r"must be a list of rows .*not str"),
+    ({"data": [[0] * 9] * 10}, "came without its headers"),
+    ({"headers": ["a"], "data": []}, r"headers are \['a'\], expected"),
+])
+def test_a_table_in_any_shape_gets_a_straight_answer(payload, message):
+    with pytest.raises(logic.InputError, match=message):
+        logic.parse_table(payload, N_PAST, N_FUTURE)
 
 
 def test_transforms_stay_inside_the_table_ranges(bundled):
@@ -179,8 +205,10 @@ def test_prediction_is_seeded_and_responds_to_actions(bundled, responsive_runs):
     assert a.uncertainty().shape == (64, 64) and a.uncertainty().max() > 0
     assert 0 <= a.best < 8
     assert a.psnr_original[a.best].mean() == a.psnr_original.mean(1).max()
-    with pytest.raises(logic.InputError, match="between 1 and 16"):
-        logic.predict(model, frames, cond, edited, 17, seed=0)
+    for n, message in ((17, "must be from 1 to 16, not 17"), (2.5, "must be a whole number from 1 to 16, not 2.5"),
+                       ("abc", "'abc' is not a plain decimal number"), (None, "is empty")):
+        with pytest.raises(logic.InputError, match=message):
+            logic.predict(model, frames, cond, edited, n, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +272,7 @@ def test_live_app_through_gradio_client(server, server_log, bundled, responsive_
 
     bad = {"headers": logic.HEADERS, "data": [list(r) for r in rows]}
     bad["data"][2][4] = "banana"
-    with pytest.raises(AppError, match=r"row 3, column lift: 'banana' is not a number"):
+    with pytest.raises(AppError, match=r"row 3, column lift: 'banana' is not a plain decimal number"):
         client.predict(source, 0, model, bad, 4, 7, api_name="/predict")
     bad["data"][2][4] = "<b>" + "x" * 1000
     with pytest.raises(AppError) as err:
@@ -252,6 +280,72 @@ def test_live_app_through_gradio_client(server, server_log, bundled, responsive_
     assert "&lt;b&gt;" in str(err.value) and "<b>" not in str(err.value) and len(str(err.value)) < 400
     assert client.predict(source, 1, model, table, 2, 1, api_name="/predict")  # still serving
     assert "Traceback" not in server_log.read_text()  # a typing mistake is no server error
+
+
+API_CASES = [  # (field, value, what the answer says): every input class a script can get wrong
+    ("table", None, "the action table is empty"),
+    ("table", "0.1, 0.2", "must be a list of rows"),
+    ("table", {"data": [[0] * 9] * 10}, "came without its headers"),
+    ("n", "abc", r"number of futures \(N\): 'abc' is not a plain decimal number"),
+    ("n", None, r"number of futures \(N\) is empty"),
+    ("n", 2.5, "must be a whole number from 1 to 16, not 2.5"),
+    ("n", 1000, "must be from 1 to 16, not 1000"),
+    ("n", -3, "must be from 1 to 16, not -3"),
+    ("seed", "abc", "the seed: 'abc' is not a plain decimal number"),
+    ("seed", "七", "the seed: '七' is not a plain decimal number"),
+    ("seed", 1.5, "the seed must be a whole number from 0 to 2147483647, not 1.5"),
+    ("seed", 1e30, r"not 1e\+30"),
+    ("index", "abc", r"the sequence index \(bundled test sequences\): 'abc' is not a plain decimal number"),
+    ("index", 2.7, "must be a whole number from 0 to 15, not 2.7"),
+    ("dx", "0.0_1", "row 1, column dx: '0.0_1' is not a plain decimal number"),
+    ("dx", "٣", "row 1, column dx: '٣' is not a plain decimal number"),
+]
+
+
+def test_every_api_input_gets_the_pages_answer(server, server_log, bundled):
+    """Through gradio_client, as scripts use the app: each bad input is named, none is rounded,
+    clamped or read in another notation, and none leaves a traceback in the server log."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    _, _, _, cond = bundled
+    client = Client(server, verbose=False)
+    source, model = "bundled test sequences", next(iter(logic.find_models([])))
+    rows = logic.table_rows(cond, N_PAST, N_FUTURE)
+    for field, value, message in API_CASES:
+        args = {"index": 0, "table": {"headers": logic.HEADERS, "data": [list(r) for r in rows]}, "n": 2, "seed": 1}
+        if field == "dx":
+            args["table"]["data"][0][2] = value
+        else:
+            args[field] = value
+        with pytest.raises(AppError, match=message):
+            client.predict(source, args["index"], model, args["table"], args["n"], args["seed"], api_name="/predict")
+    assert "Traceback" not in server_log.read_text()
+
+
+def test_sixteen_concurrent_requests_are_all_answered_alike(server, bundled):
+    """A bounded local load: 16 Predicts at once (8 distinct, each twice) all succeed, and the same
+    sequence and seed give the same futures however the requests interleave."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    _, _, _, cond = bundled
+    source, model = "bundled test sequences", next(iter(logic.find_models([])))
+    table = {"headers": logic.HEADERS, "data": logic.table_rows(cond, N_PAST, N_FUTURE)}
+    sequences = logic.find_sources([])[source].sequences
+
+    def ask(k: int) -> bytes:
+        i = k % 8
+        t = table if i == 0 else {"headers": logic.HEADERS, "data": logic.table_rows(
+            logic.load_sequence(sequences[i])[1], N_PAST, N_FUTURE)}
+        result = Client(server, verbose=False).predict(source, i, model, t, 3, 100 + i, api_name="/predict")
+        return Path(result[1]).read_bytes()  # the futures GIF: one per (sequence, seed)
+
+    with ThreadPoolExecutor(16) as pool:
+        gifs = list(pool.map(ask, range(16)))
+    assert all(gifs[k] == gifs[k + 8] for k in range(8))
+    assert len(set(gifs[:8])) == 8
 
 
 def _chromium() -> str | None:
@@ -382,6 +476,34 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
 
 
 
+def test_browser_a_cleared_cell_shows_what_the_server_reads_and_warns_once(server):
+    """Clearing a dx cell leaves it blank (not a 0 the server never sees), the edit gets one
+    toast, not two, and Predict names the same cell."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(server)
+        cell = page.locator('#table [data-testid="cell-0-2"]')
+        page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
+        page.wait_for_selector("#ctx1 img", timeout=60_000)
+        cell.dblclick()
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Backspace")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".toast-body", timeout=20_000)
+        page.wait_for_timeout(2_000)  # time for a second toast, were the edit reported twice
+        toasts = page.locator(".toast-body").all_inner_texts()
+        assert len(toasts) == 1 and "row 1, column dx is empty" in toasts[0], toasts
+        assert cell.inner_text().replace("⋮", "").strip() == ""  # the cell menu button aside
+        page.locator(".toast-close").first.click()
+        page.locator("#predict").click()
+        page.wait_for_selector(".toast-body", timeout=20_000)
+        assert "row 1, column dx is empty" in page.locator(".toast-body").first.inner_text()
+        browser.close()
+
 def _browser(pw):
     return pw.chromium.launch(executable_path=_chromium(), headless=True,
                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -459,3 +581,22 @@ def test_app_refuses_a_bad_option_without_traceback():
                           text=True, timeout=120, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     assert proc.returncode == 2 and "--keep-minutes must be positive" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_server_removes_its_folder_and_names_its_share_flag(tmp_path, how):
+    from cvae.app.process import start_app
+
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc, _ = start_app([], env={"TMPDIR": str(tmp_path)}, stdout=out)
+    assert list(tmp_path.glob("cvae_app_*"))  # its output folder, while it runs
+    for _ in range(100):
+        if "Running on" in log.read_text():
+            break
+        time.sleep(0.1)
+    proc.send_signal(how)
+    proc.wait(timeout=60)
+    assert not list(tmp_path.glob("cvae_app_*")), log.read_text()[-2000:]
+    text = log.read_text()
+    assert "add --share for a public link" in text and "share=True" not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -167,9 +168,70 @@ def table_rows(cond: np.ndarray, n_past: int, n_future: int) -> list[list]:
     return rows
 
 
-def parse_table(rows: list[list] | None, n_past: int, n_future: int) -> np.ndarray:
+# ---- reading what a person typed or a script sent -------------------------------------------------
+
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+HINTS = {"dx": "BAIR moves about +-0.07 per step", "dy": "BAIR moves about +-0.07 per step",
+         "lift": "a level: 0 on the table, 1 or more lifted over objects", "grip": "0 open, 1 closed",
+         "x": "BAIR's end effector spans about 0.46 to 0.74", "y": "BAIR's end effector spans about -0.25 to 0.11",
+         "z": "BAIR's end effector stays about 0.20 to 0.22"}
+
+
+def shown(v: float) -> str:
+    """A number as its shortest exact form (0.5000001 stays 0.5000001, 1e30 is 1e+30)."""
+    return repr(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def read_number(value: object, what: str) -> float:
+    """A number exactly as it was shown or sent: an int or float, or a string in plain decimal
+    notation (ASCII digits, sign, point, exponent). A blank, '0_1' (Python's digit grouping),
+    '٣' (another script's digit), 'nan' or a list is refused, naming ``what``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{what} is empty")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{what}: expected a number, not {type(value).__name__} {str(value)[:40]!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not PLAIN_NUMBER.fullmatch(text):
+            raise InputError(f"{what}: {text[:40]!r} is not a plain decimal number")
+        value = float(text)
+    if not math.isfinite(value):
+        raise InputError(f"{what}: {value} is not a finite number")
+    return float(value)
+
+
+def read_whole(value: object, what: str, lo: int, hi: int) -> int:
+    """A whole number from ``lo`` to ``hi``; 2.5 is refused, not rounded, and so is 17 for 1-16."""
+    v = read_number(value, what)
+    if not v.is_integer():
+        raise InputError(f"{what} must be a whole number from {lo} to {hi}, not {shown(v)}")
+    if not lo <= v <= hi:
+        raise InputError(f"{what} must be from {lo} to {hi}, not {shown(v)}")
+    return int(v)
+
+
+def table_data(payload: object) -> list:
+    """The rows of the action table as the page or a script sends it: Gradio's ``{"headers",
+    "data"}`` (the headers must be the table's own) or a plain list of rows."""
+    if payload is None:
+        raise InputError("the action table is empty; press 'reset' to restore the sequence's actions")
+    if isinstance(payload, dict):
+        headers = payload.get("headers")
+        if headers is None:
+            raise InputError(f"the action table came without its headers; send {{'headers': {HEADERS}, 'data': rows}}")
+        if [str(h) for h in headers] != HEADERS:
+            raise InputError(f"the action table's headers are {list(headers)[:10]}, expected {HEADERS}")
+        payload = payload.get("data")
+    if not isinstance(payload, list) or not all(isinstance(row, list) for row in payload):
+        raise InputError(f"the action table must be a list of rows (one list of {len(HEADERS)} cells each), "
+                         f"not {type(payload).__name__} {str(payload)[:40]!r}")
+    return payload
+
+
+def parse_table(rows: object, n_past: int, n_future: int) -> np.ndarray:
     """The table's condition columns as float [n_future, COND_DIM], or an InputError naming the cell."""
-    if rows is None or len(rows) == 0:
+    rows = table_data(rows)
+    if len(rows) == 0:
         raise InputError("the action table is empty; press 'reset' to restore the sequence's actions")
     if len(rows) != n_future:
         raise InputError(f"the action table must have exactly {n_future} rows, one per predicted frame; "
@@ -180,20 +242,13 @@ def parse_table(rows: list[list] | None, n_past: int, n_future: int) -> np.ndarr
         if len(row) != len(HEADERS):
             raise InputError(f"row {r + 1} has {len(row)} columns, expected {len(HEADERS)} ({', '.join(HEADERS)})")
         for c, name in enumerate(COLUMNS):
-            cell = row[c + 2]
-            try:
-                v = float(str(cell).strip()) if not isinstance(cell, (int, float)) else float(cell)
-            except ValueError:
-                raise InputError(f"row {r + 1}, column {name}: {str(cell)!r} is not a number") from None
-            if not math.isfinite(v):
-                raise InputError(f"row {r + 1}, column {name}: {v} is not a finite number")
+            where = f"row {r + 1}, column {name}"
+            v = read_number(row[c + 2], where)
             lo, hi = RANGES[name]
             if not lo <= v <= hi:
-                raise InputError(f"row {r + 1}, column {name}: {v:g} is out of range (allowed {lo:g} to {hi:g}; "
-                                 "BAIR moves about +-0.07 per step, x 0.46-0.74, y -0.25-0.11, z 0.20-0.22)")
+                raise InputError(f"{where}: {shown(v)} is out of range (allowed {lo:g} to {hi:g}; {HINTS[name]})")
             if name in WHOLE and not v.is_integer():
-                raise InputError(f"row {r + 1}, column {name}: {v:g} is not a whole number ({name} is a level: "
-                                 f"{lo} to {hi})")
+                raise InputError(f"{where}: {shown(v)} is not a whole number ({HINTS[name]})")
             out[r, c] = v
     return out
 
@@ -240,13 +295,7 @@ def edited_conditions(cond: np.ndarray, table: np.ndarray, n_past: int, kinemati
 
 def parse_seed(seed: object) -> int:
     """The z seed box, checked: a whole number from 0 to 2**31 - 1."""
-    try:
-        value = float(seed)
-    except (TypeError, ValueError):
-        raise InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed!r}") from None
-    if not (value.is_integer() and 0 <= value < 2**31):
-        raise InputError(f"the seed must be a whole number from 0 to {2**31 - 1}, not {seed}")
-    return int(value)
+    return read_whole(seed, "the seed", 0, 2**31 - 1)
 
 
 def transform_amount(kind: str, amount: object) -> float:
@@ -256,12 +305,9 @@ def transform_amount(kind: str, amount: object) -> float:
     label = {"scale": "k", "rotate": "angle", "noise": "noise sigma"}[kind]
     if amount is None or (isinstance(amount, str) and not amount.strip()):
         raise InputError(f"{label} is empty: type a number from {lo:g} to {hi:g}")
-    try:
-        value = float(amount)
-    except (TypeError, ValueError):
-        raise InputError(f"{label}: {str(amount)[:40]!r} is not a number") from None
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise InputError(f"{label} must be from {lo:g} to {hi:g}, not {value:g}")
+    value = read_number(amount, label)
+    if not lo <= value <= hi:
+        raise InputError(f"{label} must be from {lo:g} to {hi:g}, not {shown(value)}")
     return value
 
 
@@ -329,9 +375,11 @@ class Prediction:
         return s
 
 
-def check_futures(n_samples: int) -> None:
-    if not 1 <= n_samples <= 16:
-        raise InputError(f"number of futures must be between 1 and 16, not {n_samples}")
+MAX_FUTURES = 16
+
+
+def check_futures(n_samples: object) -> int:
+    return read_whole(n_samples, "the number of futures (N)", 1, MAX_FUTURES)
 
 
 def _std_map(futures: torch.Tensor) -> np.ndarray:
@@ -347,7 +395,7 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
     """Futures under the original and the edited conditions, in one batched call; scored against
     ``physics_frames`` (uint8 [T, 64, 64, 3], the scene under the edits) where given, and beside
     ``physics_futures`` (uint8 [K, T, 64, 64, 3], the same with the hidden causes re-drawn)."""
-    check_futures(n_samples)
+    n_samples = check_futures(n_samples)
     n_past = model.n_past
     n_future = len(frames) - n_past
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
@@ -397,7 +445,7 @@ def kinematics_note(source: Source) -> str:
 
 # ---- one call per button ----------------------------------------------------------------------
 
-def run_prediction(source: Source, index: int, model, n_future: int, table: list | None, n_samples: int,
+def run_prediction(source: Source, index: int, model, n_future: int, table: object, n_samples: object,
                    seed: object) -> Prediction:
     """Predict: the table and seed read and checked, the edited conditions (positions re-derived
     where the kinematics are known), the physics under them (simulated data), and the model's
@@ -407,7 +455,7 @@ def run_prediction(source: Source, index: int, model, n_future: int, table: list
     t = n_past + n_future
     z_seed = parse_seed(seed)
     edited = edited_conditions(cond, parse_table(table, n_past, n_future), n_past, source.kinematics)
-    check_futures(n_samples)  # before simulating that many physics futures
+    n_samples = check_futures(n_samples)  # before simulating that many physics futures
     phys = physics(source.sequences[index], edited[:t])
     phys_futures = physics_futures(source.sequences[index], edited[:t], n_samples)
     return predict(model, frames[:t], cond[:t], edited[:t], n_samples, z_seed, phys, phys_futures)

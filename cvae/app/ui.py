@@ -3,10 +3,17 @@ makes one ``logic`` call and builds what it shows with ``views``."""
 from __future__ import annotations
 
 import html
+import os
 import random
+import signal
 import tempfile
+import threading
+import time
 
 import gradio as gr
+import torch
+from gradio.components.dataframe import DataframeData
+from pydantic import model_validator
 
 from ..artifacts import curves_figure, read_log, upscale
 from ..errors import CheckpointError, ConfigError, DataError, InputError
@@ -37,11 +44,55 @@ def user_error(message: object) -> gr.Error:
     return gr.Error(_plain(message), print_exception=False)
 
 
-def keep_and_warn(message: object) -> dict:
-    """A toast for a mistake in an edit: the component keeps what it showed (raising would put a
-    red 'Error' box in place of the person's table)."""
-    gr.Warning(_plain(message))
-    return gr.update()
+class SentTable(DataframeData):
+    """Gradio's table payload, made lenient: what a script sends in any shape reaches the app,
+    which names what is wrong with it (``logic.table_data``), instead of failing in Gradio's own
+    validation with a generic "the upstream app has raised an exception"."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def keep_what_was_sent(cls, value: object) -> object:
+        if (isinstance(value, dict) and isinstance(value.get("headers"), list) and isinstance(value.get("data"), list)
+                and all(isinstance(row, (list, tuple)) for row in value["data"])):
+            return value
+        return {"headers": [], "data": [], "metadata": {"sent": [value]}}
+
+
+class Table(gr.Dataframe):
+    """The action table: Gradio's Dataframe with :class:`SentTable` as its payload."""
+
+    data_model = SentTable
+
+    def get_block_name(self) -> str:
+        return "dataframe"
+
+
+def as_sent(payload: object) -> object:
+    """The table exactly as a script sent it, where :class:`SentTable` had to wrap it."""
+    if isinstance(payload, dict) and (payload.get("metadata") or {}).get("sent"):
+        return payload["metadata"]["sent"][0]
+    return payload
+
+
+class Warnings:
+    """Toasts for mistakes in an edit. The component keeps what it showed (raising would put a red
+    'Error' box in place of the person's table); the same message for the same edit is shown once,
+    though the table reports one edit more than once."""
+
+    REPEAT_S = 3.0
+
+    def __init__(self) -> None:
+        self.last: tuple[str, str, float] = ("", "", 0.0)
+        self.lock = threading.Lock()
+
+    def keep_and_warn(self, message: object, edit: object) -> dict:
+        text, key, now = _plain(message), repr(edit)[:2000], time.monotonic()
+        with self.lock:
+            repeated = self.last[:2] == (text, key) and now - self.last[2] < self.REPEAT_S
+            self.last = (text, key, now)
+        if not repeated:
+            gr.Warning(text)
+        return gr.update()
 
 
 def _picked(evt: gr.SelectData) -> int:
@@ -57,6 +108,7 @@ class App:
         self.sources = logic.find_sources(data_dirs)
         self.models = logic.find_models(runs_dirs)
         self.outputs = views.Outputs()
+        self.warnings = Warnings()
 
     def selection(self, source_label: str, index: object, model_label: str) -> tuple:
         """The chosen source, sequence index and model, and how many frames the model sees and predicts."""
@@ -65,9 +117,10 @@ class App:
         if model_label not in self.models:
             raise user_error(f"unknown model {model_label!r}")
         source = self.sources[source_label]
-        index = int(index)
-        if not 0 <= index < len(source.sequences):
-            raise user_error(f"sequence {index} is out of range: {source_label} has {len(source.sequences)}")
+        try:
+            index = logic.read_whole(index, f"the sequence index ({source_label})", 0, len(source.sequences) - 1)
+        except InputError as e:
+            raise user_error(e) from None
         try:
             model = logic.cached_model(self.models[model_label].path)
         except CheckpointError as e:
@@ -97,7 +150,7 @@ class App:
         try:
             return logic.transformed_table(kind, source, index, n_past, n_future, table, amount, seed)
         except InputError as e:
-            return keep_and_warn(e)
+            return self.warnings.keep_and_warn(e, (kind, table, amount))
 
     def on_table_input(self, source_label: str, index: int, model_label: str, table: list) -> list | dict:
         """Typing into dx, dy or lift re-derives x, y, z at once where the kinematics are known."""
@@ -105,14 +158,16 @@ class App:
         try:
             rows_ = logic.rederived_table(source, index, n_past, n_future, table)
         except InputError as e:
-            return keep_and_warn(e)
+            return self.warnings.keep_and_warn(e, table)
         return gr.update() if rows_ is None else rows_
 
-    def on_predict(self, source_label: str, index: int, model_label: str, table: list, n_samples: float,
-                   seed: float) -> tuple:
-        source, index, model, n_past, n_future = self.selection(source_label, index, model_label)
+    def on_predict(self, source_label: object, index: object, model_label: object, table: object, n_samples: object,
+                   seed: object) -> tuple:
+        """Wired with ``preprocess=False``: it gets the values as the page or a script sent them
+        (no silent rounding or clamping by Gradio), and every one of them is checked here."""
+        source, index, model, n_past, n_future = self.selection(str(source_label), index, str(model_label))
         try:
-            p = logic.run_prediction(source, index, model, n_future, table, int(n_samples), seed)
+            p = logic.run_prediction(source, index, model, n_future, as_sent(table), n_samples, seed)
         except InputError as e:
             raise user_error(e) from None
         v = views.prediction_views(p, n_past, n_future, self.outputs.new())
@@ -157,7 +212,8 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                 ctx1 = gr.Image(label="context frame 1", elem_classes="frame", height=200, elem_id="ctx1")
                 truth = gr.Image(label="ground truth (all 12 frames)", elem_classes="frame", height=200, elem_id="truth")
             kin_note = gr.Markdown(elem_id="kinematics")
-            table = gr.Dataframe(headers=logic.HEADERS, datatype=["number"] * len(logic.HEADERS), type="array",
+            table = Table(headers=logic.HEADERS, datatype=["number"] * 2 + ["str"] * (len(logic.HEADERS) - 2),
+                                 type="array",
                                  interactive=True, static_columns=[0, 1], label="Conditions of the predicted steps "
                                  "(step t drives frame t+1). Edit any cell.", elem_id="table")
             with gr.Row():
@@ -171,8 +227,8 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                 noise = gr.Button("add noise", size="sm", elem_id="noise")
                 reset = gr.Button("reset", size="sm", elem_id="reset")
             with gr.Row():
-                seed = gr.Number(0, label="seed (z)", precision=0, elem_id="seed")
-                n_samples = gr.Slider(1, 16, value=8, step=1, label="futures (N)", elem_id="n_samples")
+                seed = gr.Number(0, label="seed (z, a whole number)", elem_id="seed")
+                n_samples = gr.Number(8, label=f"futures (N, 1-{logic.MAX_FUTURES})", elem_id="n_samples")
                 predict_btn = gr.Button("Predict", variant="primary", elem_id="predict")
                 resample = gr.Button("Resample z", elem_id="resample")
             summary = gr.Markdown(elem_id="summary")
@@ -209,16 +265,37 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
             btn.click(lambda s, i, m, t, a, z, kind=kind: app.on_transform(kind, s, i, m, t, a, z),
                       [source_dd, index, model_dd, table, amount or scale_k, seed], table)
         table.input(app.on_table_input, [source_dd, index, model_dd, table], table)
-        predict_btn.click(app.on_predict, pred_inputs, pred_outputs, api_name="predict")
-        resample.click(lambda: random.randrange(2**31), None, seed).then(app.on_predict, pred_inputs, pred_outputs)
+        predict_btn.click(app.on_predict, pred_inputs, pred_outputs, api_name="predict", preprocess=False)
+        resample.click(lambda: random.randrange(2**31), None, seed).then(app.on_predict, pred_inputs, pred_outputs,
+                                                                          preprocess=False)
         runs_dd.change(app.on_curves, runs_dd, curves)
         demo.load(app.on_source, [source_dd, model_dd], [index, gallery, *seq_outputs]).then(app.on_curves, runs_dd, curves)
     return demo
 
 
+def serving_policy(threads: int | None, concurrency: int | None) -> tuple[int, int]:
+    """Intra-op threads per request and requests served at once. The default, chosen by
+    measurement (bench/README.md, "The app under load"): one thread per request and as many
+    requests at once as there are cores, so concurrent requests never oversubscribe the cores,
+    which made each one many times slower on a loaded machine."""
+    cores = os.cpu_count() or 1
+    return threads or 1, concurrency or cores
+
+
 def launch(data_dirs: list[str], runs_dirs: list[str], host: str | None, port: int | None, share: bool,
-           keep_minutes: float = 10) -> None:
+           keep_minutes: float = 10, threads: int | None = None, concurrency: int | None = None) -> None:
+    threads, concurrency = serving_policy(threads, concurrency)
+    torch.set_num_threads(threads)
+    # SIGTERM stops the server as Ctrl-C does (Gradio closes it on KeyboardInterrupt), and the
+    # process then exits normally, removing its output folder.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo = build(data_dirs, runs_dirs, keep_minutes)
-    demo.queue(default_concurrency_limit=2, max_size=64)
-    demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
-                allowed_paths=[tempfile.gettempdir()])
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    # quiet: Gradio's own lines would advise `share=True` in `launch()`; this app's flag is --share.
+    _, local_url, share_url = demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(),
+                                          css=CSS, allowed_paths=[tempfile.gettempdir()], quiet=True,
+                                          prevent_thread_lock=True)
+    public = f" and publicly on {share_url}" if share_url else " (add --share for a public link)"
+    print(f"Running on {local_url}{public}; {threads} thread(s) per request, {concurrency} request(s) at once. "
+          "Ctrl-C stops it.", flush=True)
+    demo.block_thread()

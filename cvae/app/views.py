@@ -2,9 +2,11 @@
 maps, the per-step plot and the summary text. Files go to a bounded per-request folder."""
 from __future__ import annotations
 
+import atexit
 import collections
 import shutil
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +23,22 @@ UNCERTAINTY_MAX = 32.0  # grey levels at the top of the uncertainty map's fixed 
 
 class Outputs:
     """A fresh folder per request under one root, keeping only the newest KEEP_OUTPUTS, so a
-    long-running server's disk use stays bounded."""
+    long-running server's disk use stays bounded; the root goes when the process exits."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="cvae_app_"))
         self.folders: collections.deque[Path] = collections.deque()
+        self.lock = threading.Lock()  # requests run in several threads at once
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
 
     def new(self) -> Path:
         folder = self.root / uuid.uuid4().hex
         folder.mkdir()
-        self.folders.append(folder)
-        while len(self.folders) > KEEP_OUTPUTS:
-            shutil.rmtree(self.folders.popleft(), ignore_errors=True)
+        with self.lock:
+            self.folders.append(folder)
+            stale = [self.folders.popleft() for _ in range(len(self.folders) - KEEP_OUTPUTS)]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
         return folder
 
 
