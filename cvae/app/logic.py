@@ -130,9 +130,10 @@ def describe(path: Path, name: str) -> ModelEntry:
     log = find_log(path)
     shown = f"test PSNR {score:.2f} dB" if score is not None else "not evaluated"
     head = cfg.get("output", "image")
-    label = (f"{name} · {cfg['prior']} prior, {head} head, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']}, "
-             f"epoch {meta.get('epoch', '?')} · {shown}")
-    return ModelEntry(label, path, cfg, score, log, quality(path, scores))
+    label = f"{name} · {head} head, {cfg['prior']} prior, epoch {meta.get('epoch', '?')} · {shown}"
+    shape = (f"*{name}*: {head} head, {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']} "
+             f"rnn{cfg.get('rnn_size', '?')}. ")
+    return ModelEntry(label, path, cfg, score, log, shape + quality(path, scores))
 
 
 def find_models(runs_dirs: list[str | Path]) -> dict[str, ModelEntry]:

@@ -58,15 +58,6 @@ class SentTable(DataframeData):
         return {"headers": [], "data": [], "metadata": {"sent": [value]}}
 
 
-class Table(gr.Dataframe):
-    """The action table: Gradio's Dataframe with :class:`SentTable` as its payload."""
-
-    data_model = SentTable
-
-    def get_block_name(self) -> str:
-        return "dataframe"
-
-
 def as_sent(payload: object) -> object:
     """The table exactly as a script sent it, where :class:`SentTable` had to wrap it."""
     if isinstance(payload, dict) and (payload.get("metadata") or {}).get("sent"):
@@ -203,7 +194,7 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                 source_dd = gr.Dropdown(list(sources), value=first_source, label="Sequences", elem_id="source")
                 index = gr.Slider(0, len(sources[first_source].sequences) - 1, value=0, step=1, label="Sequence",
                                   elem_id="index")
-                model_dd = gr.Dropdown(list(models), value=first_model, label="Model", elem_id="model", scale=2)
+                model_dd = gr.Dropdown(list(models), value=first_model, label="Model", elem_id="model", scale=3)
             quality = gr.Markdown(models[first_model].quality, elem_id="quality")
             gallery = gr.Gallery(label="Pick a sequence (first frames)", columns=12, height=130, allow_preview=False,
                                  elem_id="gallery")
@@ -212,20 +203,25 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                 ctx1 = gr.Image(label="context frame 1", elem_classes="frame", height=200, elem_id="ctx1")
                 truth = gr.Image(label="ground truth (all 12 frames)", elem_classes="frame", height=200, elem_id="truth")
             kin_note = gr.Markdown(elem_id="kinematics")
-            table = Table(headers=logic.HEADERS, datatype=["number"] * 2 + ["str"] * (len(logic.HEADERS) - 2),
+            table = gr.Dataframe(headers=logic.HEADERS, datatype=["number"] * 2 + ["str"] * (len(logic.HEADERS) - 2),
                                  type="array",
                                  interactive=True, static_columns=[0, 1], label="Conditions of the predicted steps "
                                  "(step t drives frame t+1). Edit any cell.", elem_id="table")
-            with gr.Row():
-                zero = gr.Button("zero motion", size="sm", elem_id="zero")
-                reverse = gr.Button("reverse (-dx, -dy)", size="sm", elem_id="reverse")
-                scale_k = gr.Number(2.0, label="k (-5 to 5)", min_width=60, elem_id="scale_k")
-                scale = gr.Button("scale by k", size="sm", elem_id="scale")
-                angle = gr.Number(90.0, label="angle (deg, -360 to 360)", min_width=80, elem_id="angle")
-                rotate = gr.Button("rotate", size="sm", elem_id="rotate")
-                sigma = gr.Number(0.03, label="noise sigma (0 to 0.2)", min_width=80, elem_id="sigma")
-                noise = gr.Button("add noise", size="sm", elem_id="noise")
-                reset = gr.Button("reset", size="sm", elem_id="reset")
+            table.data_model = SentTable  # this instance only (a subclass would make Gradio write a .pyi)
+            with gr.Row(equal_height=True):  # transforms of the motion: each amount beside its button
+                with gr.Column(scale=1, min_width=150):
+                    zero = gr.Button("zero motion", size="sm", elem_id="zero")
+                    reverse = gr.Button("reverse (-dx, -dy)", size="sm", elem_id="reverse")
+                    reset = gr.Button("reset to the sequence's", size="sm", elem_id="reset")
+                with gr.Column(scale=1, min_width=150):
+                    scale_k = gr.Number(2.0, label="k (-5 to 5)", elem_id="scale_k")
+                    scale = gr.Button("scale dx, dy by k", size="sm", elem_id="scale")
+                with gr.Column(scale=1, min_width=150):
+                    angle = gr.Number(90.0, label="angle (degrees, -360 to 360)", elem_id="angle")
+                    rotate = gr.Button("rotate dx, dy", size="sm", elem_id="rotate")
+                with gr.Column(scale=1, min_width=150):
+                    sigma = gr.Number(0.03, label="noise sigma (0 to 0.2)", elem_id="sigma")
+                    noise = gr.Button("add noise to dx, dy", size="sm", elem_id="noise")
             with gr.Row():
                 seed = gr.Number(0, label="seed (z, a whole number)", elem_id="seed")
                 n_samples = gr.Number(8, label=f"futures (N, 1-{logic.MAX_FUTURES})", elem_id="n_samples")
@@ -241,8 +237,9 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                                    elem_id="futures")
                 physics_futures = gr.Image(label="physics: N futures with your actions (hidden causes re-drawn)",
                                            elem_classes="frame", elem_id="physics_futures")
-            std = gr.Image(label="uncertainty: per-pixel std over the futures, averaged over frames, in grey levels "
-                           "(one fixed scale)", elem_classes="frame", elem_id="std", height=300)
+            gr.Markdown("**Uncertainty**: per-pixel std over the futures, averaged over frames, in grey levels "
+                        "(one fixed scale; each map is titled underneath)")
+            std = gr.Image(show_label=False, elem_classes="frame", elem_id="std", height=300)
             steps = gr.Image(label="per step: truth / original actions / your actions", elem_classes="frame",
                              elem_id="steps")
             step_plot = gr.Plot(label="per-step PSNR and SSIM", elem_id="step_plot")
