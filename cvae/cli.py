@@ -105,6 +105,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(args.ckpt, device)
+    model = model.set_channels_last()
     cfg = meta["config"]
     n_future = args.n_future or cfg["n_future"]
     data = args.data or cfg["data"]

@@ -111,8 +111,7 @@ def prepare(model: SVG, cfg: Config, device: torch.device) -> tuple[SVG, torch.o
     The benchmarks use it too, so they time what training runs."""
     model = model.to(device)
     if cfg.channels_last:
-        model.channels_last = True
-        model = model.to(memory_format=torch.channels_last)
+        model = model.set_channels_last()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=device.type == "cuda" or None)
     return model, opt
 

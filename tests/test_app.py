@@ -31,7 +31,7 @@ def test_bundled_assets_are_found():
     assert len(sources["bundled test sequences"].sequences) == 16
     assert sources["bundled test sequences"].kinematics is not None
     (label,) = models
-    assert label.startswith("bundled · fixed prior") and "test PSNR" in label
+    assert label.startswith("bundled · cdna head, fixed prior") and "test PSNR" in label
 
 
 def test_runs_folder_checkpoints_are_listed(tmp_path):

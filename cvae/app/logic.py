@@ -155,8 +155,9 @@ def find_models(runs_dirs: list[str | Path]) -> dict[str, ModelEntry]:
 
 @lru_cache(maxsize=8)
 def cached_model(path: Path):
+    """The model at ``path``, loaded once per server, in the CPU's faster NHWC layout."""
     model, _ = load_model(path, "cpu")
-    return model
+    return model.set_channels_last()
 
 
 # ---- the condition table -------------------------------------------------------------------
