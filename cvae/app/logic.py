@@ -6,6 +6,7 @@ import json
 import math
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -410,13 +411,20 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
     result = Prediction(truth=x, original=out[0], edited=out[1], psnr_original=p_orig, psnr_edited=p_edit,
                         ssim_edited=ssim(out[1], target), best=int(p_orig.mean(1).argmax()),
                         edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds)
+    return with_physics(result, n_past, physics_frames, physics_futures)
+
+
+def with_physics(result: Prediction, n_past: int, physics_frames: np.ndarray | None,
+                 physics_futures: np.ndarray | None) -> Prediction:
+    """``result`` scored against the physics under the edits, and beside its re-drawn futures."""
+    t = len(result.truth)
     if physics_frames is not None:
-        phys = torch.from_numpy(physics_frames[: len(frames)]).permute(0, 3, 1, 2).float() / 255
+        phys = torch.from_numpy(physics_frames[:t]).permute(0, 3, 1, 2).float() / 255
         result.physics = phys
-        result.psnr_physics = psnr(out[1, 0], phys[n_past:])
-        result.psnr_physics_copy_last = psnr(x[n_past - 1].expand_as(phys[n_past:]), phys[n_past:])
+        result.psnr_physics = psnr(result.edited[0], phys[n_past:])
+        result.psnr_physics_copy_last = psnr(result.truth[n_past - 1].expand_as(phys[n_past:]), phys[n_past:])
     if physics_futures is not None:
-        result.physics_futures = torch.from_numpy(physics_futures[:, n_past : len(frames)]).permute(0, 1, 4, 2, 3).float() / 255
+        result.physics_futures = torch.from_numpy(physics_futures[:, n_past:t]).permute(0, 1, 4, 2, 3).float() / 255
     return result
 
 
@@ -458,9 +466,13 @@ def run_prediction(source: Source, index: int, model, n_future: int, table: obje
     z_seed = parse_seed(seed)
     edited = edited_conditions(cond, parse_table(table, n_past, n_future), n_past, source.kinematics)
     n_samples = check_futures(n_samples)  # before simulating that many physics futures
-    phys = physics(source.sequences[index], edited[:t])
-    phys_futures = physics_futures(source.sequences[index], edited[:t], n_samples)
-    return predict(model, frames[:t], cond[:t], edited[:t], n_samples, z_seed, phys, phys_futures)
+    seq = source.sequences[index]
+    # The world re-simulates in a thread while the model predicts: torch and pymunk's C calls
+    # release the GIL, so the two overlap where a core is free (bench/README.md).
+    with ThreadPoolExecutor(1) as pool:
+        world = pool.submit(lambda: (physics(seq, edited[:t]), physics_futures(seq, edited[:t], n_samples)))
+        result = predict(model, frames[:t], cond[:t], edited[:t], n_samples, z_seed)
+        return with_physics(result, n_past, *world.result())
 
 
 def transformed_table(kind: str, source: Source, index: int, n_past: int, n_future: int, table: list | None,
