@@ -228,20 +228,22 @@ def build(data_dirs: list[str], runs_dirs: list[str], keep_minutes: float = 10) 
                 predict_btn = gr.Button("Predict", variant="primary", elem_id="predict")
                 resample = gr.Button("Resample z", elem_id="resample")
             summary = gr.Markdown(elem_id="summary")
-            compare = gr.Image(label="truth | original actions | your actions (red border: predicted) | "
-                               "physics under your actions (simulated data only)",
-                               elem_classes="frame", elem_id="compare")
+            # Titles go above the images, not in Gradio's labels, which cover the images' top left.
+            gr.Markdown("**truth | original actions | your actions** (red border: predicted) **| physics under "
+                        "your actions** (simulated data only)")
+            compare = gr.Image(show_label=False, elem_classes="frame", elem_id="compare")
+            gr.Markdown("**Left:** truth | the best of N (original actions). **Middle:** the model's N futures "
+                        "with your actions, one z each. **Right:** physics: N futures with your actions, the "
+                        "hidden causes re-drawn (simulated data only).")
             with gr.Row():
-                best = gr.Image(label="truth | best of N (original actions)", elem_classes="frame", elem_id="best")
-                futures = gr.Image(label="model: N futures with your actions (one z each)", elem_classes="frame",
-                                   elem_id="futures")
-                physics_futures = gr.Image(label="physics: N futures with your actions (hidden causes re-drawn)",
-                                           elem_classes="frame", elem_id="physics_futures")
+                best = gr.Image(show_label=False, elem_classes="frame", elem_id="best")
+                futures = gr.Image(show_label=False, elem_classes="frame", elem_id="futures")
+                physics_futures = gr.Image(show_label=False, elem_classes="frame", elem_id="physics_futures")
             gr.Markdown("**Uncertainty**: per-pixel std over the futures, averaged over frames, in grey levels "
                         "(one fixed scale; each map is titled underneath)")
             std = gr.Image(show_label=False, elem_classes="frame", elem_id="std", height=300)
-            steps = gr.Image(label="per step: truth / original actions / your actions", elem_classes="frame",
-                             elem_id="steps")
+            gr.Markdown("**Per step**: truth / original actions / your actions")
+            steps = gr.Image(show_label=False, elem_classes="frame", elem_id="steps")
             step_plot = gr.Plot(label="per-step PSNR and SSIM", elem_id="step_plot")
         with gr.Tab("Training curves"):
             with_logs = [label for label, e in models.items() if e.log is not None]
