@@ -591,9 +591,8 @@ def test_a_stopped_server_removes_its_folder_and_names_its_share_flag(tmp_path, 
     with open(log, "w") as out:
         proc, _ = start_app([], env={"TMPDIR": str(tmp_path)}, stdout=out)
     assert list(tmp_path.glob("cvae_app_*"))  # its output folder, while it runs
-    for _ in range(100):
-        if "Running on" in log.read_text():
-            break
+    deadline = time.time() + 120  # the port opens a moment before the line is printed
+    while "Running on" not in log.read_text() and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(how)
     proc.wait(timeout=60)

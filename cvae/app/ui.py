@@ -285,9 +285,12 @@ def launch(data_dirs: list[str], runs_dirs: list[str], host: str | None, port: i
            keep_minutes: float = 10, threads: int | None = None, concurrency: int | None = None) -> None:
     threads, concurrency = serving_policy(threads, concurrency)
     torch.set_num_threads(threads)
-    # SIGTERM stops the server as Ctrl-C does (Gradio closes it on KeyboardInterrupt), and the
-    # process then exits normally, removing its output folder.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM set a flag rather than raise wherever the main thread happens to be
+    # (a KeyboardInterrupt inside Gradio's start-up was swallowed and left the server running);
+    # the server is closed once it is up, and the process exits normally, removing its folder.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     demo = build(data_dirs, runs_dirs, keep_minutes)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     # quiet: Gradio's own lines would advise `share=True` in `launch()`; this app's flag is --share.
@@ -297,4 +300,7 @@ def launch(data_dirs: list[str], runs_dirs: list[str], host: str | None, port: i
     public = f" and publicly on {share_url}" if share_url else " (add --share for a public link)"
     print(f"Running on {local_url}{public}; {threads} thread(s) per request, {concurrency} request(s) at once. "
           "Ctrl-C stops it.", flush=True)
-    demo.block_thread()
+    while not stop.wait(0.2):
+        pass
+    print("stopping the server", flush=True)
+    demo.close()
