@@ -6,11 +6,13 @@ A checkpoint is a folder. It is written whole under a temporary name, then swapp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,26 +26,40 @@ from .model import SVG
 WEIGHTS, META, STATE, LOG = "model.safetensors", "meta.json", "state.pt", "log.jsonl"
 
 
-def save(path: str | Path, model: torch.nn.Module, config: dict, meta: dict, state: dict | None = None) -> Path:
-    """Write the checkpoint folder ``path`` whole, durably, then swap it in. A failed write (a full
-    disk) removes its partial copy and raises CheckpointError; the previous ``path`` is untouched."""
-    path = Path(path)
+@contextlib.contextmanager
+def staged(path: Path, doing: str) -> Iterator[Path]:
+    """A temporary folder beside ``path`` for the caller to fill; then it is fsynced and swapped in
+    whole. A failed write (a full disk) removes it and raises CheckpointError saying ``doing`` failed;
+    the previous ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS)
-        (tmp / META).write_text(json.dumps({"config": config, **meta}, indent=1))
-        if state is not None:
-            torch.save(state, tmp / STATE)
+        yield tmp
         fsync_tree(tmp)
-    except (OSError, SafetensorError, RuntimeError) as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, (OSError, SafetensorError, RuntimeError)):
+            raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         kept = f"the previous {path} is intact" if (path / WEIGHTS).is_file() else f"no earlier {path} exists"
-        raise CheckpointError(f"could not save {path} ({reason}); {kept}") from None
+        raise CheckpointError(f"could not {doing} ({reason}); {kept}") from None
     swap_in(tmp, path)
+
+
+def _write(folder: Path, model: torch.nn.Module, config: dict, meta: dict, state: dict | None) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, folder / WEIGHTS)
+    (folder / META).write_text(json.dumps({"config": config, **meta}, indent=1))
+    if state is not None:
+        torch.save(state, folder / STATE)
+
+
+def save(path: str | Path, model: torch.nn.Module, config: dict, meta: dict, state: dict | None = None) -> Path:
+    """Write the checkpoint folder ``path`` whole, durably, then swap it in (:func:`staged`)."""
+    path = Path(path)
+    with staged(path, f"save {path}") as tmp:
+        _write(tmp, model, config, meta, state)
     return path
 
 
@@ -61,15 +77,8 @@ def swap_in(tmp: Path, path: Path) -> None:
 
 def copy(src: Path, dst: Path) -> None:
     """Copy the checkpoint folder ``src`` to ``dst`` as atomically and durably as :func:`save`."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp)
-        fsync_tree(tmp)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not copy {src} to {dst} ({e.strerror}); the previous {dst} is intact") from None
-    swap_in(tmp, dst)
+    with staged(dst, f"copy {src} to {dst}") as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def recover(folder: Path, name: str) -> None:
@@ -173,14 +182,11 @@ def export(src: str | Path, dst: str | Path, force: bool = False) -> Path:
         raise CheckpointError(f"export --out {dst} is a file; choose a folder")
     model, meta = load_model(src)
     config = meta.pop("config")
-    tmp = dst.with_name(f".{dst.name}.export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp, model, config, meta)
-    if (src / "eval").is_dir():
-        shutil.copytree(src / "eval", tmp / "eval", ignore=shutil.ignore_patterns("*.html"))
-    log = find_log(src)
-    if log is not None:
-        shutil.copy2(log, tmp / LOG)
-    fsync_tree(tmp)
-    swap_in(tmp, dst)
+    with staged(dst, f"export to {dst}") as tmp:
+        _write(tmp, model, config, meta, None)
+        if (src / "eval").is_dir():
+            shutil.copytree(src / "eval", tmp / "eval", ignore=shutil.ignore_patterns("*.html"))
+        log = find_log(src)
+        if log is not None:
+            shutil.copy2(log, tmp / LOG)
     return dst

@@ -72,17 +72,15 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_folder(ckpt: Path, data: str, split: str) -> Path:
+def eval_folder(ckpt: Path, data: str, split: str, data_fingerprint: str) -> Path:
     """``CKPT/eval``, unless it holds a score measured on other data: that score stays, and this
     one goes beside it, so evaluating elsewhere never silently replaces a model's own score."""
-    from .data.bair import fingerprint
-
     home = ckpt / "eval"
     try:
         old = json.loads((home / "eval.json").read_text()).get("extra", {})
     except (OSError, json.JSONDecodeError):
         return home
-    same = (old.get("split") == split and (old.get("data_fingerprint") == fingerprint(data, split)
+    same = (old.get("split") == split and (old.get("data_fingerprint") == data_fingerprint
             if old.get("data_fingerprint") else Path(old.get("data", "")).resolve() == Path(data).resolve()))
     if same:
         return home
@@ -112,14 +110,15 @@ def eval_command(args: argparse.Namespace) -> int:
     ds = BairDataset(data, args.split, model.n_past + n_future)
     if not 0 <= args.seq < len(ds):
         raise ConfigError(f"--seq {args.seq} is out of range: the split has {len(ds)} sequences")
-    out = Path(args.out) if args.out else eval_folder(Path(args.ckpt), data, args.split)
+    data_fingerprint = fingerprint(data, args.split)
+    out = Path(args.out) if args.out else eval_folder(Path(args.ckpt), data, args.split, data_fingerprint)
     result = evaluate(model, ds, n_future, args.samples, args.seed, args.limit, baselines=True,
                       ee_window=read_kinematics(data) == KINEMATICS, device=device, progress=True)
     result.counterfactual = counterfactual(model, ds, n_future, args.seed, args.limit, device=device, progress=True)
     result.distribution = distribution(model, ds, args.truths, args.samples, n_future, args.seed, args.limit,
                                        workers=args.workers, device=device, progress=True)
     result.extra = {"checkpoint": str(args.ckpt), "data": str(data), "split": args.split,
-                    "data_fingerprint": fingerprint(data, args.split), "epoch": meta.get("epoch")}
+                    "data_fingerprint": data_fingerprint, "epoch": meta.get("epoch")}
     result.to_json(out / "eval.json")
     print(result.table())
     x, c = ds[args.seq]

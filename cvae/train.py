@@ -138,9 +138,22 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     return torch.stack([loss.detach(), mse.detach(), kld.detach()])
 
 
+def beta_at(cfg: Config, step: int) -> float:
+    """The KL weight at global ``step``, per ``cfg``'s annealing (by step or by epoch)."""
+    if cfg.kl_granularity == "step":
+        t, total = step, cfg.epochs * cfg.iters_per_epoch
+    else:
+        t, total = step // cfg.iters_per_epoch, cfg.epochs
+    return kl_beta(cfg.kl_anneal, t, total, cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
+
+
+def tfr_at(cfg: Config, epoch: int) -> float:
+    """The teacher-forcing ratio of ``epoch`` per ``cfg``."""
+    return teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step, cfg.tfr_lower_bound)
+
+
 def describe_schedules(cfg: Config) -> str:
     """The KL weight and teacher-forcing ratio per epoch, in brief: what ``--epochs`` shapes."""
-    total = cfg.epochs * cfg.iters_per_epoch
 
     def runs(values: list[float]) -> str:
         spans, start = [], 0
@@ -150,11 +163,8 @@ def describe_schedules(cfg: Config) -> str:
                 start = e
         return ", ".join(spans if len(spans) <= 7 else spans[:4] + ["..."] + spans[-2:])
 
-    betas = [kl_beta(cfg.kl_anneal, e * cfg.iters_per_epoch if cfg.kl_granularity == "step" else e,
-                     total if cfg.kl_granularity == "step" else cfg.epochs, cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
-             for e in range(cfg.epochs)]
-    tfrs = [teacher_forcing_ratio(e, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step, cfg.tfr_lower_bound)
-            for e in range(cfg.epochs)]
+    betas = [beta_at(cfg, e * cfg.iters_per_epoch) for e in range(cfg.epochs)]
+    tfrs = [tfr_at(cfg, e) for e in range(cfg.epochs)]
     return (f"{cfg.epochs} epochs x {cfg.iters_per_epoch} steps; by epoch (they stretch with --epochs; "
             f"--stop-at-step stops early without changing them):\n  KL weight ({cfg.kl_anneal}): {runs(betas)}"
             f"\n  teacher forcing: {runs(tfrs)}")
@@ -313,8 +323,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
     last_val = None
     try:
         while loop.epoch < cfg.epochs:
-            tfr = teacher_forcing_ratio(loop.epoch, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step,
-                                        cfg.tfr_lower_bound)
+            tfr = tfr_at(cfg, loop.epoch)
             sampler = WindowBatchSampler(len(train_ds), train_ds.n_frames, seq_len, cfg.batch_size,
                                          cfg.iters_per_epoch, cfg.seed, loop.epoch, loop.step_in_epoch, rt.rank, rt.world)
             # A private generator: creating an iterator must not draw from the global RNG, which the
@@ -328,9 +337,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             for x, c in loader:
                 x, c = x.to(rt.device, non_blocking=True), c.to(rt.device, non_blocking=True)
                 step = loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch
-                beta = kl_beta(cfg.kl_anneal, step if cfg.kl_granularity == "step" else loop.epoch,
-                               total_steps if cfg.kl_granularity == "step" else cfg.epochs,
-                               cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
+                beta = beta_at(cfg, step)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits)
                 count += 1

@@ -420,11 +420,7 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
     shots = ROOT / "test-artifacts"
     shots.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = _browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(server)
-        page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
-        page.wait_for_selector("#ctx1 img", timeout=60_000)
+        browser, page = _open_page(pw, server, 1800, "#ctx1 img")
         assert "Test PSNR" in page.locator("#quality").inner_text()  # the page says how good the model is
         page.locator("#gallery .thumbnail-item").nth(SEQ).click()  # pick the sequence by its thumbnail
         page.wait_for_function(f"document.querySelector('#index input[type=number]').value == '{SEQ}'",
@@ -483,12 +479,8 @@ def test_browser_a_cleared_cell_shows_what_the_server_reads_and_warns_once(serve
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = _browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(server)
+        browser, page = _open_page(pw, server, 1400, "#ctx1 img")
         cell = page.locator('#table [data-testid="cell-0-2"]')
-        page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
-        page.wait_for_selector("#ctx1 img", timeout=60_000)
         cell.dblclick()
         page.keyboard.press("Control+A")
         page.keyboard.press("Backspace")
@@ -504,10 +496,16 @@ def test_browser_a_cleared_cell_shows_what_the_server_reads_and_warns_once(serve
         assert "row 1, column dx is empty" in page.locator(".toast-body").first.inner_text()
         browser.close()
 
-def _browser(pw):
-    return pw.chromium.launch(executable_path=_chromium(), headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+def _open_page(pw, server: str, height: int, ready: str):
+    """Chromium on the app, once its action table and ``ready`` are on the page: (browser, page)."""
+    browser = pw.chromium.launch(executable_path=_chromium(), headless=True,
+                                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                       "--disable-component-update", "--disable-sync", "--no-first-run"])
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(server)
+    page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
+    page.wait_for_selector(ready, timeout=60_000)
+    return browser, page
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
@@ -525,11 +523,7 @@ def test_browser_resample_z_changes_the_uncertain_futures(server, bundled):
     source = bundled[0]
     _, u_cond = logic.load_sequence(source.sequences[UNCERTAIN_SEQ])
     with sync_playwright() as pw:
-        browser = _browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(server)
-        page.wait_for_selector('#table [data-testid="cell-0-2"]', timeout=60_000)
-        page.wait_for_selector("#gallery .thumbnail-item", timeout=60_000)
+        browser, page = _open_page(pw, server, 1800, "#gallery .thumbnail-item")
         page.locator("#gallery .thumbnail-item").nth(UNCERTAIN_SEQ).click()
         page.wait_for_function(f"document.querySelector('#index input[type=number]').value == '{UNCERTAIN_SEQ}'",
                                timeout=30_000)

@@ -75,16 +75,21 @@ class ImageHead(Head):
         return self.generated(out)
 
 
-@register
-class ComposeHead(Head):
-    """frame = m * generated + (1 - m) * previous frame, the mask starting almost closed."""
-
-    name = "compose"
-    extra = 1
+class MaskedHead(Head):
+    """A head whose first extra channel is the generated image's mask logit, started at MASK_BIAS
+    so an untrained model (nearly) copies the previous frame."""
 
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         with torch.no_grad():
             last.bias[self.nc] = MASK_BIAS
+
+
+@register
+class ComposeHead(MaskedHead):
+    """frame = m * generated + (1 - m) * previous frame, the mask starting almost closed."""
+
+    name = "compose"
+    extra = 1
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor) -> torch.Tensor:
@@ -94,7 +99,7 @@ class ComposeHead(Head):
 
 
 @register
-class CDNAHead(Head):
+class CDNAHead(MaskedHead):
     """Kernels predicted from the frame code move copies of the previous frame; a softmax mask per
     pixel chooses among the generated image, the previous frame and the moved copies."""
 
@@ -104,10 +109,6 @@ class CDNAHead(Head):
     def __init__(self, g_dim: int, nc: int = 3) -> None:
         super().__init__(g_dim, nc)
         self.kernels = CDNAKernels(g_dim)
-
-    def init_last(self, last: nn.ConvTranspose2d) -> None:
-        with torch.no_grad():
-            last.bias[self.nc] = MASK_BIAS
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor) -> torch.Tensor:
