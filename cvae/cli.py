@@ -58,6 +58,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def train_command(args: argparse.Namespace) -> int:
     from . import checkpoint
+    from .model.svg import ModelConfig
     from .run import RunFolder
     from .train import train
 
@@ -65,6 +66,9 @@ def train_command(args: argparse.Namespace) -> int:
     run = RunFolder(overrides.get("out", preset(args.preset).out))
     if args.resume and run.has_checkpoint():
         cfg = Config.from_dict({**checkpoint.read_meta(run.last)["config"], **overrides}).validate()
+    elif overrides.get("init"):  # fine-tuning: the model's shape is the checkpoint's unless a flag says otherwise
+        shape = dataclasses.asdict(ModelConfig.from_dict(checkpoint.read_meta(overrides["init"])["config"]))
+        cfg = preset(args.preset, **{**shape, **overrides})
     else:
         cfg = preset(args.preset, **overrides)
     train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)

@@ -29,6 +29,8 @@ class Config(ModelConfig):
     kl_weight: float = 1.0
     kl_free_bits: float = 0.0  # nats per step the posterior may use at no cost (0: none); the prior still learns
     kl_granularity: str = "epoch"  # step | epoch
+    # best of many: also train on the closest of K futures drawn from the prior (0: off), so z is read
+    best_of: int = 0
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -37,6 +39,7 @@ class Config(ModelConfig):
     # run
     out: str = "runs/lab"
     seed: int = 1
+    init: str = ""  # a checkpoint whose weights start a new run (fine-tuning); the model's shape must match
     num_workers: int = -1  # -1: 2 on CUDA, 0 on the CPU
     val_seqs: int = 256  # validation sequences scored each epoch (0: all)
     logs_per_epoch: int = 4
@@ -78,8 +81,9 @@ class Config(ModelConfig):
         for name in ("kl_cycles", "logs_per_epoch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.val_seqs < 0 or self.tfr_start_decay_epoch < 0:
-            raise ConfigError("val_seqs and tfr_start_decay_epoch must be >= 0")
+        for name in ("val_seqs", "tfr_start_decay_epoch", "best_of"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not 0 <= self.kl_free_bits < float("inf"):
             raise ConfigError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
         return self

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 from . import checkpoint
 from .config import Config
 from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, seed_worker
-from .errors import DataError, Interrupted, RunError, TrainingDiverged
+from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from .evaluate import evaluate
 from .model import SVG
+from .model.svg import ModelConfig
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
 
@@ -125,17 +126,18 @@ def bf16_autocast(device: torch.device) -> bool:
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
-               teacher_forcing: bool, amp: bool, free_bits: float = 0.0) -> torch.Tensor:
-    """One optimiser step on loss = pixel loss (MSE or L1) + beta * KL. Returns detached (loss,
-    mse, kld) on the device, so the caller decides when to pay for a host sync."""
+               teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0) -> torch.Tensor:
+    """One optimiser step on loss = pixel loss (MSE or L1) + beta * KL (+ the best of K prior
+    futures' pixel loss). Returns detached (loss, mse, kld, best) on the device, so the caller
+    decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = net(x, c, teacher_forcing, free_bits)
+        losses = net(x, c, teacher_forcing, free_bits, best_of)
     mse, kld = losses.mse.sum(), losses.kld.sum()
-    loss = losses.recon.sum() + beta * losses.kl_loss.sum()
+    loss = losses.recon.sum() + beta * losses.kl_loss.sum() + losses.best
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return torch.stack([loss.detach(), mse.detach(), kld.detach()])
+    return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach()])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -250,12 +252,27 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
         resume = False
     if resume:
         restore(cfg, rt, run, loop)
+    elif cfg.init:
+        initialize(cfg, loop.model, rt.device)
     if rt.main:
         print(describe_schedules(cfg))
         if not (Path(cfg.data) / "validate").is_dir():
             print(f"note: {cfg.data} has no validate/ split, so best/ is chosen by the test split's score "
                   "(which is then not held out)")
     return loop
+
+
+def initialize(cfg: Config, model: SVG, device: torch.device) -> None:
+    """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
+    with); only the optimiser and the schedules start afresh. The shapes must agree field by field."""
+    weights, meta = checkpoint.load_model(cfg.init, device)
+    theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
+    diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
+            if f.name != "pixel_loss" and getattr(theirs, f.name) != getattr(ours, f.name)]
+    if diff:
+        raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
+                          "(pass the same model flags, e.g. its preset)")
+    model.load_state_dict(weights.state_dict())
 
 
 def restore(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop) -> None:
@@ -331,7 +348,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(3, device=rt.device)
+            sums = torch.zeros(4, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -339,7 +356,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                 step = loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch
                 beta = beta_at(cfg, step)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
-                sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits)
+                sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
+                                   best_of=cfg.best_of)
                 count += 1
                 loop.step_in_epoch += 1
                 bar.update(1)
@@ -359,6 +377,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                     record = {"kind": "step", "epoch": loop.epoch, "step": step + 1, "loss": mean[0], "mse": mean[1],
                               "kld": mean[2], "beta": beta, "tfr": tfr, "lr": loop.opt.param_groups[0]["lr"],
                               "seq_per_s": round(rate, 2)}
+                    if cfg.best_of:
+                        record["best_of_loss"] = mean[3]
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")

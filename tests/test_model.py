@@ -243,6 +243,35 @@ def test_free_bits_keep_the_posterior_free_and_the_prior_learning(prior):
 
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
+def test_best_of_trains_on_the_closest_of_k_prior_futures(prior):
+    """The term is, per sequence, the pixel loss of the closest of K futures drawn from the prior
+    with predictions fed back (the first B // K sequences get the draws), averaged: computed here
+    by hand from the same draws. Only the winners get a gradient, and it reaches z's inputs."""
+    model = calibrated(tiny(prior=prior, last_frame_skip=True))  # the image head: the heads start at copy-last
+    x, c = batch(b=4, t=6)
+    torch.manual_seed(5)
+    out = model(x, c, True, best_of=2)
+    torch.manual_seed(5)
+    torch.randn(4, 5, model.z_dim)  # the posterior path's draw comes first
+    noise = torch.randn(4, 5, model.z_dim)
+    first = x[:2].repeat_interleave(2, 0)
+    h, skips = model._encode(x)  # as the training pass encodes them: one batch-norm batch
+
+    def rep(v):
+        return v[:2, :2].repeat_interleave(2, 0)
+
+    pred, _ = model._rollout(first[:, :2], rep(h), [rep(s) for s in skips], c[:2].repeat_interleave(2, 0), 6, noise=noise)
+    errs = (pred[:, 1:] - first[:, 2:]).pow(2).mean((2, 3, 4)).sum(1).view(2, 2)
+    torch.testing.assert_close(out.best, errs.min(1).values.mean())
+    assert out.best < errs.mean() - 1e-4  # the draws differ, and the closer one counts
+    (grad,) = torch.autograd.grad(out.best, model.predictor.embed.weight)  # its last z_dim columns read z
+    assert grad[:, -model.z_dim:].abs().max() > 0
+    assert model(x, c, True).best.item() == 0  # off by default: the loss is SVG's
+    with pytest.raises(ValueError, match="best_of must be >= 0, not -1"):
+        preset("cpu", best_of=-1)
+
+
+@pytest.mark.parametrize("prior", ["fixed", "learned"])
 def test_predict_is_deterministic_per_seed_and_samples_differ(prior):
     model = calibrated(tiny(prior=prior))
     x, c = batch(t=12)

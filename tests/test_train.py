@@ -13,7 +13,7 @@ import cvae.train as train_mod
 from cvae import checkpoint
 from cvae.config import preset
 from cvae.data.dataset import BairDataset
-from cvae.errors import Interrupted, RunError, TrainingDiverged
+from cvae.errors import CheckpointError, ConfigError, Interrupted, RunError, TrainingDiverged
 from cvae.evaluate import evaluate
 from cvae.physics_eval import counterfactual
 from cvae.train import train
@@ -87,6 +87,38 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sim_root, tmp_path
         train(tiny_cfg(sim_root, tmp_path / "r", logs_per_epoch=3), progress=False)
     model, meta = checkpoint.load_model(tmp_path / "r" / "last")
     assert meta["epoch"] == 1 and all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, monkeypatch):
+    """``--init`` fine-tunes: the first step starts from the checkpoint's weights (and its condition
+    statistics), the optimizer and schedules start afresh, and another model shape is refused by field."""
+    start = weights(train(tiny_cfg(sim_root, tmp_path / "a", epochs=1, iters_per_epoch=2), progress=False))
+    seen = []
+    real_step = train_mod.train_step
+
+    def spy(net, *args, **kw):
+        seen.append((weights(net), kw["best_of"]))
+        return real_step(net, *args, **kw)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    init = str(tmp_path / "a" / "last")
+    train(tiny_cfg(sim_root, tmp_path / "b", epochs=1, iters_per_epoch=2, init=init, best_of=2), progress=False)
+    first, best_of = seen[0]
+    assert best_of == 2 and all(torch.equal(first[k], start[k]) for k in start)
+    assert not all(torch.equal(seen[1][0][k], start[k]) for k in start)  # and then it trains
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert all(r["best_of_loss"] > 0 for r in log)
+    assert log[-1]["step"] == 2  # a new run: its steps count from 0
+    with pytest.raises(ConfigError, match=r"its model differs from this run's: g_dim 16 vs 32"):
+        train(tiny_cfg(sim_root, tmp_path / "c", g_dim=32, init=init), progress=False)
+    with pytest.raises(CheckpointError, match="nowhere"):
+        train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "nowhere")), progress=False)
+    # the command takes the model's shape from the checkpoint: no model flags needed
+    from cvae import cli
+
+    assert cli.main(["train", "--init", init, "--data", str(sim_root), "--out", str(tmp_path / "e"), "--epochs", "1",
+                     "--iters-per-epoch", "1", "--batch-size", "4", "--val-seqs", "1"]) == 0
+    assert checkpoint.read_meta(tmp_path / "e" / "last")["config"]["g_dim"] == 16
 
 
 def test_log_records_hold_the_documented_fields(sim_root, tmp_path):

@@ -34,6 +34,7 @@ class StepLosses:
     kld: torch.Tensor  # [T-1]: per-step KL, summed over z and averaged over the batch
     recon: torch.Tensor  # [T-1]: the pixel loss trained on (MSE, or L1 which blurs less)
     kl_loss: torch.Tensor  # [T-1]: the KL term trained on (``kld``, or with free bits)
+    best: torch.Tensor  # []: pixel loss of the closest of K futures from the prior (0 without ``best_of``)
 
 
 PRIORS = ("fixed", "learned")
@@ -132,13 +133,15 @@ class SVG(nn.Module):
         return [s.flatten(0, 1).contiguous(memory_format=fmt) for s in steps]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
-                free_bits: float = 0.0) -> StepLosses:
+                free_bits: float = 0.0, best_of: int = 0) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
 
         ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
         al. 2016), so z is not switched off before the predictor learns to use it; the prior
         still learns to match the posterior with the full gradient (the split of DreamerV3's
         KL balancing: KL(sg(q) || p) trains the prior, max(free_bits, KL(q || sg(p))) the posterior).
+
+        ``best_of`` = K > 0 also draws K futures from the prior (see ``_best_of``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
@@ -163,8 +166,36 @@ class SVG(nn.Module):
             if prior is not None:
                 kl_loss = kl_loss + kl_divergence(mu_q.detach(), logvar_q.detach(), *prior).mean(0)
         mse = F.mse_loss(pred.float(), x[:, 1:].float(), reduction="none").mean((0, 2, 3, 4))
-        recon = mse if self.pixel_loss == "mse" else (pred.float() - x[:, 1:].float()).abs().mean((0, 2, 3, 4))
-        return StepLosses(pred, mse, kld, recon, kl_loss)
+        recon = mse if self.pixel_loss == "mse" else self._pixel_loss(pred, x[:, 1:]).mean(0)
+        best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
+        return StepLosses(pred, mse, kld, recon, kl_loss, best)
+
+    def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[N, L, 3, 64, 64] twice -> the per-pixel mean MSE (or L1) of every frame, [N, L]."""
+        diff = pred.float() - target.float()
+        return (diff.pow(2) if self.pixel_loss == "mse" else diff.abs()).mean((2, 3, 4))
+
+    def _best_of(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor,
+                 k: int) -> torch.Tensor:
+        """Best of many samples (Bhattacharyya et al. 2018): K futures of a sequence drawn from the
+        prior with predictions fed back, as at test time; only the closest is trained on.
+
+        Where the world has several futures a single sample can only be right by luck, so the
+        posterior path alone lets the predictor ignore z (it starts as noise and stays unread).
+        Rewarding the closest of K makes different z draw different futures, each sharp. The first
+        ``B // K`` sequences of the batch get the K draws, so this costs one closed-loop pass.
+        Returns the pixel loss summed over the future frames, averaged over those sequences.
+        """
+        n, t = self.n_past, x.shape[1]
+        m = max(1, x.shape[0] // k)
+
+        def rep(v: torch.Tensor) -> torch.Tensor:
+            return v[:m].repeat_interleave(k, 0)
+
+        noise = torch.randn(m * k, t - 1, self.z_dim, device=x.device)
+        pred, _ = self._rollout(rep(x[:, :n]), rep(h[:, :n]), [rep(s[:, :n]) for s in skips], rep(cond), t, noise=noise)
+        err = self._pixel_loss(pred[:, n - 1 :], rep(x[:, n:])).sum(1)
+        return err.view(m, k).min(1).values.mean()
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
