@@ -31,6 +31,7 @@ class Config(ModelConfig):
     kl_granularity: str = "epoch"  # step | epoch
     # best of many: also train on the closest of K futures drawn from the prior (0: off), so z is read
     best_of: int = 0
+    best_of_weight: float = 1.0  # its weight beside the SVG loss
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -75,7 +76,7 @@ class Config(ModelConfig):
             raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
-        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound"):
+        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
