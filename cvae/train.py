@@ -2,7 +2,9 @@
 ``RANK``); rank 0 alone logs, validates and saves.
 
 Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t is the per-pixel mean over the
-batch and KL_t is summed over z dimensions and averaged over the batch (SVG's reduction).
+batch and KL_t is summed over z dimensions and averaged over the batch (SVG's reduction); with
+``best_of`` K > 0, plus ``best_of_weight`` times the pixel loss of the closest of K futures drawn
+from the prior (``SVG._best_of``).
 
 Artifacts in ``cfg.out``: ``log.jsonl`` (one ``epoch`` record per epoch plus ``step`` records
 within it), ``last/`` (resumable) and ``best/`` (best validation PSNR) checkpoints.
