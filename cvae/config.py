@@ -32,6 +32,7 @@ class Config(ModelConfig):
     # best of many: also train on the closest of K futures drawn from the prior (0: off), so z is read
     best_of: int = 0
     best_of_weight: float = 1.0  # its weight beside the SVG loss
+    recon_weight: float = 1.0  # the SVG loss's pixel term (0: z is trained by best of K alone, nothing penalises reading it)
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -76,7 +77,7 @@ class Config(ModelConfig):
             raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
-        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight"):
+        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -85,6 +86,8 @@ class Config(ModelConfig):
         for name in ("val_seqs", "tfr_start_decay_epoch", "best_of"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if self.recon_weight == 0 and not self.best_of:
+            raise ConfigError("recon_weight 0 needs best_of > 0: otherwise no pixel loss trains the model")
         if not 0 <= self.kl_free_bits < float("inf"):
             raise ConfigError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
         return self

@@ -4,7 +4,7 @@
 Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t is the per-pixel mean over the
 batch and KL_t is summed over z dimensions and averaged over the batch (SVG's reduction); with
 ``best_of`` K > 0, plus ``best_of_weight`` times the pixel loss of the closest of K futures drawn
-from the prior (``SVG._best_of``).
+from the prior (``SVG._best_of``). ``recon_weight`` scales the MSE_t term (0: best of K alone).
 
 Artifacts in ``cfg.out``: ``log.jsonl`` (one ``epoch`` record per epoch plus ``step`` records
 within it), ``last/`` (resumable) and ``best/`` (best validation PSNR) checkpoints.
@@ -129,14 +129,14 @@ def bf16_autocast(device: torch.device) -> bool:
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0,
-               best_of_weight: float = 1.0) -> torch.Tensor:
-    """One optimiser step on loss = pixel loss (MSE or L1) + beta * KL (+ the best of K prior
-    futures' pixel loss). Returns detached (loss, mse, kld, best) on the device, so the caller
+               best_of_weight: float = 1.0, recon_weight: float = 1.0) -> torch.Tensor:
+    """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
+    of K prior futures' pixel loss). Returns detached (loss, mse, kld, best) on the device, so the caller
     decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of)
     mse, kld = losses.mse.sum(), losses.kld.sum()
-    loss = losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
+    loss = recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -360,7 +360,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                 beta = beta_at(cfg, step)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
-                                   best_of=cfg.best_of, best_of_weight=cfg.best_of_weight)
+                                   best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight)
                 count += 1
                 loop.step_in_epoch += 1
                 bar.update(1)

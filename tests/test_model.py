@@ -271,6 +271,29 @@ def test_best_of_trains_on_the_closest_of_k_prior_futures(prior):
         preset("cpu", best_of=-1)
 
 
+@pytest.mark.parametrize("recon_weight", [0.0, 0.1, 1.0])
+def test_train_step_weighs_the_svg_pixel_term(recon_weight):
+    """loss = recon_weight * pixel loss + beta * KL + best_of_weight * best of K, from the same
+    draws, and that is the loss whose gradient the optimiser gets."""
+    from cvae.train import train_step
+
+    model = calibrated(tiny())
+    x, c = batch(b=4, t=6)
+    torch.manual_seed(7)
+    parts = model(x, c, True, best_of=2)
+    want = recon_weight * parts.recon.sum() + 0.5 * parts.kl_loss.sum() + 2.0 * parts.best
+    last = model.decoder.upc5[-1].weight
+    (want_grad,) = torch.autograd.grad(want, last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, best_of=2, best_of_weight=2.0, recon_weight=recon_weight)
+    torch.testing.assert_close(got[0], want.detach())
+    torch.testing.assert_close(last.grad, want_grad)
+    with pytest.raises(ValueError, match="recon_weight 0 needs best_of > 0"):
+        preset("cpu", recon_weight=0.0)
+    assert preset("cpu", recon_weight=0.0, best_of=4).recon_weight == 0
+
+
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
 def test_predict_is_deterministic_per_seed_and_samples_differ(prior):
     model = calibrated(tiny(prior=prior))

@@ -97,15 +97,16 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     real_step = train_mod.train_step
 
     def spy(net, *args, **kw):
-        seen.append((weights(net), (kw["best_of"], kw["best_of_weight"])))
+        seen.append((weights(net), (kw["best_of"], kw["best_of_weight"], kw["recon_weight"])))
         return real_step(net, *args, **kw)
 
     monkeypatch.setattr(train_mod, "train_step", spy)
     init = str(tmp_path / "a" / "last")
-    train(tiny_cfg(sim_root, tmp_path / "b", epochs=1, iters_per_epoch=2, init=init, best_of=2, best_of_weight=0.5),
+    train(tiny_cfg(sim_root, tmp_path / "b", epochs=1, iters_per_epoch=2, init=init, best_of=2, best_of_weight=0.5,
+                   recon_weight=0.25),
           progress=False)
     first, best_of = seen[0]
-    assert best_of == (2, 0.5) and all(torch.equal(first[k], start[k]) for k in start)
+    assert best_of == (2, 0.5, 0.25) and all(torch.equal(first[k], start[k]) for k in start)
     assert not all(torch.equal(seen[1][0][k], start[k]) for k in start)  # and then it trains
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert all(r["best_of_loss"] > 0 for r in log)
