@@ -103,6 +103,9 @@ class EvalResult:
                          f"ratio {d['spread_ratio']:.2f}")
             lines.append(f"  uncertainty agreement (correlation of std maps): {d['agreement']:.2f} "
                          f"over {d['agreement_sequences']} sequences")
+            if "misplaced_share" in d:
+                lines.append(f"  model spread where the true futures agree (its own doubt, not the world's): "
+                             f"{100 * d['misplaced_share']:.0f}%")
             lines.append(f"  coverage (closest sample per true future): {d['coverage_psnr']:.2f} dB, "
                          f"one sample {d['one_sample_psnr']:.2f} dB")
         return "\n".join(lines)

@@ -19,6 +19,7 @@ from .model import SVG
 from .parallel import pool
 
 VISIBLE_STD = 0.25 / 255  # a std map whose largest value is below a quarter grey level shows nothing
+CERTAIN_STD = 1 / 255  # truths whose std at a pixel is below one grey level agree there
 
 
 def scenes(dataset: BairDataset, limit: int = 0) -> list[Scene] | None:
@@ -85,6 +86,9 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     - ``agreement``: the correlation of the two std maps over all future pixels (NaN where the
       truths agree everywhere; 0 where the model's map shows nothing: no pixel's std reaches
       ``VISIBLE_STD``, as a collapsed z gives, whose float noise would otherwise correlate);
+    - ``misplaced``: the share of the model's spread (its std map summed over future pixels) that
+      lies where the truths agree to within ``CERTAIN_STD`` (NaN where the model's map shows
+      nothing): spread there is the model's own doubt (where the arm is, say), not the world's;
     - ``coverage``: for each truth the PSNR of the closest sample, averaged over the truths;
     - ``one_sample``: the PSNR of sample 0, averaged over the same truths.
     """
@@ -99,8 +103,12 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
     agreement = torch.where(model_flat, torch.zeros_like(n), agreement.nan_to_num(0.0))
     agreement = torch.where(truth_flat, nan, agreement)
+    certain = (t_std < CERTAIN_STD).float()
+    misplaced = (m_std * certain).flatten(1).sum(1) / m_std.flatten(1).sum(1).clamp_min(1e-12)
+    misplaced = torch.where(model_flat, nan, misplaced)
     pair = psnr(samples[:, :, None], truths[:, None]).mean(-1)  # [B, S, K]
     return {"truth_spread": truth_spread, "model_spread": model_spread, "agreement": agreement,
+            "misplaced": misplaced,
             "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1)}
 
 
@@ -133,5 +141,6 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
             "spread_ratio": model_spread / truth_spread if truth_spread > 0 else float("nan"),
             "agreement": s["agreement"].nanmean().item(),
             "agreement_sequences": int((~s["agreement"].isnan()).sum()),
+            "misplaced_share": s["misplaced"].nanmean().item(),
             "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item()}
 

@@ -102,5 +102,10 @@ def test_spread_scores_by_hand():
     # a spread that is float noise shows nothing: no credit for agreement
     noise = _futures([0.4, 0.4 + VISIBLE_STD])
     assert spread_scores(noise, truths, last)["agreement"].item() == 0
+    # misplaced: the share of the model's spread where the truths agree (pixel (1, 1) here)
+    assert same["misplaced"].item() == 0 and collapsed["misplaced"].isnan()
+    half = _futures([0.2, 0.6])
+    half[0, :, 0, :, 1, 1] = torch.tensor([0.3, 0.7])[:, None]  # as wide a spread where the world agrees
+    assert spread_scores(half, truths, last)["misplaced"].item() == pytest.approx(0.5)
     # truths that agree everywhere: agreement is undefined (NaN), not counted
     assert spread_scores(truths, _futures([0.2, 0.2]), last)["agreement"].isnan()

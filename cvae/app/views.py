@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import math
 import shutil
 import tempfile
 import threading
@@ -165,6 +166,9 @@ def summary(p: logic.Prediction, n_future: int) -> str:
         if spread["truth_spread"] * 255 >= logic.CERTAIN_GREY_LEVELS:
             text += (f": ratio **{spread['ratio']:.2f}** (1 is right). "
                      f"Agreement of the two maps (correlation): **{spread['agreement']:.2f}**.")
+            if not math.isnan(spread["misplaced"]):
+                text += (f" **{100 * spread['misplaced']:.0f}%** of the model's spread lies where the world's "
+                         "futures agree: there it is the model's own doubt, not the world's.")
         else:
             text += (": under these actions the world is certain (nothing is pushed, or every push "
                      "ends alike), so there is no spread to match; a good model's futures agree too.")
