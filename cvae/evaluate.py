@@ -105,7 +105,8 @@ class EvalResult:
                          f"over {d['agreement_sequences']} sequences")
             if "misplaced_share" in d:
                 lines.append(f"  model spread where the true futures agree (its own doubt, not the world's): "
-                             f"{100 * d['misplaced_share']:.0f}%")
+                             f"{100 * d['misplaced_share']:.0f}% (they agree on {100 * d['certain_share']:.0f}% "
+                             "of the pixels: an even spread would score that)")
             lines.append(f"  coverage (closest sample per true future): {d['coverage_psnr']:.2f} dB, "
                          f"one sample {d['one_sample_psnr']:.2f} dB")
         return "\n".join(lines)

@@ -89,6 +89,8 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     - ``misplaced``: the share of the model's spread (its std map summed over future pixels) that
       lies where the truths agree to within ``CERTAIN_STD`` (NaN where the model's map shows
       nothing): spread there is the model's own doubt (where the arm is, say), not the world's;
+      ``certain``, the share of future pixels where the truths agree, is what a spread laid
+      evenly over the frame would score;
     - ``coverage``: for each truth the PSNR of the closest sample, averaged over the truths;
     - ``one_sample``: the PSNR of sample 0, averaged over the same truths.
     """
@@ -108,7 +110,7 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     misplaced = torch.where(model_flat, nan, misplaced)
     pair = psnr(samples[:, :, None], truths[:, None]).mean(-1)  # [B, S, K]
     return {"truth_spread": truth_spread, "model_spread": model_spread, "agreement": agreement,
-            "misplaced": misplaced,
+            "misplaced": misplaced, "certain": certain.mean((1, 2, 3)),
             "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1)}
 
 
@@ -141,6 +143,6 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
             "spread_ratio": model_spread / truth_spread if truth_spread > 0 else float("nan"),
             "agreement": s["agreement"].nanmean().item(),
             "agreement_sequences": int((~s["agreement"].isnan()).sum()),
-            "misplaced_share": s["misplaced"].nanmean().item(),
+            "misplaced_share": s["misplaced"].nanmean().item(), "certain_share": s["certain"].mean().item(),
             "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item()}
 

@@ -107,5 +107,6 @@ def test_spread_scores_by_hand():
     half = _futures([0.2, 0.6])
     half[0, :, 0, :, 1, 1] = torch.tensor([0.3, 0.7])[:, None]  # as wide a spread where the world agrees
     assert spread_scores(half, truths, last)["misplaced"].item() == pytest.approx(0.5)
+    assert same["certain"].item() == pytest.approx(15 / 16)  # an even spread would be 15/16 misplaced
     # truths that agree everywhere: agreement is undefined (NaN), not counted
     assert spread_scores(truths, _futures([0.2, 0.2]), last)["agreement"].isnan()
