@@ -2,6 +2,7 @@
 what a person sees (sharpness, moving-region and window PSNR, spread of futures, agreement)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,24 @@ def test_spread_scores_by_hand():
     assert same["certain"].item() == pytest.approx(15 / 16)  # an even spread would be 15/16 misplaced
     # truths that agree everywhere: agreement is undefined (NaN), not counted
     assert spread_scores(truths, _futures([0.2, 0.2]), last)["agreement"].isnan()
+
+
+def test_spread_scores_tell_the_worlds_spread_from_a_models_own_doubt():
+    """On a real simulated push: samples that are more draws of the world's hidden causes agree
+    with the truths' uncertainty map and are rarely misplaced; samples that differ only on a
+    patch where nothing moves (as a model unsure of something certain) score the opposite."""
+    from cvae.data.simulator import simulate
+
+    def futures(draws: range) -> torch.Tensor:
+        frames = np.stack([simulate(0, 0, 2, n_frames=12, uncertainty=1.0, draw=d).frames for d in draws])
+        return torch.from_numpy(frames).movedim(-1, -3).float().div(255)[:, 2:]
+
+    truths, world = futures(range(1, 7)), futures(range(7, 13))
+    last = torch.from_numpy(simulate(0, 0, 2, n_frames=12, uncertainty=1.0, draw=1).frames[1]).movedim(-1, 0).float() / 255
+    assert pixel_std(truths, 0).amax() > 0.1  # the hidden causes change this push's outcome
+    doubt = truths[:1].repeat(6, 1, 1, 1, 1)
+    doubt[:, :, :, :6, :6] += torch.linspace(0, 0.3, 6)[:, None, None, None, None]  # a corner nothing reaches
+    honest = spread_scores(world[None], truths[None], last[None])
+    wrong = spread_scores(doubt[None], truths[None], last[None])
+    assert honest["agreement"].item() > 0.5 and honest["misplaced"].item() < 0.3
+    assert wrong["agreement"].item() < 0.2 and wrong["misplaced"].item() > 0.9

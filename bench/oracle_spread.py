@@ -1,0 +1,60 @@
+"""The ceiling of the distribution figures: a perfect sampler scored as eval scores a model.
+
+The "model" here draws its N futures from the world itself (the scene re-simulated with hidden
+causes of draws K+1..K+N), and is scored against the K true futures of draws 1..K with
+``physics_eval.spread_scores``, exactly as ``eval --truths K --samples N`` scores a model. With
+finite K and N even a perfect sampler's two std maps differ, so its agreement is the most any
+model can reach on these sequences; issue 13's targets (agreement >= 0.5, coverage +1 dB,
+spread ratio 0.7-1.3) read against it.
+
+    python bench/oracle_spread.py --limit 64 --truths 10 --samples 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from common import record
+
+from cvae.condition import ACTIONS
+from cvae.data.counterfactual import resimulate
+from cvae.data.dataset import BairDataset
+from cvae.physics_eval import _to_tensor, scenes, spread_scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--truths", type=int, default=10)
+    p.add_argument("--samples", type=int, default=10)
+    args = p.parse_args()
+    n_past, n_future = 2, 10
+    ds = BairDataset(args.data, "test", n_past + n_future)
+    found = scenes(ds, args.limit)
+    if found is None or found[0].uncertainty == 0:
+        raise SystemExit(f"{args.data} is not simulated data with hidden causes")
+    per_seq: dict[str, list[torch.Tensor]] = {}
+    for i, scene in enumerate(found):
+        x, c = ds[i]
+        actions = c[:, ACTIONS].numpy().astype(np.float64)
+        runs = [resimulate(scene, actions, d)[0] for d in range(1, args.truths + args.samples + 1)]
+        futures = _to_tensor(np.stack(runs), "cpu")[:, n_past:]
+        truths, samples = futures[: args.truths], futures[args.truths :]
+        for name, v in spread_scores(samples[None], truths[None], x[None, n_past - 1]).items():
+            per_seq.setdefault(name, []).append(v)
+    s = {name: torch.cat(v) for name, v in per_seq.items()}
+    out = {"sequences": len(found), "truths": args.truths, "samples": args.samples,
+           "spread_ratio": (s["model_spread"].nanmean() / s["truth_spread"].nanmean()).item(),
+           "agreement": s["agreement"].nanmean().item(),
+           "agreement_sequences": int((~s["agreement"].isnan()).sum()),
+           "misplaced_share": s["misplaced"].nanmean().item(), "certain_share": s["certain"].mean().item(),
+           "coverage_minus_one_sample_db": (s["coverage"] - s["one_sample"]).mean().item()}
+    print(json.dumps(out))
+    record("oracle_spread", torch.device("cpu"), **out)
+
+
+if __name__ == "__main__":
+    main()
