@@ -48,6 +48,7 @@ def main() -> None:
     found = scenes(ds, max(idx) + 1)
     if found is None or found[0].uncertainty == 0:
         raise SystemExit(f"{args.data} is not simulated data with hidden causes: there are no true futures to show")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     for i in idx:
         x, c = ds[i]
         truths = _to_tensor(true_futures(found[i], c[:, ACTIONS].numpy().astype(np.float64), args.truths), "cpu")
@@ -57,7 +58,6 @@ def main() -> None:
         lines = [strip(np.concatenate([ctx, to_uint8(f)]), scale=1) for g in groups for f in g]
         maps = join([std_map(g) for g in groups], axis=1)
         pad = np.full((maps.shape[0], lines[0].shape[1] - maps.shape[1], 3), 255, np.uint8)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
         sheet = upscale(rows([*lines, np.concatenate([maps, pad], 1)]), 2)
         path = write_png(Path(args.out) / f"futures_seq{i}.png", sheet)
         print(path)

@@ -21,7 +21,7 @@ from common import record
 from cvae.condition import ACTIONS
 from cvae.data.counterfactual import resimulate
 from cvae.data.dataset import BairDataset
-from cvae.physics_eval import _to_tensor, scenes, spread_scores
+from cvae.physics_eval import _to_tensor, scenes, spread_scores, summarize
 
 
 def main() -> None:
@@ -45,13 +45,7 @@ def main() -> None:
         truths, samples = futures[: args.truths], futures[args.truths :]
         for name, v in spread_scores(samples[None], truths[None], x[None, n_past - 1]).items():
             per_seq.setdefault(name, []).append(v)
-    s = {name: torch.cat(v) for name, v in per_seq.items()}
-    out = {"sequences": len(found), "truths": args.truths, "samples": args.samples,
-           "spread_ratio": (s["model_spread"].nanmean() / s["truth_spread"].nanmean()).item(),
-           "agreement": s["agreement"].nanmean().item(),
-           "agreement_sequences": int((~s["agreement"].isnan()).sum()),
-           "misplaced_share": s["misplaced"].nanmean().item(), "certain_share": s["certain"].mean().item(),
-           "coverage_minus_one_sample_db": (s["coverage"] - s["one_sample"]).mean().item()}
+    out = {"sequences": len(found), "truths": args.truths, "samples": args.samples, **summarize(per_seq)}
     print(json.dumps(out))
     record("oracle_spread", torch.device("cpu"), **out)
 

@@ -136,10 +136,15 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
             samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples, seed + idx.start)
             for name, v in spread_scores(samples, truths, x[:, n_past - 1]).items():
                 per_seq.setdefault(name, []).append(v)
+    return {"k": k, "n_samples": n_samples, "n_sequences": len(found), **summarize(per_seq)}
+
+
+def summarize(per_seq: dict[str, list[torch.Tensor]]) -> dict:
+    """Batches of :func:`spread_scores` -> the figures ``eval`` reports: each averaged over the
+    sequences (NaN ones left out), the spread ratio model over truth of those averages."""
     s = {name: torch.cat(v) for name, v in per_seq.items()}
     truth_spread, model_spread = s["truth_spread"].nanmean().item(), s["model_spread"].nanmean().item()
-    return {"k": k, "n_samples": n_samples, "n_sequences": len(found),
-            "truth_spread": truth_spread, "model_spread": model_spread,
+    return {"truth_spread": truth_spread, "model_spread": model_spread,
             "spread_ratio": model_spread / truth_spread if truth_spread > 0 else float("nan"),
             "agreement": s["agreement"].nanmean().item(),
             "agreement_sequences": int((~s["agreement"].isnan()).sum()),

@@ -118,13 +118,11 @@ def test_spread_scores_tell_the_worlds_spread_from_a_models_own_doubt():
     with the truths' uncertainty map and are rarely misplaced; samples that differ only on a
     patch where nothing moves (as a model unsure of something certain) score the opposite."""
     from cvae.data.simulator import simulate
+    from cvae.physics_eval import _to_tensor
 
-    def futures(draws: range) -> torch.Tensor:
-        frames = np.stack([simulate(0, 0, 2, n_frames=12, uncertainty=1.0, draw=d).frames for d in draws])
-        return torch.from_numpy(frames).movedim(-1, -3).float().div(255)[:, 2:]
-
-    truths, world = futures(range(1, 7)), futures(range(7, 13))
-    last = torch.from_numpy(simulate(0, 0, 2, n_frames=12, uncertainty=1.0, draw=1).frames[1]).movedim(-1, 0).float() / 255
+    runs = _to_tensor(np.stack([simulate(0, 0, 2, n_frames=12, uncertainty=1.0, draw=d).frames for d in range(1, 13)]),
+                      "cpu")
+    last, truths, world = runs[0, 1], runs[:6, 2:], runs[6:, 2:]
     assert pixel_std(truths, 0).amax() > 0.1  # the hidden causes change this push's outcome
     doubt = truths[:1].repeat(6, 1, 1, 1, 1)
     doubt[:, :, :, :6, :6] += torch.linspace(0, 0.3, 6)[:, None, None, None, None]  # a corner nothing reaches
