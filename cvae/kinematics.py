@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .condition import ACTIONS, XY
+
 SIZE = 64
 X_RANGE = (0.46, 0.74)
 Y_RANGE = (-0.25, 0.11)
@@ -72,3 +74,14 @@ def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
         pos[t, :2] = np.clip(pos[t - 1, :2] + GAIN * actions[t - 1, :2], lo, hi)
         pos[t, 2] = Z_TABLE + Z_PER_LIFT * actions[t - 1, 2]
     return pos
+
+
+def decoded_place(cond: np.ndarray) -> np.ndarray:
+    """Conditions [N, 7] -> where the end effector is in the frame each one is decoded into (the
+    decoder draws frame t + 1 from the condition of frame t: its position moved by its action),
+    as (row, column) in the [-1, 1] coordinates of ``model/cues.py``'s maps, pixel centres at
+    -1 and 1."""
+    lo, hi = workspace_bounds()
+    xy = np.clip(cond[:, XY] + GAIN * cond[:, ACTIONS][:, :2], lo, hi)
+    col, row = world_to_px(xy).T
+    return np.stack([row, col], axis=-1) * 2 / (SIZE - 1) - 1 - 1 / (SIZE - 1)

@@ -19,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -26,14 +27,17 @@ from torch.utils.data import DataLoader
 from . import checkpoint
 from .config import Config
 from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, seed_worker
+from .data.info import read_kinematics
 from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from .evaluate import evaluate
+from .kinematics import KINEMATICS, SIZE, decoded_place
 from .model import SVG
 from .model.svg import ModelConfig
+from .model.vgg64 import with_ee_map
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
 
-RESUME_MAY_CHANGE = {"epochs", "num_workers", "compile", "logs_per_epoch", "val_seqs", "out"}
+RESUME_MAY_CHANGE = {"epochs", "ee_calibrate", "num_workers", "compile", "logs_per_epoch", "val_seqs", "out"}
 
 
 @dataclass
@@ -255,8 +259,10 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
         resume = False
     if resume:
         restore(cfg, rt, run, loop)
-    elif cfg.init:
-        initialize(cfg, loop.model, rt.device)
+    # a new end-effector map starts on the end effector; one trained with its decoder stays put
+    elif (initialize(cfg, loop.model, rt.device) if cfg.init else True):
+        if (note := calibrate_ee_map(cfg, loop.model, train_ds.packed.cond)) and rt.main:
+            print(f"note: {note}")
     if rt.main:
         print(describe_schedules(cfg))
         if not (Path(cfg.data) / "validate").is_dir():
@@ -265,17 +271,47 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     return loop
 
 
-def initialize(cfg: Config, model: SVG, device: torch.device) -> None:
+def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
-    with); only the optimiser and the schedules start afresh. The shapes must agree field by field."""
+    with); only the optimiser and the schedules start afresh. The shapes must agree field by
+    field, except that a model without the end-effector map may grow one (``with_ee_map``).
+    Returns whether it did."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
+    grow = ours.ee_maps and not theirs.ee_maps
     diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
-            if f.name != "pixel_loss" and getattr(theirs, f.name) != getattr(ours, f.name)]
+            if f.name != "pixel_loss" and not (grow and f.name == "ee_maps")
+            and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
-                          "(pass the same model flags, e.g. its preset)")
-    model.load_state_dict(weights.state_dict())
+                          "(pass the same model flags, e.g. its preset; only --ee-maps true may be added)")
+    state = weights.state_dict()
+    model.load_state_dict(with_ee_map(state, model.state_dict()) if grow else state)
+    return grow
+
+
+def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:
+    """Start the end-effector map where the data's documented kinematics (the simulator's) put
+    the end effector (``EndEffectorMap.calibrate``); returns what it did, for the log. ``cond``:
+    the training split's conditions [N, T, 7]."""
+    ee_map = model.decoder.ee_map
+    if ee_map is None or not cfg.ee_calibrate:
+        return None
+    if read_kinematics(cfg.data) != KINEMATICS:
+        return f"{cfg.data} documents no kinematics: the end-effector map learns its place from the pixels alone"
+    c = torch.from_numpy(np.ascontiguousarray(cond[:, :-1]).reshape(-1, cond.shape[-1])).float()
+    place = torch.from_numpy(decoded_place(c.numpy())).float()
+    norm = model.predictor.normalize(c.to(model.predictor.cond_mean.device)).float()
+
+    def median_px() -> float:
+        with torch.no_grad():
+            miss = (ee_map.location(norm).cpu() - place) * (SIZE - 1) / 2
+        return float(miss.norm(dim=1).median())
+
+    before = median_px()
+    ee_map.calibrate(norm, place)
+    return (f"end-effector map calibrated to {cfg.data}'s kinematics: its blob is now a median "
+            f"{median_px():.1f} px from the end effector (was {before:.1f} px)")
 
 
 def restore(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop) -> None:

@@ -2,6 +2,7 @@
 import copy
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,6 +146,69 @@ def test_end_effector_map_peaks_where_its_location_says():
     row, col = divmod(int(peak), 64)
     assert abs(row - (0.5 + 1) / 2 * 63) <= 1 and abs(col - (-0.25 + 1) / 2 * 63) <= 1
     assert heat.max() <= 1 and heat[0, 0, 0, 63] < 1e-3
+
+
+def test_decoded_place_by_hand():
+    """The decoder draws frame t + 1 from frame t's condition: the place is the position moved by
+    the action, in the maps' [-1, 1] coordinates (pixel centres 0 and 63 at -1 and 1)."""
+    from cvae.kinematics import GAIN, X_RANGE, Y_RANGE, decoded_place, px_to_world
+
+    centre = px_to_world(np.array([32.0, 32.0]))  # pixel coordinate 32: the image's middle
+    still = np.array([[0, 0, 0, 0, *centre, 0.2]])
+    np.testing.assert_allclose(decoded_place(still), [[0, 0]], atol=1e-9)
+    pushed = np.array([[0.07, -0.05, 0, 0, *centre, 0.2]])  # x grows with rows, y with columns
+    rows, cols = GAIN * 0.07 * 64 / np.ptp(X_RANGE), GAIN * -0.05 * 64 / np.ptp(Y_RANGE)
+    np.testing.assert_allclose(decoded_place(pushed), [[rows * 2 / 63, cols * 2 / 63]], atol=1e-9)
+    corner = np.array([[-0.07, -0.07, 0, 0, *px_to_world(np.array([5.0, 5.0])), 0.2]])  # clipped at the margin
+    np.testing.assert_allclose(decoded_place(corner), [[(5 - 32) * 2 / 63] * 2], atol=1e-9)
+
+
+def test_end_effector_map_calibrates_onto_the_kinematics():
+    """A fresh map puts its blob anywhere; calibrated on conditions with known kinematics, it lands
+    within a couple of pixels of the end effector on conditions it was not fitted on."""
+    from cvae.kinematics import decoded_place, px_to_world
+    from cvae.model.cues import EndEffectorMap
+
+    rng = np.random.default_rng(0)
+
+    def conditions(n):
+        xy = px_to_world(rng.uniform(5, 59, (n, 2)))
+        return np.c_[rng.uniform(-0.07, 0.07, (n, 2)), rng.integers(0, 2, (n, 2)), xy, np.full(n, 0.2)]
+
+    fit, held_out = conditions(4000), conditions(1000)
+    mean, std = fit.mean(0), fit.std(0) + 1e-9
+
+    def miss_px(cue, cond):
+        loc = cue.location(torch.tensor((cond - mean) / std, dtype=torch.float32)).detach().numpy()
+        return np.hypot(*((loc - decoded_place(cond)) * 31.5).T)
+
+    torch.manual_seed(0)
+    cue = EndEffectorMap(7)
+    assert np.median(miss_px(cue, held_out)) > 10
+    cue.calibrate(torch.tensor((fit - mean) / std), torch.tensor(decoded_place(fit)))
+    miss = miss_px(cue, held_out)
+    assert np.median(miss) < 1.5 and miss.max() < 5
+
+
+@pytest.mark.parametrize("output", ["cdna", "flow"])
+def test_a_model_grows_an_end_effector_map_without_changing_its_predictions(output):
+    """``with_ee_map``: a model without the map, grown into one with it, predicts exactly what it
+    did (the map's channel starts with zero weights), and reads the map once those weights move."""
+    from cvae.model.vgg64 import with_ee_map
+
+    old = calibrated(tiny(output=output, cond_maps=True, ee_maps=False)).eval()
+    grown = tiny(output=output, cond_maps=True, ee_maps=True)
+    grown.load_state_dict(with_ee_map(old.state_dict(), grown.state_dict()))
+    x, cond = batch(t=6)
+    before = old.predict(x[:, :2], cond, n_future=4, seed=3)
+    torch.testing.assert_close(grown.predict(x[:, :2], cond, n_future=4, seed=3), before, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        grown.decoder.upc5[0][0].weight[:, -1] = 1.0
+    assert (grown.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"decoder.upc2.0.0.weight: shape .* does not grow"):
+        with_ee_map(tiny(output=output, cond_maps=False).state_dict(), grown.state_dict())
+    with pytest.raises(ValueError, match="is missing"):
+        with_ee_map({k: v for k, v in old.state_dict().items() if "encoder.c1" not in k}, grown.state_dict())
 
 
 def test_the_bundled_model_from_before_the_heads_still_fits():

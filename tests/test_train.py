@@ -1,10 +1,12 @@
 """Training: exact resume, divergence handling, DDP agreement, and that a tiny model learns."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -121,6 +123,43 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert cli.main(["train", "--init", init, "--data", str(sim_root), "--out", str(tmp_path / "e"), "--epochs", "1",
                      "--iters-per-epoch", "1", "--batch-size", "4", "--val-seqs", "1"]) == 0
     assert checkpoint.read_meta(tmp_path / "e" / "last")["config"]["g_dim"] == 16
+
+
+def test_a_new_run_starts_its_end_effector_map_at_the_datas_kinematics(sim_root, square_root, tmp_path, capsys,
+                                                                       monkeypatch):
+    """On simulated data (documented kinematics) a new run, fresh or grown by ``--init`` from a
+    model without the map, starts the map on the end effector; ``--ee-calibrate false`` and data
+    without kinematics leave it to learn from the pixels, and say so."""
+    from cvae.data.cache import load_split
+    from cvae.kinematics import decoded_place
+
+    def miss_px(model):
+        cond = torch.from_numpy(np.asarray(load_split(sim_root, "test").cond[:, :-1]).reshape(-1, 7)).float()
+        loc = model.decoder.ee_map.location(model.predictor.normalize(cond)).detach().numpy()
+        return float(np.median(np.hypot(*((loc - decoded_place(cond.numpy())) * 31.5).T)))
+
+    one = dict(epochs=1, iters_per_epoch=1)
+    fresh = train(tiny_cfg(sim_root, tmp_path / "a", **one), progress=False)
+    note = capsys.readouterr().out
+    assert re.search(r"end-effector map calibrated to .*: its blob is now a median \d\.\d px", note), note
+    assert miss_px(fresh) < 3
+    assert miss_px(train(tiny_cfg(sim_root, tmp_path / "b", ee_calibrate=False, **one), progress=False)) > 6
+    assert "calibrated" not in capsys.readouterr().out
+    plain = train(tiny_cfg(sim_root, tmp_path / "c", ee_maps=False, **one), progress=False)
+    seen = []
+    real_step = train_mod.train_step
+    monkeypatch.setattr(train_mod, "train_step", lambda net, *a, **kw: seen.append(weights(net)) or real_step(net, *a, **kw))
+    grown = train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "c" / "last"), **one), progress=False)
+    assert plain.decoder.ee_map is None and miss_px(grown) < 3
+    start = checkpoint.load_model(tmp_path / "c" / "last")[0].state_dict()
+    first = seen[0]
+    for k, v in start.items():  # the first step starts from the old weights, the map's channel at 0
+        w = first[k][:, :-1] if first[k].shape != v.shape else first[k]
+        assert torch.equal(w, v), k
+    assert first["decoder.upc2.0.0.weight"][:, -1].abs().max() == 0
+    capsys.readouterr()
+    train(tiny_cfg(square_root, tmp_path / "e", **one), progress=False)
+    assert "documents no kinematics: the end-effector map learns its place from the pixels alone" in capsys.readouterr().out
 
 
 def test_log_records_hold_the_documented_fields(sim_root, tmp_path):

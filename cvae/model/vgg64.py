@@ -93,6 +93,33 @@ class Decoder(nn.Module):
         return self.head(out, prev, anchor, g)
 
 
+def with_ee_map(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights ``theirs`` of a model without the end-effector map, grown to fit a model with
+    one (whose fresh weights are ``ours``): each convolution that reads a scale's maps gets one
+    more input channel, the map's (appended last by ``_with_cond``), with zero weights, and the
+    map starts as ``ours`` has it. So the grown model computes exactly what the old one did, and
+    training then teaches it to read the map. Raises ValueError naming a weight that does not fit."""
+    extra = sorted(set(theirs) - set(ours))
+    if extra:
+        raise ValueError(f"weights this model lacks: {', '.join(extra)}")
+    grown = {}
+    for key, mine in ours.items():
+        if key not in theirs:
+            if ".ee_map." not in f".{key}":
+                raise ValueError(f"{key} is missing")
+            grown[key] = mine
+            continue
+        old = theirs[key]
+        if old.shape == mine.shape:
+            grown[key] = old
+        elif old.dim() == 4 and old.shape[1] + 1 == mine.shape[1] and old.shape[0] == mine.shape[0] \
+                and old.shape[2:] == mine.shape[2:]:
+            grown[key] = torch.cat([old, old.new_zeros(old.shape[0], 1, *old.shape[2:])], 1)
+        else:
+            raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
+    return grown
+
+
 def _old_head_keys(state_dict: dict, prefix: str, *args: object) -> None:
     """Checkpoints from before heads were modules keep CDNA's kernels at ``decoder.kernels``."""
     for key in [k for k in state_dict if k.startswith(prefix + "kernels.")]:
