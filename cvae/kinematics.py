@@ -79,8 +79,8 @@ def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
 def decoded_place(cond: np.ndarray) -> np.ndarray:
     """Conditions [N, 7] -> where the end effector is in the frame each one is decoded into (the
     decoder draws frame t + 1 from the condition of frame t: its position moved by its action),
-    as (row, column) in the [-1, 1] coordinates of ``model/cues.py``'s maps, pixel centres at
-    -1 and 1."""
+    as (row, column) in the [-1, 1] coordinates of ``model/cues.py``'s maps (the centres of
+    pixels 0 and 63 at -1 and 1)."""
     lo, hi = workspace_bounds()
     xy = np.clip(cond[:, XY] + GAIN * cond[:, ACTIONS][:, :2], lo, hi)
     col, row = world_to_px(xy).T
