@@ -62,16 +62,21 @@ def workspace_bounds() -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def moved(xy: np.ndarray, dxy: np.ndarray) -> np.ndarray:
+    """(x, y) [..., 2] after actions' ``dx, dy`` [..., 2]: the module's rule, clipped to the workspace."""
+    lo, hi = workspace_bounds()
+    return np.clip(xy + GAIN * dxy, lo, hi)
+
+
 def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
     """End-effector positions [T, 3] that ``actions`` [T, 4] produce from ``start`` (x, y, z).
 
     Row t is the position in frame t; the last action has no frame to move into.
     """
-    lo, hi = workspace_bounds()
     pos = np.empty((len(actions), 3))
     pos[0] = start
     for t in range(1, len(actions)):
-        pos[t, :2] = np.clip(pos[t - 1, :2] + GAIN * actions[t - 1, :2], lo, hi)
+        pos[t, :2] = moved(pos[t - 1, :2], actions[t - 1, :2])
         pos[t, 2] = Z_TABLE + Z_PER_LIFT * actions[t - 1, 2]
     return pos
 
@@ -81,7 +86,10 @@ def decoded_place(cond: np.ndarray) -> np.ndarray:
     decoder draws frame t + 1 from the condition of frame t: its position moved by its action),
     as (row, column) in the [-1, 1] coordinates of ``model/cues.py``'s maps (the centres of
     pixels 0 and 63 at -1 and 1)."""
-    lo, hi = workspace_bounds()
-    xy = np.clip(cond[:, XY] + GAIN * cond[:, ACTIONS][:, :2], lo, hi)
-    col, row = world_to_px(xy).T
+    col, row = world_to_px(moved(cond[:, XY], cond[:, ACTIONS][:, :2])).T
     return np.stack([row, col], axis=-1) * 2 / (SIZE - 1) - 1 - 1 / (SIZE - 1)
+
+
+def place_error_px(loc: np.ndarray, place: np.ndarray) -> np.ndarray:
+    """Pixels between places [N, 2] given in the maps' [-1, 1] coordinates (``decoded_place``)."""
+    return np.hypot(*((loc - place) * (SIZE - 1) / 2).T)

@@ -30,7 +30,7 @@ from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, s
 from .data.info import read_kinematics
 from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from .evaluate import evaluate
-from .kinematics import KINEMATICS, SIZE, decoded_place
+from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
 from .model.svg import ModelConfig
 from .model.vgg64 import with_ee_map
@@ -260,7 +260,7 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     if resume:
         restore(cfg, rt, run, loop)
     # a new end-effector map starts on the end effector; one trained with its decoder stays put
-    elif (initialize(cfg, loop.model, rt.device) if cfg.init else True):
+    elif not cfg.init or initialize(cfg, loop.model, rt.device):
         if (note := calibrate_ee_map(cfg, loop.model, train_ds.packed.cond)) and rt.main:
             print(f"note: {note}")
     if rt.main:
@@ -299,17 +299,16 @@ def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:
         return None
     if read_kinematics(cfg.data) != KINEMATICS:
         return f"{cfg.data} documents no kinematics: the end-effector map learns its place from the pixels alone"
-    c = torch.from_numpy(np.ascontiguousarray(cond[:, :-1]).reshape(-1, cond.shape[-1])).float()
-    place = torch.from_numpy(decoded_place(c.numpy())).float()
-    norm = model.predictor.normalize(c.to(model.predictor.cond_mean.device)).float()
+    c = np.ascontiguousarray(cond[:, :-1]).reshape(-1, cond.shape[-1])
+    place = decoded_place(c)
+    norm = model.predictor.normalize(torch.from_numpy(c).float().to(model.predictor.cond_mean.device)).float()
 
     def median_px() -> float:
         with torch.no_grad():
-            miss = (ee_map.location(norm).cpu() - place) * (SIZE - 1) / 2
-        return float(miss.norm(dim=1).median())
+            return float(np.median(place_error_px(ee_map.location(norm).cpu().numpy(), place)))
 
     before = median_px()
-    ee_map.calibrate(norm, place)
+    ee_map.calibrate(norm, torch.from_numpy(place))
     return (f"end-effector map calibrated to {cfg.data}'s kinematics: its blob is now a median "
             f"{median_px():.1f} px from the end effector (was {before:.1f} px)")
 

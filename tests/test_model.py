@@ -166,7 +166,7 @@ def test_decoded_place_by_hand():
 def test_end_effector_map_calibrates_onto_the_kinematics():
     """A fresh map puts its blob anywhere; calibrated on conditions with known kinematics, it lands
     within a couple of pixels of the end effector on conditions it was not fitted on."""
-    from cvae.kinematics import decoded_place, px_to_world
+    from cvae.kinematics import decoded_place, place_error_px, px_to_world
     from cvae.model.cues import EndEffectorMap
 
     rng = np.random.default_rng(0)
@@ -180,7 +180,7 @@ def test_end_effector_map_calibrates_onto_the_kinematics():
 
     def miss_px(cue, cond):
         loc = cue.location(torch.tensor((cond - mean) / std, dtype=torch.float32)).detach().numpy()
-        return np.hypot(*((loc - decoded_place(cond)) * 31.5).T)
+        return place_error_px(loc, decoded_place(cond))
 
     torch.manual_seed(0)
     cue = EndEffectorMap(7)

@@ -131,12 +131,13 @@ def test_a_new_run_starts_its_end_effector_map_at_the_datas_kinematics(sim_root,
     model without the map, starts the map on the end effector; ``--ee-calibrate false`` and data
     without kinematics leave it to learn from the pixels, and say so."""
     from cvae.data.cache import load_split
-    from cvae.kinematics import decoded_place
+    from cvae.kinematics import decoded_place, place_error_px
+
+    cond = np.asarray(load_split(sim_root, "test").cond[:, :-1]).reshape(-1, 7)
 
     def miss_px(model):
-        cond = torch.from_numpy(np.asarray(load_split(sim_root, "test").cond[:, :-1]).reshape(-1, 7)).float()
-        loc = model.decoder.ee_map.location(model.predictor.normalize(cond)).detach().numpy()
-        return float(np.median(np.hypot(*((loc - decoded_place(cond.numpy())) * 31.5).T)))
+        loc = model.decoder.ee_map.location(model.predictor.normalize(torch.from_numpy(cond).float())).detach().numpy()
+        return float(np.median(place_error_px(loc, decoded_place(cond))))
 
     one = dict(epochs=1, iters_per_epoch=1)
     fresh = train(tiny_cfg(sim_root, tmp_path / "a", **one), progress=False)
