@@ -78,7 +78,8 @@ class Config(ModelConfig):
             raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
-        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight"):
+        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
+                     "motion_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):

@@ -1,10 +1,11 @@
 """The training loop. The same code runs under ``python`` or ``torchrun`` (DDP is detected from
 ``RANK``); rank 0 alone logs, validates and saves.
 
-Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t is the per-pixel mean over the
-batch and KL_t is summed over z dimensions and averaged over the batch (SVG's reduction); with
-``best_of`` K > 0, plus ``best_of_weight`` times the pixel loss of the closest of K futures drawn
-from the prior (``SVG._best_of``). ``recon_weight`` scales the MSE_t term (0: best of K alone).
+Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t (or L1_t; moving pixels weighted by
+``motion_weight``) is the per-pixel mean over the batch and KL_t is summed over z dimensions and
+averaged over the batch (SVG's reduction); with ``best_of`` K > 0, plus ``best_of_weight`` times
+the pixel loss of the closest of K futures drawn from the prior (``SVG._best_of``). ``recon_weight``
+scales the MSE_t term (0: best of K alone).
 
 Artifacts in ``cfg.out``: ``log.jsonl`` (one ``epoch`` record per epoch plus ``step`` records
 within it), ``last/`` (resumable) and ``best/`` (best validation PSNR) checkpoints.
@@ -32,7 +33,7 @@ from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiver
 from .evaluate import evaluate
 from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
-from .model.svg import ModelConfig
+from .model.svg import LOSS_FIELDS, ModelConfig
 from .model.vgg64 import with_ee_map
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
@@ -280,7 +281,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = ours.ee_maps and not theirs.ee_maps
     diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
-            if f.name != "pixel_loss" and not (grow and f.name == "ee_maps")
+            if f.name not in LOSS_FIELDS and not (grow and f.name == "ee_maps")
             and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "

@@ -75,6 +75,29 @@ def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, teacher_f
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
+@pytest.mark.parametrize("pixel_loss", ["mse", "l1"])
+def test_motion_weight_counts_the_pixels_that_change(pixel_loss):
+    """With ``motion_weight`` w, a pixel that changes between true frames counts 1 + w times: by hand,
+    on a frame whose top 8 rows change; the training pass trains on that loss (and logs plain MSE)."""
+    model = tiny(pixel_loss=pixel_loss, motion_weight=4.0)
+    x = torch.full((1, 2, 3, 64, 64), 0.5)
+    x[0, 1, :, :8] = 0.9  # 8 of 64 rows change by 0.4 > MOVING_THRESHOLD
+    pred = torch.full((1, 1, 3, 64, 64), 0.6)  # 0.1 off where nothing moved, 0.3 where it did
+    e = (lambda d: d * d) if pixel_loss == "mse" else (lambda d: d)
+    want = (56 * e(0.1) + 8 * 5 * e(0.3)) / 64
+    torch.testing.assert_close(model._pixel_loss(pred, x[:, 1:], x[:, :-1]), torch.tensor([[want]]))
+    unweighted = tiny(pixel_loss=pixel_loss)._pixel_loss(pred, x[:, 1:], x[:, :-1])
+    torch.testing.assert_close(unweighted, torch.tensor([[(56 * e(0.1) + 8 * e(0.3)) / 64]]))
+    xs, c = batch()
+    out = model(xs, c)
+    torch.testing.assert_close(out.recon, model._pixel_loss(out.pred, xs[:, 1:], xs[:, :-1]).mean(0))
+    torch.testing.assert_close(out.mse, (out.pred - xs[:, 1:]).pow(2).mean((0, 2, 3, 4)))
+    if pixel_loss == "mse":
+        assert (out.recon > out.mse).all()
+    with pytest.raises(ValueError, match="motion_weight must be a number >= 0"):
+        tiny(motion_weight=-1.0)
+
+
 @pytest.mark.parametrize("output", ["compose", "cdna", "flow"])
 def test_compositing_heads_start_near_copy_last(output):
     """The mask starts almost closed: an untrained model predicts nearly the previous frame (of
