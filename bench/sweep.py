@@ -37,6 +37,9 @@ def main() -> int:
     p.add_argument("--common", default="", help="flags every candidate gets, e.g. '--epochs 40 --data data/sim'")
     args = p.parse_args()
     if args.report:
+        missing = [path for path in args.report if not Path(path).is_file()]
+        if missing:
+            p.error(f"--report: no eval.json at {', '.join(missing)} (train_cli.py eval writes CKPT/eval/eval.json)")
         print(report(args.report))
         return 0
     common = shlex.split(args.common)
