@@ -62,9 +62,8 @@ class Config(ModelConfig):
         return cls(**d)
 
     def validate(self) -> Config:
-        choices = {"prior": ("fixed", "learned"), "kl_anneal": ("none", "monotonic", "cyclical"),
-                   "output": ("image", "compose", "cdna", "flow"), "pixel_loss": ("mse", "l1"),
-                   "kl_granularity": ("step", "epoch")}
+        super().validate()  # the model's own fields: prior, output head, pixel loss, motion weight
+        choices = {"kl_anneal": ("none", "monotonic", "cyclical"), "kl_granularity": ("step", "epoch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -78,8 +77,7 @@ class Config(ModelConfig):
             raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
-        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
-                     "motion_weight"):
+        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):

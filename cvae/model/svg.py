@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..condition import COND_DIM
+from ..errors import ConfigError
 from ..metrics import moving_mask
 from .gaussian import GaussianLSTM, kl_divergence, reparameterize
 from .heads import HEADS
@@ -76,9 +77,9 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         for name, allowed in (("prior", PRIORS), ("output", tuple(HEADS)), ("pixel_loss", PIXEL_LOSSES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not 0 <= self.motion_weight < float("inf"):
-            raise ValueError(f"motion_weight must be a number >= 0, not {self.motion_weight}")
+            raise ConfigError(f"motion_weight must be a number >= 0, not {self.motion_weight}")
         return self
 
 
