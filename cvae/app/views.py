@@ -16,6 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..artifacts import comparison_video, grid, rows, strip, tile, to_uint8, upscale, write_gif, write_png
+from ..physics_eval import VISIBLE_STD
 from . import logic
 
 KEEP_OUTPUTS = 24  # newest output folders kept on disk; older ones are deleted
@@ -166,7 +167,11 @@ def summary(p: logic.Prediction, n_future: int) -> str:
         if spread["truth_spread"] * 255 >= logic.CERTAIN_GREY_LEVELS:
             text += (f": ratio **{spread['ratio']:.2f}** (1 is right). "
                      f"Agreement of the two maps (correlation): **{spread['agreement']:.2f}**.")
-            if not math.isnan(spread["misplaced"]):
+            if math.isnan(spread["misplaced"]):
+                text += (f" The model's {n} futures are alike everywhere (no pixel's std reaches "
+                         f"{VISIBLE_STD * 255:g} grey levels): its z carries nothing here, so resampling "
+                         "it changes nothing you can see.")
+            else:
                 text += (f" **{100 * spread['misplaced']:.0f}%** of the model's spread lies where the world's "
                          "futures agree: there it is the model's own doubt, not the world's.")
         else:
