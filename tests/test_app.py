@@ -34,7 +34,7 @@ def test_bundled_assets_are_found():
     assert len(sources["bundled test sequences"].sequences) == 16
     assert sources["bundled test sequences"].kinematics is not None
     (label,) = models
-    assert label.startswith("bundled · cdna head, fixed prior") and "test PSNR" in label
+    assert label.startswith("bundled · flow head, learned prior") and "test PSNR" in label
 
 
 def test_runs_folder_checkpoints_are_listed(tmp_path):
@@ -525,8 +525,8 @@ def _open_page(pw, server: str, height: int, ready: str):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 13 is open: the bundled model's z carries nothing (posterior and prior stay equal, spread "
-    "ratio 0.07 on the test set), so another seed changes the futures by ~1 grey level. strict: once a "
+    "issue 13 is open: the bundled model's z carries nothing (spread ratio 0.00 on the test set: its "
+    "futures agree to a quarter grey level), so another seed does not change them. strict: once a "
     "bundled model makes this pass, the marker must go"))
 def test_browser_resample_z_changes_the_uncertain_futures(server, bundled):
     """Where the world is uncertain (a push with many outcomes: the physics futures differ), another
