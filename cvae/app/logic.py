@@ -350,6 +350,7 @@ class Prediction:
     best: int  # best-of-N sample (original actions) by mean PSNR
     edited_differs: bool
     seconds: float
+    seed: int  # the z seed: the page names it, so two Predicts with identical futures are told apart
     physics: torch.Tensor | None = None  # [n_past + n_future, 3, 64, 64]: the scene re-simulated under the edits
     psnr_physics: torch.Tensor | None = None  # [n_future]: sample 1 (edited actions) against physics
     psnr_physics_copy_last: torch.Tensor | None = None  # [n_future]: the last context frame against physics
@@ -410,7 +411,7 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
     p_orig, p_edit = psnr(out[0], target), psnr(out[1], target)
     result = Prediction(truth=x, original=out[0], edited=out[1], psnr_original=p_orig, psnr_edited=p_edit,
                         ssim_edited=ssim(out[1], target), best=int(p_orig.mean(1).argmax()),
-                        edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds)
+                        edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds, seed=seed)
     return with_physics(result, n_past, physics_frames, physics_futures)
 
 

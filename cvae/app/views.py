@@ -146,7 +146,7 @@ def summary(p: logic.Prediction, n_future: int) -> str:
     spread of futures against the world's."""
     n = len(p.edited)
     note = "" if p.edited_differs else " (actions unedited: both columns use the same actions)"
-    text = (f"**{p.seconds * 1000:.0f} ms** for {n} futures x {n_future} frames under the "
+    text = (f"**{p.seconds * 1000:.0f} ms** for {n} futures x {n_future} frames (z seed {p.seed}) under the "
             "original actions and under yours, in one batch. "
             f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
             f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {n} "
