@@ -33,6 +33,11 @@ class Config(ModelConfig):
     best_of: int = 0
     best_of_weight: float = 1.0  # its weight beside the SVG loss
     recon_weight: float = 1.0  # the SVG loss's pixel term (0: z is trained by best of K alone, nothing penalises reading it)
+    # several true futures: simulated scenes re-run with their hidden causes re-drawn, and an energy
+    # score of as many prior futures against them (0: off; simulated data with hidden causes only)
+    energy_truths: int = 0
+    energy_weight: float = 1.0
+    energy_scenes: int = 256  # training scenes whose futures are re-simulated once, at the start
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -77,7 +82,8 @@ class Config(ModelConfig):
             raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
-        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight"):
+        for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
+                     "energy_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -86,8 +92,13 @@ class Config(ModelConfig):
         for name in ("val_seqs", "tfr_start_decay_epoch", "best_of"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if self.recon_weight == 0 and not self.best_of:
-            raise ConfigError("recon_weight 0 needs best_of > 0: otherwise no pixel loss trains the model")
+        if self.recon_weight == 0 and not (self.best_of or self.energy_truths):
+            raise ConfigError("recon_weight 0 needs best_of or energy_truths > 0: otherwise no pixel loss trains "
+                              "the model")
+        if self.energy_truths == 1 or self.energy_truths < 0:
+            raise ConfigError(f"energy_truths must be 0 (off) or at least 2 (futures to compare), not {self.energy_truths}")
+        if self.energy_truths and self.energy_scenes < 1:
+            raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
         if not 0 <= self.kl_free_bits < float("inf"):
             raise ConfigError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
         return self

@@ -100,3 +100,26 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
     den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))
+
+
+def energy_score(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Model futures [B, S, ...] against true futures [B, K, ...] of the same scenes -> [B]:
+    mean over (s, k) of ||x_s - y_k|| minus half the mean over s != s' of ||x_s - x_s'||, with
+    ||.|| the root-mean-square over everything after the first two dimensions (S >= 2).
+
+    A proper scoring rule (Gneiting and Raftery 2007): its expectation is lowest when the
+    samples are drawn from the truths' own distribution, so it rewards spread exactly where the
+    true futures differ and penalises it where they agree, unlike best of K, which rewards any
+    spread. Because the norm is not squared, samples that differ by a hair still get a full-size
+    push apart: a collapsed z is not a flat spot."""
+    x, y = samples.flatten(2).float(), truths.flatten(2).float()
+    s = x.shape[1]
+    if s < 2:
+        raise ValueError(f"the energy score needs 2 or more samples per scene, not {s}")
+
+    def rms(d: torch.Tensor) -> torch.Tensor:
+        return (d.pow(2).mean(-1) + 1e-12).sqrt()
+
+    fit = rms(x[:, :, None] - y[:, None]).mean((1, 2))
+    spread = rms(x[:, :, None] - x[:, None]).sum((1, 2)) / (s * (s - 1))  # the diagonal is ~0
+    return fit - 0.5 * spread

@@ -13,6 +13,7 @@ import torch
 from .condition import ACTIONS
 from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resimulate, scene_of, true_futures
 from .data.dataset import BairDataset
+from .errors import DataError
 from .evaluate import batches, progress_bar
 from .metrics import correlation, moving_mask, pixel_std, psnr, ssim
 from .model import SVG
@@ -151,3 +152,36 @@ def summarize(per_seq: dict[str, list[torch.Tensor]]) -> dict:
             "misplaced_share": s["misplaced"].nanmean().item(), "certain_share": s["certain"].mean().item(),
             "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item()}
 
+
+
+class TrainingFutures:
+    """Several true futures of some training scenes, for ``SVG._energy``: each of the first
+    ``n_scenes`` sequences (from frame 0, where every future shares the recorded context) re-run
+    ``k`` times under its recorded actions with the hidden causes re-drawn. Simulated once, at
+    the start of training (a few seconds per hundred scenes); ``batch(step)`` then draws
+    ``per_step`` of them by a generator seeded with the step, so a resumed run draws the same."""
+
+    def __init__(self, dataset: BairDataset, n_past: int, k: int, n_scenes: int, per_step: int,
+                 seed: int = 0, rank: int = 0, workers: int = 1) -> None:
+        found = scenes(dataset, n_scenes)
+        root = dataset.packed.sequences[0].parent.parent.parent if len(dataset) else "the data"
+        if found is None:
+            raise DataError(f"--energy-truths needs data made by this project's simulator, which can re-run a "
+                            f"scene; {root} is not (real BAIR has one future per scene)")
+        if found[0].uncertainty == 0:
+            raise DataError(f"--energy-truths: {root} has no hidden causes (generated with --uncertainty 0), so "
+                            "every re-run of a scene is the same future; generate it with the default")
+        ctx, cond = zip(*(dataset[(i, 0)] for i in range(len(found))))
+        self.context = torch.stack(ctx)[:, :n_past]
+        self.cond = torch.stack(cond)
+        jobs = [(scene, c[:, ACTIONS].numpy().astype(np.float64), k) for scene, c in zip(found, self.cond)]
+        with pool(workers) as workers_pool:
+            self.truths = np.stack(workers_pool.map(_futures, jobs))[:, :, n_past:]  # uint8 [N, K, F, H, W, 3]
+        self.per_step, self.seed, self.rank = per_step, seed, rank
+
+    def batch(self, step: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Context [M, n_past, 3, H, W], condition [M, T, 7] and true futures [M, K, F, 3, H, W]."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step)
+        idx = torch.randint(len(self.truths), (self.per_step,), generator=gen)
+        return (self.context[idx].to(device), self.cond[idx].to(device),
+                _to_tensor(self.truths[idx.numpy()], device))

@@ -4,8 +4,10 @@
 Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t (or L1_t; moving pixels weighted by
 ``motion_weight``) is the per-pixel mean over the batch and KL_t is summed over z dimensions and
 averaged over the batch (SVG's reduction); with ``best_of`` K > 0, plus ``best_of_weight`` times
-the pixel loss of the closest of K futures drawn from the prior (``SVG._best_of``). ``recon_weight``
-scales the MSE_t term (0: best of K alone).
+the pixel loss of the closest of K futures drawn from the prior (``SVG._best_of``); with
+``energy_truths`` K > 0, plus ``energy_weight`` times the energy score of K prior futures against K
+re-simulated true futures of a few training scenes (``SVG._energy``, ``TrainingFutures``).
+``recon_weight`` scales the MSE_t term (0: best of K or the energy score alone).
 
 Artifacts in ``cfg.out``: ``log.jsonl`` (one ``epoch`` record per epoch plus ``step`` records
 within it), ``last/`` (resumable) and ``best/`` (best validation PSNR) checkpoints.
@@ -35,6 +37,7 @@ from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
 from .model.svg import LOSS_FIELDS, ModelConfig
 from .model.vgg64 import with_ee_map
+from .physics_eval import TrainingFutures
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
 
@@ -134,18 +137,22 @@ def bf16_autocast(device: torch.device) -> bool:
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0,
-               best_of_weight: float = 1.0, recon_weight: float = 1.0) -> torch.Tensor:
+               best_of_weight: float = 1.0, recon_weight: float = 1.0,
+               futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               energy_weight: float = 1.0) -> torch.Tensor:
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
-    of K prior futures' pixel loss). Returns detached (loss, mse, kld, best) on the device, so the caller
-    decides when to pay for a host sync."""
+    of K prior futures' pixel loss) (+ energy_weight * the energy score against ``futures``).
+    Returns detached (loss, mse, kld, best, energy) on the device, so the caller decides when to
+    pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = net(x, c, teacher_forcing, free_bits, best_of)
+        losses = net(x, c, teacher_forcing, free_bits, best_of, futures)
     mse, kld = losses.mse.sum(), losses.kld.sum()
-    loss = recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
+    loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
+            + energy_weight * losses.energy)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach()])
+    return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach()])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -213,11 +220,28 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, stop_at_step
     run = RunFolder(cfg.out)
     with run.lock() if rt.main else nullcontext():
         train_ds, val_ds = open_data(cfg, rt)
+        truths = training_futures(cfg, rt, train_ds)  # before start: a data mistake leaves no run behind
         loop = start(cfg, rt, run, train_ds, resume)
         with stop_on_signals() as flag:
-            train_epochs(cfg, rt, run, loop, train_ds, val_ds, flag, progress, stop_at_step)
+            train_epochs(cfg, rt, run, loop, train_ds, val_ds, flag, progress, stop_at_step, truths)
     sync_buffers(loop.model, rt)
     return loop.model
+
+
+def training_futures(cfg: Config, rt: Runtime, train_ds: BairDataset) -> TrainingFutures | None:
+    """``cfg.energy_truths`` re-simulated futures of ``cfg.energy_scenes`` training scenes (None when off);
+    each step scores the prior's futures of batch_size / K of them (per process) against theirs."""
+    if not cfg.energy_truths:
+        return None
+    per_step = max(1, cfg.batch_size // rt.world // cfg.energy_truths)
+    workers = max(1, (os.cpu_count() or 1) // rt.world)
+    started = time.perf_counter()
+    truths = TrainingFutures(train_ds, cfg.n_past, cfg.energy_truths, cfg.energy_scenes, per_step, cfg.seed,
+                             rt.rank, workers)
+    if rt.main:
+        print(f"note: {len(truths.truths)} training scenes re-simulated {cfg.energy_truths} times each in "
+              f"{time.perf_counter() - started:.0f} s; each step scores {per_step} of them")
+    return truths
 
 
 def open_data(cfg: Config, rt: Runtime) -> tuple[BairDataset, BairDataset | None]:
@@ -363,7 +387,8 @@ def diverged(run: RunFolder, where: str) -> TrainingDiverged:
 
 
 def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds: BairDataset,
-                 val_ds: BairDataset | None, flag: dict, progress: bool, stop_at_step: int | None) -> None:
+                 val_ds: BairDataset | None, flag: dict, progress: bool, stop_at_step: int | None,
+                 truths: TrainingFutures | None = None) -> None:
     """The step loop, epoch by epoch, with the checkpoint policy at its two exits: the end of an
     epoch (``last``, and ``best`` when validation improved) and a stop mid-epoch (``last``)."""
     from tqdm import tqdm
@@ -387,7 +412,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(4, device=rt.device)
+            sums = torch.zeros(5, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -395,8 +420,10 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                 step = loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch
                 beta = beta_at(cfg, step)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
+                futures = truths.batch(step, rt.device) if truths is not None else None
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
-                                   best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight)
+                                   best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight,
+                                   futures=futures, energy_weight=cfg.energy_weight)
                 count += 1
                 loop.step_in_epoch += 1
                 bar.update(1)
@@ -418,6 +445,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                               "seq_per_s": round(rate, 2)}
                     if cfg.best_of:
                         record["best_of_loss"] = mean[3]
+                    if cfg.energy_truths:
+                        record["energy_score"] = mean[4]
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvae.metrics import correlation, masked_psnr, moving_mask, pixel_std, psnr, sharpness, ssim, window_mask
+from cvae.metrics import correlation, energy_score, masked_psnr, moving_mask, pixel_std, psnr, sharpness, ssim, window_mask
 from cvae.physics_eval import VISIBLE_STD, spread_scores
 
 
@@ -130,3 +130,37 @@ def test_spread_scores_tell_the_worlds_spread_from_a_models_own_doubt():
     wrong = spread_scores(doubt[None], truths[None], last[None])
     assert honest["agreement"].item() > 0.5 and honest["misplaced"].item() < 0.3
     assert wrong["agreement"].item() < 0.2 and wrong["misplaced"].item() > 0.9
+
+
+def test_energy_score_by_hand():
+    """Mean distance to the truths minus half the mean distance between samples (RMS norms)."""
+    def es(samples, truths):
+        return energy_score(torch.tensor(samples, dtype=torch.float)[None, :, None],
+                            torch.tensor(truths, dtype=torch.float)[None, :, None]).item()
+
+    # samples {0, 2}, truths {1, 1}: distances to the truths 1 each, between samples 2: 1 - 0.5 * 2
+    assert es([0, 2], [1, 1]) == pytest.approx(0, abs=1e-5)
+    # the world branches to 0 or 2: a collapsed model at the mean scores 1, one that branches alike 0
+    assert es([1, 1], [0, 2]) == pytest.approx(1, abs=1e-5)
+    assert es([0, 2], [0, 2]) == pytest.approx(0, abs=1e-5)
+    assert es([0, 2], [0, 2]) < es([1, 1], [0, 2])
+    # RMS over the rest of the dimensions: samples (0, 0), (0, 2) against the truth (0, 0)
+    got = energy_score(torch.tensor([[[0.0, 0.0], [0.0, 2.0]]]), torch.tensor([[[0.0, 0.0]]]))
+    assert got.item() == pytest.approx(2**0.5 / 2 - 0.5 * 2**0.5, abs=1e-5)
+    with pytest.raises(ValueError, match="2 or more samples"):
+        energy_score(torch.zeros(1, 1, 3), torch.zeros(1, 2, 3))
+
+
+def test_energy_score_prefers_the_worlds_own_spread():
+    """Averaged over many draws, samples from the truths' distribution score lower than a
+    collapsed model at the mean and than one that spreads where the truths agree."""
+    g = torch.Generator().manual_seed(0)
+
+    def world(n):  # 2 pixels: the first branches to 0 or 1, the second is always 0.5
+        return torch.stack([torch.randint(0, 2, (n,), generator=g).float(), torch.full((n,), 0.5)], -1)
+
+    truths = world(4000).view(1000, 4, 2)
+    honest = energy_score(world(4000).view(1000, 4, 2), truths).mean()
+    collapsed = energy_score(torch.full((1000, 4, 2), 0.5), truths).mean()
+    misplaced = energy_score(world(4000).view(1000, 4, 2).flip(-1), truths).mean()  # spread on the wrong pixel
+    assert honest < collapsed and honest < misplaced

@@ -508,3 +508,40 @@ def test_pickle_and_corrupt_checkpoints_are_refused(tmp_path):
         checkpoint.load_model(tmp_path / "ck")
     with pytest.raises(checkpoint.CheckpointError, match="no model.safetensors found"):
         checkpoint.load_model(tmp_path)
+
+
+def test_energy_term_scores_prior_futures_against_several_truths():
+    """``futures`` adds the energy score of K prior futures, fed back as at test time, against K
+    true futures of each scene; train_step weighs it by ``energy_weight``, and its gradient
+    reaches the prior (the only way z is shaped by where the world branches)."""
+    from cvae.metrics import energy_score
+    from cvae.train import train_step
+
+    model = calibrated(tiny(prior="learned"))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    parts = model(x, c, True, futures=(ctx, cond, truths))
+    torch.manual_seed(7)
+    plain = model(x, c, True)
+    assert plain.energy == 0 and parts.energy > 0 and torch.isfinite(parts.energy)
+    # by hand: the same noise, the same rollout, then metrics.energy_score
+    torch.manual_seed(7)
+    model(x, c, True)  # the SVG pass draws first
+    noise = torch.randn(6, 5, model.z_dim)
+    h, skips = model._encode(ctx)
+    pred, _ = model._rollout(ctx.repeat_interleave(3, 0), h.repeat_interleave(3, 0),
+                             [s.repeat_interleave(3, 0) for s in skips], cond[:, :5].repeat_interleave(3, 0), 6,
+                             noise=noise)
+    want = energy_score(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths).mean()
+    torch.testing.assert_close(parts.energy, want)
+    grads = torch.autograd.grad(parts.energy, list(model.prior.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths), energy_weight=2.0)
+    torch.manual_seed(7)
+    again = model(x, c, True, futures=(ctx, cond, truths))
+    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 2.0 * again.energy).detach())
+    torch.testing.assert_close(got[4], again.energy.detach())

@@ -15,7 +15,7 @@ import cvae.train as train_mod
 from cvae import checkpoint
 from cvae.config import preset
 from cvae.data.dataset import BairDataset
-from cvae.errors import CheckpointError, ConfigError, Interrupted, RunError, TrainingDiverged
+from cvae.errors import CheckpointError, ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from cvae.evaluate import evaluate
 from cvae.physics_eval import counterfactual
 from cvae.train import train
@@ -249,3 +249,26 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
 
 
 LEARN_EPOCHS, LEARN_ITERS = 6, 50
+
+
+def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_path, capsys):
+    """``--energy-truths K`` re-simulates training scenes K times once, then each step scores the
+    prior's futures against a few of them (logged as energy_score); data that cannot be re-run is
+    refused by name before anything of a run is written."""
+    from cvae.physics_eval import TrainingFutures
+
+    cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3)
+    train(cfg, progress=False)
+    assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
+    log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
+    assert all(r["energy_score"] > 0 for r in log if r["kind"] == "step")
+    futures = TrainingFutures(BairDataset(sim_root, "train", seq_len=12), 2, 2, 3, per_step=2, seed=1)
+    ctx, cond, truths = futures.batch(5)
+    assert ctx.shape == (2, 2, 3, 64, 64) and cond.shape == (2, 12, 7) and truths.shape == (2, 2, 10, 3, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(futures.batch(5), (ctx, cond, truths)))  # a resumed run draws alike
+    assert not torch.equal(truths[:, 0], truths[:, 1])  # the world branches
+    with pytest.raises(DataError, match=f"{square_root}.*not .*real BAIR has one future"):
+        train(tiny_cfg(square_root, tmp_path / "sq", energy_truths=2), progress=False)
+    assert [f.name for f in (tmp_path / "sq").iterdir()] == [".lock"]  # no log, no checkpoint
+    with pytest.raises(ConfigError, match="energy_truths must be 0 .* not 1"):
+        tiny_cfg(sim_root, tmp_path / "one", energy_truths=1)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..condition import COND_DIM
 from ..errors import ConfigError
-from ..metrics import moving_mask
+from ..metrics import energy_score, moving_mask
 from .gaussian import GaussianLSTM, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
@@ -38,6 +38,7 @@ class StepLosses:
     recon: torch.Tensor  # [T-1]: the pixel loss trained on (MSE, or L1 which blurs less)
     kl_loss: torch.Tensor  # [T-1]: the KL term trained on (``kld``, or with free bits)
     best: torch.Tensor  # []: pixel loss of the closest of K futures from the prior (0 without ``best_of``)
+    energy: torch.Tensor  # []: energy score of prior futures against re-simulated ones (0 without ``futures``)
 
 
 PRIORS = ("fixed", "learned")
@@ -140,7 +141,8 @@ class SVG(nn.Module):
         return [s.flatten(0, 1).contiguous(memory_format=fmt) for s in steps]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
-                free_bits: float = 0.0, best_of: int = 0) -> StepLosses:
+                free_bits: float = 0.0, best_of: int = 0,
+                futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
 
         ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
@@ -149,6 +151,10 @@ class SVG(nn.Module):
         KL balancing: KL(sg(q) || p) trains the prior, max(free_bits, KL(q || sg(p))) the posterior).
 
         ``best_of`` = K > 0 also draws K futures from the prior (see ``_best_of``).
+
+        ``futures`` (context [M, n_past, 3, 64, 64], condition [M, T, 7], true futures [M, K, T -
+        n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
+        futures from the prior against them (see ``_energy``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
@@ -176,7 +182,8 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        return StepLosses(pred, mse, kld, recon, kl_loss, best)
+        energy = self._energy(*futures) if futures is not None else recon.new_zeros(())
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy)
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Predictions, their true frames and the true frames before those, [N, L, 3, 64, 64] each
@@ -213,6 +220,25 @@ class SVG(nn.Module):
         pred, _ = self._rollout(rep(x[:, :n]), rep(h[:, :n]), [rep(s[:, :n]) for s in skips], rep(cond), t, noise=noise)
         err = self._pixel_loss(pred[:, n - 1 :], rep(x[:, n:]), rep(x[:, n - 1 : -1])).sum(1)
         return err.view(m, k).min(1).values.mean()
+
+    def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+        """The energy score (``metrics.energy_score``) of K futures drawn from the prior, predictions
+        fed back as at test time, against K true futures of each scene, averaged over the scenes.
+
+        With one recorded future per scene nothing tells the model where the world branches, so
+        z either collapses or (under best of K) spreads where it is cheapest, mostly along the
+        arm. Several true futures of the same scene and actions, which only a simulator gives,
+        say where: a proper score then asks for spread there and nowhere else."""
+        n, k = self.n_past, truths.shape[1]
+        t = n + truths.shape[2]
+        h, skips = self._encode(x_ctx)
+
+        def rep(v: torch.Tensor) -> torch.Tensor:
+            return v.repeat_interleave(k, 0)
+
+        noise = torch.randn(x_ctx.shape[0] * k, t - 1, self.z_dim, device=x_ctx.device)
+        pred, _ = self._rollout(rep(x_ctx), rep(h), [rep(s) for s in skips], rep(cond[:, : t - 1]), t, noise=noise)
+        return energy_score(pred[:, n - 1 :].view(x_ctx.shape[0], k, *truths.shape[2:]), truths).mean()
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
