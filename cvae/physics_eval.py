@@ -153,7 +153,6 @@ def summarize(per_seq: dict[str, list[torch.Tensor]]) -> dict:
             "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item()}
 
 
-
 class TrainingFutures:
     """Several true futures of some training scenes, for ``SVG._energy``: each of the first
     ``n_scenes`` sequences (from frame 0, where every future shares the recorded context) re-run
