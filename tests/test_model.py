@@ -376,9 +376,10 @@ def test_train_step_weighs_the_svg_pixel_term(recon_weight):
     got = train_step(model, opt, x, c, 0.5, True, amp=False, best_of=2, best_of_weight=2.0, recon_weight=recon_weight)
     torch.testing.assert_close(got[0], want.detach())
     torch.testing.assert_close(last.grad, want_grad)
-    with pytest.raises(ValueError, match="recon_weight 0 needs best_of > 0"):
+    with pytest.raises(ValueError, match="recon_weight 0 needs best_of or energy_truths > 0"):
         preset("cpu", recon_weight=0.0)
     assert preset("cpu", recon_weight=0.0, best_of=4).recon_weight == 0
+    assert preset("cpu", recon_weight=0.0, energy_truths=4).recon_weight == 0
 
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
