@@ -212,14 +212,23 @@ class SVG(nn.Module):
         """
         n, t = self.n_past, x.shape[1]
         m = max(1, x.shape[0] // k)
+        pred = self._prior_futures(x[:m, :n], h[:m, :n], [s[:m, :n] for s in skips], cond[:m], t, k)
+        err = self._pixel_loss(pred, x[:m, n:].repeat_interleave(k, 0), x[:m, n - 1 : -1].repeat_interleave(k, 0))
+        return err.sum(1).view(m, k).min(1).values.mean()
 
+    def _prior_futures(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
+                       cond: torch.Tensor, t: int, k: int) -> torch.Tensor:
+        """K futures of each of M sequences drawn from the prior, predictions fed back as at test
+        time, for the training terms that score samples (best of K, the energy score): context
+        [M, n_past, ...] and its encoding -> frames n_past..t-1 as [M * K, t - n_past, 3, 64, 64],
+        the K of a sequence adjacent."""
         def rep(v: torch.Tensor) -> torch.Tensor:
-            return v[:m].repeat_interleave(k, 0)
+            return v.repeat_interleave(k, 0)
 
-        noise = torch.randn(m * k, t - 1, self.z_dim, device=x.device)
-        pred, _ = self._rollout(rep(x[:, :n]), rep(h[:, :n]), [rep(s[:, :n]) for s in skips], rep(cond), t, noise=noise)
-        err = self._pixel_loss(pred[:, n - 1 :], rep(x[:, n:]), rep(x[:, n - 1 : -1])).sum(1)
-        return err.view(m, k).min(1).values.mean()
+        noise = torch.randn(x_ctx.shape[0] * k, t - 1, self.z_dim, device=x_ctx.device)
+        pred, _ = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
+                                noise=noise)
+        return pred[:, self.n_past - 1 :]
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
         """The energy score (``metrics.energy_score``) of K futures drawn from the prior, predictions
@@ -229,16 +238,10 @@ class SVG(nn.Module):
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
         arm. Several true futures of the same scene and actions, which only a simulator gives,
         say where: a proper score then asks for spread there and nowhere else."""
-        n, k = self.n_past, truths.shape[1]
-        t = n + truths.shape[2]
+        k = truths.shape[1]
         h, skips = self._encode(x_ctx)
-
-        def rep(v: torch.Tensor) -> torch.Tensor:
-            return v.repeat_interleave(k, 0)
-
-        noise = torch.randn(x_ctx.shape[0] * k, t - 1, self.z_dim, device=x_ctx.device)
-        pred, _ = self._rollout(rep(x_ctx), rep(h), [rep(s) for s in skips], rep(cond[:, : t - 1]), t, noise=noise)
-        return energy_score(pred[:, n - 1 :].view(x_ctx.shape[0], k, *truths.shape[2:]), truths).mean()
+        pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
+        return energy_score(pred.view(x_ctx.shape[0], k, *truths.shape[2:]), truths).mean()
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
