@@ -38,6 +38,7 @@ class Config(ModelConfig):
     energy_truths: int = 0
     energy_weight: float = 1.0
     energy_scenes: int = 256  # training scenes whose futures are re-simulated once, at the start
+    energy_patch: int = 0  # 0: one norm over the whole future; P: the mean score of P x P patches of each frame
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -97,6 +98,8 @@ class Config(ModelConfig):
                               "the model")
         if self.energy_truths == 1 or self.energy_truths < 0:
             raise ConfigError(f"energy_truths must be 0 (off) or at least 2 (futures to compare), not {self.energy_truths}")
+        if self.energy_patch < 0 or (self.energy_patch and 64 % self.energy_patch):
+            raise ConfigError(f"energy_patch must be 0 (the whole future) or divide 64, not {self.energy_patch}")
         if self.energy_truths and self.energy_scenes < 1:
             raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
         if not 0 <= self.kl_free_bits < float("inf"):

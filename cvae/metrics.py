@@ -102,7 +102,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))
 
 
-def energy_score(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0) -> torch.Tensor:
     """Model futures [B, S, ...] against true futures [B, K, ...] of the same scenes -> [B]:
     mean over (s, k) of ||x_s - y_k|| minus half the mean over s != s' of ||x_s - x_s'||, with
     ||.|| the root-mean-square over everything after the first two dimensions (S >= 2).
@@ -111,14 +111,32 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     samples are drawn from the truths' own distribution, so it rewards spread exactly where the
     true futures differ and penalises it where they agree, unlike best of K, which rewards any
     spread. Because the norm is not squared, samples that differ by a hair still get a full-size
-    push apart: a collapsed z is not a flat spot."""
-    x, y = samples.flatten(2).float(), truths.flatten(2).float()
+    push apart: a collapsed z is not a flat spot.
+
+    ``patch`` P > 0 (frames [..., C, H, W] with H and W divisible by P): the mean of the score
+    of every P x P patch of every frame, each with its own norm, rather than one norm over the
+    whole future. Still proper for each patch's distribution, and local: over a whole future,
+    spread added where the model is already right costs only second order (the norm of a large
+    error elsewhere barely grows) while the spread term pays it first order, so a biased model
+    is paid to spread anywhere; within a patch, spread pays only where that patch's futures
+    differ or its error is as large."""
+    x, y = samples.float(), truths.float()
     s = x.shape[1]
     if s < 2:
         raise ValueError(f"the energy score needs 2 or more samples per scene, not {s}")
+    if patch:
+        h, w = x.shape[-2:]
+        if patch < 0 or h % patch or w % patch:
+            raise ValueError(f"energy score patch {patch} does not tile {h}x{w} frames")
 
     def rms(d: torch.Tensor) -> torch.Tensor:
-        return (d.pow(2).mean(-1) + 1e-12).sqrt()
+        """Differences [B, S, S', ...] -> their norms [B, S, S']: one per future, or the mean of one per patch."""
+        sq = d.pow(2)
+        if not patch:
+            return (sq.flatten(3).mean(-1) + 1e-12).sqrt()
+        lead, (c, h, w) = sq.shape[:3], sq.shape[-3:]
+        per_patch = F.avg_pool2d(sq.reshape(-1, c, h, w).mean(1, keepdim=True), patch)
+        return (per_patch + 1e-12).sqrt().reshape(*lead, -1).mean(-1)
 
     fit = rms(x[:, :, None] - y[:, None]).mean((1, 2))
     spread = rms(x[:, :, None] - x[:, None]).sum((1, 2)) / (s * (s - 1))  # the diagonal is ~0

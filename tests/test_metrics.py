@@ -151,6 +151,30 @@ def test_energy_score_by_hand():
         energy_score(torch.zeros(1, 1, 3), torch.zeros(1, 2, 3))
 
 
+def test_patch_energy_score_charges_misplaced_spread_that_the_whole_frame_score_pays_for():
+    """A biased model (error 1 on one 4x4 patch of an 8x8 frame whose two true futures agree)
+    that also spreads on another patch, where it is right: over the whole frame the spread's cost
+    is second order beside the bias, so the score prefers it; per patch it is charged."""
+    truths = torch.zeros(1, 2, 1, 8, 8)
+    collapsed = torch.zeros(1, 2, 1, 8, 8)
+    collapsed[..., :4, :4] = 1
+    spread = collapsed.clone()
+    spread[0, 0, 0, 4, 4] = spread[0, 1, 0, 7, 7] = 1  # each sample off by 1 on its own pixel of patch 3
+    whole, patch = energy_score(spread, truths).item(), energy_score(spread, truths, patch=4).item()
+    # whole frame: sqrt(17/64) to the truths, sqrt(2/64) between the samples; collapsed sqrt(16/64)
+    assert whole == pytest.approx(17**0.5 / 8 - 0.5 * 2**0.5 / 8, abs=1e-5)
+    assert energy_score(collapsed, truths).item() == pytest.approx(0.5, abs=1e-5)
+    assert whole < 0.5
+    # per patch: patch 0 costs 1, patch 3 sqrt(1/16) to the truths and sqrt(2/16) between samples
+    assert patch == pytest.approx((1 + 0.25 - 0.5 * 2**0.5 / 4) / 4, abs=1e-5)
+    assert energy_score(collapsed, truths, patch=4).item() == pytest.approx(0.25, abs=1e-5)
+    assert patch > 0.25
+    # one patch the size of the frame is the whole-frame score
+    assert energy_score(spread, truths, patch=8).item() == pytest.approx(whole, abs=1e-5)
+    with pytest.raises(ValueError, match="patch 3 does not tile 8x8"):
+        energy_score(spread, truths, patch=3)
+
+
 def test_energy_score_prefers_the_worlds_own_spread():
     """Averaged over many draws, samples from the truths' distribution score lower than a
     collapsed model at the mean and than one that spreads where the truths agree."""

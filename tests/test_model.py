@@ -546,3 +546,8 @@ def test_energy_term_scores_prior_futures_against_several_truths():
     again = model(x, c, True, futures=(ctx, cond, truths))
     torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 2.0 * again.energy).detach())
     torch.testing.assert_close(got[4], again.energy.detach())
+    # energy_patch reaches the score: the same rollout, scored per 16 x 16 patch
+    torch.manual_seed(7)
+    patched = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths), energy_patch=16)
+    torch.testing.assert_close(patched[4], energy_score(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths, 16).mean())
+    assert not torch.isclose(patched[4], got[4])

@@ -272,3 +272,5 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     assert [f.name for f in (tmp_path / "sq").iterdir()] == [".lock"]  # no log, no checkpoint
     with pytest.raises(ConfigError, match="energy_truths must be 0 .* not 1"):
         tiny_cfg(sim_root, tmp_path / "one", energy_truths=1)
+    with pytest.raises(ConfigError, match="energy_patch must be 0 .* or divide 64, not 12"):
+        tiny_cfg(sim_root, tmp_path / "twelve", energy_truths=2, energy_patch=12)
