@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .data.bair import IMAGE_SIZE
 from .errors import ConfigError
 from .model.svg import ModelConfig
 
@@ -98,8 +99,9 @@ class Config(ModelConfig):
                               "the model")
         if self.energy_truths == 1 or self.energy_truths < 0:
             raise ConfigError(f"energy_truths must be 0 (off) or at least 2 (futures to compare), not {self.energy_truths}")
-        if self.energy_patch < 0 or (self.energy_patch and 64 % self.energy_patch):
-            raise ConfigError(f"energy_patch must be 0 (the whole future) or divide 64, not {self.energy_patch}")
+        if self.energy_patch < 0 or (self.energy_patch and IMAGE_SIZE % self.energy_patch):
+            raise ConfigError(f"energy_patch must be 0 (the whole future) or divide {IMAGE_SIZE}, "
+                              f"not {self.energy_patch}")
         if self.energy_truths and self.energy_scenes < 1:
             raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
         if not 0 <= self.kl_free_bits < float("inf"):

@@ -134,9 +134,8 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0) ->
         sq = d.pow(2)
         if not patch:
             return (sq.flatten(3).mean(-1) + 1e-12).sqrt()
-        lead, (c, h, w) = sq.shape[:3], sq.shape[-3:]
-        per_patch = F.avg_pool2d(sq.reshape(-1, c, h, w).mean(1, keepdim=True), patch)
-        return (per_patch + 1e-12).sqrt().reshape(*lead, -1).mean(-1)
+        per_patch = F.avg_pool2d(sq.flatten(0, -4).mean(1, keepdim=True), patch)  # [N, 1, H / P, W / P]
+        return (per_patch + 1e-12).sqrt().reshape(*sq.shape[:3], -1).mean(-1)
 
     fit = rms(x[:, :, None] - y[:, None]).mean((1, 2))
     spread = rms(x[:, :, None] - x[:, None]).sum((1, 2)) / (s * (s - 1))  # the diagonal is ~0
