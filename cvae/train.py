@@ -36,7 +36,7 @@ from .evaluate import evaluate
 from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
 from .model.svg import LOSS_FIELDS, ModelConfig
-from .model.vgg64 import with_ee_map
+from .model.vgg64 import grown
 from .physics_eval import TrainingFutures
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
@@ -296,23 +296,26 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     return loop
 
 
+GROWABLE = ("ee_maps", "ee_copy")  # model fields --init may switch on: vgg64.grown adds their weights
+
+
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
-    field, except that a model without the end-effector map may grow one (``with_ee_map``).
-    Returns whether it did."""
+    field, except that a model without the end-effector map or copy may grow them
+    (``vgg64.grown``). Returns whether it grew the map (which then wants calibrating)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
-    grow = ours.ee_maps and not theirs.ee_maps
+    grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
     diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
-            if f.name not in LOSS_FIELDS and not (grow and f.name == "ee_maps")
-            and getattr(theirs, f.name) != getattr(ours, f.name)]
+            if f.name not in LOSS_FIELDS and f.name not in grow and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
-                          "(pass the same model flags, e.g. its preset; only --ee-maps true may be added)")
+                          "(pass the same model flags, e.g. its preset; only --ee-maps true and "
+                          "--ee-copy true may be added)")
     state = weights.state_dict()
-    model.load_state_dict(with_ee_map(state, model.state_dict()) if grow else state)
-    return grow
+    model.load_state_dict(grown(state, model.state_dict()) if grow else state)
+    return "ee_maps" in grow
 
 
 def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:

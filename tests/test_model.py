@@ -8,6 +8,7 @@ import torch
 
 from cvae import checkpoint
 from cvae.config import Config, preset
+from cvae.errors import ConfigError
 from cvae.model import SVG
 from cvae.model.reference import reference_losses
 from cvae.schedules import kl_beta, teacher_forcing_ratio
@@ -54,15 +55,17 @@ def test_shapes_and_gradients(prior, last_frame_skip, cond_embed, teacher_forcin
         assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
-HEADS = [("image", False, False), ("compose", False, False), ("cdna", False, False), ("compose", True, False),
-         ("cdna", True, False), ("flow", False, False), ("flow", True, True), ("image", False, True)]
+HEADS = [("image", False, False, False), ("compose", False, False, False), ("cdna", False, False, False),
+         ("compose", True, False, False), ("cdna", True, False, False), ("flow", False, False, False),
+         ("flow", True, True, False), ("image", False, True, False), ("flow", False, True, True)]
 
 
-@pytest.mark.parametrize("output,cond_maps,ee_maps", HEADS)
+@pytest.mark.parametrize("output,cond_maps,ee_maps,ee_copy", HEADS)
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize("pixel_loss", ["mse", "l1"])
-def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, teacher_forcing, pixel_loss):
-    model = tiny(output=output, cond_maps=cond_maps, ee_maps=ee_maps, last_frame_skip=True, pixel_loss=pixel_loss)
+def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, ee_copy, teacher_forcing, pixel_loss):
+    model = tiny(output=output, cond_maps=cond_maps, ee_maps=ee_maps, ee_copy=ee_copy, last_frame_skip=True,
+                 pixel_loss=pixel_loss)
     x, c = batch()
     out = model(x, c, teacher_forcing)
     assert out.pred.shape == (2, 4, 3, 64, 64) and out.pred.min() >= 0 and out.pred.max() <= 1
@@ -215,23 +218,72 @@ def test_end_effector_map_calibrates_onto_the_kinematics():
 
 @pytest.mark.parametrize("output", ["cdna", "flow"])
 def test_a_model_grows_an_end_effector_map_without_changing_its_predictions(output):
-    """``with_ee_map``: a model without the map, grown into one with it, predicts exactly what it
-    did (the map's channel starts with zero weights), and reads the map once those weights move."""
-    from cvae.model.vgg64 import with_ee_map
+    """``grown``: a model without the map, grown into one with it, predicts exactly what it did
+    (the map's channel starts with zero weights), and reads the map once those weights move."""
+    from cvae.model.vgg64 import grown
 
     old = calibrated(tiny(output=output, cond_maps=True, ee_maps=False)).eval()
-    grown = tiny(output=output, cond_maps=True, ee_maps=True)
-    grown.load_state_dict(with_ee_map(old.state_dict(), grown.state_dict()))
+    big = tiny(output=output, cond_maps=True, ee_maps=True)
+    big.load_state_dict(grown(old.state_dict(), big.state_dict()))
     x, cond = batch(t=6)
     before = old.predict(x[:, :2], cond, n_future=4, seed=3)
-    torch.testing.assert_close(grown.predict(x[:, :2], cond, n_future=4, seed=3), before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(big.predict(x[:, :2], cond, n_future=4, seed=3), before, atol=1e-6, rtol=0)
     with torch.no_grad():
-        grown.decoder.upc5[0][0].weight[:, -1] = 1.0
-    assert (grown.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() > 1e-3
+        big.decoder.upc5[0][0].weight[:, -1] = 1.0
+    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"decoder.upc2.0.0.weight: shape .* does not grow"):
-        with_ee_map(tiny(output=output, cond_maps=False).state_dict(), grown.state_dict())
+        grown(tiny(output=output, cond_maps=False).state_dict(), big.state_dict())
     with pytest.raises(ValueError, match="is missing"):
-        with_ee_map({k: v for k, v in old.state_dict().items() if "encoder.c1" not in k}, grown.state_dict())
+        grown({k: v for k, v in old.state_dict().items() if "encoder.c1" not in k}, big.state_dict())
+
+
+def test_a_model_grows_the_end_effector_copy_starting_almost_as_it_was():
+    """``grown`` adds the copy's mask channel to the flow head with zero weights and a low bias:
+    the copy starts under 1% of the mask, so the grown model predicts within 0.01 of the old one
+    (on noise frames, where the moved copy differs most), and uses the copy once its logit is raised."""
+    from cvae.model.heads import EE_COPY_BIAS
+    from cvae.model.vgg64 import grown
+
+    old = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True)).eval()
+    big = tiny(output="flow", cond_maps=True, ee_maps=True, ee_copy=True)
+    big.load_state_dict(grown(old.state_dict(), big.state_dict()))
+    assert big.decoder.upc5[1].bias[-1] == EE_COPY_BIAS and big.decoder.upc5[1].weight[:, -1].abs().max() == 0
+    x, cond = batch(t=6)
+    before = old.predict(x[:, :2], cond, n_future=4, seed=3)
+    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() < 0.01
+    with torch.no_grad():
+        big.decoder.upc5[1].bias[-1] = 20.0
+    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().mean() > 0.01
+    with pytest.raises(ConfigError, match="ee_copy needs output 'flow' and ee_maps true"):
+        tiny(output="cdna", ee_maps=True, ee_copy=True)
+    with pytest.raises(ConfigError, match="ee_copy needs output 'flow' and ee_maps true"):
+        tiny(output="flow", ee_copy=True)
+
+
+def test_the_end_effector_copy_moves_the_latest_real_frame_with_the_end_effector():
+    """By hand: an end-effector map that reads its place off the first two condition columns, a
+    frame with a 3x3 white gripper at (row 20, column 30) on grey, the end effector there at rest
+    and at (row 26, column 23) this step: the copy is the frame moved by (+6, -7) pixels, so the
+    gripper is exactly at (26, 23), and the map's place gets a gradient through it."""
+    decoder = tiny(output="flow", cond_maps=True, ee_maps=True, ee_copy=True).decoder
+    with torch.no_grad():
+        decoder.ee_map.where.weight.zero_()
+        decoder.ee_map.where.weight[0, 0] = decoder.ee_map.where.weight[1, 1] = 1.0
+        decoder.ee_map.where.bias.zero_()
+
+    def cond_at(row: int, col: int) -> torch.Tensor:
+        c = torch.zeros(1, 7)
+        c[0, :2] = torch.atanh(torch.tensor([row, col]) * 2 / 63 - 1)
+        return c
+
+    frame = torch.full((1, 3, 64, 64), 0.3)
+    frame[..., 19:22, 29:32] = 1.0
+    copy = decoder.ee_copy_of(frame, cond_at(20, 30), cond_at(26, 23))
+    want = torch.full((1, 3, 64, 64), 0.3)
+    want[..., 25:28, 22:25] = 1.0
+    torch.testing.assert_close(copy, want, atol=1e-4, rtol=0)
+    (copy * torch.linspace(0, 1, 64)).sum().backward()  # moving the gripper right would raise it
+    assert decoder.ee_map.where.weight.grad.abs().sum() > 0
 
 
 def test_the_bundled_model_from_before_the_heads_still_fits():
@@ -255,16 +307,18 @@ def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
     assert loaded.decoder.output == "image" and loaded.decoder.cond_dim == 0 and loaded.pixel_loss == "mse"
 
 
-@pytest.mark.parametrize("prior,last_frame_skip,channels_last,output,cond_maps",
-                         [("fixed", False, False, "image", False), ("learned", True, False, "image", False),
-                          ("fixed", False, True, "image", False), ("learned", True, True, "image", False),
-                          ("fixed", True, False, "compose", True), ("fixed", True, True, "cdna", True),
-                          ("learned", True, True, "flow", True), ("fixed", False, False, "flow", False)])
+@pytest.mark.parametrize("prior,last_frame_skip,channels_last,output,cond_maps,ee_copy",
+                         [("fixed", False, False, "image", False, False), ("learned", True, False, "image", False, False),
+                          ("fixed", False, True, "image", False, False), ("learned", True, True, "image", False, False),
+                          ("fixed", True, False, "compose", True, False), ("fixed", True, True, "cdna", True, False),
+                          ("learned", True, True, "flow", True, False), ("fixed", False, False, "flow", False, False),
+                          ("learned", True, False, "flow", True, True)])
 def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
-                                                                 cond_maps):
+                                                                 cond_maps, ee_copy):
     """Same losses and same gradients: batching across time (and the channels_last layout that
     training uses) changes the speed, not the math."""
-    model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps).eval()
+    model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps,
+                 ee_maps=ee_copy, ee_copy=ee_copy).eval()
     ref_model = copy.deepcopy(model)
     if channels_last:
         model.channels_last = True

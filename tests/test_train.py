@@ -116,6 +116,12 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert checkpoint.read_meta(tmp_path / "b" / "last")["config"]["motion_weight"] == 3.0
     with pytest.raises(ConfigError, match=r"its model differs from this run's: g_dim 16 vs 32"):
         train(tiny_cfg(sim_root, tmp_path / "c", g_dim=32, init=init), progress=False)
+    # the end-effector copy may be grown in: every old weight carries over, the copy's mask channel is new
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "f", epochs=1, iters_per_epoch=1, init=init, ee_copy=True), progress=False)
+    assert checkpoint.read_meta(tmp_path / "f" / "last")["config"]["ee_copy"] is True
+    head = "decoder.upc5.1.weight"
+    assert torch.equal(seen[0][0][head][:, :-1], start[head]) and seen[0][0][head][:, -1].abs().max() == 0
     with pytest.raises(CheckpointError, match="nowhere"):
         train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "nowhere")), progress=False)
     # the command takes the model's shape from the checkpoint: no model flags needed

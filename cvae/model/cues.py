@@ -58,6 +58,14 @@ class EndEffectorMap(nn.Module):
         self.where.weight.copy_(w.detach()[:-1].T)
         self.where.bias.copy_(w.detach()[-1])
 
+    def shift(self, src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Standardised conditions [N, cond_dim] of two frames -> [N, 2]: the displacement (x,
+        then y, in pixels of an h x w image) that takes the end effector's place in ``dst`` back
+        to its place in ``src``: the constant flow with which ``heads.warp`` moves frame ``src``'s
+        end effector to where it is in ``dst``."""
+        d = (self.location(src) - self.location(dst)).flip(-1)  # (row, column) -> (x, y)
+        return d * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=d.device)
+
     def forward(self, cond: torch.Tensor, h: int, w: int) -> torch.Tensor:
         loc = self.location(cond)
         coords = coordinate_maps(h, w, cond.device, torch.float32)

@@ -14,7 +14,10 @@ class registered by name (``HEADS``); adding a head is one class here.
   last context frame (the latest real frame), which stays sharp because it is resampled once
   rather than once per step, and shows the table where the arm uncovers it. A softmax mask per
   pixel chooses among the generated image and the two moved frames. Displacements are in pixels
-  and unbounded, so anything can move as far as it moves.
+  and unbounded, so anything can move as far as it moves. With ``ee_copy`` the mask has a fourth
+  source: the latest real frame moved rigidly by the end effector's own displacement (the decoder
+  computes it from the kinematics its end-effector map knows), so a sharp gripper is at hand
+  wherever it goes, instead of one resampled and blurred again at every step.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from torch.nn import functional as F
 CDNA_KERNELS = 4
 CDNA_SIZE = 5
 MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, or 1% among cdna's 6
+EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to have it starts as it was
 
 HEADS: dict[str, type[Head]] = {}
 
@@ -121,37 +125,52 @@ class CDNAHead(MaskedHead):
 @register
 class FlowHead(Head):
     """Two dense displacement fields move the previous frame and the latest real frame; a softmax
-    mask per pixel chooses among the generated image and the two moved frames."""
+    mask per pixel chooses among the generated image and the two moved frames (and, with
+    ``ee_copy``, the end-effector copy the decoder passes)."""
 
     name = "flow"
     extra = 4 + 3
 
+    def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False) -> None:
+        super().__init__(g_dim, nc)
+        self.ee_copy = ee_copy
+        self.extra = FlowHead.extra + int(ee_copy)
+
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
-        mask logit at MASK_BIAS."""
+        mask logit at MASK_BIAS, the end-effector copy's at EE_COPY_BIAS."""
         nc = self.nc
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
             last.bias[nc : nc + 4] = 0
             last.bias[nc + 4] = MASK_BIAS
+            if self.ee_copy:
+                last.bias[nc + 7] = EE_COPY_BIAS
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
-                g: torch.Tensor) -> torch.Tensor:
+                g: torch.Tensor, ee_copy: torch.Tensor | None = None) -> torch.Tensor:
         generated, prev, nc = self.generated(out), self.previous(prev), self.nc
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
-        masks = out[:, nc + 4 :].float().softmax(1)  # [N, 3, H, W]: generated, moved previous, moved anchor
-        candidates = torch.stack([generated.float(), warp(prev, out[:, nc : nc + 2]),
-                                  warp(anchor, out[:, nc + 2 : nc + 4])], 1)
-        return (masks[:, :, None] * candidates).sum(1)
+        if self.ee_copy and ee_copy is None:
+            raise ValueError("this 'flow' head mixes in the end-effector copy: pass ee_copy")
+        masks = out[:, nc + 4 :].float().softmax(1)  # [N, 3 or 4, H, W]: generated, moved previous, moved anchor, copy
+        sources = [generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])]
+        if self.ee_copy:
+            sources.append(ee_copy.float())
+        return (masks[:, :, None] * torch.stack(sources, 1)).sum(1)
 
 
 OUTPUTS = tuple(HEADS)
 
 
-def make_head(name: str, g_dim: int, nc: int = 3) -> Head:
+def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
+    if ee_copy:
+        if name != FlowHead.name:
+            raise ValueError(f"ee_copy needs the 'flow' head, not {name!r}")
+        return FlowHead(g_dim, nc, ee_copy=True)
     return HEADS[name](g_dim, nc)
 
 

@@ -36,8 +36,8 @@ def reference_losses(model: SVG, x: torch.Tensor, cond: torch.Tensor) -> tuple[t
             mu_p, logvar_p, prior_state = model.prior(h_prev[:, None], prior_state)
             prior = (mu_p, logvar_p)
         g, pred_state = model.predictor(h_prev[:, None], z, cond[:, i - 1 : i], pred_state)
-        anchor = x[:, min(i - 1, model.n_past - 1)]
-        x_pred = model.decoder(g[:, 0], skip, x[:, i - 1], model.predictor.normalize(cond[:, i - 1]), anchor)
+        latest = min(i - 1, model.n_past - 1)
+        x_pred = model._decode(g[:, 0], skip, x[:, i - 1], cond[:, i - 1], x[:, latest], cond[:, latest])
         mse.append(F.mse_loss(x_pred, x[:, i]))
         kld.append(kl_divergence(mu_q, logvar_q, *(prior or ())).mean())
     return torch.stack(mse), torch.stack(kld)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..condition import COND_DIM
+from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import energy_score, moving_mask
 from .gaussian import GaussianLSTM, kl_divergence, reparameterize
@@ -65,6 +65,7 @@ class ModelConfig:
     ee_maps: bool = False  # draw a heat map of the end effector's learned place into the decoder's maps
     pixel_loss: str = "mse"  # mse (the lab's) | l1 (SAVP's; blurs less)
     motion_weight: float = 0.0  # pixels that change between true frames count 1 + this in the pixel loss
+    ee_copy: bool = False  # the flow head may also take the latest real frame moved with the end effector
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -81,7 +82,18 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not 0 <= self.motion_weight < float("inf"):
             raise ConfigError(f"motion_weight must be a number >= 0, not {self.motion_weight}")
+        if self.ee_copy and not (self.output == "flow" and self.ee_maps):
+            raise ConfigError("ee_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
+                              "moved by the end-effector map's places")
         return self
+
+
+def at_rest(cond: torch.Tensor) -> torch.Tensor:
+    """Raw conditions [..., 7] with the actions zeroed: where the end-effector map puts one of
+    these is where the end effector is in that frame, not where its action takes it next."""
+    rest = cond.clone()
+    rest[..., ACTIONS] = 0
+    return rest
 
 
 class SVG(nn.Module):
@@ -95,7 +107,7 @@ class SVG(nn.Module):
         self.pixel_loss, self.motion_weight = cfg.pixel_loss, cfg.motion_weight
         self.encoder = Encoder(cfg.g_dim, cfg.width)
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
-                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0)
+                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)
@@ -108,10 +120,13 @@ class SVG(nn.Module):
         return cls(ModelConfig.from_dict(cfg))
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
-                cond: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7] and the
-        latest real frames [N, 3, 64, 64] -> frames."""
-        return self.decoder(g, skips, prev, self.predictor.normalize(cond), anchor)
+                cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor) -> torch.Tensor:
+        """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
+        real frames [N, 3, 64, 64] and their raw conditions [N, 7] -> frames."""
+        norm = self.predictor.normalize
+        if not self.cfg.ee_copy:
+            return self.decoder(g, skips, prev, norm(cond), anchor)
+        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)))
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(0, 1)
@@ -123,11 +138,11 @@ class SVG(nn.Module):
         h, skips = self.encoder(self._images(x))
         return h.view(b, length, -1), [s.view(b, length, *s.shape[1:]) for s in skips]
 
-    def _latest_real(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """Frames [B, T, ...] -> for steps 1..t-1 the latest real frame before each, [B*(t-1), ...]:
-        frame i-1 during the context, then the last context frame."""
+    def _latest_real(self, v: torch.Tensor, t: int) -> torch.Tensor:
+        """Frames (or conditions) [B, T, ...] -> for steps 1..t-1 those of the latest real frame
+        before each, [B, t-1, ...]: frame i-1 during the context, then the last context frame."""
         n = self.n_past
-        return self._images(torch.cat([x[:, : n - 1], x[:, n - 1 : n].expand(-1, t - n, *x.shape[2:])], 1))
+        return torch.cat([v[:, : n - 1], v[:, n - 1 : n].expand(-1, t - n, *v.shape[2:])], 1)
 
     def _step_skips(self, skips: list[torch.Tensor], t: int) -> list[torch.Tensor]:
         """Skips [B, T, ...] -> the skips of steps 1..t-1 flattened to [B*(t-1), ...]: frame i-1
@@ -170,7 +185,8 @@ class SVG(nn.Module):
             prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
             g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
             pred = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
-                                cond[:, :-1].flatten(0, 1), self._latest_real(x, t)).view(b, t - 1, *x.shape[2:])
+                                cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
+                                self._latest_real(cond, t).flatten(0, 1)).view(b, t - 1, *x.shape[2:])
         else:
             n = self.n_past
             pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
@@ -280,8 +296,8 @@ class SVG(nn.Module):
                 z_i = noise[:, i - 1]
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
-            anchor = x_prev if i < n_past else x_ctx[:, n_past - 1]
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], anchor)
+            latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest])
             preds.append(x_i)
             if i < n_past:
                 h_prev, skip_prev, x_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx], x_ctx[:, i]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .cues import EndEffectorMap, coordinate_maps
-from .heads import make_head
+from .heads import make_head, warp
 
 BASE_CHANNELS = (64, 128, 256, 512)
 
@@ -49,13 +49,16 @@ class Decoder(nn.Module):
     action; the coordinates let a convolution turn an end-effector position into a place in the
     image). ``ee_cond_dim`` > 0 adds a heat map of where the end effector is (``cues.py``) at
     every scale. ``output`` names the head (``heads.py``) that turns the last feature map into the
-    frame."""
+    frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
+    displacement (``ee_copy_of``)."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
-                 ee_cond_dim: int = 0) -> None:
+                 ee_cond_dim: int = 0, ee_copy: bool = False) -> None:
         super().__init__()
-        self.head = make_head(output, g_dim, nc)
-        self.output, self.nc, self.cond_dim = output, nc, cond_dim
+        if ee_copy and not ee_cond_dim:
+            raise ValueError("ee_copy needs the end-effector map (ee_cond_dim > 0): it moves frames by its places")
+        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy)
+        self.output, self.nc, self.cond_dim, self.ee_copy = output, nc, cond_dim, ee_copy
         self.ee_map = EndEffectorMap(ee_cond_dim) if ee_cond_dim else None
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
         c0, c1, c2, c3 = channels(width)
@@ -78,11 +81,23 @@ class Decoder(nn.Module):
             parts.append(self.ee_map(cond, h, w).to(d.dtype))
         return torch.cat(parts, 1)
 
+    def ee_copy_of(self, anchor: torch.Tensor, anchor_cond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The latest real frame [N, 3, H, W] moved rigidly so that its end effector (at the place
+        the map gives ``anchor_cond``, its own position at rest) lands where this step's is (the
+        place of ``cond``). Near the gripper that is the next frame, sharp however far the arm has
+        gone; the flow head's mask picks it there. Resampled once from a real frame, so it does not
+        blur step after step as the moved previous frame does."""
+        h, w = anchor.shape[-2:]
+        flow = self.ee_map.shift(anchor_cond, cond, h, w)
+        return warp(anchor, flow[:, :, None, None].expand(-1, -1, h, w))
+
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
+                anchor_cond: torch.Tensor | None = None) -> torch.Tensor:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
-        flow), the standardised condition [N, 7] (condition and end-effector maps) and the latest
-        real frame (flow) -> frame [N, 3, 64, 64] in [0, 1]."""
+        flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
+        real frame (flow) and its standardised condition at rest (``ee_copy``) -> frame
+        [N, 3, 64, 64] in [0, 1]."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
         d = self.upc1(g[:, :, None, None])
@@ -90,34 +105,43 @@ class Decoder(nn.Module):
         d = self.upc3(self._with_cond(d, skips[2], cond))
         d = self.upc4(self._with_cond(d, skips[1], cond))
         out = self.upc5(self._with_cond(d, skips[0], cond))
-        return self.head(out, prev, anchor, g)
+        if not self.ee_copy:
+            return self.head(out, prev, anchor, g)
+        if anchor is None or anchor_cond is None:
+            raise ValueError("this decoder moves the latest real frame with the end effector: pass anchor and anchor_cond")
+        return self.head(out, prev, anchor, g, ee_copy=self.ee_copy_of(anchor, anchor_cond, cond))
 
 
-def with_ee_map(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights ``theirs`` of a model without the end-effector map, grown to fit a model with
-    one (whose fresh weights are ``ours``): each convolution that reads a scale's maps gets one
-    more input channel, the map's (appended last by ``_with_cond``), with zero weights, and the
-    map starts as ``ours`` has it. So the grown model computes exactly what the old one did, and
-    training then teaches it to read the map. Raises ValueError naming a weight that does not fit."""
+def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights ``theirs`` of a model grown into one with the end-effector map and/or the
+    end-effector copy (whose fresh weights are ``ours``). Each convolution that reads a scale's
+    maps gets one more input channel, the map's (appended last by ``_with_cond``), with zero
+    weights; the flow head's last layer gets one more output channel, the copy's mask logit
+    (appended last), with zero weights and ``ours``'s bias (``heads.EE_COPY_BIAS``); the map
+    starts as ``ours`` has it. So the grown model computes what the old one did (exactly, or with
+    the copy's mask under 1%), and training then teaches it to use them. Raises ValueError naming
+    a weight that does not fit."""
     extra = sorted(set(theirs) - set(ours))
     if extra:
         raise ValueError(f"weights this model lacks: {', '.join(extra)}")
-    grown = {}
+    out = {}
     for key, mine in ours.items():
         if key not in theirs:
             if ".ee_map." not in f".{key}":
                 raise ValueError(f"{key} is missing")
-            grown[key] = mine
+            out[key] = mine
             continue
         old = theirs[key]
         if old.shape == mine.shape:
-            grown[key] = old
+            out[key] = old
         elif old.dim() == 4 and old.shape[1] + 1 == mine.shape[1] and old.shape[0] == mine.shape[0] \
-                and old.shape[2:] == mine.shape[2:]:
-            grown[key] = torch.cat([old, old.new_zeros(old.shape[0], 1, *old.shape[2:])], 1)
+                and old.shape[2:] == mine.shape[2:]:  # a Conv2d's new input, or a ConvTranspose2d's new output
+            out[key] = torch.cat([old, old.new_zeros(old.shape[0], 1, *old.shape[2:])], 1)
+        elif old.dim() == 1 and old.shape[0] + 1 == mine.shape[0] and key == "decoder.upc5.1.bias":
+            out[key] = torch.cat([old, mine[-1:]])
         else:
             raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
-    return grown
+    return out
 
 
 def _old_head_keys(state_dict: dict, prefix: str, *args: object) -> None:
