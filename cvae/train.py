@@ -303,7 +303,8 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
     field, except that a model without the end-effector map or copy may grow them
-    (``vgg64.grown``). Returns whether it grew the map (which then wants calibrating)."""
+    (``vgg64.grown``). Returns whether it grew either (the map then wants calibrating: the copy
+    places it exactly, ``cues.EndEffectorMap``)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
@@ -315,7 +316,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
                           "--ee-copy true may be added)")
     state = weights.state_dict()
     model.load_state_dict(grown(state, model.state_dict()) if grow else state)
-    return "ee_maps" in grow
+    return bool(grow)
 
 
 def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:

@@ -189,9 +189,12 @@ def test_decoded_place_by_hand():
     np.testing.assert_allclose(decoded_place(corner), [[(5 - 32) * 2 / 63] * 2], atol=1e-9)
 
 
-def test_end_effector_map_calibrates_onto_the_kinematics():
+@pytest.mark.parametrize("exact", [False, True])
+def test_end_effector_map_calibrates_onto_the_kinematics(exact):
     """A fresh map puts its blob anywhere; calibrated on conditions with known kinematics, it lands
-    within a couple of pixels of the end effector on conditions it was not fitted on."""
+    within a couple of pixels of the end effector on conditions it was not fitted on (under tanh),
+    or on it, edges included, with the clamped place (``exact``: what the end-effector copy uses),
+    also at rest (the actions zeroed: where the end effector is in that frame)."""
     from cvae.kinematics import decoded_place, place_error_px, px_to_world
     from cvae.model.cues import EndEffectorMap
 
@@ -209,11 +212,19 @@ def test_end_effector_map_calibrates_onto_the_kinematics():
         return place_error_px(loc, decoded_place(cond))
 
     torch.manual_seed(0)
-    cue = EndEffectorMap(7)
+    cue = EndEffectorMap(7, exact=exact)
     assert np.median(miss_px(cue, held_out)) > 10
     cue.calibrate(torch.tensor((fit - mean) / std), torch.tensor(decoded_place(fit)))
     miss = miss_px(cue, held_out)
-    assert np.median(miss) < 1.5 and miss.max() < 5
+    if not exact:
+        assert np.median(miss) < 1.5 and miss.max() < 5
+        return
+    from cvae.model.svg import at_rest
+
+    edge = held_out.copy()
+    edge[:, 4:6] = px_to_world(np.full((1000, 2), 58.5))  # pushed further out: stopped at the workspace's edge
+    assert miss.max() < 0.01 and miss_px(cue, edge).max() < 0.01
+    assert miss_px(cue, at_rest(torch.from_numpy(held_out)).numpy()).max() < 0.01
 
 
 @pytest.mark.parametrize("output", ["cdna", "flow"])
@@ -273,7 +284,7 @@ def test_the_end_effector_copy_moves_the_latest_real_frame_with_the_end_effector
 
     def cond_at(row: int, col: int) -> torch.Tensor:
         c = torch.zeros(1, 7)
-        c[0, :2] = torch.atanh(torch.tensor([row, col]) * 2 / 63 - 1)
+        c[0, :2] = torch.tensor([row, col]) * 2 / 63 - 1  # the copy's map clamps its place, within [-1, 1]
         return c
 
     frame = torch.full((1, 3, 64, 64), 0.3)

@@ -59,7 +59,7 @@ class Decoder(nn.Module):
             raise ValueError("ee_copy needs the end-effector map (ee_cond_dim > 0): it moves frames by its places")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy)
         self.output, self.nc, self.cond_dim, self.ee_copy = output, nc, cond_dim, ee_copy
-        self.ee_map = EndEffectorMap(ee_cond_dim) if ee_cond_dim else None
+        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy) if ee_cond_dim else None
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
