@@ -1,0 +1,73 @@
+"""How good the end-effector copy is by itself: the last context frame moved rigidly with the end
+effector, scored in windows around the true end-effector pixel, as the copy a checkpoint's
+end-effector map places and as the copy the simulator's kinematics place exactly, beside
+copy-last and the checkpoint's own one-sample prediction.
+
+A rigid copy is right on the gripper and wrong on everything around it that does not move with
+it, so a small window says whether it lands on the gripper, and the 9x9 window of ``eval`` says
+what it could give a model there.
+
+    python bench/ee_copy.py --ckpt assets/model --limit 64
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import record
+
+from cvae import checkpoint
+from cvae.condition import XY
+from cvae.data.dataset import BairDataset
+from cvae.kinematics import decoded_place, world_to_px
+from cvae.metrics import masked_psnr, window_mask
+from cvae.model.heads import warp
+from cvae.model.svg import at_rest
+
+
+def moved(frame: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``frame`` [N, 3, 64, 64] shifted so that (row, column) place ``src`` [N, 2] lands on ``dst``
+    (the maps' [-1, 1] coordinates), as ``Decoder.ee_copy_of`` shifts it."""
+    flow = (src - dst).flip(-1) * (frame.shape[-1] - 1) / 2
+    return warp(frame, flow[:, :, None, None].expand(-1, -1, *frame.shape[-2:]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="assets/model", help="a checkpoint with an end-effector map")
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64)
+    args = p.parse_args()
+    model, _ = checkpoint.load_model(args.ckpt, "cpu")
+    if model.decoder.ee_map is None:
+        raise SystemExit(f"{args.ckpt} has no end-effector map")
+    n_past, n_future = model.n_past, 10
+    ds = BairDataset(args.data, "test", n_past + n_future)
+    x, c = (torch.stack(v) for v in zip(*(ds[i] for i in range(min(args.limit, len(ds))))))
+    last, rest = x[:, n_past - 1], at_rest(c[:, n_past - 1])
+    norm, where = model.predictor.normalize, model.decoder.ee_map.location
+    with torch.no_grad():
+        pred = model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0]
+        steps = range(n_past, n_past + n_future)  # frame t is drawn from the condition of t - 1
+        by_map = torch.stack([moved(last, where(norm(rest)), where(norm(c[:, t - 1]))) for t in steps], 1)
+        def place(cond: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(decoded_place(cond.double().numpy())).float()
+
+        by_kinematics = torch.stack([moved(last, place(rest), place(c[:, t - 1])) for t in steps], 1)
+    truth = x[:, n_past:]
+    centre = torch.from_numpy(world_to_px(c[:, n_past:, XY].numpy()))
+    rows = {"copy last": last[:, None].expand_as(truth), "copy placed by the map": by_map,
+            "copy placed by the kinematics": by_kinematics, "the model (1 sample)": pred}
+    out = {}
+    for size in (3, 9):
+        window = window_mask(centre, size)
+        print(f"{size}x{size} window around the true end effector, PSNR per step and mean:")
+        for name, frames in rows.items():
+            per_step = masked_psnr(frames, truth, window).nanmean(0)
+            out[f"{name}, {size}x{size}"] = round(float(per_step.mean()), 2)
+            print(f"  {name:30s} {' '.join(f'{v:4.1f}' for v in per_step.tolist())}   {float(per_step.mean()):.2f}")
+    record("ee_copy", torch.device("cpu"), ckpt=args.ckpt, sequences=len(x), **out)
+
+
+if __name__ == "__main__":
+    main()
