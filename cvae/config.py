@@ -49,6 +49,7 @@ class Config(ModelConfig):
     out: str = "runs/lab"
     seed: int = 1
     ee_calibrate: bool = True  # start the end-effector map at the data's documented kinematics (simulated data)
+    ee_freeze: bool = False  # keep a calibrated map's place (re-calibrated on --init) where the kinematics put it
     init: str = ""  # a checkpoint whose weights start a new run (fine-tuning); the model's shape must match
     num_workers: int = -1  # -1: 2 on CUDA, 0 on the CPU
     val_seqs: int = 256  # validation sequences scored each epoch (0: all)

@@ -263,6 +263,9 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     torch.manual_seed(cfg.seed + rt.rank)
     model = SVG.from_config(cfg.to_dict())
     model.predictor.set_condition_stats(torch.from_numpy(train_ds.packed.cond))
+    ee_map = model.decoder.ee_map
+    if cfg.ee_freeze and cfg.ee_calibrate and ee_map is not None and read_kinematics(cfg.data) == KINEMATICS:
+        ee_map.where.requires_grad_(False)  # calibrated below (or restored): exact, training could only move it off
     model, opt = prepare(model, cfg, rt.device)
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.world > 1 else model
     if cfg.compile:
@@ -284,8 +287,8 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
         resume = False
     if resume:
         restore(cfg, rt, run, loop)
-    # a new end-effector map starts on the end effector; one trained with its decoder stays put
-    elif not cfg.init or initialize(cfg, loop.model, rt.device):
+    # a new end-effector map starts on the end effector; one trained with its decoder stays put unless frozen
+    elif not cfg.init or initialize(cfg, loop.model, rt.device) or cfg.ee_freeze:
         if (note := calibrate_ee_map(cfg, loop.model, train_ds.packed.cond)) and rt.main:
             print(f"note: {note}")
     if rt.main:
