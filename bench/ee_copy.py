@@ -21,15 +21,20 @@ from cvae.condition import XY
 from cvae.data.dataset import BairDataset
 from cvae.kinematics import decoded_place, world_to_px
 from cvae.metrics import masked_psnr, window_mask
-from cvae.model.heads import warp
+from cvae.model.cues import shift_px
+from cvae.model.heads import translate
 from cvae.model.svg import at_rest
 
 
 def moved(frame: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``frame`` [N, 3, 64, 64] shifted so that (row, column) place ``src`` [N, 2] lands on ``dst``
-    (the maps' [-1, 1] coordinates), as ``Decoder.ee_copy_of`` shifts it."""
-    flow = (src - dst).flip(-1) * (frame.shape[-1] - 1) / 2
-    return warp(frame, flow[:, :, None, None].expand(-1, -1, *frame.shape[-2:]))
+    """``frame`` [N, 3, H, W] shifted so that place ``src`` [N, 2] lands on ``dst``, as
+    ``Decoder.ee_copy_of`` shifts it."""
+    return translate(frame, shift_px(src, dst, *frame.shape[-2:]))
+
+
+def place(cond: torch.Tensor) -> torch.Tensor:
+    """Where the simulator's kinematics put the end effector in the frame drawn from ``cond``."""
+    return torch.from_numpy(decoded_place(cond.double().numpy())).float()
 
 
 def main() -> None:
@@ -50,9 +55,6 @@ def main() -> None:
         pred = model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0]
         steps = range(n_past, n_past + n_future)  # frame t is drawn from the condition of t - 1
         by_map = torch.stack([moved(last, where(norm(rest)), where(norm(c[:, t - 1]))) for t in steps], 1)
-        def place(cond: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(decoded_place(cond.double().numpy())).float()
-
         by_kinematics = torch.stack([moved(last, place(rest), place(c[:, t - 1])) for t in steps], 1)
     truth = x[:, n_past:]
     centre = torch.from_numpy(world_to_px(c[:, n_past:, XY].numpy()))

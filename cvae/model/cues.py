@@ -21,6 +21,14 @@ def coordinate_maps(h: int, w: int, device: torch.device, dtype: torch.dtype) ->
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
 
 
+def shift_px(src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Places [N, 2] ((row, column) in the maps' [-1, 1] coordinates) -> [N, 2]: the displacement
+    (x, then y, in pixels of an h x w image) from ``dst`` back to ``src``, the constant flow with
+    which ``heads.translate`` moves what a frame shows at ``src`` to ``dst``."""
+    d = (src - dst).flip(-1)  # (row, column) -> (x, y)
+    return d * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=d.device)
+
+
 class EndEffectorMap(nn.Module):
     """Standardised condition [N, cond_dim] -> a heat map [N, 1, h, w] peaked where a learned
     affine map of the condition puts the end effector; its width is learned too (starting at
@@ -81,12 +89,9 @@ class EndEffectorMap(nn.Module):
         self.where.bias.copy_(w.detach()[-1])
 
     def shift(self, src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Standardised conditions [N, cond_dim] of two frames -> [N, 2]: the displacement (x,
-        then y, in pixels of an h x w image) that takes the end effector's place in ``dst`` back
-        to its place in ``src``: the constant flow with which ``heads.warp`` moves frame ``src``'s
-        end effector to where it is in ``dst``."""
-        d = (self.location(src) - self.location(dst)).flip(-1)  # (row, column) -> (x, y)
-        return d * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=d.device)
+        """Standardised conditions [N, cond_dim] of two frames -> ``shift_px`` between the end
+        effector's places in them."""
+        return shift_px(self.location(src), self.location(dst), h, w)
 
     def forward(self, cond: torch.Tensor, h: int, w: int) -> torch.Tensor:
         loc = self.location(cond)

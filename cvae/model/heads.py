@@ -202,6 +202,11 @@ def move(prev: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return out.view(n, c, k, h, w).transpose(1, 2)
 
 
+def translate(frame: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``warp`` by one displacement per frame: frame [N, C, H, W], shift [N, 2] (x, y pixels)."""
+    return warp(frame, shift[:, :, None, None].expand(-1, -1, *frame.shape[-2:]))
+
+
 def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Backward warp: output pixel p takes ``frame`` at p + ``flow``[p] (in pixels, x then y),
     bilinearly; outside the image the border continues. frame [N, C, H, W], flow [N, 2, H, W]."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .cues import EndEffectorMap, coordinate_maps
-from .heads import make_head, warp
+from .heads import make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
 
@@ -87,9 +87,7 @@ class Decoder(nn.Module):
         place of ``cond``). Near the gripper that is the next frame, sharp however far the arm has
         gone; the flow head's mask picks it there. Resampled once from a real frame, so it does not
         blur step after step as the moved previous frame does."""
-        h, w = anchor.shape[-2:]
-        flow = self.ee_map.shift(anchor_cond, cond, h, w)
-        return warp(anchor, flow[:, :, None, None].expand(-1, -1, h, w))
+        return translate(anchor, self.ee_map.shift(anchor_cond, cond, *anchor.shape[-2:]))
 
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
