@@ -227,6 +227,28 @@ def test_end_effector_map_calibrates_onto_the_kinematics(exact):
     assert miss_px(cue, at_rest(torch.from_numpy(held_out)).numpy()).max() < 0.01
 
 
+def test_end_effector_map_calibrates_to_the_same_bits_wherever_its_inputs_lie():
+    """A run that freezes the calibrated place resumes exactly only if calibration repeats to the
+    last bit; LAPACK's tall least squares did not (its rounding followed where buffers landed)."""
+    from cvae.kinematics import decoded_place, px_to_world
+    from cvae.model.cues import EndEffectorMap
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    cond = np.c_[rng.uniform(-0.07, 0.07, (n, 2)), rng.integers(0, 2, (n, 2)),
+                 px_to_world(rng.uniform(0, 64, (n, 2))), np.full(n, 0.2)]  # some stopped at the edges
+    norm = torch.tensor((cond - cond.mean(0)) / (cond.std(0) + 1e-9), dtype=torch.float32)
+    place = torch.tensor(decoded_place(cond))
+    fits = []
+    for shift in range(12):
+        ballast = [torch.empty(shift * 7 + 1) for _ in range(3)]  # moves where calibrate's buffers land
+        cue = EndEffectorMap(7, exact=True)
+        cue.calibrate(norm.clone(), place.clone())
+        fits.append(torch.cat([cue.where.weight.flatten(), cue.where.bias, cue.lo, cue.hi]))
+        del ballast
+    assert all(torch.equal(fits[0], f) for f in fits[1:])
+
+
 @pytest.mark.parametrize("output", ["cdna", "flow"])
 def test_a_model_grows_an_end_effector_map_without_changing_its_predictions(output):
     """``grown``: a model without the map, grown into one with it, predicts exactly what it did

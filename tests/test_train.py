@@ -149,7 +149,7 @@ def test_a_new_run_starts_its_end_effector_map_at_the_datas_kinematics(sim_root,
         return float(np.median(place_error_px(loc, decoded_place(cond))))
 
     one = dict(epochs=1, iters_per_epoch=1)
-    fresh = train(tiny_cfg(sim_root, tmp_path / "a", **one), progress=False)
+    fresh = train(tiny_cfg(sim_root, tmp_path / "a", ee_freeze=False, **one), progress=False)
     note = capsys.readouterr().out
     assert re.search(r"end-effector map calibrated to .*: its blob is now a median \d\.\d px", note), note
     assert miss_px(train(tiny_cfg(sim_root, tmp_path / "b", ee_calibrate=False, **one), progress=False)) > 6
@@ -170,9 +170,9 @@ def test_a_new_run_starts_its_end_effector_map_at_the_datas_kinematics(sim_root,
     capsys.readouterr()
     train(tiny_cfg(square_root, tmp_path / "e", **one), progress=False)
     assert "documents no kinematics: the end-effector map learns its place from the pixels alone" in capsys.readouterr().out
-    # --ee-freeze keeps the calibrated place exact (the copy's), where training moves it a little
+    # --ee-freeze (the cpu preset's) keeps the calibrated place exact (the copy's), where training moves it a little
     assert miss_px(fresh) > 0.01
-    frozen = train(tiny_cfg(sim_root, tmp_path / "f", ee_freeze=True, **one), progress=False)
+    frozen = train(tiny_cfg(sim_root, tmp_path / "f", **one), progress=False)
     assert miss_px(frozen) < 0.01 and frozen.decoder.ee_map.log_sigma.requires_grad  # the blob's width still learns
 
 

@@ -29,6 +29,15 @@ def shift_px(src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tens
     return d * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=d.device)
 
 
+def least_squares(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm ``w`` minimising ``|x w - y|``, the same to the last bit on every call.
+    LAPACK's least squares on a tall ``x`` is not: where a buffer lands in memory changes its
+    rounding (1 call in 2 differed by 1e-16 on this CPU), which would break an exact resume of a
+    run that calibrates (``--ee-freeze``). The normal equations are a fixed-order matrix product
+    and a small square solve, and in float64 lose nothing that float32 weights keep."""
+    return torch.linalg.lstsq(x.T @ x, x.T @ y, driver="gelsd").solution.contiguous()
+
+
 class EndEffectorMap(nn.Module):
     """Standardised condition [N, cond_dim] -> a heat map [N, 1, h, w] peaked where a learned
     affine map of the condition puts the end effector; its width is learned too (starting at
@@ -68,13 +77,12 @@ class EndEffectorMap(nn.Module):
         if self.exact:
             lo, hi = y.min(0).values, y.max(0).values
             inside = (y > lo) & (y < hi)
-            w = torch.stack([torch.linalg.lstsq(x[inside[:, j]], y[inside[:, j], j, None]).solution[:, 0]
-                             for j in range(2)], 1)
+            w = torch.stack([least_squares(x[inside[:, j]], y[inside[:, j], j, None])[:, 0] for j in range(2)], 1)
             self.lo.copy_(lo)
             self.hi.copy_(hi)
         else:
             y = y.clamp(-0.999, 0.999)
-            w = torch.linalg.lstsq(x, torch.atanh(y)).solution.requires_grad_()
+            w = least_squares(x, torch.atanh(y)).requires_grad_()
             opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
 
             def error() -> torch.Tensor:
