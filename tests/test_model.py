@@ -55,17 +55,18 @@ def test_shapes_and_gradients(prior, last_frame_skip, cond_embed, teacher_forcin
         assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
-HEADS = [("image", False, False, False), ("compose", False, False, False), ("cdna", False, False, False),
-         ("compose", True, False, False), ("cdna", True, False, False), ("flow", False, False, False),
-         ("flow", True, True, False), ("image", False, True, False), ("flow", False, True, True)]
+HEADS = [("image", False, False, False, False), ("compose", False, False, False, False),
+         ("cdna", False, False, False, False), ("compose", True, False, False, False), ("cdna", True, False, False, False),
+         ("flow", False, False, False, False), ("flow", True, True, False, False), ("image", False, True, False, False),
+         ("flow", False, True, True, False), ("flow", True, True, False, True), ("flow", True, True, True, True)]
 
 
-@pytest.mark.parametrize("output,cond_maps,ee_maps,ee_copy", HEADS)
+@pytest.mark.parametrize("output,cond_maps,ee_maps,ee_copy,ee_sprite", HEADS)
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize("pixel_loss", ["mse", "l1"])
-def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, ee_copy, teacher_forcing, pixel_loss):
-    model = tiny(output=output, cond_maps=cond_maps, ee_maps=ee_maps, ee_copy=ee_copy, last_frame_skip=True,
-                 pixel_loss=pixel_loss)
+def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, ee_copy, ee_sprite, teacher_forcing, pixel_loss):
+    model = tiny(output=output, cond_maps=cond_maps, ee_maps=ee_maps, ee_copy=ee_copy, ee_sprite=ee_sprite,
+                 last_frame_skip=True, pixel_loss=pixel_loss)
     x, c = batch()
     out = model(x, c, teacher_forcing)
     assert out.pred.shape == (2, 4, 3, 64, 64) and out.pred.min() >= 0 and out.pred.max() <= 1
@@ -270,27 +271,70 @@ def test_a_model_grows_an_end_effector_map_without_changing_its_predictions(outp
         grown({k: v for k, v in old.state_dict().items() if "encoder.c1" not in k}, big.state_dict())
 
 
-def test_a_model_grows_the_end_effector_copy_starting_almost_as_it_was():
-    """``grown`` adds the copy's mask channel to the flow head with zero weights and a low bias:
-    the copy starts under 1% of the mask, so the grown model predicts within 0.01 of the old one
-    (on noise frames, where the moved copy differs most), and uses the copy once its logit is raised."""
-    from cvae.model.heads import EE_COPY_BIAS
+@pytest.mark.parametrize("had,grows", [((), ("ee_copy",)), ((), ("ee_sprite",)), ((), ("ee_copy", "ee_sprite")),
+                                       (("ee_copy",), ("ee_sprite",))])
+def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_was(had, grows):
+    """``grown`` adds the copy's and the sprite's mask channels to the flow head with zero weights
+    and a low bias: each starts under 1% of the mask, so the grown model predicts within 0.01 of
+    the old one per source grown (on noise frames, where the moved copy differs most, and the
+    sprite is black), and uses each once its logit is raised."""
+    from cvae.model.heads import EE_COPY_BIAS, EE_SPRITE_BIAS
     from cvae.model.vgg64 import grown
 
-    old = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True)).eval()
-    big = tiny(output="flow", cond_maps=True, ee_maps=True, ee_copy=True)
+    old = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True, **dict.fromkeys(had, True))).eval()
+    big = tiny(output="flow", cond_maps=True, ee_maps=True, **dict.fromkeys(had + grows, True))
     big.load_state_dict(grown(old.state_dict(), big.state_dict()))
-    assert big.decoder.upc5[1].bias[-1] == EE_COPY_BIAS and big.decoder.upc5[1].weight[:, -1].abs().max() == 0
+    k = len(grows)
+    last = big.decoder.upc5[1]
+    biases = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS}
+    assert last.bias[-k:].tolist() == [biases[g] for g in grows] and last.weight[:, -k:].abs().max() == 0
     x, cond = batch(t=6)
     before = old.predict(x[:, :2], cond, n_future=4, seed=3)
-    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() < 0.01
+    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() < 0.01 * k
+    for i in range(1, k + 1):
+        start = last.bias[-i].item()
+        with torch.no_grad():
+            last.bias[-i] = 20.0
+        assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().mean() > 0.01
+        with torch.no_grad():
+            last.bias[-i] = start
+    for name in ("ee_copy", "ee_sprite"):
+        with pytest.raises(ConfigError, match=f"{name} needs output 'flow' and ee_maps true"):
+            tiny(output="cdna", ee_maps=True, **{name: True})
+        with pytest.raises(ConfigError, match=f"{name} needs output 'flow' and ee_maps true"):
+            tiny(output="flow", **{name: True})
+
+
+def test_the_end_effector_sprite_lands_on_the_end_effector():
+    """By hand: a map that reads its place off the first two condition columns and a sprite that
+    draws a white 4x4 square at its centre on black: at the place (row 26, column 23) the frame holds
+    the square there (its centre of mass within 0.01 px, all its light kept), black elsewhere;
+    the sprite's drawing and the place both get gradients."""
+    from cvae.model.cues import SPRITE_PX
+
+    decoder = tiny(output="flow", cond_maps=True, ee_maps=True, ee_sprite=True).decoder
     with torch.no_grad():
-        big.decoder.upc5[1].bias[-1] = 20.0
-    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().mean() > 0.01
-    with pytest.raises(ConfigError, match="ee_copy needs output 'flow' and ee_maps true"):
-        tiny(output="cdna", ee_maps=True, ee_copy=True)
-    with pytest.raises(ConfigError, match="ee_copy needs output 'flow' and ee_maps true"):
-        tiny(output="flow", ee_copy=True)
+        decoder.ee_map.where.weight.zero_()
+        decoder.ee_map.where.weight[0, 0] = decoder.ee_map.where.weight[1, 1] = 1.0
+        decoder.ee_map.where.bias.zero_()
+        last = decoder.ee_sprite.net[-1]
+        last.weight.zero_()
+        square = torch.full((3, SPRITE_PX, SPRITE_PX), -30.0)
+        mid = SPRITE_PX // 2
+        square[:, mid - 2 : mid + 2, mid - 2 : mid + 2] = 30.0
+        last.bias.copy_(square.flatten())
+        last.weight[:, 2] = 0.01  # the third condition column shades the sprite a little, so it gets a gradient
+    cond = torch.zeros(1, 7)
+    cond[0, :2] = torch.tensor([26, 23]) * 2 / 63 - 1
+    drawn = decoder.ee_sprite(cond, decoder.ee_map.location(cond), 64, 64)
+    assert drawn.shape == (1, 3, 64, 64)
+    light = drawn[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    assert abs(light.sum() - 16) < 1e-3
+    assert abs((light * rows).sum() / light.sum() - 26) < 0.01 and abs((light * cols).sum() / light.sum() - 23) < 0.01
+    assert light[25:28, 22:25].min() > 0.99 and light[:, :19].max() < 1e-6  # a 4-px square about a pixel centre: 3 whole
+    (drawn * torch.linspace(0, 1, 64)).sum().backward()
+    assert decoder.ee_map.where.weight.grad.abs().sum() > 0 and last.weight.grad.abs().sum() > 0
 
 
 def test_the_end_effector_copy_moves_the_latest_real_frame_with_the_end_effector():
@@ -350,9 +394,9 @@ def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
 def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
                                                                  cond_maps, ee_copy):
     """Same losses and same gradients: batching across time (and the channels_last layout that
-    training uses) changes the speed, not the math."""
+    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite too.)"""
     model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps,
-                 ee_maps=ee_copy, ee_copy=ee_copy).eval()
+                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy).eval()
     ref_model = copy.deepcopy(model)
     if channels_last:
         model.channels_last = True

@@ -124,6 +124,13 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert checkpoint.read_meta(tmp_path / "f" / "last")["config"]["ee_copy"] is True
     head = "decoder.upc5.1.weight"
     assert torch.equal(seen[0][0][head][:, :-1], plain[head]) and seen[0][0][head][:, -1].abs().max() == 0
+    # and then the sprite: one more mask channel, and the sprite's own weights
+    with_copy = checkpoint.load_model(tmp_path / "f" / "last")[0].state_dict()
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "s", init=str(tmp_path / "f" / "last"), ee_sprite=True, **one), progress=False)
+    assert checkpoint.read_meta(tmp_path / "s" / "last")["config"]["ee_sprite"] is True
+    assert torch.equal(seen[0][0][head][:, :-1], with_copy[head]) and seen[0][0][head][:, -1].abs().max() == 0
+    assert any(k.startswith("decoder.ee_sprite.") for k in seen[0][0])
     with pytest.raises(CheckpointError, match="nowhere"):
         train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "nowhere")), progress=False)
     # the command takes the model's shape from the checkpoint: no model flags needed

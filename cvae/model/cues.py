@@ -4,7 +4,8 @@ effector is.
 A convolution cannot turn a number (the end-effector position) into a place in the image by
 itself. Coordinate maps let it compare; the end-effector map draws the place outright, as a
 Gaussian blob at a location learned from the condition (the kinematics of a camera looking at a
-table are close to affine, which one linear layer holds).
+table are close to affine, which one linear layer holds). The end-effector sprite draws what the
+gripper looks like there, as the condition says it looks (lifted or not, open or shut).
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .heads import translate
+
+SPRITE_PX = 20  # the sprite's side: the lifted gripper, its fingers and its shadow fit in it
 
 
 def coordinate_maps(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -106,3 +112,29 @@ class EndEffectorMap(nn.Module):
         coords = coordinate_maps(h, w, cond.device, torch.float32)
         d2 = (coords[None] - loc[:, :, None, None]).pow(2).sum(1, keepdim=True)
         return torch.exp(-d2 / (2 * self.log_sigma.exp().pow(2)))
+
+
+class EndEffectorSprite(nn.Module):
+    """Standardised condition [N, cond_dim] -> an RGB sprite of the end effector, drawn by a small
+    MLP and placed on an empty frame at the end-effector map's place.
+
+    The end-effector copy moves the gripper as the latest real frame shows it; when the actions
+    lift or lower the arm after the context, it looks different (larger and lighter when lifted,
+    with a shadow), and the copy is wrong exactly where a person looks: in 42 of 64 test sequences
+    the lift changes, and there the copy's 9x9 window scores 17.5 dB against 24.1 where it does not
+    (README). The condition holds the lift and the grip, so a sprite drawn from it can be right
+    in both looks, and it is placed exactly, not carried and resampled step after step."""
+
+    def __init__(self, cond_dim: int, size: int = SPRITE_PX, hidden: int = 64) -> None:
+        super().__init__()
+        self.size = size
+        self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.ReLU(), nn.Linear(hidden, 3 * size * size))
+
+    def forward(self, cond: torch.Tensor, loc: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``cond`` [N, cond_dim], the place ``loc`` [N, 2] ((row, column) in [-1, 1]) -> [N, 3, h, w]:
+        the sprite centred on the place, zero elsewhere (the flow head's mask picks it only there)."""
+        s = self.size
+        sprite = torch.sigmoid(self.net(cond.float())).view(-1, 3, s, s)
+        top, left = (h - s) // 2, (w - s) // 2  # centred on the frame's centre, which is place (0, 0)
+        canvas = F.pad(sprite, (left, w - s - left, top, h - s - top))
+        return translate(canvas, shift_px(torch.zeros_like(loc), loc, h, w))

@@ -17,7 +17,9 @@ class registered by name (``HEADS``); adding a head is one class here.
   and unbounded, so anything can move as far as it moves. With ``ee_copy`` the mask has a fourth
   source: the latest real frame moved rigidly by the end effector's own displacement (the decoder
   computes it from the kinematics its end-effector map knows), so a sharp gripper is at hand
-  wherever it goes, instead of one resampled and blurred again at every step.
+  wherever it goes, instead of one resampled and blurred again at every step. With ``ee_sprite``
+  it has one more: the decoder's sprite of the end effector, drawn from the condition at its place
+  (``cues.EndEffectorSprite``), for when the gripper no longer looks as the real frame shows it.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ CDNA_KERNELS = 4
 CDNA_SIZE = 5
 MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, or 1% among cdna's 6
 EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to have it starts as it was
+EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the end effector
 
 HEADS: dict[str, type[Head]] = {}
 
@@ -131,14 +134,14 @@ class FlowHead(Head):
     name = "flow"
     extra = 4 + 3
 
-    def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False) -> None:
+    def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False) -> None:
         super().__init__(g_dim, nc)
-        self.ee_copy = ee_copy
-        self.extra = FlowHead.extra + int(ee_copy)
+        self.ee_copy, self.ee_sprite = ee_copy, ee_sprite
+        self.extra = FlowHead.extra + int(ee_copy) + int(ee_sprite)
 
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
-        mask logit at MASK_BIAS, the end-effector copy's at EE_COPY_BIAS."""
+        mask logit at MASK_BIAS, the end-effector copy's at EE_COPY_BIAS, the sprite's at EE_SPRITE_BIAS."""
         nc = self.nc
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
@@ -146,31 +149,35 @@ class FlowHead(Head):
             last.bias[nc + 4] = MASK_BIAS
             if self.ee_copy:
                 last.bias[nc + 7] = EE_COPY_BIAS
+            if self.ee_sprite:
+                last.bias[-1] = EE_SPRITE_BIAS
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
-                g: torch.Tensor, ee_copy: torch.Tensor | None = None) -> torch.Tensor:
+                g: torch.Tensor, ee_copy: torch.Tensor | None = None,
+                ee_sprite: torch.Tensor | None = None) -> torch.Tensor:
         generated, prev, nc = self.generated(out), self.previous(prev), self.nc
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
-        if self.ee_copy and ee_copy is None:
-            raise ValueError("this 'flow' head mixes in the end-effector copy: pass ee_copy")
-        masks = out[:, nc + 4 :].float().softmax(1)  # [N, 3 or 4, H, W]: generated, moved previous, moved anchor, copy
+        for name, wanted, given in (("ee_copy", self.ee_copy, ee_copy), ("ee_sprite", self.ee_sprite, ee_sprite)):
+            if wanted and given is None:
+                raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
+        # [N, 3-5, H, W]: generated, moved previous, moved anchor, then the copy and the sprite where present
+        masks = out[:, nc + 4 :].float().softmax(1)
         sources = [generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])]
-        if self.ee_copy:
-            sources.append(ee_copy.float())
+        sources += [s.float() for s, wanted in ((ee_copy, self.ee_copy), (ee_sprite, self.ee_sprite)) if wanted]
         return (masks[:, :, None] * torch.stack(sources, 1)).sum(1)
 
 
 OUTPUTS = tuple(HEADS)
 
 
-def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False) -> Head:
+def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy:
+    if ee_copy or ee_sprite:
         if name != FlowHead.name:
-            raise ValueError(f"ee_copy needs the 'flow' head, not {name!r}")
-        return FlowHead(g_dim, nc, ee_copy=True)
+            raise ValueError(f"ee_copy and ee_sprite need the 'flow' head, not {name!r}")
+        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite)
     return HEADS[name](g_dim, nc)
 
 

@@ -66,6 +66,7 @@ class ModelConfig:
     pixel_loss: str = "mse"  # mse (the lab's) | l1 (SAVP's; blurs less)
     motion_weight: float = 0.0  # pixels that change between true frames count 1 + this in the pixel loss
     ee_copy: bool = False  # the flow head may also take the latest real frame moved with the end effector
+    ee_sprite: bool = False  # ... and a sprite of the end effector drawn from the condition at its place
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -85,6 +86,9 @@ class ModelConfig:
         if self.ee_copy and not (self.output == "flow" and self.ee_maps):
             raise ConfigError("ee_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
                               "moved by the end-effector map's places")
+        if self.ee_sprite and not (self.output == "flow" and self.ee_maps):
+            raise ConfigError("ee_sprite needs output 'flow' and ee_maps true: it is a source of the flow head, "
+                              "placed by the end-effector map")
         return self
 
 
@@ -107,7 +111,8 @@ class SVG(nn.Module):
         self.pixel_loss, self.motion_weight = cfg.pixel_loss, cfg.motion_weight
         self.encoder = Encoder(cfg.g_dim, cfg.width)
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
-                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy)
+                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
+                               ee_sprite=cfg.ee_sprite)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cues import EndEffectorMap, coordinate_maps
+from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
 from .heads import make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
@@ -50,16 +50,18 @@ class Decoder(nn.Module):
     image). ``ee_cond_dim`` > 0 adds a heat map of where the end effector is (``cues.py``) at
     every scale. ``output`` names the head (``heads.py``) that turns the last feature map into the
     frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
-    displacement (``ee_copy_of``)."""
+    displacement (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the
+    condition at its place (``cues.EndEffectorSprite``)."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
-                 ee_cond_dim: int = 0, ee_copy: bool = False) -> None:
+                 ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False) -> None:
         super().__init__()
-        if ee_copy and not ee_cond_dim:
-            raise ValueError("ee_copy needs the end-effector map (ee_cond_dim > 0): it moves frames by its places")
-        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy)
+        if (ee_copy or ee_sprite) and not ee_cond_dim:
+            raise ValueError("ee_copy and ee_sprite need the end-effector map (ee_cond_dim > 0): they are placed by it")
+        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite)
         self.output, self.nc, self.cond_dim, self.ee_copy = output, nc, cond_dim, ee_copy
-        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy) if ee_cond_dim else None
+        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite) if ee_cond_dim else None
+        self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
@@ -103,40 +105,44 @@ class Decoder(nn.Module):
         d = self.upc3(self._with_cond(d, skips[2], cond))
         d = self.upc4(self._with_cond(d, skips[1], cond))
         out = self.upc5(self._with_cond(d, skips[0], cond))
-        if not self.ee_copy:
-            return self.head(out, prev, anchor, g)
-        if anchor is None or anchor_cond is None:
-            raise ValueError("this decoder moves the latest real frame with the end effector: pass anchor and anchor_cond")
-        return self.head(out, prev, anchor, g, ee_copy=self.ee_copy_of(anchor, anchor_cond, cond))
+        extra = {}
+        if self.ee_copy:
+            if anchor is None or anchor_cond is None:
+                raise ValueError("this decoder moves the latest real frame with the end effector: pass anchor and anchor_cond")
+            extra["ee_copy"] = self.ee_copy_of(anchor, anchor_cond, cond)
+        if self.ee_sprite is not None:
+            extra["ee_sprite"] = self.ee_sprite(cond, self.ee_map.location(cond), *out.shape[-2:])
+        return self.head(out, prev, anchor, g, **extra)
 
 
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights ``theirs`` of a model grown into one with the end-effector map and/or the
-    end-effector copy (whose fresh weights are ``ours``). Each convolution that reads a scale's
-    maps gets one more input channel, the map's (appended last by ``_with_cond``), with zero
-    weights; the flow head's last layer gets one more output channel, the copy's mask logit
-    (appended last), with zero weights and ``ours``'s bias (``heads.EE_COPY_BIAS``); the map
-    starts as ``ours`` has it. So the grown model computes what the old one did (exactly, or with
-    the copy's mask under 1%), and training then teaches it to use them. Raises ValueError naming
-    a weight that does not fit."""
+    """The weights ``theirs`` of a model grown into one with the end-effector map, copy and/or
+    sprite (whose fresh weights are ``ours``). Each convolution that reads a scale's maps gets one
+    more input channel, the map's (appended last by ``_with_cond``), with zero weights; the flow
+    head's last layer gets an output channel for each of the copy and the sprite, their mask logits
+    (appended last), with zero weights and ``ours``'s biases (``heads.EE_COPY_BIAS``, ``EE_SPRITE_BIAS``); the map and
+    the sprite start as ``ours`` has them. So the grown model computes what the old one did
+    (exactly, or with the new masks under 1%), and training then teaches it to use them. Raises
+    ValueError naming a weight that does not fit."""
     extra = sorted(set(theirs) - set(ours))
     if extra:
         raise ValueError(f"weights this model lacks: {', '.join(extra)}")
     out = {}
     for key, mine in ours.items():
         if key not in theirs:
-            if ".ee_map." not in f".{key}":
+            if ".ee_map." not in f".{key}" and ".ee_sprite." not in f".{key}":
                 raise ValueError(f"{key} is missing")
             out[key] = mine
             continue
         old = theirs[key]
+        new = range(1, 3) if key.startswith("decoder.upc5.1.") else range(1, 2)  # masks for copy and sprite; the map
         if old.shape == mine.shape:
             out[key] = old
-        elif old.dim() == 4 and old.shape[1] + 1 == mine.shape[1] and old.shape[0] == mine.shape[0] \
-                and old.shape[2:] == mine.shape[2:]:  # a Conv2d's new input, or a ConvTranspose2d's new output
-            out[key] = torch.cat([old, old.new_zeros(old.shape[0], 1, *old.shape[2:])], 1)
-        elif old.dim() == 1 and old.shape[0] + 1 == mine.shape[0] and key == "decoder.upc5.1.bias":
-            out[key] = torch.cat([old, mine[-1:]])
+        elif old.dim() == 4 and mine.shape[1] - old.shape[1] in new and old.shape[0] == mine.shape[0] \
+                and old.shape[2:] == mine.shape[2:]:  # a Conv2d's new input, or a ConvTranspose2d's new outputs
+            out[key] = torch.cat([old, old.new_zeros(old.shape[0], mine.shape[1] - old.shape[1], *old.shape[2:])], 1)
+        elif old.dim() == 1 and mine.shape[0] - old.shape[0] in new and key == "decoder.upc5.1.bias":
+            out[key] = torch.cat([old, mine[len(old):]])
         else:
             raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
     return out
