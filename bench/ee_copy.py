@@ -5,7 +5,8 @@ copy-last and the checkpoint's own one-sample prediction.
 
 A rigid copy is right on the gripper and wrong on everything around it that does not move with
 it, so a small window says whether it lands on the gripper, and the 9x9 window of ``eval`` says
-what it could give a model there.
+what it could give a model there. The 9x9 figures are also split by whether the arm's height
+changes after the context (lifted or lowered: the gripper then looks different from the copy).
 
     python bench/ee_copy.py --ckpt assets/model --limit 64
 """
@@ -17,7 +18,7 @@ import torch
 from common import record
 
 from cvae import checkpoint
-from cvae.condition import XY
+from cvae.condition import XY, Z
 from cvae.data.dataset import BairDataset
 from cvae.kinematics import decoded_place, world_to_px
 from cvae.metrics import masked_psnr, window_mask
@@ -60,14 +61,24 @@ def main() -> None:
     centre = torch.from_numpy(world_to_px(c[:, n_past:, XY].numpy()))
     rows = {"copy last": last[:, None].expand_as(truth), "copy placed by the map": by_map,
             "copy placed by the kinematics": by_kinematics, "the model (1 sample)": pred}
+    height = c[..., Z]
+    look_changes = (height[:, n_past:] != height[:, n_past - 1, None]).any(1)
     out = {}
     for size in (3, 9):
         window = window_mask(centre, size)
         print(f"{size}x{size} window around the true end effector, PSNR per step and mean:")
         for name, frames in rows.items():
-            per_step = masked_psnr(frames, truth, window).nanmean(0)
+            per_seq = masked_psnr(frames, truth, window)
+            per_step = per_seq.nanmean(0)
             out[f"{name}, {size}x{size}"] = round(float(per_step.mean()), 2)
             print(f"  {name:30s} {' '.join(f'{v:4.1f}' for v in per_step.tolist())}   {float(per_step.mean()):.2f}")
+            if size == 9:
+                changed, kept = (round(float(per_seq[m].nanmean()), 2) for m in (look_changes, ~look_changes))
+                out[f"{name}, 9x9, height changes"], out[f"{name}, 9x9, height kept"] = changed, kept
+    print(f"9x9, the {int(look_changes.sum())} sequences whose arm is lifted or lowered after the context / the "
+          f"{int((~look_changes).sum())} whose is not:")
+    for name in rows:
+        print(f"  {name:30s} {out[f'{name}, 9x9, height changes']:.2f} / {out[f'{name}, 9x9, height kept']:.2f}")
     record("ee_copy", torch.device("cpu"), ckpt=args.ckpt, sequences=len(x), **out)
 
 

@@ -1,0 +1,101 @@
+"""Look at what a checkpoint's end-effector sprite draws, beside the gripper it should draw.
+
+One PNG: a row per look (on the table or lifted, gripper open or shut), each the sprite for
+the first test frame with that look, then that frame's true 20 x 20 crop about the end
+effector, then the model's one-sample prediction of the same frame (cropped alike), upscaled x6.
+Printed: how much of the flow head's mask the sprite gets in the 9x9 window about the end
+effector and elsewhere, over the test sequences' predicted frames.
+
+    python bench/ee_sprite.py --ckpt runs/m/copyxf-sprite/last --out /tmp/sprite.png
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cvae import checkpoint
+from cvae.artifacts import join, rows, to_uint8, upscale, write_png
+from cvae.condition import XY, Z
+from cvae.data.dataset import BairDataset
+from cvae.kinematics import world_to_px
+from cvae.metrics import window_mask
+from cvae.model.cues import SPRITE_PX
+
+GRIP = 3  # the grip's action column
+
+
+def crop(frame: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
+    """[3, H, W] -> [3, SPRITE_PX, SPRITE_PX] about ``centre`` (col, row), padded white."""
+    half = SPRITE_PX // 2
+    padded = F.pad(frame, (half, half, half, half), value=1.0)
+    col, row = (int(round(v)) for v in centre)
+    return padded[:, row : row + SPRITE_PX, col : col + SPRITE_PX]
+
+
+def mask_share(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[float, float]:
+    """The sprite's mean share of the flow head's mask, in the 9x9 window about the end effector
+    and outside it, over the predicted frames (captured from the head's raw output)."""
+    seen = []
+    head = model.decoder.head
+    real = head.forward
+
+    def capture(out, *args, **kw):
+        seen.append(out[:, head.nc + 4 :].float().softmax(1)[:, -1])
+        return real(out, *args, **kw)
+
+    head.forward = capture
+    try:
+        with torch.no_grad():
+            model.predict(x[:, : model.n_past], c, n_future, seed=0)
+    finally:
+        del head.forward
+    share = torch.stack(seen[-n_future:], 1)  # [N, F, H, W]: the predicted frames' masks
+    centre = torch.from_numpy(world_to_px(c[:, model.n_past :, XY].numpy()))
+    window = window_mask(centre, 9)
+    return float(share[window].mean()), float(share[~window].mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a checkpoint trained with --ee-sprite true")
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--out", default="/tmp/ee_sprite.png")
+    args = p.parse_args()
+    model, _ = checkpoint.load_model(args.ckpt, "cpu")
+    if model.decoder.ee_sprite is None:
+        raise SystemExit(f"{args.ckpt} has no end-effector sprite (train with --ee-sprite true)")
+    n_past, n_future = model.n_past, 10
+    ds = BairDataset(args.data, "test", n_past + n_future)
+    x, c = (torch.stack(v) for v in zip(*(ds[i] for i in range(min(args.limit, len(ds))))))
+    with torch.no_grad():
+        pred = model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0]
+    lines = []
+    for lifted in (False, True):
+        for shut in (False, True):
+            # frame t (a predicted one) is drawn from the condition of t - 1; the simulator draws its
+            # height from its own position and its grip from its own action
+            found = [(i, t) for i in range(len(x)) for t in range(n_past, n_past + n_future)
+                     if bool(c[i, t, Z] > c[:, :, Z].min()) == lifted and bool(c[i, t, GRIP] > 0.5) == shut]
+            if not found:
+                print(f"no test frame is {'lifted' if lifted else 'on the table'}, {'shut' if shut else 'open'}")
+                continue
+            i, t = found[0]
+            cond = model.predictor.normalize(c[i, t - 1][None])
+            with torch.no_grad():
+                sprite = torch.sigmoid(model.decoder.ee_sprite.net(cond)).view(3, SPRITE_PX, SPRITE_PX)
+            centre = world_to_px(c[i, t, XY].numpy())
+            images = [sprite, crop(x[i, t], centre), crop(pred[i, t - n_past], centre)]
+            lines.append(upscale(join([to_uint8(im) for im in images], axis=1), 6))
+    write_png(args.out, rows(lines))
+    inside, outside = mask_share(model, x, c, n_future)
+    print(f"wrote {args.out}: per look, the sprite, the true crop, the predicted crop")
+    print(f"the sprite's share of the mask: {inside:.3f} in the 9x9 window about the end effector, "
+          f"{outside:.4f} elsewhere")
+
+
+if __name__ == "__main__":
+    main()
