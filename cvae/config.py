@@ -117,11 +117,11 @@ PRESETS: dict[str, dict] = {
     "svg-lp": {"prior": "learned", "kl_anneal": "none", "kl_weight": 1e-4, "batch_size": 100,
                "tfr_decay_step": 0.0, "out": "runs/svg-lp"},
     # A reduced-width model that trains on a 2-core CPU; the bundled checkpoint uses it. Its flow
-    # head, end-effector map and copy (the place frozen where calibration puts it), learned prior,
-    # MSE with KL weight 1e-4 and free bits were chosen by measurement (README, "The bundled model").
+    # head, end-effector map, copy and sprite (the place frozen where calibration puts it), learned
+    # prior, MSE with KL weight 1e-4 and free bits were chosen by measurement (README, "The bundled model").
     "cpu": {"width": 0.125, "last_frame_skip": True, "g_dim": 64, "z_dim": 16, "rnn_size": 128, "batch_size": 16,
-            "output": "flow", "cond_maps": True, "ee_maps": True, "ee_copy": True, "ee_freeze": True,
-            "epochs": 60, "iters_per_epoch": 100,
+            "output": "flow", "cond_maps": True, "ee_maps": True, "ee_copy": True, "ee_sprite": True,
+            "ee_freeze": True, "epochs": 60, "iters_per_epoch": 100,
             "prior": "learned", "kl_anneal": "none", "kl_weight": 1e-4, "kl_free_bits": 0.5,
             "tfr_start_decay_epoch": 2, "tfr_decay_step": 0.05, "tfr_lower_bound": 0.3,
             "val_seqs": 64, "out": "runs/cpu"},

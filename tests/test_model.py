@@ -377,7 +377,7 @@ def test_the_bundled_model_from_before_the_heads_still_fits():
 def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
     cfg = preset("cpu", **TINY).to_dict()
     old = {k: v for k, v in cfg.items()
-           if k not in ("output", "cond_maps", "ee_maps", "ee_copy", "pixel_loss", "kl_free_bits")}
+           if k not in ("output", "cond_maps", "ee_maps", "ee_copy", "ee_sprite", "pixel_loss", "kl_free_bits")}
     old["prior"] = "fixed"  # a config written before these fields existed
     model = tiny(last_frame_skip=True)
     checkpoint.save(tmp_path / "old", model, old, {"epoch": 1})

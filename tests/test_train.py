@@ -118,16 +118,16 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
         train(tiny_cfg(sim_root, tmp_path / "c", g_dim=32, init=init), progress=False)
     # the end-effector copy may be grown in: every old weight carries over, the copy's mask channel is new
     one = dict(epochs=1, iters_per_epoch=1)
-    plain = weights(train(tiny_cfg(sim_root, tmp_path / "g", ee_copy=False, **one), progress=False))
+    plain = weights(train(tiny_cfg(sim_root, tmp_path / "g", ee_copy=False, ee_sprite=False, **one), progress=False))
     seen.clear()
-    train(tiny_cfg(sim_root, tmp_path / "f", init=str(tmp_path / "g" / "last"), **one), progress=False)
+    train(tiny_cfg(sim_root, tmp_path / "f", init=str(tmp_path / "g" / "last"), ee_sprite=False, **one), progress=False)
     assert checkpoint.read_meta(tmp_path / "f" / "last")["config"]["ee_copy"] is True
     head = "decoder.upc5.1.weight"
     assert torch.equal(seen[0][0][head][:, :-1], plain[head]) and seen[0][0][head][:, -1].abs().max() == 0
     # and then the sprite: one more mask channel, and the sprite's own weights
     with_copy = checkpoint.load_model(tmp_path / "f" / "last")[0].state_dict()
     seen.clear()
-    train(tiny_cfg(sim_root, tmp_path / "s", init=str(tmp_path / "f" / "last"), ee_sprite=True, **one), progress=False)
+    train(tiny_cfg(sim_root, tmp_path / "s", init=str(tmp_path / "f" / "last"), **one), progress=False)  # the preset's
     assert checkpoint.read_meta(tmp_path / "s" / "last")["config"]["ee_sprite"] is True
     assert torch.equal(seen[0][0][head][:, :-1], with_copy[head]) and seen[0][0][head][:, -1].abs().max() == 0
     assert any(k.startswith("decoder.ee_sprite.") for k in seen[0][0])
@@ -161,11 +161,13 @@ def test_a_new_run_starts_its_end_effector_map_at_the_datas_kinematics(sim_root,
     assert re.search(r"end-effector map calibrated to .*: its blob is now a median \d\.\d px", note), note
     assert miss_px(train(tiny_cfg(sim_root, tmp_path / "b", ee_calibrate=False, **one), progress=False)) > 6
     assert "calibrated" not in capsys.readouterr().out
-    plain = train(tiny_cfg(sim_root, tmp_path / "c", ee_maps=False, ee_copy=False, **one), progress=False)
+    plain = train(tiny_cfg(sim_root, tmp_path / "c", ee_maps=False, ee_copy=False, ee_sprite=False, **one),
+                  progress=False)
     seen = []
     real_step = train_mod.train_step
     monkeypatch.setattr(train_mod, "train_step", lambda net, *a, **kw: seen.append(weights(net)) or real_step(net, *a, **kw))
-    grown = train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "c" / "last"), ee_copy=False, **one),
+    grown = train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "c" / "last"), ee_copy=False, ee_sprite=False,
+                           **one),
                   progress=False)
     assert plain.decoder.ee_map is None and miss_px(grown) < 3
     start = checkpoint.load_model(tmp_path / "c" / "last")[0].state_dict()
@@ -257,8 +259,8 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
                  last_frame_skip=False, tfr_start_decay_epoch=1, tfr_decay_step=0.15, tfr_lower_bound=0.4,
                  val_seqs=1, num_workers=0,
                  # the training loop is under test, not the recipe: the light CDNA head, fixed prior
-                 output="cdna", ee_maps=False, ee_copy=False, prior="fixed", kl_anneal="monotonic", kl_weight=1.0,
-                 kl_free_bits=0.0)
+                 output="cdna", ee_maps=False, ee_copy=False, ee_sprite=False, prior="fixed", kl_anneal="monotonic",
+                 kl_weight=1.0, kl_free_bits=0.0)
     model = train(cfg, progress=False)
     data = BairDataset(square_root, "train", 12)
     result = evaluate(model, data, 10, baselines=True)
