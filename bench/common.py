@@ -14,6 +14,16 @@ RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` test sequences of ``data``, ``length`` frames each: frames
+    [N, length, 3, 64, 64] and conditions [N, length, 7]."""
+    from cvae.data.dataset import BairDataset
+
+    ds = BairDataset(data, "test", length)
+    x, c = zip(*(ds[i] for i in range(min(limit, len(ds)))))
+    return torch.stack(x), torch.stack(c)
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

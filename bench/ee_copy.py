@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import record
+from common import record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import XY, Z
-from cvae.data.dataset import BairDataset
 from cvae.kinematics import decoded_place, world_to_px
 from cvae.metrics import masked_psnr, window_mask
 from cvae.model.cues import shift_px
@@ -48,8 +47,7 @@ def main() -> None:
     if model.decoder.ee_map is None:
         raise SystemExit(f"{args.ckpt} has no end-effector map")
     n_past, n_future = model.n_past, 10
-    ds = BairDataset(args.data, "test", n_past + n_future)
-    x, c = (torch.stack(v) for v in zip(*(ds[i] for i in range(min(args.limit, len(ds))))))
+    x, c = test_sequences(args.data, n_past + n_future, args.limit)
     last, rest = x[:, n_past - 1], at_rest(c[:, n_past - 1])
     norm, where = model.predictor.normalize, model.decoder.ee_map.location
     with torch.no_grad():

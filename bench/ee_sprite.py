@@ -15,16 +15,14 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import test_sequences
 
 from cvae import checkpoint
 from cvae.artifacts import join, rows, to_uint8, upscale, write_png
-from cvae.condition import XY, Z
-from cvae.data.dataset import BairDataset
+from cvae.condition import GRIP, XY, Z
 from cvae.kinematics import world_to_px
 from cvae.metrics import window_mask
 from cvae.model.cues import SPRITE_PX
-
-GRIP = 3  # the grip's action column
 
 
 def crop(frame: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
@@ -35,9 +33,10 @@ def crop(frame: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
     return padded[:, row : row + SPRITE_PX, col : col + SPRITE_PX]
 
 
-def mask_share(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[float, float]:
-    """The sprite's mean share of the flow head's mask, in the 9x9 window about the end effector
-    and outside it, over the predicted frames (captured from the head's raw output)."""
+def predict_with_share(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[torch.Tensor, float, float]:
+    """One sample's predicted frames [N, F, 3, H, W], and the sprite's mean share of the flow
+    head's mask in the 9x9 window about the end effector and outside it over them (captured from
+    the head's raw output)."""
     seen = []
     head = model.decoder.head
     real = head.forward
@@ -49,13 +48,13 @@ def mask_share(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[
     head.forward = capture
     try:
         with torch.no_grad():
-            model.predict(x[:, : model.n_past], c, n_future, seed=0)
+            pred = model.predict(x[:, : model.n_past], c, n_future, seed=0)[:, 0]
     finally:
         del head.forward
     share = torch.stack(seen[-n_future:], 1)  # [N, F, H, W]: the predicted frames' masks
     centre = torch.from_numpy(world_to_px(c[:, model.n_past :, XY].numpy()))
     window = window_mask(centre, 9)
-    return float(share[window].mean()), float(share[~window].mean())
+    return pred, float(share[window].mean()), float(share[~window].mean())
 
 
 def main() -> None:
@@ -69,29 +68,27 @@ def main() -> None:
     if model.decoder.ee_sprite is None:
         raise SystemExit(f"{args.ckpt} has no end-effector sprite (train with --ee-sprite true)")
     n_past, n_future = model.n_past, 10
-    ds = BairDataset(args.data, "test", n_past + n_future)
-    x, c = (torch.stack(v) for v in zip(*(ds[i] for i in range(min(args.limit, len(ds))))))
-    with torch.no_grad():
-        pred = model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0]
+    x, c = test_sequences(args.data, n_past + n_future, args.limit)
+    pred, inside, outside = predict_with_share(model, x, c, n_future)
+    on_table = c[:, :, Z].min()
     lines = []
     for lifted in (False, True):
         for shut in (False, True):
             # frame t (a predicted one) is drawn from the condition of t - 1; the simulator draws its
             # height from its own position and its grip from its own action
             found = [(i, t) for i in range(len(x)) for t in range(n_past, n_past + n_future)
-                     if bool(c[i, t, Z] > c[:, :, Z].min()) == lifted and bool(c[i, t, GRIP] > 0.5) == shut]
+                     if bool(c[i, t, Z] > on_table) == lifted and bool(c[i, t, GRIP] > 0.5) == shut]
             if not found:
                 print(f"no test frame is {'lifted' if lifted else 'on the table'}, {'shut' if shut else 'open'}")
                 continue
             i, t = found[0]
             cond = model.predictor.normalize(c[i, t - 1][None])
             with torch.no_grad():
-                sprite = torch.sigmoid(model.decoder.ee_sprite.net(cond)).view(3, SPRITE_PX, SPRITE_PX)
+                sprite = model.decoder.ee_sprite.draw(cond)[0]
             centre = world_to_px(c[i, t, XY].numpy())
             images = [sprite, crop(x[i, t], centre), crop(pred[i, t - n_past], centre)]
             lines.append(upscale(join([to_uint8(im) for im in images], axis=1), 6))
     write_png(args.out, rows(lines))
-    inside, outside = mask_share(model, x, c, n_future)
     print(f"wrote {args.out}: per look, the sprite, the true crop, the predicted crop")
     print(f"the sprite's share of the mask: {inside:.3f} in the 9x9 window about the end effector, "
           f"{outside:.4f} elsewhere")

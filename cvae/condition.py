@@ -18,7 +18,8 @@ COND_DIM = ACTION_DIM + POSITION_DIM
 ACTIONS = slice(0, ACTION_DIM)  # cond[..., ACTIONS]
 POSITIONS = slice(ACTION_DIM, COND_DIM)  # cond[..., POSITIONS]
 XY = slice(ACTION_DIM, ACTION_DIM + 2)  # the end effector's (x, y) within cond
-Z = ACTION_DIM + 2  # its height: on the table or lifted, which changes how the gripper looks
+Z = ACTION_DIM + POSITION_COLUMNS.index("z")  # its height: on the table or lifted, which changes how the gripper looks
+GRIP = ACTION_COLUMNS.index("grip")  # the grip action: open or shut, which changes how the gripper looks too
 
 
 def join(actions: np.ndarray, positions: np.ndarray) -> np.ndarray:

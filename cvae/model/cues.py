@@ -130,11 +130,15 @@ class EndEffectorSprite(nn.Module):
         self.size = size
         self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.ReLU(), nn.Linear(hidden, 3 * size * size))
 
+    def draw(self, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` [N, cond_dim] -> the sprite itself, [N, 3, size, size] in [0, 1]."""
+        return torch.sigmoid(self.net(cond.float())).view(-1, 3, self.size, self.size)
+
     def forward(self, cond: torch.Tensor, loc: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``cond`` [N, cond_dim], the place ``loc`` [N, 2] ((row, column) in [-1, 1]) -> [N, 3, h, w]:
         the sprite centred on the place, zero elsewhere (the flow head's mask picks it only there)."""
         s = self.size
-        sprite = torch.sigmoid(self.net(cond.float())).view(-1, 3, s, s)
+        sprite = self.draw(cond)
         top, left = (h - s) // 2, (w - s) // 2  # centred on the frame's centre, which is place (0, 0)
         canvas = F.pad(sprite, (left, w - s - left, top, h - s - top))
         return translate(canvas, shift_px(torch.zeros_like(loc), loc, h, w))
