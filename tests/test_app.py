@@ -525,10 +525,6 @@ def _open_page(pw, server: str, height: int, ready: str):
     return browser, page
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue 13 is open: the bundled model's z carries nothing (spread ratio 0.00 on the test set: its "
-    "futures agree to a quarter grey level), so another seed does not change them. strict: once a "
-    "bundled model makes this pass, the marker must go"))
 def test_browser_resample_z_changes_the_uncertain_futures(server, bundled):
     """Where the world is uncertain (a push with many outcomes: the physics futures differ), another
     z gives visibly other futures: in the moving region (where any physics future differs from
@@ -551,7 +547,7 @@ def test_browser_resample_z_changes_the_uncertain_futures(server, bundled):
         page.wait_for_selector("#physics_futures img[src*='.gif']", timeout=30_000)
         world = gif_frames(page.request.get(page.locator("#physics_futures img").get_attribute("src")).body())
         summary = page.locator("#summary").inner_text()
-        if "ratio" not in summary or "Agreement of the two maps" not in summary:  # not the xfail's cause
+        if "ratio" not in summary or "Agreement of the two maps" not in summary:
             pytest.fail(f"the page states no spread ratio and agreement for an uncertain push: {summary}")
         futures_src = page.locator("#futures img").get_attribute("src")
         seed_a = gif_frames(page.request.get(futures_src).body())
