@@ -59,6 +59,16 @@ def sharpness(x: torch.Tensor) -> torch.Tensor:
     return (dx + dy) / 2
 
 
+def gradient_map(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel form of ``sharpness``: [..., C, H, W] -> [..., H, W], each pixel's absolute
+    difference to its right and lower neighbours (0 past the border), averaged over the two and the
+    channels. Summed over a region, it says how much of a frame's edges lie there."""
+    x = x.float()
+    dx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1))
+    dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+    return ((dx + dy) / 2).mean(-3)
+
+
 def moving_mask(target: torch.Tensor, last: torch.Tensor, threshold: float = MOVING_THRESHOLD) -> torch.Tensor:
     """Pixels that move: where ``target`` differs from ``last`` (the last context frame) by more
     than ``threshold`` in any channel. [..., C, H, W] -> bool [..., H, W]."""

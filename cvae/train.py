@@ -299,7 +299,7 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     return loop
 
 
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite")  # model fields --init may switch on: vgg64.grown adds their weights
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy")  # model fields --init may switch on: vgg64.grown adds their weights
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:

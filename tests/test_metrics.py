@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from cvae.metrics import correlation, energy_score, masked_psnr, moving_mask, pixel_std, psnr, sharpness, ssim, window_mask
+from cvae.metrics import (
+    correlation,
+    energy_score,
+    gradient_map,
+    masked_psnr,
+    moving_mask,
+    pixel_std,
+    psnr,
+    sharpness,
+    ssim,
+    window_mask,
+)
 from cvae.physics_eval import VISIBLE_STD, spread_scores
 
 
@@ -31,6 +42,12 @@ def test_sharpness_is_the_mean_absolute_neighbour_difference():
     blurred = (stripes + stripes.roll(1, -1)) / 2  # a box blur flattens the stripes
     assert sharpness(blurred) < sharpness(stripes)
     assert sharpness(torch.stack([stripes, ramp])).shape == (2,)
+    # per pixel: each column of stripes but the last steps by 1 to its right neighbour, none down
+    torch.testing.assert_close(gradient_map(stripes), torch.tensor([[0.5, 0.5, 0.5, 0.0]]).repeat(4, 1))
+    spot = torch.zeros(1, 3, 3)
+    spot[0, 1, 1] = 1.0  # one bright pixel: it and its left and upper neighbours see the step
+    torch.testing.assert_close(gradient_map(spot), torch.tensor([[0, 0.5, 0], [0.5, 1.0, 0], [0, 0, 0]]))
+    assert gradient_map(torch.stack([stripes, ramp])).shape == (2, 4, 4)
 
 
 def test_moving_mask_and_masked_psnr():

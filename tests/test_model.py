@@ -55,18 +55,22 @@ def test_shapes_and_gradients(prior, last_frame_skip, cond_embed, teacher_forcin
         assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
-HEADS = [("image", False, False, False, False), ("compose", False, False, False, False),
-         ("cdna", False, False, False, False), ("compose", True, False, False, False), ("cdna", True, False, False, False),
-         ("flow", False, False, False, False), ("flow", True, True, False, False), ("image", False, True, False, False),
-         ("flow", False, True, True, False), ("flow", True, True, False, True), ("flow", True, True, True, True)]
+HEADS = [("image", False, False, False, False, False), ("compose", False, False, False, False, False),
+         ("cdna", False, False, False, False, False), ("compose", True, False, False, False, False),
+         ("cdna", True, False, False, False, False), ("flow", False, False, False, False, False),
+         ("flow", True, True, False, False, False), ("image", False, True, False, False, False),
+         ("flow", False, True, True, False, False), ("flow", True, True, False, True, False),
+         ("flow", True, True, True, True, False), ("flow", False, False, False, False, True),
+         ("flow", True, True, True, True, True)]
 
 
-@pytest.mark.parametrize("output,cond_maps,ee_maps,ee_copy,ee_sprite", HEADS)
+@pytest.mark.parametrize("output,cond_maps,ee_maps,ee_copy,ee_sprite,still_copy", HEADS)
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize("pixel_loss", ["mse", "l1"])
-def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, ee_copy, ee_sprite, teacher_forcing, pixel_loss):
+def test_output_heads_shapes_and_gradients(output, cond_maps, ee_maps, ee_copy, ee_sprite, still_copy, teacher_forcing,
+                                           pixel_loss):
     model = tiny(output=output, cond_maps=cond_maps, ee_maps=ee_maps, ee_copy=ee_copy, ee_sprite=ee_sprite,
-                 last_frame_skip=True, pixel_loss=pixel_loss)
+                 still_copy=still_copy, last_frame_skip=True, pixel_loss=pixel_loss)
     x, c = batch()
     out = model(x, c, teacher_forcing)
     assert out.pred.shape == (2, 4, 3, 64, 64) and out.pred.min() >= 0 and out.pred.max() <= 1
@@ -272,13 +276,14 @@ def test_a_model_grows_an_end_effector_map_without_changing_its_predictions(outp
 
 
 @pytest.mark.parametrize("had,grows", [((), ("ee_copy",)), ((), ("ee_sprite",)), ((), ("ee_copy", "ee_sprite")),
-                                       (("ee_copy",), ("ee_sprite",))])
+                                       (("ee_copy",), ("ee_sprite",)), (("ee_copy", "ee_sprite"), ("still_copy",)),
+                                       ((), ("ee_copy", "ee_sprite", "still_copy"))])
 def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_was(had, grows):
-    """``grown`` adds the copy's and the sprite's mask channels to the flow head with zero weights
-    and a low bias: each starts under 1% of the mask, so the grown model predicts within 0.01 of
-    the old one per source grown (on noise frames, where the moved copy differs most, and the
-    sprite is black), and uses each once its logit is raised."""
-    from cvae.model.heads import EE_COPY_BIAS, EE_SPRITE_BIAS
+    """``grown`` adds the copy's, the sprite's and the still copy's mask channels to the flow head
+    with zero weights and a low bias: each starts under 1% of the mask, so the grown model predicts
+    within 0.01 of the old one per source grown (on noise frames, where the moved copy differs
+    most, and the sprite is black), and uses each once its logit is raised."""
+    from cvae.model.heads import EE_COPY_BIAS, EE_SPRITE_BIAS, STILL_COPY_BIAS
     from cvae.model.vgg64 import grown
 
     old = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True, **dict.fromkeys(had, True))).eval()
@@ -286,7 +291,7 @@ def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_wa
     big.load_state_dict(grown(old.state_dict(), big.state_dict()))
     k = len(grows)
     last = big.decoder.upc5[1]
-    biases = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS}
+    biases = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS}
     assert last.bias[-k:].tolist() == [biases[g] for g in grows] and last.weight[:, -k:].abs().max() == 0
     x, cond = batch(t=6)
     before = old.predict(x[:, :2], cond, n_future=4, seed=3)
@@ -303,6 +308,28 @@ def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_wa
             tiny(output="cdna", ee_maps=True, **{name: True})
         with pytest.raises(ConfigError, match=f"{name} needs output 'flow' and ee_maps true"):
             tiny(output="flow", **{name: True})
+    with pytest.raises(ConfigError, match="still_copy needs output 'flow'"):
+        tiny(output="cdna", still_copy=True)
+
+
+def test_the_still_copy_keeps_still_pixels_exact_where_resampling_blurs_them():
+    """Why ``still_copy`` exists: a frame moved by a tenth of a pixel ten times over (what the
+    moved previous frame does to a still table, step after step) loses a third of its edges, while
+    a model whose mask picks the still copy repeats the latest real frame to the bit at every step."""
+    from cvae.metrics import sharpness
+    from cvae.model.heads import warp
+
+    checker = ((torch.arange(64)[:, None] // 4 + torch.arange(64)[None] // 4) % 2).float().expand(1, 3, 64, 64)
+    frame = checker
+    for _ in range(10):
+        frame = warp(frame, torch.full((1, 2, 64, 64), 0.1))
+    assert sharpness(frame) < 0.7 * sharpness(checker)
+    model = tiny(output="flow", still_copy=True).eval()
+    with torch.no_grad():
+        model.decoder.upc5[1].bias[-1] = 50.0  # the still copy's mask logit: everything else under 1e-20
+    x, cond = batch(t=6)
+    pred = model.predict(x[:, :2], cond, n_future=4, seed=3)
+    assert torch.equal(pred, x[:, 1, None, None].expand_as(pred))
 
 
 def test_the_end_effector_sprite_lands_on_the_end_effector():
@@ -394,9 +421,9 @@ def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
 def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
                                                                  cond_maps, ee_copy):
     """Same losses and same gradients: batching across time (and the channels_last layout that
-    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite too.)"""
+    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite and the still copy too.)"""
     model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps,
-                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy).eval()
+                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy, still_copy=ee_copy).eval()
     ref_model = copy.deepcopy(model)
     if channels_last:
         model.channels_last = True

@@ -131,6 +131,12 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert checkpoint.read_meta(tmp_path / "s" / "last")["config"]["ee_sprite"] is True
     assert torch.equal(seen[0][0][head][:, :-1], with_copy[head]) and seen[0][0][head][:, -1].abs().max() == 0
     assert any(k.startswith("decoder.ee_sprite.") for k in seen[0][0])
+    # and the still copy: one more mask channel
+    with_sprite = checkpoint.load_model(tmp_path / "s" / "last")[0].state_dict()
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "k", init=str(tmp_path / "s" / "last"), still_copy=True, **one), progress=False)
+    assert checkpoint.read_meta(tmp_path / "k" / "last")["config"]["still_copy"] is True
+    assert torch.equal(seen[0][0][head][:, :-1], with_sprite[head]) and seen[0][0][head][:, -1].abs().max() == 0
     with pytest.raises(CheckpointError, match="nowhere"):
         train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "nowhere")), progress=False)
     # the command takes the model's shape from the checkpoint: no model flags needed

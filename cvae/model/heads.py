@@ -20,6 +20,10 @@ class registered by name (``HEADS``); adding a head is one class here.
   wherever it goes, instead of one resampled and blurred again at every step. With ``ee_sprite``
   it has one more: the decoder's sprite of the end effector, drawn from the condition at its place
   (``cues.EndEffectorSprite``), for when the gripper no longer looks as the real frame shows it.
+  With ``still_copy`` it has one more: the latest real frame as it is, not resampled, so pixels
+  that stay still are copied exactly; the moved previous frame, which still pixels otherwise take
+  with a displacement of a tenth of a pixel or so, is resampled bilinearly at every step and blurs
+  the table's texture a little more each time (``bench/blur.py``).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ CDNA_SIZE = 5
 MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, or 1% among cdna's 6
 EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to have it starts as it was
 EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the end effector
+STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 
 HEADS: dict[str, type[Head]] = {}
 
@@ -129,28 +134,31 @@ class CDNAHead(MaskedHead):
 class FlowHead(Head):
     """Two dense displacement fields move the previous frame and the latest real frame; a softmax
     mask per pixel chooses among the generated image and the two moved frames (and, with
-    ``ee_copy``, the end-effector copy the decoder passes)."""
+    ``ee_copy`` and ``ee_sprite``, the end-effector copy and sprite the decoder passes, and with
+    ``still_copy`` the latest real frame as it is), in that order."""
 
     name = "flow"
     extra = 4 + 3
 
-    def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False) -> None:
+    def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
+                 still_copy: bool = False) -> None:
         super().__init__(g_dim, nc)
-        self.ee_copy, self.ee_sprite = ee_copy, ee_sprite
-        self.extra = FlowHead.extra + int(ee_copy) + int(ee_sprite)
+        self.ee_copy, self.ee_sprite, self.still_copy = ee_copy, ee_sprite, still_copy
+        self.extra = FlowHead.extra + int(ee_copy) + int(ee_sprite) + int(still_copy)
 
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
-        mask logit at MASK_BIAS, the end-effector copy's at EE_COPY_BIAS, the sprite's at EE_SPRITE_BIAS."""
+        mask logit at MASK_BIAS, the end-effector copy's at EE_COPY_BIAS, the sprite's at
+        EE_SPRITE_BIAS, the still copy's at STILL_COPY_BIAS."""
         nc = self.nc
+        optional = [b for b, on in ((EE_COPY_BIAS, self.ee_copy), (EE_SPRITE_BIAS, self.ee_sprite),
+                                    (STILL_COPY_BIAS, self.still_copy)) if on]
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
             last.bias[nc : nc + 4] = 0
             last.bias[nc + 4] = MASK_BIAS
-            if self.ee_copy:
-                last.bias[nc + 7] = EE_COPY_BIAS
-            if self.ee_sprite:
-                last.bias[-1] = EE_SPRITE_BIAS
+            for i, bias in enumerate(optional):
+                last.bias[nc + 7 + i] = bias
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
@@ -161,23 +169,26 @@ class FlowHead(Head):
         for name, wanted, given in (("ee_copy", self.ee_copy, ee_copy), ("ee_sprite", self.ee_sprite, ee_sprite)):
             if wanted and given is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
-        # [N, 3-5, H, W]: generated, moved previous, moved anchor, then the copy and the sprite where present
+        # [N, 3-6, H, W]: generated, moved previous, moved anchor, then the copy, the sprite and the
+        # anchor as it is where present
         masks = out[:, nc + 4 :].float().softmax(1)
         sources = [generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])]
-        sources += [s.float() for s, wanted in ((ee_copy, self.ee_copy), (ee_sprite, self.ee_sprite)) if wanted]
+        sources += [s.float() for s, wanted in ((ee_copy, self.ee_copy), (ee_sprite, self.ee_sprite),
+                                                (anchor, self.still_copy)) if wanted]
         return (masks[:, :, None] * torch.stack(sources, 1)).sum(1)
 
 
 OUTPUTS = tuple(HEADS)
 
 
-def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False) -> Head:
+def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
+              still_copy: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy or ee_sprite:
+    if ee_copy or ee_sprite or still_copy:
         if name != FlowHead.name:
-            raise ValueError(f"ee_copy and ee_sprite need the 'flow' head, not {name!r}")
-        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite)
+            raise ValueError(f"ee_copy, ee_sprite and still_copy need the 'flow' head, not {name!r}")
+        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy)
     return HEADS[name](g_dim, nc)
 
 

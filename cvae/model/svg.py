@@ -67,6 +67,7 @@ class ModelConfig:
     motion_weight: float = 0.0  # pixels that change between true frames count 1 + this in the pixel loss
     ee_copy: bool = False  # the flow head may also take the latest real frame moved with the end effector
     ee_sprite: bool = False  # ... and a sprite of the end effector drawn from the condition at its place
+    still_copy: bool = False  # ... and the latest real frame as it is (not resampled): still pixels stay sharp
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -89,6 +90,8 @@ class ModelConfig:
         if self.ee_sprite and not (self.output == "flow" and self.ee_maps):
             raise ConfigError("ee_sprite needs output 'flow' and ee_maps true: it is a source of the flow head, "
                               "placed by the end-effector map")
+        if self.still_copy and self.output != "flow":
+            raise ConfigError("still_copy needs output 'flow': it is a source of the flow head")
         return self
 
 
@@ -112,7 +115,7 @@ class SVG(nn.Module):
         self.encoder = Encoder(cfg.g_dim, cfg.width)
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
-                               ee_sprite=cfg.ee_sprite)
+                               ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)

@@ -51,14 +51,16 @@ class Decoder(nn.Module):
     every scale. ``output`` names the head (``heads.py``) that turns the last feature map into the
     frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
     displacement (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the
-    condition at its place (``cues.EndEffectorSprite``)."""
+    condition at its place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real
+    frame as it is."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
-                 ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False) -> None:
+                 ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
+                 still_copy: bool = False) -> None:
         super().__init__()
         if (ee_copy or ee_sprite) and not ee_cond_dim:
             raise ValueError("ee_copy and ee_sprite need the end-effector map (ee_cond_dim > 0): they are placed by it")
-        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite)
+        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy)
         self.output, self.nc, self.cond_dim, self.ee_copy = output, nc, cond_dim, ee_copy
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
@@ -116,11 +118,12 @@ class Decoder(nn.Module):
 
 
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights ``theirs`` of a model grown into one with the end-effector map, copy and/or
-    sprite (whose fresh weights are ``ours``). Each convolution that reads a scale's maps gets one
-    more input channel, the map's (appended last by ``_with_cond``), with zero weights; the flow
-    head's last layer gets an output channel for each of the copy and the sprite, their mask logits
-    (appended last), with zero weights and ``ours``'s biases (``heads.EE_COPY_BIAS``, ``EE_SPRITE_BIAS``); the map and
+    """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite
+    and/or still copy (whose fresh weights are ``ours``). Each convolution that reads a scale's maps
+    gets one more input channel, the map's (appended last by ``_with_cond``), with zero weights; the
+    flow head's last layer gets an output channel for each of the copy, the sprite and the still
+    copy, their mask logits (appended last), with zero weights and ``ours``'s biases
+    (``heads.EE_COPY_BIAS``, ``EE_SPRITE_BIAS``, ``STILL_COPY_BIAS``); the map and
     the sprite start as ``ours`` has them. So the grown model computes what the old one did
     (exactly, or with the new masks under 1%), and training then teaches it to use them. Raises
     ValueError naming a weight that does not fit."""
@@ -135,7 +138,7 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dic
             out[key] = mine
             continue
         old = theirs[key]
-        new = range(1, 3) if key.startswith("decoder.upc5.1.") else range(1, 2)  # masks for copy and sprite; the map
+        new = range(1, 4) if key.startswith("decoder.upc5.1.") else range(1, 2)  # masks for copy, sprite, still; the map
         if old.shape == mine.shape:
             out[key] = old
         elif old.dim() == 4 and mine.shape[1] - old.shape[1] in new and old.shape[0] == mine.shape[0] \
