@@ -21,9 +21,10 @@ class registered by name (``HEADS``); adding a head is one class here.
   it has one more: the decoder's sprite of the end effector, drawn from the condition at its place
   (``cues.EndEffectorSprite``), for when the gripper no longer looks as the real frame shows it.
   With ``still_copy`` it has one more: the latest real frame as it is, not resampled, so pixels
-  that stay still are copied exactly; the moved previous frame, which still pixels otherwise take
-  with a displacement of a tenth of a pixel or so, is resampled bilinearly at every step and blurs
-  the table's texture a little more each time (``bench/blur.py``).
+  that stay still can be copied exactly; the moved previous frame, which still pixels otherwise
+  take with a displacement of a tenth of a pixel or so, is resampled bilinearly at every step and
+  blurs the table's texture a little more each time (``bench/blur.py``). (As its logit starts, at
+  STILL_COPY_BIAS, training has not yet been seen to take it up: see the README.)
 """
 from __future__ import annotations
 

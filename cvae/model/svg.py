@@ -67,7 +67,7 @@ class ModelConfig:
     motion_weight: float = 0.0  # pixels that change between true frames count 1 + this in the pixel loss
     ee_copy: bool = False  # the flow head may also take the latest real frame moved with the end effector
     ee_sprite: bool = False  # ... and a sprite of the end effector drawn from the condition at its place
-    still_copy: bool = False  # ... and the latest real frame as it is (not resampled): still pixels stay sharp
+    still_copy: bool = False  # ... and the latest real frame as it is, so still pixels may be copied unresampled
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
