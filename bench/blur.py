@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import record, test_sequences
+from common import predict_capturing, record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import XY
@@ -27,13 +27,6 @@ from cvae.metrics import gradient_map, moving_mask, window_mask
 from cvae.model.heads import FlowHead
 
 REGIONS = ("gripper window", "other moving", "still")
-
-
-def flow_sources(head: FlowHead) -> list[str]:
-    """The flow head's mask sources, in its order."""
-    return ["generated", "moved previous", "moved latest real"] + [
-        name for name, on in (("end-effector copy", head.ee_copy), ("sprite", head.ee_sprite),
-                              ("still copy", head.still_copy)) if on]
 
 
 def regions(truth: torch.Tensor, last: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,18 +46,15 @@ def main() -> None:
         model, _ = checkpoint.load_model(ckpt, "cpu")
         n_past, n_future = model.n_past, 10
         x, c = test_sequences(args.data, n_past + n_future, args.limit)
-        outs = []  # the decoder's last layer per step: the flow head's flows and mask logits
-        hook = model.decoder.upc5.register_forward_hook(lambda m, i, o, outs=outs: outs.append(o.float()))
-        with torch.no_grad():
-            pred = model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0]
-        hook.remove()
+        pred, last_layer = predict_capturing(model, x, c, n_future)
         truth = x[:, n_past:]
         g_true, g_pred = gradient_map(truth), gradient_map(pred)
         total = g_true.sum((0, 2, 3))  # [T]: all the truth's edges per step
         print(f"{ckpt}: {len(x)} test sequences, one sample; per step 1..{n_future}")
         print(f"  {'frame: prediction / truth edges':34s} {' '.join(f'{v:5.2f}' for v in g_pred.sum((0, 2, 3)) / total)}")
         out = {}
-        for name, mask in regions(truth, x[:, n_past - 1], c[:, n_past:]).items():
+        where = regions(truth, x[:, n_past - 1], c[:, n_past:])
+        for name, mask in where.items():
             t, q = (g_true * mask).sum((0, 2, 3)), (g_pred * mask).sum((0, 2, 3))
             share, ratio = (t - q) / total, q / t
             print(f"  {name + ': share of edges lost':34s} {' '.join(f'{v:5.2f}' for v in share)}")
@@ -74,14 +64,13 @@ def main() -> None:
             out[f"{name} ratio, step 10"] = round(float(ratio[-1]), 3)
         head = model.decoder.head
         if isinstance(head, FlowHead):
-            still = regions(truth, x[:, n_past - 1], c[:, n_past:])["still"]
-            steps = torch.stack(outs[-n_future:], 1)  # [N, T, 3 + extra, H, W]
-            masks = steps[:, :, head.nc + 4 :].softmax(2)
-            shares = [float(masks[:, :, k][still].mean()) for k in range(masks.shape[2])]
-            shift = float(steps[:, :, head.nc : head.nc + 2].norm(dim=2)[still].mean())
-            print("  still pixels' mask: " + ", ".join(f"{n} {v:.1%}" for n, v in zip(flow_sources(head), shares))
+            still = where["still"]
+            mix = head.masks(last_layer.flatten(0, 1)).unflatten(0, last_layer.shape[:2])  # [N, T, sources, H, W]
+            shares = [float(mix[:, :, k][still].mean()) for k in range(len(head.sources))]
+            shift = float(last_layer[:, :, head.nc : head.nc + 2].norm(dim=2)[still].mean())
+            print("  still pixels' mask: " + ", ".join(f"{n} {v:.1%}" for n, v in zip(head.sources, shares))
                   + f"; the moved previous frame's displacement there: {shift:.2f} px on average")
-            out.update({f"still mask, {n}": round(v, 4) for n, v in zip(flow_sources(head), shares)})
+            out.update({f"still mask, {n}": round(v, 4) for n, v in zip(head.sources, shares)})
             out["still displacement of the previous frame, px"] = round(shift, 3)
         record("blur", torch.device("cpu"), ckpt=ckpt, sequences=len(x), **out)
 

@@ -24,6 +24,20 @@ def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, to
     return torch.stack(x), torch.stack(c)
 
 
+def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample (seed 0) from frames ``x`` and conditions ``c``: the predicted frames
+    [N, n_future, 3, H, W], and the decoder's last layer for each of them [N, n_future, C, H, W]
+    (a flow head's displacements and mask logits: ``FlowHead.masks`` reads the mask)."""
+    outs = []
+    hook = model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))
+    try:
+        with torch.no_grad():
+            pred = model.predict(x[:, : model.n_past], c, n_future, seed=0)[:, 0]
+    finally:
+        hook.remove()
+    return pred, torch.stack(outs[-n_future:], 1)
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

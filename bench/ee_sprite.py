@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import test_sequences
+from common import predict_capturing, test_sequences
 
 from cvae import checkpoint
 from cvae.artifacts import join, rows, to_uint8, upscale, write_png
@@ -33,28 +33,15 @@ def crop(frame: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
     return padded[:, row : row + SPRITE_PX, col : col + SPRITE_PX]
 
 
-def predict_with_share(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[torch.Tensor, float, float]:
-    """One sample's predicted frames [N, F, 3, H, W], and the sprite's mean share of the flow
-    head's mask in the 9x9 window about the end effector and outside it over them (captured from
-    the head's raw output)."""
-    seen = []
+def sprite_share(model, last_layer: torch.Tensor, c: torch.Tensor) -> tuple[float, float]:
+    """The sprite's mean share of the flow head's mask over the predicted frames (``last_layer``
+    [N, F, C, H, W], the decoder's last layer per frame), in the 9x9 window about the end effector
+    and outside it."""
     head = model.decoder.head
-    real = head.forward
-
-    def capture(out, *args, **kw):
-        seen.append(out[:, head.nc + 4 :].float().softmax(1)[:, -1])
-        return real(out, *args, **kw)
-
-    head.forward = capture
-    try:
-        with torch.no_grad():
-            pred = model.predict(x[:, : model.n_past], c, n_future, seed=0)[:, 0]
-    finally:
-        del head.forward
-    share = torch.stack(seen[-n_future:], 1)  # [N, F, H, W]: the predicted frames' masks
+    share = head.masks(last_layer.flatten(0, 1))[:, head.sources.index("ee_sprite")].unflatten(0, last_layer.shape[:2])
     centre = torch.from_numpy(world_to_px(c[:, model.n_past :, XY].numpy()))
     window = window_mask(centre, 9)
-    return pred, float(share[window].mean()), float(share[~window].mean())
+    return float(share[window].mean()), float(share[~window].mean())
 
 
 def main() -> None:
@@ -69,7 +56,8 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt} has no end-effector sprite (train with --ee-sprite true)")
     n_past, n_future = model.n_past, 10
     x, c = test_sequences(args.data, n_past + n_future, args.limit)
-    pred, inside, outside = predict_with_share(model, x, c, n_future)
+    pred, last_layer = predict_capturing(model, x, c, n_future)
+    inside, outside = sprite_share(model, last_layer, c)
     on_table = c[:, :, Z].min()
     lines = []
     for lifted in (False, True):

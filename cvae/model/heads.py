@@ -136,30 +136,35 @@ class FlowHead(Head):
     """Two dense displacement fields move the previous frame and the latest real frame; a softmax
     mask per pixel chooses among the generated image and the two moved frames (and, with
     ``ee_copy`` and ``ee_sprite``, the end-effector copy and sprite the decoder passes, and with
-    ``still_copy`` the latest real frame as it is), in that order."""
+    ``still_copy`` the latest real frame as it is), in that order: ``sources`` names them."""
 
     name = "flow"
     extra = 4 + 3
+    # the optional mask sources, in their order after the three fixed ones, with their initial logits
+    OPTIONAL = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS}
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False) -> None:
         super().__init__(g_dim, nc)
         self.ee_copy, self.ee_sprite, self.still_copy = ee_copy, ee_sprite, still_copy
-        self.extra = FlowHead.extra + int(ee_copy) + int(ee_sprite) + int(still_copy)
+        self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
+        self.sources = ["generated", "moved previous", "moved latest real", *self.optional]
+        self.extra = FlowHead.extra + len(self.optional)
 
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
-        mask logit at MASK_BIAS, the end-effector copy's at EE_COPY_BIAS, the sprite's at
-        EE_SPRITE_BIAS, the still copy's at STILL_COPY_BIAS."""
+        mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias."""
         nc = self.nc
-        optional = [b for b, on in ((EE_COPY_BIAS, self.ee_copy), (EE_SPRITE_BIAS, self.ee_sprite),
-                                    (STILL_COPY_BIAS, self.still_copy)) if on]
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
             last.bias[nc : nc + 4] = 0
             last.bias[nc + 4] = MASK_BIAS
-            for i, bias in enumerate(optional):
-                last.bias[nc + 7 + i] = bias
+            for i, name in enumerate(self.optional):
+                last.bias[nc + 7 + i] = self.OPTIONAL[name]
+
+    def masks(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's last layer [N, nc + extra, H, W] -> the mask [N, len(sources), H, W]."""
+        return out[:, self.nc + 4 :].float().softmax(1)
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
@@ -167,16 +172,13 @@ class FlowHead(Head):
         generated, prev, nc = self.generated(out), self.previous(prev), self.nc
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
-        for name, wanted, given in (("ee_copy", self.ee_copy, ee_copy), ("ee_sprite", self.ee_sprite, ee_sprite)):
-            if wanted and given is None:
+        given = {"ee_copy": ee_copy, "ee_sprite": ee_sprite, "still_copy": anchor}
+        for name in self.optional:
+            if given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
-        # [N, 3-6, H, W]: generated, moved previous, moved anchor, then the copy, the sprite and the
-        # anchor as it is where present
-        masks = out[:, nc + 4 :].float().softmax(1)
         sources = [generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])]
-        sources += [s.float() for s, wanted in ((ee_copy, self.ee_copy), (ee_sprite, self.ee_sprite),
-                                                (anchor, self.still_copy)) if wanted]
-        return (masks[:, :, None] * torch.stack(sources, 1)).sum(1)
+        sources += [given[name].float() for name in self.optional]
+        return (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
 
 
 OUTPUTS = tuple(HEADS)
