@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
-from .heads import make_head, translate
+from .heads import FlowHead, make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
 
@@ -138,7 +138,7 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dic
             out[key] = mine
             continue
         old = theirs[key]
-        new = range(1, 4) if key.startswith("decoder.upc5.1.") else range(1, 2)  # masks for copy, sprite, still; the map
+        new = range(1, len(FlowHead.OPTIONAL) + 1) if key.startswith("decoder.upc5.1.") else range(1, 2)  # masks; the map
         if old.shape == mine.shape:
             out[key] = old
         elif old.dim() == 4 and mine.shape[1] - old.shape[1] in new and old.shape[0] == mine.shape[0] \
