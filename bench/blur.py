@@ -8,10 +8,11 @@ picture the missing edges come from, so a lever aimed at the blur can be aimed a
 Each region's share is its missing edges over all the truth's edges (the shares add up to one
 minus the frame's ratio); its own ratio is the prediction's edges over the truth's within it.
 For a flow head it also says which source the mask gives the still pixels, and how far the moved
-previous frame is displaced there: a frame resampled by a fraction of a pixel at every step
-blurs step after step.
+previous frame is displaced there (after the head's ``flow_deadzone``): a frame resampled by a
+fraction of a pixel at every step blurs step after step.
 
     python bench/blur.py --ckpt assets/model --limit 64
+    python bench/blur.py --ckpt assets/model --limit 64 --flow-deadzone 0.5   # the dead zone alone, untrained
 """
 from __future__ import annotations
 
@@ -41,9 +42,15 @@ def main() -> None:
     p.add_argument("--ckpt", nargs="+", default=["assets/model"])
     p.add_argument("--data", default="data/sim")
     p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--flow-deadzone", type=float, default=None,
+                   help="use this dead zone in a flow head instead of the checkpoint's own (no training: what it does alone)")
     args = p.parse_args()
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
+        if args.flow_deadzone is not None:
+            if not isinstance(model.decoder.head, FlowHead):
+                raise SystemExit(f"{ckpt}: --flow-deadzone needs a flow head")
+            model.decoder.head.deadzone = args.flow_deadzone
         n_past, n_future = model.n_past, 10
         x, c = test_sequences(args.data, n_past + n_future, args.limit)
         pred, last_layer = predict_capturing(model, x, c, n_future)
@@ -67,12 +74,15 @@ def main() -> None:
             still = where["still"]
             mix = head.masks(last_layer.flatten(0, 1)).unflatten(0, last_layer.shape[:2])  # [N, T, sources, H, W]
             shares = [float(mix[:, :, k][still].mean()) for k in range(len(head.sources))]
-            shift = float(last_layer[:, :, head.nc : head.nc + 2].norm(dim=2)[still].mean())
+            moved = head.flows(last_layer.flatten(0, 1))[0].unflatten(0, last_layer.shape[:2]).norm(dim=2)[still]
+            shift, unmoved = float(moved.mean()), float((moved == 0).float().mean())
             print("  still pixels' mask: " + ", ".join(f"{n} {v:.1%}" for n, v in zip(head.sources, shares))
-                  + f"; the moved previous frame's displacement there: {shift:.2f} px on average")
+                  + f"; the moved previous frame's displacement there: {shift:.2f} px on average, "
+                  f"exactly 0 on {unmoved:.1%} of them (flow_deadzone {head.deadzone} px)")
             out.update({f"still mask, {n}": round(v, 4) for n, v in zip(head.sources, shares)})
             out["still displacement of the previous frame, px"] = round(shift, 3)
-        record("blur", torch.device("cpu"), ckpt=ckpt, sequences=len(x), **out)
+            out["still pixels not displaced"] = round(unmoved, 4)
+        record("blur", torch.device("cpu"), ckpt=ckpt, sequences=len(x), flow_deadzone=args.flow_deadzone, **out)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import fsync, fsync_tree
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .model import SVG
+from .model.svg import ModelConfig
 
 WEIGHTS, META, STATE, LOG = "model.safetensors", "meta.json", "state.pt", "log.jsonl"
 
@@ -162,11 +163,13 @@ def find_log(path: str | Path) -> Path | None:
 EXPORT_ENTRIES = {WEIGHTS, META, LOG, "eval"}
 
 
-def export(src: str | Path, dst: str | Path, force: bool = False) -> Path:
+def export(src: str | Path, dst: str | Path, force: bool = False, flow_deadzone: float | None = None) -> Path:
     """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state.
 
     ``dst`` must be new, empty or an earlier export (which it replaces); anything else, say a run
     or a data set, is refused unless ``force``. The source itself is never a destination.
+    ``flow_deadzone`` sets the copy's (``heads.shrink``: it changes no weight, only what the flow
+    head does with them); the source's evaluation then no longer describes it and is left out.
     """
     src, dst = _resolve(src), Path(dst)
     a, b = src.resolve(), dst.resolve()
@@ -182,9 +185,15 @@ def export(src: str | Path, dst: str | Path, force: bool = False) -> Path:
         raise CheckpointError(f"export --out {dst} is a file; choose a folder")
     model, meta = load_model(src)
     config = meta.pop("config")
+    if flow_deadzone is not None:
+        config = {**config, "flow_deadzone": flow_deadzone}
+        try:
+            ModelConfig.from_dict(config)
+        except ConfigError as err:
+            raise ConfigError(f"export --flow-deadzone: {err} (the model in {src} has output {config['output']!r})") from None
     with staged(dst, f"export to {dst}") as tmp:
         _write(tmp, model, config, meta, None)
-        if (src / "eval").is_dir():
+        if (src / "eval").is_dir() and flow_deadzone is None:
             shutil.copytree(src / "eval", tmp / "eval", ignore=shutil.ignore_patterns("*.html"))
         log = find_log(src)
         if log is not None:

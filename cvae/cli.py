@@ -142,7 +142,9 @@ def eval_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import export
 
-    print(f"exported {export(args.ckpt, args.out, force=args.force)}")
+    print(f"exported {export(args.ckpt, args.out, force=args.force, flow_deadzone=args.flow_deadzone)}")
+    if args.flow_deadzone is not None:
+        print(f"with flow_deadzone {args.flow_deadzone} px: evaluate it afresh (train_cli.py eval --ckpt {args.out})")
     return 0
 
 
@@ -183,6 +185,8 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--ckpt", required=True)
     x.add_argument("--out", required=True, help="a new folder or an earlier export, e.g. assets/model")
     x.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
+    x.add_argument("--flow-deadzone", type=float, default=None, metavar="PX",
+                   help="set the copy's flow_deadzone (a flow head's displacements shortened by PX; no weight changes)")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")

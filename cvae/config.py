@@ -105,6 +105,10 @@ class Config(ModelConfig):
                               f"not {self.energy_patch}")
         if self.energy_truths and self.energy_scenes < 1:
             raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
+        if self.flow_deadzone and not self.init:
+            raise ConfigError(f"flow_deadzone {self.flow_deadzone} needs --init: a new flow head's displacements all "
+                              "start inside the dead zone, where they get no gradient, so it would never learn to "
+                              "move anything; train without it, then fine-tune with it")
         if not 0 <= self.kl_free_bits < float("inf"):
             raise ConfigError(f"kl_free_bits must be a number >= 0, not {self.kl_free_bits}")
         return self

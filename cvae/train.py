@@ -35,7 +35,7 @@ from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiver
 from .evaluate import evaluate
 from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
-from .model.svg import LOSS_FIELDS, ModelConfig
+from .model.svg import INIT_MAY_CHANGE, ModelConfig
 from .model.vgg64 import grown
 from .physics_eval import TrainingFutures
 from .run import RunFolder
@@ -312,7 +312,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
     diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
-            if f.name not in LOSS_FIELDS and f.name not in grow and getattr(theirs, f.name) != getattr(ours, f.name)]
+            if f.name not in INIT_MAY_CHANGE and f.name not in grow and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "

@@ -310,6 +310,10 @@ def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_wa
             tiny(output="flow", **{name: True})
     with pytest.raises(ConfigError, match="still_copy needs output 'flow'"):
         tiny(output="cdna", still_copy=True)
+    with pytest.raises(ConfigError, match="flow_deadzone needs output 'flow'"):
+        tiny(output="cdna", flow_deadzone=0.5)
+    with pytest.raises(ConfigError, match="flow_deadzone must be a number of pixels >= 0, not -0.5"):
+        tiny(output="flow", flow_deadzone=-0.5)
 
 
 def test_the_still_copy_keeps_still_pixels_exact_where_resampling_blurs_them():
@@ -330,6 +334,53 @@ def test_the_still_copy_keeps_still_pixels_exact_where_resampling_blurs_them():
     x, cond = batch(t=6)
     pred = model.predict(x[:, :2], cond, n_future=4, seed=3)
     assert torch.equal(pred, x[:, 1, None, None].expand_as(pred))
+
+
+def test_shrink_shortens_displacements_by_hand():
+    """(0.3, 0.4) is 0.5 px long: a 0.5 px dead zone makes it exactly 0 (a 0.6 px one also gives it
+    no gradient), a 0.1 px one shortens it to 0.4 px along the same direction; (3, 4) shortened by
+    1 px is (2.4, 3.2)."""
+    from cvae.model.heads import shrink
+
+    flow = torch.tensor([[0.3, 3.0], [0.4, 4.0]])[None, :, :, None].requires_grad_()  # [1, 2, 2, 1]: two pixels
+    assert shrink(flow, 0.0) is flow
+    torch.testing.assert_close(shrink(flow, 0.5)[0, :, :, 0], torch.tensor([[0.0, 2.7], [0.0, 3.6]]))
+    assert torch.equal(shrink(flow, 0.5)[0, :, 0], torch.zeros(2, 1))
+    torch.testing.assert_close(shrink(flow, 1.0)[0, :, :, 0], torch.tensor([[0.0, 2.4], [0.0, 3.2]]))
+    torch.testing.assert_close(shrink(flow, 0.1)[0, :, 0, 0], torch.tensor([0.24, 0.32]))
+    shrink(flow, 0.6).sum().backward()
+    assert torch.equal(flow.grad[0, :, 0], torch.zeros(2, 1)) and (flow.grad[0, :, 1] > 0).all()
+
+
+@pytest.mark.parametrize("deadzone", [0.0, 0.5])
+def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
+    """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous
+    frame blurs the latest real frame step after step (under 80% of its edges after 8 steps); with
+    a 0.5 px dead zone the same head repeats it exactly, and those displacements get no gradient
+    (so a new model, whose displacements all start near 0, must learn them without one first:
+    ``Config`` refuses a dead zone without ``--init``). Displacements past it still learn."""
+    from cvae.metrics import sharpness
+
+    model = tiny(output="flow", flow_deadzone=deadzone).eval()
+    last, nc = model.decoder.upc5[1], 3
+    with torch.no_grad():
+        last.weight[:, nc : nc + 4] = 0
+        last.bias[nc : nc + 4] = 0.2  # both displacements (0.2, 0.2) px: 0.28 px long
+        last.bias[nc + 5] = 50.0  # the moved previous frame's mask logit: the others under 1e-20
+    checker = ((torch.arange(64)[:, None] // 4 + torch.arange(64)[None] // 4) % 2).float().expand(1, 2, 3, 64, 64)
+    cond = torch.zeros(1, 10, 7)
+    pred = model.predict(checker.clone(), cond, n_future=8, seed=3)
+    if deadzone:
+        torch.testing.assert_close(pred, checker[:, :1].expand_as(pred), rtol=0, atol=1e-5)
+    else:
+        assert sharpness(pred[0, 0, -1]) < 0.8 * sharpness(checker[0, -1])
+    model.train()
+    for bias, learns in ((0.2, not deadzone), (1.0, True)):
+        last.weight.grad = None
+        with torch.no_grad():
+            last.bias[nc : nc + 4] = bias
+        model(*batch()).mse.sum().backward()
+        assert bool(last.weight.grad[:, nc : nc + 4].abs().sum() > 0) == learns, bias
 
 
 def test_the_end_effector_sprite_lands_on_the_end_effector():
@@ -629,6 +680,9 @@ def test_presets_and_config_round_trip():
         Config.from_dict({"zdim": 3})
     with pytest.raises(ValueError, match="prior must be one of"):
         preset("cpu", prior="gaussian")
+    with pytest.raises(ConfigError, match="flow_deadzone 0.5 needs --init: a new flow head's displacements"):
+        preset("cpu", flow_deadzone=0.5)
+    assert preset("cpu", flow_deadzone=0.5, init="runs/cpu/best").flow_deadzone == 0.5
 
 
 def test_checkpoint_round_trip(tmp_path):

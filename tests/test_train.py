@@ -105,7 +105,7 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     monkeypatch.setattr(train_mod, "train_step", spy)
     init = str(tmp_path / "a" / "last")
     train(tiny_cfg(sim_root, tmp_path / "b", epochs=1, iters_per_epoch=2, init=init, best_of=2, best_of_weight=0.5,
-                   recon_weight=0.25, pixel_loss="l1", motion_weight=3.0),  # how it trains may change
+                   recon_weight=0.25, pixel_loss="l1", motion_weight=3.0, flow_deadzone=0.5),  # how it trains may change
           progress=False)
     first, best_of = seen[0]
     assert best_of == (2, 0.5, 0.25) and all(torch.equal(first[k], start[k]) for k in start)
@@ -113,7 +113,8 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert all(r["best_of_loss"] > 0 for r in log)
     assert log[-1]["step"] == 2  # a new run: its steps count from 0
-    assert checkpoint.read_meta(tmp_path / "b" / "last")["config"]["motion_weight"] == 3.0
+    assert {k: checkpoint.read_meta(tmp_path / "b" / "last")["config"][k] for k in ("motion_weight", "flow_deadzone")} \
+        == {"motion_weight": 3.0, "flow_deadzone": 0.5}
     with pytest.raises(ConfigError, match=r"its model differs from this run's: g_dim 16 vs 32"):
         train(tiny_cfg(sim_root, tmp_path / "c", g_dim=32, init=init), progress=False)
     # the end-effector copy may be grown in: every old weight carries over, the copy's mask channel is new
@@ -231,6 +232,16 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert dist["coverage_psnr"] >= dist["one_sample_psnr"]
     out = capsys.readouterr().out
     assert "counterfactual reversed: model" in out and "against 3 re-simulated true futures" in out
+    # an export may set the flow head's dead zone: the same weights, the new field, no stale evaluation
+    zoned = tmp_path / "zoned"
+    assert cli.main(["export", "--ckpt", str(exported), "--out", str(zoned), "--flow-deadzone", "0.5"]) == 0
+    model, meta = checkpoint.load_model(zoned)
+    assert meta["config"]["flow_deadzone"] == 0.5 and model.decoder.head.deadzone == 0.5
+    before = checkpoint.load_model(exported)[0].state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not (zoned / "eval").exists() and "evaluate it afresh" in capsys.readouterr().out
+    assert cli.main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "neg"), "--flow-deadzone", "-1"]) == 2
+    assert "flow_deadzone must be a number of pixels >= 0, not -1.0" in capsys.readouterr().err
 
 
 def test_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):

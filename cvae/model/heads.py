@@ -25,6 +25,11 @@ class registered by name (``HEADS``); adding a head is one class here.
   take with a displacement of a tenth of a pixel or so, is resampled bilinearly at every step and
   blurs the table's texture a little more each time (``bench/blur.py``). (As its logit starts, at
   STILL_COPY_BIAS, training has not yet been seen to take it up: see the README.)
+  ``flow_deadzone`` (a model field, 0 by default) attacks the same blur from the other side:
+  both displacements are shortened by that many pixels (``shrink``), so the few tenths of a pixel
+  the smooth flow bleeds onto still pixels become exactly 0 and those pixels are not resampled.
+  A displacement inside the dead zone gets no gradient, so a model learns its flows without one
+  first (``Config`` refuses one without ``--init``); see the README for what it costs.
 """
 from __future__ import annotations
 
@@ -144,9 +149,10 @@ class FlowHead(Head):
     OPTIONAL = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS}
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False) -> None:
+                 still_copy: bool = False, deadzone: float = 0.0) -> None:
         super().__init__(g_dim, nc)
         self.ee_copy, self.ee_sprite, self.still_copy = ee_copy, ee_sprite, still_copy
+        self.deadzone = deadzone
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
         self.sources = ["generated", "moved previous", "moved latest real", *self.optional]
         self.extra = FlowHead.extra + len(self.optional)
@@ -162,6 +168,12 @@ class FlowHead(Head):
             for i, name in enumerate(self.optional):
                 last.bias[nc + 7 + i] = self.OPTIONAL[name]
 
+    def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's last layer -> the displacements [N, 2, H, W] of the previous frame and of
+        the latest real frame, each shortened by ``deadzone`` pixels (``shrink``)."""
+        nc = self.nc
+        return shrink(out[:, nc : nc + 2], self.deadzone), shrink(out[:, nc + 2 : nc + 4], self.deadzone)
+
     def masks(self, out: torch.Tensor) -> torch.Tensor:
         """The decoder's last layer [N, nc + extra, H, W] -> the mask [N, len(sources), H, W]."""
         return out[:, self.nc + 4 :].float().softmax(1)
@@ -169,14 +181,15 @@ class FlowHead(Head):
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
                 ee_sprite: torch.Tensor | None = None) -> torch.Tensor:
-        generated, prev, nc = self.generated(out), self.previous(prev), self.nc
+        generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
         given = {"ee_copy": ee_copy, "ee_sprite": ee_sprite, "still_copy": anchor}
         for name in self.optional:
             if given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
-        sources = [generated.float(), warp(prev, out[:, nc : nc + 2]), warp(anchor, out[:, nc + 2 : nc + 4])]
+        moved_prev, moved_anchor = self.flows(out)
+        sources = [generated.float(), warp(prev, moved_prev), warp(anchor, moved_anchor)]
         sources += [given[name].float() for name in self.optional]
         return (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
 
@@ -185,13 +198,13 @@ OUTPUTS = tuple(HEADS)
 
 
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
-              still_copy: bool = False) -> Head:
+              still_copy: bool = False, flow_deadzone: float = 0.0) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy or ee_sprite or still_copy:
+    if ee_copy or ee_sprite or still_copy or flow_deadzone:
         if name != FlowHead.name:
-            raise ValueError(f"ee_copy, ee_sprite and still_copy need the 'flow' head, not {name!r}")
-        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy)
+            raise ValueError(f"ee_copy, ee_sprite, still_copy and flow_deadzone need the 'flow' head, not {name!r}")
+        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone)
     return HEADS[name](g_dim, nc)
 
 
@@ -226,6 +239,17 @@ def move(prev: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 def translate(frame: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``warp`` by one displacement per frame: frame [N, C, H, W], shift [N, 2] (x, y pixels)."""
     return warp(frame, shift[:, :, None, None].expand(-1, -1, *frame.shape[-2:]))
+
+
+def shrink(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
+    """Shorten each displacement [N, 2, H, W] by ``deadzone`` pixels, down to exactly 0 (a soft
+    threshold on its length): the smooth flow a decoder draws bleeds a few tenths of a pixel from
+    what moves onto what does not, and a frame resampled by that much at every step blurs. Inside
+    the dead zone the gradient is 0, so nothing there is pushed back out."""
+    if not deadzone:
+        return flow
+    length = flow.float().norm(dim=1, keepdim=True)
+    return flow * ((length - deadzone).clamp(min=0) / length.clamp(min=1e-6))
 
 
 def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .predictor import FramePredictor
 from .vgg64 import Decoder, Encoder
 
 PIXEL_LOSSES = ("mse", "l1")
-LOSS_FIELDS = ("pixel_loss", "motion_weight")  # how a model is trained, not its shape: --init may change them
+INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "flow_deadzone")  # not the weights' shapes: --init may change them
 
 
 @dataclass
@@ -68,6 +68,7 @@ class ModelConfig:
     ee_copy: bool = False  # the flow head may also take the latest real frame moved with the end effector
     ee_sprite: bool = False  # ... and a sprite of the end effector drawn from the condition at its place
     still_copy: bool = False  # ... and the latest real frame as it is, so still pixels may be copied unresampled
+    flow_deadzone: float = 0.0  # px the flow head's displacements are shortened by, so a bleed of less is exactly 0
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -92,6 +93,10 @@ class ModelConfig:
                               "placed by the end-effector map")
         if self.still_copy and self.output != "flow":
             raise ConfigError("still_copy needs output 'flow': it is a source of the flow head")
+        if not 0 <= self.flow_deadzone < float("inf"):
+            raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
+        if self.flow_deadzone and self.output != "flow":
+            raise ConfigError("flow_deadzone needs output 'flow': it shortens the flow head's displacements")
         return self
 
 
@@ -115,7 +120,8 @@ class SVG(nn.Module):
         self.encoder = Encoder(cfg.g_dim, cfg.width)
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
-                               ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy)
+                               ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
+                               flow_deadzone=cfg.flow_deadzone)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)

@@ -52,15 +52,16 @@ class Decoder(nn.Module):
     frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
     displacement (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the
     condition at its place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real
-    frame as it is."""
+    frame as it is; ``flow_deadzone`` shortens its displacements (``heads.shrink``)."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False) -> None:
+                 still_copy: bool = False, flow_deadzone: float = 0.0) -> None:
         super().__init__()
         if (ee_copy or ee_sprite) and not ee_cond_dim:
             raise ValueError("ee_copy and ee_sprite need the end-effector map (ee_cond_dim > 0): they are placed by it")
-        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy)
+        self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
+                              flow_deadzone=flow_deadzone)
         self.output, self.nc, self.cond_dim, self.ee_copy = output, nc, cond_dim, ee_copy
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
