@@ -190,7 +190,7 @@ def export(src: str | Path, dst: str | Path, force: bool = False, flow_deadzone:
         try:
             ModelConfig.from_dict(config)
         except ConfigError as err:
-            raise ConfigError(f"export --flow-deadzone: {err} (the model in {src} has output {config['output']!r})") from None
+            raise ConfigError(f"export --flow-deadzone: {err} ({src})") from None
     with staged(dst, f"export to {dst}") as tmp:
         _write(tmp, model, config, meta, None)
         if (src / "eval").is_dir() and flow_deadzone is None:
