@@ -72,9 +72,9 @@ def main() -> None:
         head = model.decoder.head
         if isinstance(head, FlowHead):
             still = where["still"]
-            mix = head.masks(last_layer.flatten(0, 1)).unflatten(0, last_layer.shape[:2])  # [N, T, sources, H, W]
+            mix = head.masks(last_layer)  # [N, T, sources, H, W]
             shares = [float(mix[:, :, k][still].mean()) for k in range(len(head.sources))]
-            moved = head.flows(last_layer.flatten(0, 1))[0].unflatten(0, last_layer.shape[:2]).norm(dim=2)[still]
+            moved = head.flows(last_layer)[0].norm(dim=2)[still]
             shift, unmoved = float(moved.mean()), float((moved == 0).float().mean())
             print("  still pixels' mask: " + ", ".join(f"{n} {v:.1%}" for n, v in zip(head.sources, shares))
                   + f"; the moved previous frame's displacement there: {shift:.2f} px on average, "

@@ -38,7 +38,7 @@ def sprite_share(model, last_layer: torch.Tensor, c: torch.Tensor) -> tuple[floa
     [N, F, C, H, W], the decoder's last layer per frame), in the 9x9 window about the end effector
     and outside it."""
     head = model.decoder.head
-    share = head.masks(last_layer.flatten(0, 1))[:, head.sources.index("ee_sprite")].unflatten(0, last_layer.shape[:2])
+    share = head.masks(last_layer)[:, :, head.sources.index("ee_sprite")]  # [N, F, H, W]
     centre = torch.from_numpy(world_to_px(c[:, model.n_past :, XY].numpy()))
     window = window_mask(centre, 9)
     return float(share[window].mean()), float(share[~window].mean())

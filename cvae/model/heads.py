@@ -169,14 +169,16 @@ class FlowHead(Head):
                 last.bias[nc + 7 + i] = self.OPTIONAL[name]
 
     def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's last layer -> the displacements [N, 2, H, W] of the previous frame and of
-        the latest real frame, each shortened by ``deadzone`` pixels (``shrink``)."""
+        """The decoder's last layer [..., nc + extra, H, W] -> the displacements [..., 2, H, W] of
+        the previous frame and of the latest real frame, each shortened by ``deadzone`` pixels
+        (``shrink``)."""
         nc = self.nc
-        return shrink(out[:, nc : nc + 2], self.deadzone), shrink(out[:, nc + 2 : nc + 4], self.deadzone)
+        return (shrink(out[..., nc : nc + 2, :, :], self.deadzone),
+                shrink(out[..., nc + 2 : nc + 4, :, :], self.deadzone))
 
     def masks(self, out: torch.Tensor) -> torch.Tensor:
-        """The decoder's last layer [N, nc + extra, H, W] -> the mask [N, len(sources), H, W]."""
-        return out[:, self.nc + 4 :].float().softmax(1)
+        """The decoder's last layer [..., nc + extra, H, W] -> the mask [..., len(sources), H, W]."""
+        return out[..., self.nc + 4 :, :, :].float().softmax(-3)
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
@@ -242,13 +244,13 @@ def translate(frame: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def shrink(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
-    """Shorten each displacement [N, 2, H, W] by ``deadzone`` pixels, down to exactly 0 (a soft
+    """Shorten each displacement [..., 2, H, W] by ``deadzone`` pixels, down to exactly 0 (a soft
     threshold on its length): the smooth flow a decoder draws bleeds a few tenths of a pixel from
     what moves onto what does not, and a frame resampled by that much at every step blurs. Inside
     the dead zone the gradient is 0, so nothing there is pushed back out."""
     if not deadzone:
         return flow
-    length = flow.float().norm(dim=1, keepdim=True)
+    length = flow.float().norm(dim=-3, keepdim=True)
     return flow * ((length - deadzone).clamp(min=0) / length.clamp(min=1e-6))
 
 
