@@ -168,7 +168,7 @@ def export(src: str | Path, dst: str | Path, force: bool = False, flow_deadzone:
 
     ``dst`` must be new, empty or an earlier export (which it replaces); anything else, say a run
     or a data set, is refused unless ``force``. The source itself is never a destination.
-    ``flow_deadzone`` sets the copy's (``heads.shrink``: it changes no weight, only what the flow
+    ``flow_deadzone`` sets the copy's (``heads.dead_zone``: it changes no weight, only what the flow
     head does with them); the source's evaluation then no longer describes it and is left out.
     """
     src, dst = _resolve(src), Path(dst)

@@ -186,7 +186,7 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="a new folder or an earlier export, e.g. assets/model")
     x.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
     x.add_argument("--flow-deadzone", type=float, default=None, metavar="PX",
-                   help="set the copy's flow_deadzone (a flow head's displacements shortened by PX; no weight changes)")
+                   help="set the copy's flow_deadzone (a flow head's displacements of PX or less set to 0; no weight changes)")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")

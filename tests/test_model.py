@@ -336,20 +336,20 @@ def test_the_still_copy_keeps_still_pixels_exact_where_resampling_blurs_them():
     assert torch.equal(pred, x[:, 1, None, None].expand_as(pred))
 
 
-def test_shrink_shortens_displacements_by_hand():
+def test_dead_zone_zeroes_short_displacements_by_hand():
     """(0.3, 0.4) is 0.5 px long: a 0.5 px dead zone makes it exactly 0 (a 0.6 px one also gives it
-    no gradient), a 0.1 px one shortens it to 0.4 px along the same direction; (3, 4) shortened by
-    1 px is (2.4, 3.2)."""
-    from cvae.model.heads import shrink
+    no gradient), a 0.4 px one leaves it as it is; (3, 4), 5 px long, passes a 1 px dead zone
+    unshortened, with its gradient, and a 5 px one zeroes it."""
+    from cvae.model.heads import dead_zone
 
     flow = torch.tensor([[0.3, 3.0], [0.4, 4.0]])[None, :, :, None].requires_grad_()  # [1, 2, 2, 1]: two pixels
-    assert shrink(flow, 0.0) is flow
-    torch.testing.assert_close(shrink(flow, 0.5)[0, :, :, 0], torch.tensor([[0.0, 2.7], [0.0, 3.6]]))
-    assert torch.equal(shrink(flow, 0.5)[0, :, 0], torch.zeros(2, 1))
-    torch.testing.assert_close(shrink(flow, 1.0)[0, :, :, 0], torch.tensor([[0.0, 2.4], [0.0, 3.2]]))
-    torch.testing.assert_close(shrink(flow, 0.1)[0, :, 0, 0], torch.tensor([0.24, 0.32]))
-    shrink(flow, 0.6).sum().backward()
-    assert torch.equal(flow.grad[0, :, 0], torch.zeros(2, 1)) and (flow.grad[0, :, 1] > 0).all()
+    assert dead_zone(flow, 0.0) is flow
+    assert torch.equal(dead_zone(flow, 0.5)[0, :, :, 0], torch.tensor([[0.0, 3.0], [0.0, 4.0]]))
+    assert torch.equal(dead_zone(flow, 1.0)[0, :, :, 0], torch.tensor([[0.0, 3.0], [0.0, 4.0]]))
+    assert torch.equal(dead_zone(flow, 0.4)[0, :, :, 0], flow.detach()[0, :, :, 0])
+    assert torch.equal(dead_zone(flow, 5.0), torch.zeros_like(flow))
+    dead_zone(flow, 0.6).sum().backward()
+    assert torch.equal(flow.grad[0, :, :, 0], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
 
 
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])

@@ -68,7 +68,7 @@ class ModelConfig:
     ee_copy: bool = False  # the flow head may also take the latest real frame moved with the end effector
     ee_sprite: bool = False  # ... and a sprite of the end effector drawn from the condition at its place
     still_copy: bool = False  # ... and the latest real frame as it is, so still pixels may be copied unresampled
-    flow_deadzone: float = 0.0  # px the flow head's displacements are shortened by, so a bleed of less is exactly 0
+    flow_deadzone: float = 0.0  # px: flow displacements no longer than this are 0, so a still pixel's bleed is not resampled
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -96,7 +96,7 @@ class ModelConfig:
         if not 0 <= self.flow_deadzone < float("inf"):
             raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
         if self.flow_deadzone and self.output != "flow":
-            raise ConfigError("flow_deadzone needs output 'flow': it shortens the flow head's displacements")
+            raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
 
 

@@ -52,7 +52,7 @@ class Decoder(nn.Module):
     frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
     displacement (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the
     condition at its place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real
-    frame as it is; ``flow_deadzone`` shortens its displacements (``heads.shrink``)."""
+    frame as it is; ``flow_deadzone`` zeroes its short displacements (``heads.dead_zone``)."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
