@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import predict_capturing, record, test_sequences
+from common import load_with_deadzone, predict_capturing, record, test_sequences
 
-from cvae import checkpoint
 from cvae.condition import XY
 from cvae.kinematics import world_to_px
 from cvae.metrics import gradient_map, moving_mask, window_mask
@@ -46,11 +45,7 @@ def main() -> None:
                    help="use this dead zone in a flow head instead of the checkpoint's own (no training: what it does alone)")
     args = p.parse_args()
     for ckpt in args.ckpt:
-        model, _ = checkpoint.load_model(ckpt, "cpu")
-        if args.flow_deadzone is not None:
-            if not isinstance(model.decoder.head, FlowHead):
-                raise SystemExit(f"{ckpt}: --flow-deadzone needs a flow head")
-            model.decoder.head.deadzone = args.flow_deadzone
+        model = load_with_deadzone(ckpt, args.flow_deadzone)
         n_past, n_future = model.n_past, 10
         x, c = test_sequences(args.data, n_past + n_future, args.limit)
         pred, last_layer = predict_capturing(model, x, c, n_future)

@@ -24,6 +24,20 @@ def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, to
     return torch.stack(x), torch.stack(c)
 
 
+def load_with_deadzone(ckpt: str, deadzone: float | None):
+    """The model at ``ckpt`` on the CPU, its flow head's ``flow_deadzone`` replaced by ``deadzone``
+    unless None: what a dead zone does to trained weights, without exporting a copy."""
+    from cvae import checkpoint
+    from cvae.model.heads import FlowHead
+
+    model, _ = checkpoint.load_model(ckpt, "cpu")
+    if deadzone is not None:
+        if not isinstance(model.decoder.head, FlowHead):
+            raise SystemExit(f"{ckpt}: --flow-deadzone needs a flow head")
+        model.decoder.head.deadzone = deadzone
+    return model
+
+
 def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample (seed 0) from frames ``x`` and conditions ``c``: the predicted frames
     [N, n_future, 3, H, W], and the decoder's last layer for each of them [N, n_future, C, H, W]

@@ -75,6 +75,16 @@ def moving_mask(target: torch.Tensor, last: torch.Tensor, threshold: float = MOV
     return ((target.float() - last.float()).abs() > threshold).any(-3)
 
 
+def z_change(a: torch.Tensor, b: torch.Tensor, world: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """How visibly another z changes the futures where the world is uncertain: the mean absolute
+    difference between two seeds' futures ``a`` and ``b`` [S, F, C, H, W] (averaged over the
+    channels), over the pixels of each step where any physics future ``world`` [K, F, C, H, W]
+    moves (``moving_mask`` against the last context frame ``last`` [C, H, W]). A model whose z
+    only jitters the still table scores little however many pixels it touches."""
+    region = moving_mask(world, last).any(0)  # [F, H, W]
+    return (a.float() - b.float()).abs().mean(-3)[:, region].mean()
+
+
 def window_mask(centre_px: torch.Tensor, size: int = EE_WINDOW, hw: tuple[int, int] = (64, 64)) -> torch.Tensor:
     """A ``size`` x ``size`` window around each (col, row) pixel position [..., 2] -> bool [..., H, W]
     (cut at the image border). The centre is the pixel that holds the position."""

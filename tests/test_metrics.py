@@ -17,6 +17,7 @@ from cvae.metrics import (
     sharpness,
     ssim,
     window_mask,
+    z_change,
 )
 from cvae.physics_eval import VISIBLE_STD, spread_scores
 
@@ -67,6 +68,23 @@ def test_moving_mask_and_masked_psnr():
     two[2, 2] = True
     pred[:, 2, 2] = truth[:, 2, 2] + 0.3
     assert masked_psnr(pred, truth, two).item() == pytest.approx(10 * math.log10(1 / 0.05), rel=1e-4)
+
+
+def test_z_change_counts_only_where_the_world_moves():
+    """Two physics futures of 2 steps on a 4x4 frame: one moves pixel (0, 0) at step 1, the other
+    (1, 1) at step 2, so the region is one pixel per step. Two seeds' 2 futures differ by 0.3 in
+    one channel at (0, 0) of step 1 in the first future (0.1 over the channels), and by 1 all
+    over the still pixel (3, 3), which is not counted: (0.1 + 0 + 0 + 0) / 4 = 0.025."""
+    last = torch.zeros(3, 4, 4)
+    world = torch.zeros(2, 2, 3, 4, 4)
+    world[0, 0, :, 0, 0] = 0.5
+    world[1, 1, 2, 1, 1] = 0.2
+    a = torch.zeros(2, 2, 3, 4, 4)
+    b = a.clone()
+    b[0, 0, 1, 0, 0] = 0.3
+    b[:, :, :, 3, 3] = 1.0
+    assert z_change(a, b, world, last).item() == pytest.approx(0.025)
+    assert z_change(a, a, world, last).item() == 0
 
 
 def test_window_mask_is_centred_on_the_pixel_and_cut_at_the_border():
