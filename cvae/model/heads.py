@@ -253,7 +253,7 @@ def dead_zone(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
     Inside the dead zone the gradient is 0, so nothing there is pushed back out."""
     if not deadzone:
         return flow
-    x, y = flow.float().split(1, dim=-3)  # not .norm(dim=-3): 14x slower on the decoder's strided output
+    x, y = flow.float().split(1, dim=-3)  # not .norm(dim=-3): 12 ms a call on the decoder's output, not 1 (bench)
     return flow * (x * x + y * y > deadzone * deadzone)
 
 
