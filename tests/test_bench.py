@@ -11,3 +11,40 @@ def test_sweep_report_names_a_missing_eval_json(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--report", str(missing)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and f"no eval.json at {missing}" in out.stderr and "Traceback" not in out.stderr
+
+
+def _arm_bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import arm
+    finally:
+        sys.path.pop(0)
+    return arm
+
+
+def test_the_turned_copy_turns_about_the_base_by_hand():
+    """Base (10, 10), end effector from (40, 10) to (10, 40): a quarter turn, rigid, so the pixel
+    at (50, 10), 10 px beyond the end effector along the arm, lands at (10, 50)."""
+    import torch
+
+    frame = torch.zeros(1, 3, 64, 64)
+    frame[0, :, 10, 50] = 1.0  # [row, column]
+    out = _arm_bench().turned(frame, torch.tensor([[10.0, 10.0]]), torch.tensor([[40.0, 10.0]]),
+                              torch.tensor([[10.0, 40.0]]))
+    assert out[0, 0, 50, 10] > 0.99 and out[0, 0].sum() < 1.01
+
+
+def test_the_shaft_mask_covers_the_arm_the_simulator_draws():
+    """``Sequence.arm_base`` and the mask agree with the pixels: in 8 scenes, the shaft's pixels
+    are the arm's dark grey, and the mask holds a bar's worth of them."""
+    import numpy as np
+
+    from cvae.data.simulator import simulate
+    from cvae.kinematics import world_to_px
+
+    arm = _arm_bench()
+    for index in range(8):
+        seq = simulate(3, index, 0, n_frames=2)
+        mask = arm.shaft_mask(seq.arm_base, world_to_px(seq.positions[:, :2].astype(np.float64)))[0]
+        dark = seq.frames[0][mask].max(-1) <= 125
+        assert mask.sum() >= 20 and dark.mean() > 0.8, (index, mask.sum(), dark.mean())

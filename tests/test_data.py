@@ -221,6 +221,8 @@ def test_hidden_causes_change_the_future_not_the_context():
         for seq in draws:
             assert np.array_equal(seq.frames[0], exact.frames[0])  # what a person sees first is the same
             assert np.array_equal(seq.actions, exact.actions) and np.array_equal(seq.positions, exact.positions)
+            assert np.array_equal(seq.arm_base, exact.arm_base)
+        assert not (0 <= exact.arm_base[0] <= 64 and 0 <= exact.arm_base[1] <= 64)  # outside the image
         if draws[0].contact:  # pushed within these 12 frames: where the object ends depends on the draw
             moved.append(max(int((np.abs(a.frames[-1].astype(int) - draws[0].frames[-1]).max(-1) > 25).sum())
                              for a in draws[1:]))

@@ -82,6 +82,7 @@ class Sequence:
     actions: np.ndarray  # [T, 4]
     positions: np.ndarray  # [T, 3]
     contact: bool
+    arm_base: np.ndarray  # [2]: (x, y) px where the arm's bar starts, outside the image, fixed per scene
 
 
 def _table_texture(rng: np.random.Generator) -> Image.Image:
@@ -286,4 +287,4 @@ def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
         gripper.position = tuple(goal)
     moved = max((np.linalg.norm(np.array(o["body"].position) - np.array(o["start"])) for o in objects), default=0.0)
     return Sequence(frames=frames, actions=actions.astype(np.float32), positions=positions.astype(np.float32),
-                    contact=bool(moved > 0.5))
+                    contact=bool(moved > 0.5), arm_base=arm_base)
