@@ -19,7 +19,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import predict_capturing, record, test_sequences
+from common import record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import XY
@@ -27,7 +27,7 @@ from cvae.data.dataset import BairDataset
 from cvae.data.simulator import GRIPPER_RADIUS_PX, simulate
 from cvae.kinematics import world_to_px
 from cvae.metrics import masked_psnr
-from cvae.model.heads import warp
+from cvae.model.heads import translate, warp
 from cvae.physics_eval import scenes
 
 SHAFT_HALF_WIDTH = 2.25 + 0.5  # the simulator's bar is 4.5 px wide (lowered); half a pixel of edge with it
@@ -84,8 +84,7 @@ def main() -> None:
 
     place = torch.from_numpy(ee).float() - 0.5  # pixel indices, as warp counts them
     src, base = place[:, n_past - 1], torch.from_numpy(bases).float() - 0.5
-    moved = torch.stack([warp(last, (src - place[:, t])[:, :, None, None].expand(-1, -1, 64, 64))
-                         for t in range(n_past, n_past + n_future)], 1)
+    moved = torch.stack([translate(last, src - place[:, t]) for t in range(n_past, n_past + n_future)], 1)
     turn = torch.stack([turned(last, base, src, place[:, t]) for t in range(n_past, n_past + n_future)], 1)
     copies = {"copy-last": score(last[:, None].expand_as(truth)), "translated copy": score(moved),
               "turned copy (true base)": score(turn)}
@@ -95,8 +94,7 @@ def main() -> None:
     base_row = {f"{k} shaft psnr": round(float(v.mean()), 2) for k, v in copies.items()}
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        pred, _ = predict_capturing(model, x, c, n_future)
-        ours = score(pred)
+        ours = score(model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0])
         print(f"  {ckpt + ', one sample:':26s} {' '.join(f'{s:5.2f}' for s in ours)} (mean {float(ours.mean()):.2f})")
         record("arm", torch.device("cpu"), ckpt=ckpt, sequences=len(x), shaft_share=round(float(shaft.float().mean()), 3),
                shaft_psnr=round(float(ours.mean()), 2), **base_row)
