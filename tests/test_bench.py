@@ -1,4 +1,4 @@
-"""The benchmark scripts' user-facing edges."""
+"""The benchmark scripts: their user-facing edges, and the geometry they measure with."""
 import subprocess
 import sys
 from pathlib import Path
