@@ -24,13 +24,13 @@ from common import record, test_sequences
 from cvae import checkpoint
 from cvae.condition import XY
 from cvae.data.dataset import BairDataset
-from cvae.data.simulator import GRIPPER_RADIUS_PX, simulate
+from cvae.data.simulator import ARM_WIDTH_PX, GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE, simulate
 from cvae.kinematics import world_to_px
 from cvae.metrics import masked_psnr
 from cvae.model.heads import translate, warp
 from cvae.physics_eval import scenes
 
-SHAFT_HALF_WIDTH = 2.25 + 0.5  # the simulator's bar is 4.5 px wide (lowered); half a pixel of edge with it
+SHAFT_HALF_WIDTH = ARM_WIDTH_PX / 2 + 0.5  # the simulator's bar, lowered; half a pixel of edge with it
 
 
 def shaft_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
@@ -41,7 +41,7 @@ def shaft_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
     d = (ee - base)[:, None, None]  # [T, 1, 1, 2]
     t = np.clip(((q - base) * d).sum(-1, keepdims=True) / (d * d).sum(-1, keepdims=True), 0, 1)
     near_bar = np.linalg.norm(q - base - t * d, axis=-1) <= SHAFT_HALF_WIDTH
-    off_gripper = np.linalg.norm(q - ee[:, None, None], axis=-1) > GRIPPER_RADIUS_PX * 1.35 + 1
+    off_gripper = np.linalg.norm(q - ee[:, None, None], axis=-1) > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 1
     return near_bar & off_gripper
 
 

@@ -39,6 +39,8 @@ N_FRAMES = 30
 SUBSTEPS = 10
 FRAME_DT = 0.1
 GRIPPER_RADIUS_PX = 2.6
+LIFTED_GRIPPER_SCALE = 1.35  # a lifted gripper is drawn this much larger (nearer the camera)
+ARM_WIDTH_PX, LIFTED_ARM_WIDTH_PX = 4.5, 5.5  # the arm's bar, lowered and lifted
 DEFAULT_UNCERTAINTY = 1.0
 # Ranges of the hidden causes at uncertainty 1 (multipliers are log-uniform over these).
 FRICTION_RANGE = (0.15, 2.0)
@@ -209,13 +211,13 @@ def _draw(table: Image.Image, objects: list[dict], ee_px: np.ndarray, lifted: bo
         else:
             pts = [tuple(body.local_to_world(v) * s) for v in obj["verts"]]
             draw.polygon(pts, fill=obj["color"], outline=outline, width=s)
-    arm_w = (5.5 if lifted else 4.5) * s
+    arm_w = (LIFTED_ARM_WIDTH_PX if lifted else ARM_WIDTH_PX) * s
     arm_col = (70, 70, 78) if not lifted else (105, 105, 115)
     draw.line([tuple(arm_base * s), (gx, gy)], fill=arm_col, width=int(arm_w))
     d = np.array([gx, gy]) - arm_base * s
     d = d / (np.linalg.norm(d) + 1e-6)
     n = np.array([-d[1], d[0]])
-    r = GRIPPER_RADIUS_PX * s * (1.35 if lifted else 1.0)
+    r = GRIPPER_RADIUS_PX * s * (LIFTED_GRIPPER_SCALE if lifted else 1.0)
     body_col = (200, 200, 210) if lifted else (150, 150, 160)
     draw.ellipse([gx - r, gy - r, gx + r, gy + r], fill=body_col, outline=(40, 40, 45), width=s)
     spread = r * (0.5 if grip else 1.0)
