@@ -122,7 +122,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))
 
 
-def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0) -> torch.Tensor:
+def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, branch: bool = False) -> torch.Tensor:
     """Model futures [B, S, ...] against true futures [B, K, ...] of the same scenes -> [B]:
     mean over (s, k) of ||x_s - y_k|| minus half the mean over s != s' of ||x_s - x_s'||, with
     ||.|| the root-mean-square over everything after the first two dimensions (S >= 2).
@@ -139,7 +139,14 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0) ->
     spread added where the model is already right costs only second order (the norm of a large
     error elsewhere barely grows) while the spread term pays it first order, so a biased model
     is paid to spread anywhere; within a patch, spread pays only where that patch's futures
-    differ or its error is as large."""
+    differ or its error is as large.
+
+    ``branch``: the spread term counts only in patches where the truths differ. Where they agree
+    a model that cannot hit them (the arm's shaft, which no source moves rigidly) still lowers
+    the proper score by spreading its samples around its error, which puts its own doubt into
+    z; without the term there, the samples' best answer is one prediction, and z is left to the
+    patches where the world branches. No longer proper where the truths agree: it asks for no
+    spread even where the model's error would justify it."""
     x, y = samples.float(), truths.float()
     s = x.shape[1]
     if s < 2:
@@ -150,13 +157,15 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0) ->
             raise ValueError(f"energy score patch {patch} does not tile {h}x{w} frames")
 
     def rms(d: torch.Tensor) -> torch.Tensor:
-        """Differences [B, S, S', ...] -> their norms [B, S, S']: one per future, or the mean of one per patch."""
+        """Differences [B, S, S', ...] -> their norms [B, S, S', N]: one per future (N = 1), or one per patch."""
         sq = d.pow(2)
         if not patch:
-            return (sq.flatten(3).mean(-1) + 1e-12).sqrt()
+            return (sq.flatten(3).mean(-1, keepdim=True) + 1e-12).sqrt()
         per_patch = F.avg_pool2d(sq.flatten(0, -4).mean(1, keepdim=True), patch)  # [N, 1, H / P, W / P]
-        return (per_patch + 1e-12).sqrt().reshape(*sq.shape[:3], -1).mean(-1)
+        return (per_patch + 1e-12).sqrt().reshape(*sq.shape[:3], -1)
 
     fit = rms(x[:, :, None] - y[:, None]).mean((1, 2))
     spread = rms(x[:, :, None] - x[:, None]).sum((1, 2)) / (s * (s - 1))  # the diagonal is ~0
-    return fit - 0.5 * spread
+    if branch:  # identical truths' norms are the floor, 1e-6; one grey level apart is >= 1e-5
+        spread = spread * (rms(y[:, :, None] - y[:, None]).amax((1, 2)) > 2e-6)
+    return (fit - 0.5 * spread).mean(-1)

@@ -210,6 +210,31 @@ def test_patch_energy_score_charges_misplaced_spread_that_the_whole_frame_score_
         energy_score(spread, truths, patch=3)
 
 
+def test_branch_energy_score_pays_spread_only_where_the_truths_differ():
+    """Two 4x4 patches of a 4x8 frame: the truths agree on the left one and branch on the right.
+    On the left the samples straddle the truth, each 1 off (a model that cannot hit it): the
+    proper score counts that as no worse than hitting it; with ``branch`` it costs what a
+    one-sided error does."""
+    truths = torch.zeros(1, 2, 1, 4, 8)
+    truths[0, 1, :, :, 4:] = 1  # right patch: 0 in one future, 1 in the other
+    samples = torch.zeros(1, 2, 1, 4, 8)
+    samples[0, 0, :, :, :4], samples[0, 1, :, :, :4] = -1, 1
+    samples[0, 1, :, :, 4:] = 1  # right patch: the samples branch as the truths do
+    plain, gated = energy_score(samples, truths, patch=4).item(), energy_score(samples, truths, patch=4, branch=True).item()
+    # left: distances to the truth 1, between samples 2 -> 1 - 1 = 0 (plain) or 1 (branch); right: 0.5 - 0.5
+    assert plain == pytest.approx(0.0, abs=1e-5)
+    assert gated == pytest.approx((1 + 0) / 2, abs=1e-5)
+    biased = samples.clone()
+    biased[0, :, :, :, :4] = 1  # both samples 1 off on the same side: no spread to discount
+    assert energy_score(biased, truths, patch=4, branch=True).item() == pytest.approx(gated, abs=1e-5)
+    assert energy_score(biased, truths, patch=4).item() == pytest.approx(0.5, abs=1e-5)
+    # where every patch branches, branch changes nothing; over the whole frame the truths differ somewhere
+    assert energy_score(samples, truths, branch=True).item() == pytest.approx(energy_score(samples, truths).item())
+    # truths identical everywhere: the mean distance to them alone, sqrt(16 / 32) and 1
+    same = torch.zeros(1, 2, 1, 4, 8)
+    assert energy_score(samples, same, branch=True).item() == pytest.approx((0.5**0.5 + 1) / 2, abs=1e-5)
+
+
 def test_energy_score_prefers_the_worlds_own_spread():
     """Averaged over many draws, samples from the truths' distribution score lower than a
     collapsed model at the mean and than one that spreads where the truths agree."""

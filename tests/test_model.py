@@ -764,3 +764,11 @@ def test_energy_term_scores_prior_futures_against_several_truths():
     patched = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths), energy_patch=16)
     torch.testing.assert_close(patched[4], energy_score(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths, 16).mean())
     assert not torch.isclose(patched[4], got[4])
+    # energy_branch reaches it: against identical truths the spread term drops out
+    same = truths[:, :1].expand_as(truths).contiguous()
+    torch.manual_seed(7)
+    gated = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, same), energy_patch=16,
+                       energy_branch=True)
+    scored = pred[:, 1:].view(2, 3, 4, 3, 64, 64)
+    torch.testing.assert_close(gated[4], energy_score(scored, same, 16, branch=True).mean())
+    assert gated[4] > energy_score(scored, same, 16).mean()

@@ -292,11 +292,13 @@ LEARN_EPOCHS, LEARN_ITERS = 6, 50
 
 def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_path, capsys):
     """``--energy-truths K`` re-simulates training scenes K times once, then each step scores the
-    prior's futures against a few of them (logged as energy_score); data that cannot be re-run is
-    refused by name before anything of a run is written."""
+    prior's futures against a few of them (logged as energy_score; here with ``--energy-branch``,
+    which reaches the score through train_step); data that cannot be re-run is refused by name
+    before anything of a run is written."""
     from cvae.physics_eval import TrainingFutures
 
-    cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3)
+    cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
+                   energy_branch=True)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
@@ -313,3 +315,5 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "one", energy_truths=1)
     with pytest.raises(ConfigError, match="energy_patch must be 0 .* or divide 64, not 12"):
         tiny_cfg(sim_root, tmp_path / "twelve", energy_truths=2, energy_patch=12)
+    with pytest.raises(ConfigError, match="energy_branch needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "gate", energy_branch=True)
