@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import fsync, fsync_tree
 from .errors import CheckpointError, ConfigError
 from .model import SVG
-from .model.svg import ModelConfig
+from .model.svg import SAMPLING, ModelConfig
 
 WEIGHTS, META, STATE, LOG = "model.safetensors", "meta.json", "state.pt", "log.jsonl"
 
@@ -163,13 +163,14 @@ def find_log(path: str | Path) -> Path | None:
 EXPORT_ENTRIES = {WEIGHTS, META, LOG, "eval"}
 
 
-def export(src: str | Path, dst: str | Path, force: bool = False, flow_deadzone: float | None = None) -> Path:
+def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict | None = None) -> Path:
     """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state.
 
     ``dst`` must be new, empty or an earlier export (which it replaces); anything else, say a run
     or a data set, is refused unless ``force``. The source itself is never a destination.
-    ``flow_deadzone`` sets the copy's (``heads.dead_zone``: it changes no weight, only what the flow
-    head does with them); the source's evaluation then no longer describes it and is left out.
+    ``settings`` sets model fields that change no weight, only how they are used (``svg.SAMPLING``:
+    the flow head's dead zone, ``heads.dead_zone``; held noise, ``SVG._noise``); the source's
+    evaluation then no longer describes the copy and is left out.
     """
     src, dst = _resolve(src), Path(dst)
     a, b = src.resolve(), dst.resolve()
@@ -185,15 +186,18 @@ def export(src: str | Path, dst: str | Path, force: bool = False, flow_deadzone:
         raise CheckpointError(f"export --out {dst} is a file; choose a folder")
     model, meta = load_model(src)
     config = meta.pop("config")
-    if flow_deadzone is not None:
-        config = {**config, "flow_deadzone": flow_deadzone}
+    if settings:
+        unknown = sorted(set(settings) - set(SAMPLING))
+        if unknown:
+            raise ConfigError(f"export can set {', '.join(SAMPLING)}, not {', '.join(unknown)}: the others shape the weights")
+        config = {**config, **settings}
         try:
             ModelConfig.from_dict(config)
         except ConfigError as err:
-            raise ConfigError(f"export --flow-deadzone: {err} ({src})") from None
+            raise ConfigError(f"export: {err} ({src})") from None
     with staged(dst, f"export to {dst}") as tmp:
         _write(tmp, model, config, meta, None)
-        if (src / "eval").is_dir() and flow_deadzone is None:
+        if (src / "eval").is_dir() and not settings:
             shutil.copytree(src / "eval", tmp / "eval", ignore=shutil.ignore_patterns("*.html"))
         log = find_log(src)
         if log is not None:

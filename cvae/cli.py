@@ -142,9 +142,11 @@ def eval_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import export
 
-    print(f"exported {export(args.ckpt, args.out, force=args.force, flow_deadzone=args.flow_deadzone)}")
-    if args.flow_deadzone is not None:
-        print(f"with flow_deadzone {args.flow_deadzone} px: evaluate it afresh (train_cli.py eval --ckpt {args.out})")
+    settings = {k: v for k, v in (("flow_deadzone", args.flow_deadzone), ("z_hold", args.z_hold)) if v is not None}
+    print(f"exported {export(args.ckpt, args.out, force=args.force, settings=settings)}")
+    if settings:
+        said = ", ".join(f"{k} {v}" for k, v in settings.items())
+        print(f"with {said}: evaluate it afresh (train_cli.py eval --ckpt {args.out})")
     return 0
 
 
@@ -187,6 +189,8 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
     x.add_argument("--flow-deadzone", type=float, default=None, metavar="PX",
                    help="set the copy's flow_deadzone (a flow head's displacements of PX or less set to 0; no weight changes)")
+    x.add_argument("--z-hold", type=_bool, default=None, metavar="BOOL",
+                   help="set the copy's z_hold (a future draws its noise once and holds it; no weight changes)")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")

@@ -352,6 +352,32 @@ def test_dead_zone_zeroes_short_displacements_by_hand():
     assert torch.equal(flow.grad[0, :, :, 0], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
 
 
+@pytest.mark.parametrize("hold", [False, True])
+def test_z_hold_draws_one_noise_per_future(hold, monkeypatch):
+    """With ``z_hold`` every future from the prior, at prediction and in the training terms that
+    draw futures (the energy score, best of K), takes one standard-normal draw for all its steps;
+    without it, one per step. Futures still differ from one another."""
+    model = calibrated(tiny(prior="learned", z_hold=hold))
+    seen = []
+    real = model._rollout
+
+    def spy(*args, **kw):
+        if kw.get("noise") is not None:
+            seen.append(kw["noise"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(model, "_rollout", spy)
+    x, c = batch(b=2, t=6)
+    model.predict(x[:, :2], c, n_future=4, n_samples=3, seed=1)
+    model.train()
+    model(x, c, True, best_of=2, futures=(x[:1, :2], c[:1], x[:1, None, 2:].expand(-1, 2, -1, -1, -1, -1)))
+    assert len(seen) == 3  # predict, best of K, the energy score
+    for noise in seen:
+        same_over_steps = torch.equal(noise, noise[:, :1].expand_as(noise))
+        assert same_over_steps == hold and noise.shape[1] == 5
+        assert not torch.equal(noise[0], noise[1])
+
+
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])
 def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
     """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous

@@ -105,7 +105,8 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     monkeypatch.setattr(train_mod, "train_step", spy)
     init = str(tmp_path / "a" / "last")
     train(tiny_cfg(sim_root, tmp_path / "b", epochs=1, iters_per_epoch=2, init=init, best_of=2, best_of_weight=0.5,
-                   recon_weight=0.25, pixel_loss="l1", motion_weight=3.0, flow_deadzone=0.5),  # how it trains may change
+                   recon_weight=0.25, pixel_loss="l1", motion_weight=3.0, flow_deadzone=0.5,
+                   z_hold=True),  # how it trains and samples may change
           progress=False)
     first, best_of = seen[0]
     assert best_of == (2, 0.5, 0.25) and all(torch.equal(first[k], start[k]) for k in start)
@@ -242,6 +243,12 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert not (zoned / "eval").exists() and "evaluate it afresh" in capsys.readouterr().out
     assert cli.main(["export", "--ckpt", str(exported), "--out", str(tmp_path / "neg"), "--flow-deadzone", "-1"]) == 2
     assert "flow_deadzone must be a number of pixels >= 0, not -1.0" in capsys.readouterr().err
+    held = tmp_path / "held"  # and hold the prior's noise over a future
+    assert cli.main(["export", "--ckpt", str(zoned), "--out", str(held), "--z-hold", "true"]) == 0
+    model, meta = checkpoint.load_model(held)
+    assert meta["config"]["z_hold"] is True and meta["config"]["flow_deadzone"] == 0.5 and model.cfg.z_hold
+    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, not z_dim"):
+        checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 
 def test_global_batch_must_divide_over_the_processes(tmp_path, monkeypatch):

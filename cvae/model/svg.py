@@ -27,7 +27,8 @@ from .predictor import FramePredictor
 from .vgg64 import Decoder, Encoder
 
 PIXEL_LOSSES = ("mse", "l1")
-INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "flow_deadzone")  # not the weights' shapes: --init may change them
+SAMPLING = ("flow_deadzone", "z_hold")  # how the weights are used, not their shapes: export may set them
+INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", *SAMPLING)  # not the weights' shapes: --init may change them
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ModelConfig:
     ee_sprite: bool = False  # ... and a sprite of the end effector drawn from the condition at its place
     still_copy: bool = False  # ... and the latest real frame as it is, so still pixels may be copied unresampled
     flow_deadzone: float = 0.0  # px: flow displacements no longer than this are 0, so a still pixel's bleed is not resampled
+    z_hold: bool = False  # a future from the prior draws its noise once and holds it over its steps (``_noise``)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -257,7 +259,7 @@ class SVG(nn.Module):
         def rep(v: torch.Tensor) -> torch.Tensor:
             return v.repeat_interleave(k, 0)
 
-        noise = torch.randn(x_ctx.shape[0] * k, t - 1, self.z_dim, device=x_ctx.device)
+        noise = self._noise(x_ctx.shape[0] * k, t - 1, x_ctx.device)
         pred, _ = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
                                 noise=noise)
         return pred[:, self.n_past - 1 :]
@@ -275,6 +277,16 @@ class SVG(nn.Module):
         h, skips = self._encode(x_ctx)
         pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
         return energy_score(pred.view(x_ctx.shape[0], k, *truths.shape[2:]), truths, patch, branch).mean()
+
+    def _noise(self, n: int, steps: int, device: torch.device | str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """The prior's standard-normal noise for ``n`` futures, [n, steps, z_dim]: fresh at every step,
+        or with ``z_hold`` one draw held over all of them. The world's hidden causes (an object's
+        friction, its mass) hold for a whole future, so a future that drew a gliding object at one
+        step should keep it gliding; independent draws per step ask the predictor to remember
+        which world it is in. Each step's z keeps its own distribution either way."""
+        draw = torch.randn(n, 1 if self.cfg.z_hold else steps, self.z_dim, generator=generator, device=device)
+        return draw.expand(n, steps, self.z_dim)
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
@@ -348,7 +360,7 @@ class SVG(nn.Module):
         b = context.shape[0]
         device = context.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn(n_samples, t - 1, self.z_dim, generator=gen, device=device)
+        noise = self._noise(n_samples, t - 1, device, gen)
         noise = noise.expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.z_dim)
         ctx = context.repeat_interleave(n_samples, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
