@@ -139,20 +139,22 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
                teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0,
                best_of_weight: float = 1.0, recon_weight: float = 1.0,
                futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-               energy_weight: float = 1.0, energy_patch: int = 0, energy_branch: bool = False) -> torch.Tensor:
+               energy_weight: float = 1.0, energy_patch: int = 0, energy_branch: bool = False,
+               branch_weight: float = 0.0) -> torch.Tensor:
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
     of K prior futures' pixel loss) (+ energy_weight * the energy score against ``futures``).
-    Returns detached (loss, mse, kld, best, energy) on the device, so the caller decides when to
+    Returns detached (loss, mse, kld, best, energy, branch) on the device, so the caller decides when to
     pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = net(x, c, teacher_forcing, free_bits, best_of, futures, energy_patch, energy_branch)
+        losses = net(x, c, teacher_forcing, free_bits, best_of, futures, energy_patch, energy_branch, branch_weight)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
-            + energy_weight * losses.energy)
+            + energy_weight * losses.energy + losses.branch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach()])
+    return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach(),
+                        losses.branch.detach()])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -419,7 +421,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(5, device=rt.device)
+            sums = torch.zeros(6, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -431,7 +433,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
                                    best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight,
                                    futures=futures, energy_weight=cfg.energy_weight, energy_patch=cfg.energy_patch,
-                                   energy_branch=cfg.energy_branch)
+                                   energy_branch=cfg.energy_branch, branch_weight=cfg.branch_weight)
                 count += 1
                 loop.step_in_epoch += 1
                 bar.update(1)
@@ -455,6 +457,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                         record["best_of_loss"] = mean[3]
                     if cfg.energy_truths:
                         record["energy_score"] = mean[4]
+                    if cfg.branch_weight:
+                        record["branch_loss"] = mean[5]
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")

@@ -10,6 +10,7 @@ from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
 from cvae.model import SVG
+from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
 from cvae.schedules import kl_beta, teacher_forcing_ratio
 
@@ -350,6 +351,39 @@ def test_dead_zone_zeroes_short_displacements_by_hand():
     assert torch.equal(dead_zone(flow, 5.0), torch.zeros_like(flow))
     dead_zone(flow, 0.6).sum().backward()
     assert torch.equal(flow.grad[0, :, :, 0], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+
+
+def test_branch_term_rebuilds_the_true_futures_weighting_where_they_differ():
+    """``branch_weight`` W rebuilds each re-simulated future through the posterior (teacher-forced,
+    as the SVG loss's pass) and counts the pixels where the futures differ 1 + W times: by hand,
+    the same posterior draw; where they all agree W changes nothing; its gradient reaches the
+    posterior, which must come to say which future it saw."""
+    model = calibrated(tiny(prior="learned"))
+    x, c = batch(b=2, t=6)
+    ctx = x[:, :2]
+    truths = 0.5 * x[:, None, 2:].repeat(1, 3, 1, 1, 1, 1)
+    truths[:, 2, :, :, :8, :8] += 0.5  # the third future differs on one corner, by half the range
+    torch.manual_seed(3)
+    got = model._branch(ctx, c, truths, 5.0)
+    torch.manual_seed(3)
+    seqs = torch.cat([ctx[:, None].expand(-1, 3, -1, -1, -1, -1), truths], 2).flatten(0, 1)
+    h, skips = model._encode(seqs)
+    mu, logvar, _ = model.posterior(h[:, 1:])
+    pred = model._teacher_forced(seqs, h, skips, reparameterize(mu, logvar, torch.randn_like(mu)),
+                                 c.repeat_interleave(3, 0))
+    weight = torch.ones(6, 5, 64, 64)
+    weight[:, 1:, :8, :8] = 6  # future steps only: the context is shared
+    want = ((pred - seqs[:, 1:]).pow(2).mean(2) * weight).mean((2, 3)).sum(1).mean()
+    torch.testing.assert_close(got, want)
+    same = x[:, None, 2:].repeat(1, 3, 1, 1, 1, 1)
+    torch.manual_seed(3)
+    a = model._branch(ctx, c, same, 5.0)
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, model._branch(ctx, c, same, 0.0))
+    grads = torch.autograd.grad(got, list(model.posterior.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    parts = model(x, c, True, futures=(ctx, c, truths), branch_weight=5.0)
+    assert parts.branch > 0 and model(x, c, True, futures=(ctx, c, truths)).branch == 0
 
 
 @pytest.mark.parametrize("hold", [False, True])

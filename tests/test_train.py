@@ -305,11 +305,11 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     from cvae.physics_eval import TrainingFutures
 
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
-                   energy_branch=True)
+                   energy_branch=True, branch_weight=3.0)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
-    assert all(r["energy_score"] > 0 for r in log if r["kind"] == "step")
+    assert all(r["energy_score"] > 0 and r["branch_loss"] > 0 for r in log if r["kind"] == "step")
     futures = TrainingFutures(BairDataset(sim_root, "train", seq_len=12), 2, 2, 3, per_step=2, seed=1)
     ctx, cond, truths = futures.batch(5)
     assert ctx.shape == (2, 2, 3, 64, 64) and cond.shape == (2, 12, 7) and truths.shape == (2, 2, 10, 3, 64, 64)
@@ -324,3 +324,5 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "twelve", energy_truths=2, energy_patch=12)
     with pytest.raises(ConfigError, match="energy_branch needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "gate", energy_branch=True)
+    with pytest.raises(ConfigError, match="branch_weight needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "rebuild", branch_weight=3.0)

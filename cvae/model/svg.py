@@ -40,6 +40,7 @@ class StepLosses:
     kl_loss: torch.Tensor  # [T-1]: the KL term trained on (``kld``, or with free bits)
     best: torch.Tensor  # []: pixel loss of the closest of K futures from the prior (0 without ``best_of``)
     energy: torch.Tensor  # []: energy score of prior futures against re-simulated ones (0 without ``futures``)
+    branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
 
 
 PRIORS = ("fixed", "learned")
@@ -174,7 +175,7 @@ class SVG(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 free_bits: float = 0.0, best_of: int = 0,
                 futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                energy_patch: int = 0, energy_branch: bool = False) -> StepLosses:
+                energy_patch: int = 0, energy_branch: bool = False, branch_weight: float = 0.0) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
 
         ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
@@ -187,7 +188,8 @@ class SVG(nn.Module):
         ``futures`` (context [M, n_past, 3, 64, 64], condition [M, T, 7], true futures [M, K, T -
         n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
         futures from the prior against them (see ``_energy``), per ``energy_patch`` x ``energy_patch``
-        patch of each frame if that is > 0, its spread term only where they differ if ``energy_branch``.
+        patch of each frame if that is > 0, its spread term only where they differ if ``energy_branch``;
+        with ``branch_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
@@ -199,10 +201,7 @@ class SVG(nn.Module):
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
         if teacher_forcing:
             prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
-            g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
-            pred = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
-                                cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
-                                self._latest_real(cond, t).flatten(0, 1)).view(b, t - 1, *x.shape[2:])
+            pred = self._teacher_forced(x, h, skips, z, cond)
         else:
             n = self.n_past
             pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
@@ -217,7 +216,41 @@ class SVG(nn.Module):
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
         energy = self._energy(*futures, energy_patch, energy_branch) if futures is not None else recon.new_zeros(())
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy)
+        branch = (self._branch(*futures, branch_weight) if futures is not None and branch_weight > 0
+                  else recon.new_zeros(()))
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, branch)
+
+    def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
+        """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
+        loss's pass, with the pixels where they differ (by a grey level or more) counting 1 + ``weight``:
+        the pixel loss summed over the steps, averaged over the futures.
+
+        Rebuilding a future whose z saw it should draw that future, gliding object and all; but the
+        futures differ on a few pixels by a little, so the SVG loss barely pays the predictor to read
+        the posterior's z there (with the true future in view, the bundled model draws it no better
+        than from a random z). Weighting where the world branches pays it to."""
+        m, k = truths.shape[:2]
+        seqs = torch.cat([x_ctx[:, None].expand(-1, k, -1, -1, -1, -1), truths], 2).flatten(0, 1)
+        t = seqs.shape[1]
+        h, skips = self._encode(seqs)
+        mu_q, logvar_q, _ = self.posterior(h[:, 1:])
+        z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
+        pred = self._teacher_forced(seqs, h, skips, z, cond[:, :t].repeat_interleave(k, 0))
+        differ = (truths.float().std(1) * 255 >= 1).any(2)  # [M, F, H, W]
+        differ = torch.cat([differ.new_zeros(m, self.n_past - 1, *differ.shape[2:]), differ], 1)
+        err = (pred.float() - seqs[:, 1:].float()).pow(2).mean(2)  # [M * K, T - 1, H, W]
+        err = err * (1 + weight * differ.repeat_interleave(k, 0).float())
+        return err.mean((2, 3)).sum(1).mean()
+
+    def _teacher_forced(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], z: torch.Tensor,
+                        cond: torch.Tensor) -> torch.Tensor:
+        """Frames 1..T-1 predicted from the real frames before them and z [B, T-1, z_dim], all in one
+        predictor and one decoder call: frames [B, T, ...] and their encoding -> [B, T-1, 3, 64, 64]."""
+        b, t = x.shape[:2]
+        g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
+        return self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
+                            cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
+                            self._latest_real(cond, t).flatten(0, 1)).view(b, t - 1, *x.shape[2:])
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Predictions, their true frames and the true frames before those, [N, L, 3, 64, 64] each
