@@ -1,0 +1,85 @@
+"""Does z say which future it saw? Each of K re-simulated true futures of a test scene is
+encoded by the posterior (its mean z at every step, from that future's own frames) and rolled
+out closed loop from the context, as the SVG loss's pass without teacher forcing; its PSNR
+against that same future is set beside one sample from the prior and the closest of N samples
+(coverage) on the same futures. A model whose z carries the world's branching rebuilds the
+future it saw better than a random z does; one that ignores z scores the same. Also on the
+pixels where the K futures differ (by a grey level or more), which is where z has to act.
+Simulated data with hidden causes only.
+
+    python bench/posterior.py --ckpt assets/model --limit 32
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from common import record
+
+from cvae import checkpoint
+from cvae.condition import ACTIONS
+from cvae.data.counterfactual import true_futures
+from cvae.data.dataset import BairDataset
+from cvae.metrics import psnr
+from cvae.physics_eval import scenes
+
+
+def region_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR over the pixels of ``mask`` [F, H, W] of futures [..., F, 3, H, W] -> [...]."""
+    m = mask[:, None].float()
+    mse = ((pred - truth) ** 2 * m).sum((-4, -3, -2, -1)) / (m.sum() * 3).clamp_min(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", required=True)
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=32, help="test sequences")
+    p.add_argument("--truths", type=int, default=6, help="re-simulated futures per scene")
+    p.add_argument("--samples", type=int, default=6, help="prior samples per scene")
+    args = p.parse_args()
+    ds = BairDataset(args.data, "test")
+    found = scenes(ds, args.limit)
+    if found is None or found[0].uncertainty == 0:
+        raise SystemExit(f"{args.data}: needs the simulator's data with hidden causes")
+    k = args.truths
+    for ckpt in args.ckpt:
+        model, _ = checkpoint.load_model(ckpt, "cpu")
+        model.eval()
+        n, f = model.n_past, 10
+        rows: dict[str, list[float]] = {}
+        for i, scene in enumerate(found):
+            x, c = ds[i]
+            x, c = x[None, : n + f], c[None, : n + f]
+            futures = true_futures(scene, c[0, :, ACTIONS].numpy().astype(np.float64), k)
+            truths = torch.from_numpy(futures).permute(0, 1, 4, 2, 3).float().div(255)[:, n:]  # [K, F, 3, H, W]
+            seqs = torch.cat([x[:, :n].expand(k, -1, -1, -1, -1), truths], 1)
+            h, skips = model._encode(seqs)
+            mu, _, _ = model.posterior(h[:, 1:])
+            rebuilt, _ = model._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips], c.expand(k, -1, -1),
+                                        n + f, z=mu)
+            rebuilt = rebuilt[:, n - 1:]
+            samples = model.predict(x[:, :n], c, f, args.samples, seed=i)[0]  # [S, F, 3, H, W]
+            differ = (truths.std(0) * 255 >= 1).any(1)  # [F, H, W]
+            pair = psnr(samples[:, None], truths[None]).mean(-1)  # [S, K]
+            pair_b = region_psnr(samples[:, None], truths[None], differ)
+            for name, v in (("posterior", psnr(rebuilt, truths).mean(-1).mean()), ("one_sample", pair[0].mean()),
+                            ("coverage", pair.max(0).values.mean()),
+                            ("posterior_branching", region_psnr(rebuilt, truths, differ).mean()),
+                            ("one_sample_branching", pair_b[0].mean()),
+                            ("coverage_branching", pair_b.max(0).values.mean()),
+                            ("branching_share", differ.float().mean())):
+                rows.setdefault(name, []).append(float(v))
+        out = {name: round(float(np.mean(v)), 3) for name, v in rows.items()}
+        print(f"{ckpt}: the future z saw, rebuilt {out['posterior']:.2f} dB; one prior sample {out['one_sample']:.2f}; "
+              f"closest of {args.samples} {out['coverage']:.2f} (where the futures differ, "
+              f"{100 * out['branching_share']:.1f}% of the pixels: {out['posterior_branching']:.2f} / "
+              f"{out['one_sample_branching']:.2f} / {out['coverage_branching']:.2f})")
+        record("posterior", torch.device("cpu"), ckpt=ckpt, sequences=len(found), truths=k, samples=args.samples, **out)
+
+
+if __name__ == "__main__":
+    main()
