@@ -142,9 +142,9 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
                energy_weight: float = 1.0, energy_patch: int = 0, energy_branch: bool = False,
                branch_weight: float = 0.0) -> torch.Tensor:
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
-    of K prior futures' pixel loss) (+ energy_weight * the energy score against ``futures``).
-    Returns detached (loss, mse, kld, best, energy, branch) on the device, so the caller decides when to
-    pay for a host sync."""
+    of K prior futures' pixel loss) (+ energy_weight * the energy score against ``futures``) (+ those
+    futures rebuilt through the posterior, ``branch_weight``). Returns detached (loss, mse, kld,
+    best, energy, branch) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, energy_patch, energy_branch, branch_weight)
     mse, kld = losses.mse.sum(), losses.kld.sum()

@@ -228,7 +228,7 @@ class SVG(nn.Module):
         Rebuilding a future whose z saw it should draw that future, gliding object and all; but the
         futures differ on a few pixels by a little, so the SVG loss barely pays the predictor to read
         the posterior's z there (with the true future in view, the bundled model draws it no better
-        than from a random z). Weighting where the world branches pays it to."""
+        than from a random z: ``bench/posterior.py``). Weighting where the world branches pays it to."""
         m, k = truths.shape[:2]
         seqs = torch.cat([x_ctx[:, None].expand(-1, k, -1, -1, -1, -1), truths], 2).flatten(0, 1)
         t = seqs.shape[1]
