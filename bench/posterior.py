@@ -22,7 +22,7 @@ from cvae.condition import ACTIONS
 from cvae.data.counterfactual import true_futures
 from cvae.data.dataset import BairDataset
 from cvae.metrics import psnr
-from cvae.physics_eval import scenes
+from cvae.physics_eval import _to_tensor, scenes
 
 
 def region_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def main() -> None:
             x, c = ds[i]
             x, c = x[None, : n + f], c[None, : n + f]
             futures = true_futures(scene, c[0, :, ACTIONS].numpy().astype(np.float64), k)
-            truths = torch.from_numpy(futures).permute(0, 1, 4, 2, 3).float().div(255)[:, n:]  # [K, F, 3, H, W]
+            truths = _to_tensor(futures, "cpu")[:, n:]  # [K, F, 3, H, W]
             seqs = torch.cat([x[:, :n].expand(k, -1, -1, -1, -1), truths], 1)
             h, skips = model._encode(seqs)
             mu, _, _ = model.posterior(h[:, 1:])
