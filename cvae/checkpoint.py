@@ -169,8 +169,8 @@ def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict
     ``dst`` must be new, empty or an earlier export (which it replaces); anything else, say a run
     or a data set, is refused unless ``force``. The source itself is never a destination.
     ``settings`` sets model fields that change no weight, only how they are used (``svg.SAMPLING``:
-    the flow head's dead zone, ``heads.dead_zone``; held noise, ``SVG._noise``); the source's
-    evaluation then no longer describes the copy and is left out.
+    the flow head's dead zone, ``heads.dead_zone``; held noise, ``SVG._noise``; the noise's scale,
+    ``SVG.predict``); the source's evaluation then no longer describes the copy and is left out.
     """
     src, dst = _resolve(src), Path(dst)
     a, b = src.resolve(), dst.resolve()

@@ -141,8 +141,9 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import export
+    from .model.svg import SAMPLING
 
-    settings = {k: v for k, v in (("flow_deadzone", args.flow_deadzone), ("z_hold", args.z_hold)) if v is not None}
+    settings = {k: getattr(args, k) for k in SAMPLING if getattr(args, k) is not None}
     print(f"exported {export(args.ckpt, args.out, force=args.force, settings=settings)}")
     if settings:
         said = ", ".join(f"{k} {v}" for k, v in settings.items())
@@ -191,6 +192,8 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
                    help="set the copy's flow_deadzone (a flow head's displacements of PX or less set to 0; no weight changes)")
     x.add_argument("--z-hold", type=_bool, default=None, metavar="BOOL",
                    help="set the copy's z_hold (a future draws its noise once and holds it; no weight changes)")
+    x.add_argument("--z-scale", type=float, default=None, metavar="S",
+                   help="set the copy's z_scale (the prior's noise times S at prediction; no weight changes)")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")

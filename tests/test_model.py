@@ -412,6 +412,37 @@ def test_z_hold_draws_one_noise_per_future(hold, monkeypatch):
         assert not torch.equal(noise[0], noise[1])
 
 
+@pytest.mark.parametrize("prior", ["fixed", "learned"])
+@pytest.mark.parametrize("hold", [False, True])
+def test_z_scale_narrows_the_noise_at_prediction_only(prior, hold, monkeypatch):
+    """``z_scale`` multiplies the standard-normal noise of prediction (held or not); the training
+    terms' prior draws keep scale 1, so the prior still learns the whole spread. At 0 every
+    sample is the same future; at 0.5 they still differ."""
+    seen, futures = {}, {}
+    x, c = batch(b=2, t=6)
+    for scale in (1.0, 0.5, 0.0):
+        model = calibrated(tiny(prior=prior, z_hold=hold, z_scale=scale))
+
+        def spy(*args, _scale=scale, _real=model._rollout, **kw):
+            if kw.get("noise") is not None:
+                seen.setdefault(_scale, []).append(kw["noise"])
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(model, "_rollout", spy)
+        futures[scale] = model.predict(x[:, :2], c, n_future=4, n_samples=3, seed=1)
+        model.train()
+        torch.manual_seed(5)
+        model(x, c, True, best_of=2)
+    for scale in (0.5, 0.0):
+        torch.testing.assert_close(seen[scale][0], seen[1.0][0] * scale)  # predict
+        torch.testing.assert_close(seen[scale][1], seen[1.0][1])  # best of K in training
+    assert all(torch.equal(futures[0.0][:, 0], futures[0.0][:, k]) for k in (1, 2))
+    assert not torch.equal(futures[0.5][:, 0], futures[0.5][:, 1])
+    assert not torch.equal(futures[0.5], futures[1.0])
+    with pytest.raises(ConfigError, match="z_scale must be a number >= 0, not -1"):
+        tiny(z_scale=-1)
+
+
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])
 def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
     """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous

@@ -247,7 +247,13 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert cli.main(["export", "--ckpt", str(zoned), "--out", str(held), "--z-hold", "true"]) == 0
     model, meta = checkpoint.load_model(held)
     assert meta["config"]["z_hold"] is True and meta["config"]["flow_deadzone"] == 0.5 and model.cfg.z_hold
-    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, not z_dim"):
+    narrow = tmp_path / "narrow"  # and scale the prior's noise at prediction
+    assert cli.main(["export", "--ckpt", str(held), "--out", str(narrow), "--z-scale", "0.7"]) == 0
+    model, meta = checkpoint.load_model(narrow)
+    assert meta["config"]["z_scale"] == 0.7 and meta["config"]["z_hold"] is True and model.cfg.z_scale == 0.7
+    assert cli.main(["export", "--ckpt", str(held), "--out", str(tmp_path / "neg2"), "--z-scale", "-0.5"]) == 2
+    assert "z_scale must be a number >= 0, not -0.5" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 

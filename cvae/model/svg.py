@@ -27,7 +27,7 @@ from .predictor import FramePredictor
 from .vgg64 import Decoder, Encoder
 
 PIXEL_LOSSES = ("mse", "l1")
-SAMPLING = ("flow_deadzone", "z_hold")  # how the weights are used, not their shapes: export may set them
+SAMPLING = ("flow_deadzone", "z_hold", "z_scale")  # how the weights are used, not their shapes: export may set them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", *SAMPLING)  # not the weights' shapes: --init may change them
 
 
@@ -72,6 +72,7 @@ class ModelConfig:
     still_copy: bool = False  # ... and the latest real frame as it is, so still pixels may be copied unresampled
     flow_deadzone: float = 0.0  # px: flow displacements no longer than this are 0, so a still pixel's bleed is not resampled
     z_hold: bool = False  # a future from the prior draws its noise once and holds it over its steps (``_noise``)
+    z_scale: float = 1.0  # the model's noise is scaled by this at prediction (a temperature; training draws at 1)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -98,6 +99,8 @@ class ModelConfig:
             raise ConfigError("still_copy needs output 'flow': it is a source of the flow head")
         if not 0 <= self.flow_deadzone < float("inf"):
             raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
+        if not 0 <= self.z_scale < float("inf"):
+            raise ConfigError(f"z_scale must be a number >= 0, not {self.z_scale}")
         if self.flow_deadzone and self.output != "flow":
             raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
@@ -394,7 +397,9 @@ class SVG(nn.Module):
         device = context.device
         gen = torch.Generator(device=device).manual_seed(seed)
         noise = self._noise(n_samples, t - 1, device, gen)
-        noise = noise.expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.z_dim)
+        # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
+        # spreads wider than the world is narrowed here without a weight change (README, "z_scale").
+        noise = (noise * self.cfg.z_scale).expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.z_dim)
         ctx = context.repeat_interleave(n_samples, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h_ctx, skips_ctx = self._encode(ctx)
