@@ -4,7 +4,7 @@ out closed loop from the context, as the SVG loss's pass without teacher forcing
 against that same future is set beside one sample from the prior and the closest of N samples
 (coverage) on the same futures. A model whose z carries the world's branching rebuilds the
 future it saw better than a random z does; one that ignores z scores the same. Also on the
-pixels where the K futures differ (by a grey level or more), which is where z has to act.
+pixels where the K futures differ (``metrics.branching``), which is where z has to act.
 Simulated data with hidden causes only.
 
     python bench/posterior.py --ckpt assets/model --limit 32
@@ -21,15 +21,14 @@ from cvae import checkpoint
 from cvae.condition import ACTIONS
 from cvae.data.counterfactual import true_futures
 from cvae.data.dataset import BairDataset
-from cvae.metrics import psnr
+from cvae.metrics import branching, masked_psnr, psnr
 from cvae.physics_eval import _to_tensor, scenes
 
 
 def region_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR over the pixels of ``mask`` [F, H, W] of futures [..., F, 3, H, W] -> [...]."""
-    m = mask[:, None].float()
-    mse = ((pred - truth) ** 2 * m).sum((-4, -3, -2, -1)) / (m.sum() * 3).clamp_min(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+    """``metrics.masked_psnr`` of futures [..., F, 3, H, W] over ``mask`` [F, H, W] at each step,
+    averaged over the steps where the mask holds a pixel, as the whole-frame figure is -> [...]."""
+    return masked_psnr(pred, truth, mask).nanmean(-1)
 
 
 @torch.no_grad()
@@ -63,7 +62,7 @@ def main() -> None:
                                         n + f, z=mu)
             rebuilt = rebuilt[:, n - 1:]
             samples = model.predict(x[:, :n], c, f, args.samples, seed=i)[0]  # [S, F, 3, H, W]
-            differ = (truths.std(0) * 255 >= 1).any(1)  # [F, H, W]
+            differ = branching(truths, 0)  # [F, H, W]
             pair = psnr(samples[:, None], truths[None]).mean(-1)  # [S, K]
             pair_b = region_psnr(samples[:, None], truths[None], differ)
             for name, v in (("posterior", psnr(rebuilt, truths).mean(-1).mean()), ("one_sample", pair[0].mean()),
@@ -73,7 +72,7 @@ def main() -> None:
                             ("coverage_branching", pair_b.max(0).values.mean()),
                             ("branching_share", differ.float().mean())):
                 rows.setdefault(name, []).append(float(v))
-        out = {name: round(float(np.mean(v)), 3) for name, v in rows.items()}
+        out = {name: round(float(np.nanmean(v)), 3) for name, v in rows.items()}  # NaN: no pixel branches
         print(f"{ckpt}: the future z saw, rebuilt {out['posterior']:.2f} dB; one prior sample {out['one_sample']:.2f}; "
               f"closest of {args.samples} {out['coverage']:.2f} (where the futures differ, "
               f"{100 * out['branching_share']:.1f}% of the pixels: {out['posterior_branching']:.2f} / "

@@ -112,6 +112,16 @@ def pixel_std(samples: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return samples.float().std(dim, correction=0).mean(-3)
 
 
+CERTAIN_STD = 1 / 255  # futures whose std at a pixel is below one grey level agree there
+
+
+def branching(futures: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Where futures differ: :func:`pixel_std` over ``dim`` of ``CERTAIN_STD`` or more, a bool map
+    shaped as ``pixel_std``'s. The one definition of where the world branches, shared by the
+    evaluation's misplaced spread, the energy score's branch gate and the branch weight."""
+    return pixel_std(futures, dim) >= CERTAIN_STD
+
+
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of two maps over their last two dims: [..., H, W] -> [...]. NaN where
     either map is constant (a correlation is undefined there)."""
@@ -141,7 +151,8 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, br
     is paid to spread anywhere; within a patch, spread pays only where that patch's futures
     differ or its error is as large.
 
-    ``branch``: the spread term counts only in patches where the truths differ. Where they agree
+    ``branch``: the spread term counts only in patches where the truths differ (:func:`branching`
+    at one of its pixels; frames [..., C, H, W]). Where they agree
     a model that cannot hit them (the arm's shaft, which no source moves rigidly) still lowers
     the proper score by spreading its samples around its error, which puts its own doubt into
     z; without the term there, the samples' best answer is one prediction, and z is left to the
@@ -166,6 +177,11 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, br
 
     fit = rms(x[:, :, None] - y[:, None]).mean((1, 2))
     spread = rms(x[:, :, None] - x[:, None]).sum((1, 2)) / (s * (s - 1))  # the diagonal is ~0
-    if branch:  # identical truths' norms are the floor, 1e-6; one grey level apart is >= 1e-5
-        spread = spread * (rms(y[:, :, None] - y[:, None]).amax((1, 2)) > 2e-6)
+    if branch:
+        differ = branching(y, 1)  # [B, ..., H, W], ordered as rms's norms
+        if patch:
+            differ = F.max_pool2d(differ.flatten(0, -3)[:, None].float(), patch).reshape(len(y), -1)
+        else:
+            differ = differ.flatten(1).any(1, keepdim=True)
+        spread = spread * differ
     return (fit - 0.5 * spread).mean(-1)

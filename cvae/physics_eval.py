@@ -15,12 +15,11 @@ from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resim
 from .data.dataset import BairDataset
 from .errors import DataError
 from .evaluate import batches, progress_bar
-from .metrics import correlation, moving_mask, pixel_std, psnr, ssim
+from .metrics import branching, correlation, moving_mask, pixel_std, psnr, ssim
 from .model import SVG
 from .parallel import pool
 
 VISIBLE_STD = 0.25 / 255  # a std map whose largest value is below a quarter grey level shows nothing
-CERTAIN_STD = 1 / 255  # truths whose std at a pixel is below one grey level agree there
 
 
 def scenes(dataset: BairDataset, limit: int = 0) -> list[Scene] | None:
@@ -88,7 +87,7 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
       truths agree everywhere; 0 where the model's map shows nothing: no pixel's std reaches
       ``VISIBLE_STD``, as a collapsed z gives, whose float noise would otherwise correlate);
     - ``misplaced``: the share of the model's spread (its std map summed over future pixels) that
-      lies where the truths agree to within ``CERTAIN_STD`` (NaN where the model's map shows
+      lies where the truths agree (``metrics.branching`` false; NaN where the model's map shows
       nothing): spread there is the model's own doubt (where the arm is, say), not the world's;
       ``certain``, the share of future pixels where the truths agree, is what a spread laid
       evenly over the frame would score;
@@ -106,7 +105,7 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
     agreement = torch.where(model_flat, torch.zeros_like(n), agreement.nan_to_num(0.0))
     agreement = torch.where(truth_flat, nan, agreement)
-    certain = (t_std < CERTAIN_STD).float()
+    certain = (~branching(truths, 1)).float()
     misplaced = (m_std * certain).flatten(1).sum(1) / m_std.flatten(1).sum(1).clamp_min(1e-12)
     misplaced = torch.where(model_flat, nan, misplaced)
     pair = psnr(samples[:, :, None], truths[:, None]).mean(-1)  # [B, S, K]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cvae.metrics import (
+    branching,
     correlation,
     energy_score,
     gradient_map,
@@ -106,6 +107,18 @@ def test_pixel_std_and_correlation():
     assert correlation(a, -a).item() == pytest.approx(-1.0)
     assert correlation(a, torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-6)
     assert correlation(a, torch.ones(2, 2)).isnan()
+
+
+def test_branching_is_a_grey_level_of_std_averaged_over_the_channels():
+    """Two futures 5 grey levels apart in one channel have a population std of 2.5 there, 0.83
+    averaged over the three channels: they agree. 7 apart in one channel (1.17), or 3 apart in
+    all three (1.5): they branch."""
+    futures = torch.zeros(2, 3, 2, 2)
+    futures[1, 0, 0, 0] = 5 / 255
+    futures[1, 0, 1, 1] = 7 / 255
+    futures[1, :, 0, 1] = 3 / 255
+    assert branching(futures, 0).tolist() == [[False, True], [False, True]]
+    assert branching(futures[:, None], 0).shape == (1, 2, 2)
 
 
 def _futures(values: list[float], moving: float = 0.5) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
-from ..metrics import energy_score, moving_mask
+from ..metrics import branching, energy_score, moving_mask
 from .gaussian import GaussianLSTM, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
@@ -225,7 +225,7 @@ class SVG(nn.Module):
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
-        loss's pass, with the pixels where they differ (by a grey level or more) counting 1 + ``weight``:
+        loss's pass, with the pixels where they differ (``metrics.branching``) counting 1 + ``weight``:
         the pixel loss summed over the steps, averaged over the futures.
 
         Rebuilding a future whose z saw it should draw that future, gliding object and all; but the
@@ -239,7 +239,7 @@ class SVG(nn.Module):
         mu_q, logvar_q, _ = self.posterior(h[:, 1:])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
         pred = self._teacher_forced(seqs, h, skips, z, cond[:, :t].repeat_interleave(k, 0))
-        differ = (truths.float().std(1) * 255 >= 1).any(2)  # [M, F, H, W]
+        differ = branching(truths, 1)  # [M, F, H, W]
         differ = torch.cat([differ.new_zeros(m, self.n_past - 1, *differ.shape[2:]), differ], 1)
         err = (pred.float() - seqs[:, 1:].float()).pow(2).mean(2)  # [M * K, T - 1, H, W]
         err = err * (1 + weight * differ.repeat_interleave(k, 0).float())
