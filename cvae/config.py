@@ -41,6 +41,7 @@ class Config(ModelConfig):
     energy_scenes: int = 256  # training scenes whose futures are re-simulated once, at the start
     energy_patch: int = 0  # 0: one norm over the whole future; P: the mean score of P x P patches of each frame
     energy_branch: bool = False  # its spread term only where the true futures differ (metrics.energy_score)
+    energy_branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
     # teacher forcing
     tfr: float = 1.0
@@ -109,6 +110,10 @@ class Config(ModelConfig):
             raise ConfigError("branch_weight needs energy_truths > 0: it rebuilds the re-simulated futures")
         if not 0 <= self.branch_weight < float("inf"):
             raise ConfigError(f"branch_weight must be a number >= 0, not {self.branch_weight}")
+        if self.energy_branch_weight and not self.energy_truths:
+            raise ConfigError("energy_branch_weight needs energy_truths > 0: it weights the energy score's patches")
+        if not 0 <= self.energy_branch_weight < float("inf"):
+            raise ConfigError(f"energy_branch_weight must be a number >= 0, not {self.energy_branch_weight}")
         if self.energy_branch and not self.energy_truths:
             raise ConfigError("energy_branch needs energy_truths > 0: it gates the energy score's spread term")
         if self.energy_truths and self.energy_scenes < 1:

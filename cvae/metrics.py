@@ -132,7 +132,8 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))
 
 
-def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, branch: bool = False) -> torch.Tensor:
+def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, branch: bool = False,
+                 branch_weight: float = 0.0) -> torch.Tensor:
     """Model futures [B, S, ...] against true futures [B, K, ...] of the same scenes -> [B]:
     mean over (s, k) of ||x_s - y_k|| minus half the mean over s != s' of ||x_s - x_s'||, with
     ||.|| the root-mean-square over everything after the first two dimensions (S >= 2).
@@ -157,7 +158,13 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, br
     the proper score by spreading its samples around its error, which puts its own doubt into
     z; without the term there, the samples' best answer is one prediction, and z is left to the
     patches where the world branches. No longer proper where the truths agree: it asks for no
-    spread even where the model's error would justify it."""
+    spread even where the model's error would justify it.
+
+    ``branch_weight`` W: the patches where the truths differ count 1 + W in a weighted mean. They
+    are about 2% of a frame, so the plain mean is nearly all the patches where the world is
+    certain, and its pay for spread where it branches is small beside the model's own doubt. A
+    weighted mean of proper scores, with weights set by the world's distribution alone, stays
+    proper; the weights sum to 1, so the score's scale stays that of ``energy_weight``."""
     x, y = samples.float(), truths.float()
     s = x.shape[1]
     if s < 2:
@@ -177,11 +184,14 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, br
 
     fit = rms(x[:, :, None] - y[:, None]).mean((1, 2))
     spread = rms(x[:, :, None] - x[:, None]).sum((1, 2)) / (s * (s - 1))  # the diagonal is ~0
+    if not (branch or branch_weight):
+        return (fit - 0.5 * spread).mean(-1)
+    differ = branching(y, 1)  # [B, ..., H, W], ordered as rms's norms
+    if patch:
+        differ = F.max_pool2d(differ.flatten(0, -3)[:, None].float(), patch).reshape(len(y), -1)
+    else:
+        differ = differ.flatten(1).any(1, keepdim=True).float()
     if branch:
-        differ = branching(y, 1)  # [B, ..., H, W], ordered as rms's norms
-        if patch:
-            differ = F.max_pool2d(differ.flatten(0, -3)[:, None].float(), patch).reshape(len(y), -1)
-        else:
-            differ = differ.flatten(1).any(1, keepdim=True)
         spread = spread * differ
-    return (fit - 0.5 * spread).mean(-1)
+    weight = 1 + branch_weight * differ
+    return ((fit - 0.5 * spread) * weight).sum(-1) / weight.sum(-1)

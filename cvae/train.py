@@ -140,13 +140,14 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
                best_of_weight: float = 1.0, recon_weight: float = 1.0,
                futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                energy_weight: float = 1.0, energy_patch: int = 0, energy_branch: bool = False,
-               branch_weight: float = 0.0) -> torch.Tensor:
+               branch_weight: float = 0.0, energy_branch_weight: float = 0.0) -> torch.Tensor:
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
     of K prior futures' pixel loss) (+ energy_weight * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``branch_weight``). Returns detached (loss, mse, kld,
     best, energy, branch) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = net(x, c, teacher_forcing, free_bits, best_of, futures, energy_patch, energy_branch, branch_weight)
+        losses = net(x, c, teacher_forcing, free_bits, best_of, futures, energy_patch, energy_branch, branch_weight,
+                     energy_branch_weight)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
             + energy_weight * losses.energy + losses.branch)
@@ -433,7 +434,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
                                    best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight,
                                    futures=futures, energy_weight=cfg.energy_weight, energy_patch=cfg.energy_patch,
-                                   energy_branch=cfg.energy_branch, branch_weight=cfg.branch_weight)
+                                   energy_branch=cfg.energy_branch, branch_weight=cfg.branch_weight,
+                                   energy_branch_weight=cfg.energy_branch_weight)
                 count += 1
                 loop.step_in_epoch += 1
                 bar.update(1)

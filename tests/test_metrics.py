@@ -241,6 +241,11 @@ def test_branch_energy_score_pays_spread_only_where_the_truths_differ():
     biased[0, :, :, :, :4] = 1  # both samples 1 off on the same side: no spread to discount
     assert energy_score(biased, truths, patch=4, branch=True).item() == pytest.approx(gated, abs=1e-5)
     assert energy_score(biased, truths, patch=4).item() == pytest.approx(0.5, abs=1e-5)
+    # branch_weight 3: the right (branching) patch counts 4 in a weighted mean, (1 x 1 + 4 x 0) / 5
+    assert energy_score(biased, truths, patch=4, branch_weight=3.0).item() == pytest.approx(0.2, abs=1e-5)
+    assert energy_score(biased, truths, patch=4, branch_weight=0.0).item() == pytest.approx(0.5, abs=1e-5)
+    # over the whole frame the truths differ somewhere: one norm, weighted alike, the same score
+    assert energy_score(biased, truths, branch_weight=3.0).item() == pytest.approx(energy_score(biased, truths).item())
     # where every patch branches, branch changes nothing; over the whole frame the truths differ somewhere
     assert energy_score(samples, truths, branch=True).item() == pytest.approx(energy_score(samples, truths).item())
     # truths identical everywhere: the mean distance to them alone, sqrt(16 / 32) and 1

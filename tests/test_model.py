@@ -863,3 +863,11 @@ def test_energy_term_scores_prior_futures_against_several_truths():
     scored = pred[:, 1:].view(2, 3, 4, 3, 64, 64)
     torch.testing.assert_close(gated[4], energy_score(scored, same, 16, branch=True).mean())
     assert gated[4] > energy_score(scored, same, 16).mean()
+    # energy_branch_weight reaches it: truths that branch in one corner only, that corner weighted
+    corner = same.clone()
+    corner[..., :16, :16] = truths[..., :16, :16]
+    torch.manual_seed(7)
+    weighted = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, corner), energy_patch=16,
+                          energy_branch_weight=4.0)
+    torch.testing.assert_close(weighted[4], energy_score(scored, corner, 16, branch_weight=4.0).mean())
+    assert not torch.isclose(weighted[4], energy_score(scored, corner, 16).mean())

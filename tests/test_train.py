@@ -311,7 +311,7 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     from cvae.physics_eval import TrainingFutures
 
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
-                   energy_branch=True, branch_weight=3.0)
+                   energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
@@ -332,3 +332,7 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "gate", energy_branch=True)
     with pytest.raises(ConfigError, match="branch_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "rebuild", branch_weight=3.0)
+    with pytest.raises(ConfigError, match="energy_branch_weight needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "weigh", energy_branch_weight=3.0)
+    with pytest.raises(ConfigError, match="energy_branch_weight must be a number >= 0, not -1"):
+        tiny_cfg(sim_root, tmp_path / "neg", energy_truths=2, energy_branch_weight=-1.0)

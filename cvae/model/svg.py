@@ -178,7 +178,8 @@ class SVG(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 free_bits: float = 0.0, best_of: int = 0,
                 futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                energy_patch: int = 0, energy_branch: bool = False, branch_weight: float = 0.0) -> StepLosses:
+                energy_patch: int = 0, energy_branch: bool = False, branch_weight: float = 0.0,
+                energy_branch_weight: float = 0.0) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
 
         ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
@@ -191,7 +192,8 @@ class SVG(nn.Module):
         ``futures`` (context [M, n_past, 3, 64, 64], condition [M, T, 7], true futures [M, K, T -
         n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
         futures from the prior against them (see ``_energy``), per ``energy_patch`` x ``energy_patch``
-        patch of each frame if that is > 0, its spread term only where they differ if ``energy_branch``;
+        patch of each frame if that is > 0, its spread term only where they differ if ``energy_branch``,
+        the patches where they differ counting 1 + ``energy_branch_weight``;
         with ``branch_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
@@ -218,7 +220,8 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy = self._energy(*futures, energy_patch, energy_branch) if futures is not None else recon.new_zeros(())
+        energy = (self._energy(*futures, energy_patch, energy_branch, energy_branch_weight) if futures is not None
+                  else recon.new_zeros(()))
         branch = (self._branch(*futures, branch_weight) if futures is not None and branch_weight > 0
                   else recon.new_zeros(()))
         return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, branch)
@@ -301,7 +304,7 @@ class SVG(nn.Module):
         return pred[:, self.n_past - 1 :]
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, patch: int = 0,
-                branch: bool = False) -> torch.Tensor:
+                branch: bool = False, branch_weight: float = 0.0) -> torch.Tensor:
         """The energy score (``metrics.energy_score``) of K futures drawn from the prior, predictions
         fed back as at test time, against K true futures of each scene, averaged over the scenes.
 
@@ -312,7 +315,7 @@ class SVG(nn.Module):
         k = truths.shape[1]
         h, skips = self._encode(x_ctx)
         pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
-        return energy_score(pred.view(x_ctx.shape[0], k, *truths.shape[2:]), truths, patch, branch).mean()
+        return energy_score(pred.view(x_ctx.shape[0], k, *truths.shape[2:]), truths, patch, branch, branch_weight).mean()
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
