@@ -13,13 +13,35 @@ def test_sweep_report_names_a_missing_eval_json(tmp_path):
     assert out.returncode == 2 and f"no eval.json at {missing}" in out.stderr and "Traceback" not in out.stderr
 
 
-def _arm_bench():
+def _bench(name: str):
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import arm
+        return __import__(name)
     finally:
         sys.path.pop(0)
-    return arm
+
+
+def _arm_bench():
+    return _bench("arm")
+
+
+def test_the_branch_gate_keeps_samples_only_where_the_truths_differ():
+    """Truths branching at one pixel only: a gated sample is the mean future everywhere else,
+    itself there, and with the gate widened by 1 px, itself in that pixel's 3 x 3 too."""
+    import torch
+
+    truths = torch.zeros(1, 2, 1, 3, 8, 8)
+    truths[0, 1, 0, :, 4, 4] = 1.0
+    mean = torch.full((1, 1, 1, 3, 8, 8), 0.5)
+    samples = torch.rand(1, 3, 1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    gate = _bench("branch_gate").gate
+    out = gate(samples, mean, truths, 0)
+    assert torch.equal(out[..., 4, 4], samples[..., 4, 4])
+    kept = torch.zeros(8, 8, dtype=torch.bool)
+    kept[4, 4] = True
+    assert (out[..., ~kept] == 0.5).all()
+    wide = gate(samples, mean, truths, 1)
+    assert torch.equal(wide[..., 3:6, 3:6], samples[..., 3:6, 3:6]) and wide[..., 2, 2].eq(0.5).all()
 
 
 def test_the_turned_copy_turns_about_the_base_by_hand():
