@@ -134,7 +134,20 @@ def describe(path: Path, name: str) -> ModelEntry:
     label = f"{name} · {head} head, {cfg['prior']} prior, epoch {meta.get('epoch', '?')} · {shown}"
     shape = (f"*{name}*: {head} head, {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']} "
              f"rnn{cfg.get('rnn_size', '?')}. ")
-    return ModelEntry(label, path, cfg, score, log, shape + quality(path, scores))
+    return ModelEntry(label, path, cfg, score, log, shape + sampling(cfg) + quality(path, scores))
+
+
+def sampling(cfg: dict) -> str:
+    """The settings that shape what Resample z shows without changing a weight (``svg.SAMPLING``),
+    in words, where they differ from the lab's sampler; empty where none do."""
+    said = []
+    if cfg.get("z_hold"):
+        said.append("one noise draw held over each future")
+    if cfg.get("z_scale", 1.0) != 1.0:
+        said.append(f"the noise x {cfg['z_scale']:g}")
+    if cfg.get("flow_deadzone"):
+        said.append(f"flow displacements of {cfg['flow_deadzone']:g} px or less set to 0")
+    return f"Sampling: {', '.join(said)}. " if said else ""
 
 
 def find_models(runs_dirs: list[str | Path]) -> dict[str, ModelEntry]:
