@@ -12,17 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import numpy as np
 import torch
-from common import record
+from common import record, true_futures_of, uncertain_test_set
 from torch.nn import functional as F
 
 from cvae import checkpoint
-from cvae.condition import ACTIONS
-from cvae.data.dataset import BairDataset
 from cvae.evaluate import batches
 from cvae.metrics import branching, psnr
-from cvae.physics_eval import _futures, _to_tensor, scenes, spread_scores, summarize
+from cvae.physics_eval import spread_scores, summarize
 
 
 def gate(samples: torch.Tensor, mean: torch.Tensor, truths: torch.Tensor, widen: int) -> torch.Tensor:
@@ -44,10 +41,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=10, help="prior samples per scene")
     p.add_argument("--widen", type=int, nargs="+", default=[0, 2], help="px the gate is widened by")
     args = p.parse_args()
-    ds = BairDataset(args.data, "test")
-    found = scenes(ds, args.limit)
-    if found is None or found[0].uncertainty == 0:
-        raise SystemExit(f"{args.data}: needs the simulator's data with hidden causes")
+    ds, found = uncertain_test_set(args.data, args.limit)
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
         n, f = model.n_past, 10
@@ -58,8 +52,7 @@ def main() -> None:
         for idx in batches(len(found), 16):
             x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
             x, c = x[:, : n + f], c[:, : n + f]
-            jobs = [(found[i], c[j, :, ACTIONS].numpy().astype(np.float64), args.truths) for j, i in enumerate(idx)]
-            truths = _to_tensor(np.stack([_futures(job) for job in jobs]), "cpu")[:, :, n:]
+            truths = torch.stack([true_futures_of(found[i], c[j], args.truths) for j, i in enumerate(idx)])[:, :, n:]
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             sampling = model.cfg
             model.cfg = dataclasses.replace(sampling, z_scale=0.0)

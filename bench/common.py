@@ -24,6 +24,32 @@ def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, to
     return torch.stack(x), torch.stack(c)
 
 
+def uncertain_test_set(data: str, limit: int, seq_len: int = 12):
+    """The test split of ``data`` and the simulator's scene behind each of its first ``limit``
+    sequences; exits naming ``data`` unless that is the simulator's data with hidden causes, the
+    only kind whose scenes have more than one true future."""
+    from cvae.data.dataset import BairDataset
+    from cvae.physics_eval import scenes
+
+    ds = BairDataset(data, "test", seq_len)
+    found = scenes(ds, limit)
+    if found is None or found[0].uncertainty == 0:
+        raise SystemExit(f"{data} is not simulated data with hidden causes: its scenes have one future each")
+    return ds, found
+
+
+def true_futures_of(scene, cond: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` futures of ``scene`` re-simulated under the actions of ``cond`` [T, 7] with its hidden
+    causes re-drawn, as the model sees frames: float [k, T, 3, 64, 64] in [0, 1]."""
+    import numpy as np
+
+    from cvae.condition import ACTIONS
+    from cvae.data.counterfactual import true_futures
+    from cvae.physics_eval import _to_tensor
+
+    return _to_tensor(true_futures(scene, cond[:, ACTIONS].numpy().astype(np.float64), k), "cpu")
+
+
 def load_with_deadzone(ckpt: str, deadzone: float | None):
     """The model at ``ckpt`` on the CPU, its flow head's ``flow_deadzone`` replaced by ``deadzone``
     unless None: what a dead zone does to trained weights, without exporting a copy."""

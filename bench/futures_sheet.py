@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import true_futures_of, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.artifacts import join, rows, strip, to_uint8, upscale, write_png
-from cvae.condition import ACTIONS
-from cvae.data.counterfactual import true_futures
-from cvae.data.dataset import BairDataset
 from cvae.metrics import pixel_std
-from cvae.physics_eval import _to_tensor, scenes
 
 
 def std_map(futures: torch.Tensor) -> np.ndarray:
@@ -44,14 +41,11 @@ def main() -> None:
     idx = [int(i) for i in args.seqs.split(",")]
     models = [checkpoint.load_model(c)[0] for c in args.ckpts]
     n_past = models[0].n_past
-    ds = BairDataset(args.data, "test", n_past + 10)
-    found = scenes(ds, max(idx) + 1)
-    if found is None or found[0].uncertainty == 0:
-        raise SystemExit(f"{args.data} is not simulated data with hidden causes: there are no true futures to show")
+    ds, found = uncertain_test_set(args.data, max(idx) + 1, n_past + 10)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for i in idx:
         x, c = ds[i]
-        truths = _to_tensor(true_futures(found[i], c[:, ACTIONS].numpy().astype(np.float64), args.truths), "cpu")
+        truths = true_futures_of(found[i], c, args.truths)
         groups = [truths[:, n_past:]]
         groups += [m.predict(x[None, :n_past], c[None], 10, args.samples, args.seed)[0] for m in models]
         ctx = to_uint8(x[:n_past])

@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
-from common import record
+from common import record, true_futures_of, uncertain_test_set
 
-from cvae.condition import ACTIONS
-from cvae.data.counterfactual import resimulate
-from cvae.data.dataset import BairDataset
-from cvae.physics_eval import _to_tensor, scenes, spread_scores, summarize
+from cvae.physics_eval import spread_scores, summarize
 
 
 def main() -> None:
@@ -32,16 +28,11 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=10)
     args = p.parse_args()
     n_past, n_future = 2, 10
-    ds = BairDataset(args.data, "test", n_past + n_future)
-    found = scenes(ds, args.limit)
-    if found is None or found[0].uncertainty == 0:
-        raise SystemExit(f"{args.data} is not simulated data with hidden causes")
+    ds, found = uncertain_test_set(args.data, args.limit, n_past + n_future)
     per_seq: dict[str, list[torch.Tensor]] = {}
     for i, scene in enumerate(found):
         x, c = ds[i]
-        actions = c[:, ACTIONS].numpy().astype(np.float64)
-        runs = [resimulate(scene, actions, d)[0] for d in range(1, args.truths + args.samples + 1)]
-        futures = _to_tensor(np.stack(runs), "cpu")[:, n_past:]
+        futures = true_futures_of(scene, c, args.truths + args.samples)[:, n_past:]
         truths, samples = futures[: args.truths], futures[args.truths :]
         for name, v in spread_scores(samples[None], truths[None], x[None, n_past - 1]).items():
             per_seq.setdefault(name, []).append(v)

@@ -15,14 +15,10 @@ import argparse
 
 import numpy as np
 import torch
-from common import record
+from common import record, true_futures_of, uncertain_test_set
 
 from cvae import checkpoint
-from cvae.condition import ACTIONS
-from cvae.data.counterfactual import true_futures
-from cvae.data.dataset import BairDataset
 from cvae.metrics import branching, masked_psnr, psnr
-from cvae.physics_eval import _to_tensor, scenes
 
 
 def region_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,10 +36,7 @@ def main() -> None:
     p.add_argument("--truths", type=int, default=6, help="re-simulated futures per scene")
     p.add_argument("--samples", type=int, default=6, help="prior samples per scene")
     args = p.parse_args()
-    ds = BairDataset(args.data, "test")
-    found = scenes(ds, args.limit)
-    if found is None or found[0].uncertainty == 0:
-        raise SystemExit(f"{args.data}: needs the simulator's data with hidden causes")
+    ds, found = uncertain_test_set(args.data, args.limit)
     k = args.truths
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
@@ -53,8 +46,7 @@ def main() -> None:
         for i, scene in enumerate(found):
             x, c = ds[i]
             x, c = x[None, : n + f], c[None, : n + f]
-            futures = true_futures(scene, c[0, :, ACTIONS].numpy().astype(np.float64), k)
-            truths = _to_tensor(futures, "cpu")[:, n:]  # [K, F, 3, H, W]
+            truths = true_futures_of(scene, c[0], k)[:, n:]  # [K, F, 3, H, W]
             seqs = torch.cat([x[:, :n].expand(k, -1, -1, -1, -1), truths], 1)
             h, skips = model._encode(seqs)
             mu, _, _ = model.posterior(h[:, 1:])
