@@ -43,6 +43,8 @@ class Config(ModelConfig):
     energy_branch: bool = False  # its spread term only where the true futures differ (metrics.energy_score)
     energy_branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
+    cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
+    cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -89,7 +91,7 @@ class Config(ModelConfig):
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
-                     "energy_weight"):
+                     "energy_weight", "cover_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -114,6 +116,12 @@ class Config(ModelConfig):
             raise ConfigError("energy_branch_weight needs energy_truths > 0: it weights the energy score's patches")
         if not 0 <= self.energy_branch_weight < float("inf"):
             raise ConfigError(f"energy_branch_weight must be a number >= 0, not {self.energy_branch_weight}")
+        if self.cover_weight and not self.energy_truths:
+            raise ConfigError("cover_weight needs energy_truths > 0: it scores prior futures against the re-simulated ones")
+        if self.cover_branch and not self.cover_weight:
+            raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
+        if self.noise_posterior and not self.energy_truths:
+            raise ConfigError("noise_posterior needs energy_truths > 0: it learns from the re-simulated futures")
         if self.energy_branch and not self.energy_truths:
             raise ConfigError("energy_branch needs energy_truths > 0: it gates the energy score's spread term")
         if self.energy_truths and self.energy_scenes < 1:

@@ -9,9 +9,11 @@ import torch
 from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
+from cvae.metrics import branching
 from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
+from cvae.model.svg import FutureTerms
 from cvae.schedules import kl_beta, teacher_forcing_ratio
 
 TINY = dict(g_dim=16, z_dim=4, rnn_size=16, width=0.125)
@@ -382,8 +384,120 @@ def test_branch_term_rebuilds_the_true_futures_weighting_where_they_differ():
     torch.testing.assert_close(a, model._branch(ctx, c, same, 0.0))
     grads = torch.autograd.grad(got, list(model.posterior.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    parts = model(x, c, True, futures=(ctx, c, truths), branch_weight=5.0)
+    parts = model(x, c, True, futures=(ctx, c, truths), terms=FutureTerms(rebuild_weight=5.0))
     assert parts.branch > 0 and model(x, c, True, futures=(ctx, c, truths)).branch == 0
+
+
+def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
+    """``terms.cover_weight`` adds, for each true future, the pixel loss (summed over the steps) of
+    the closest of the K prior futures the energy score draws: by hand, the same rollout; with
+    truths that are copies of the samples themselves it is 0 whatever the others do, and train_step
+    weighs it."""
+    from cvae.train import train_step
+
+    model = calibrated(tiny(prior="learned", z_hold=True, motion_weight=2.0))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    energy, cover = model._energy(ctx, cond, truths, FutureTerms(cover_weight=1.0))
+    torch.manual_seed(7)
+    noise = model._noise(6, 5, "cpu")
+    h, skips = model._encode(ctx)
+    pred, _ = model._rollout(ctx.repeat_interleave(3, 0), h.repeat_interleave(3, 0),
+                             [s.repeat_interleave(3, 0) for s in skips], cond[:, :5].repeat_interleave(3, 0), 6,
+                             noise=noise)
+    samples = pred[:, 1:].view(2, 3, 4, 3, 64, 64)
+    want = torch.stack([torch.stack([min(
+        model._pixel_loss(samples[m, j][None], truths[m, i][None],
+                          torch.cat([ctx[m, -1:], truths[m, i, :-1]])[None]).sum() for j in range(3))
+        for i in range(3)]) for m in range(2)]).mean()
+    torch.testing.assert_close(cover, want)
+    torch.manual_seed(7)
+    assert model._energy(ctx, cond, truths)[1] == 0  # off by default
+    # cover_branch: truths that differ only in one corner are matched and scored there alone, as
+    # the mean over those pixels times the steps; truths that never differ score 0
+    corner = truths[:, :1].repeat(1, 3, 1, 1, 1, 1)
+    corner[:, 1:, :, :, :8, :8] = truths[:, 1:, :, :, :8, :8]
+    torch.manual_seed(7)
+    _, branched = model._energy(ctx, cond, corner, FutureTerms(cover_weight=1.0, cover_branch=True))
+    differ = branching(corner, 1)
+    assert differ[..., :8, :8].all() and differ.sum() == 2 * 4 * 64
+
+    def corner_loss(m, j, i):  # the motion weight (1 + 2 where the truth moves) applies there as well
+        err = (samples[m, j] - corner[m, i]).pow(2)
+        prev = torch.cat([ctx[m, -1:], corner[m, i, :-1]])
+        err = err * (1 + 2.0 * (((corner[m, i] - prev).abs() > 0.1).any(1, keepdim=True)).float())
+        return err[..., :8, :8].mean() * 4
+    want_b = torch.stack([torch.stack([min(corner_loss(m, j, i) for j in range(3)) for i in range(3)])
+                          for m in range(2)]).mean()
+    torch.testing.assert_close(branched, want_b)
+    torch.manual_seed(7)
+    alike = truths[:, :1].expand_as(truths)
+    assert model._energy(ctx, cond, alike, FutureTerms(cover_weight=1.0, cover_branch=True))[1] == 0
+    torch.manual_seed(7)
+    _, hit = model._energy(ctx, cond, samples.detach(), FutureTerms(cover_weight=1.0))
+    assert hit < 1e-6
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
+                     terms=FutureTerms(weight=0.0, cover_weight=2.0))
+    torch.manual_seed(7)
+    again = model(x, c, True, futures=(ctx, cond, truths), terms=FutureTerms(cover_weight=2.0))
+    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 2.0 * again.cover).detach())
+    torch.testing.assert_close(got[8], again.cover.detach())
+
+
+def test_world_term_draws_each_true_future_from_the_noise_inferred_for_it():
+    """With a ``noise_posterior`` each re-simulated future is drawn closed loop, as at prediction,
+    from one held noise inferred from its codes minus its siblings' mean; by hand: the same draw,
+    the same rollout, the pixel loss summed over the future steps, and the KL from N(0, I).
+    Futures that are all alike give the posterior nothing to read (it answers the same for each),
+    and train_step adds the term and beta times its KL."""
+    from cvae.train import train_step
+
+    model = calibrated(tiny(prior="learned", z_hold=True, noise_posterior=True))
+    x, c = batch(b=2, t=6)
+    ctx = x[:, :2]
+    truths = 0.5 * x[:, None, 2:].repeat(1, 3, 1, 1, 1, 1)
+    truths[:, 2, :, :, :8, :8] += 0.5  # the third future differs on one corner
+    torch.manual_seed(3)
+    got, kl = model._world(ctx, c, truths)
+    torch.manual_seed(3)
+    seqs = torch.cat([ctx[:, None].expand(-1, 3, -1, -1, -1, -1), truths], 2).flatten(0, 1)
+    h, skips = model._encode(seqs)
+    apart = h.view(2, 3, 6, -1) - h.view(2, 3, 6, -1).mean(1, keepdim=True)
+    mu, logvar, _ = model.noise_posterior(apart.flatten(0, 1))
+    eps = mu[:, -1] + torch.exp(0.5 * logvar[:, -1]) * torch.randn_like(mu[:, -1])
+    pred, _ = model._rollout(seqs[:, :2], h[:, :2], [s[:, :2] for s in skips], c[:, :5].repeat_interleave(3, 0), 6,
+                             noise=eps[:, None].expand(-1, 5, -1))
+    torch.testing.assert_close(got, (pred[:, 1:] - seqs[:, 2:]).pow(2).mean((2, 3, 4)).sum(1).mean())
+    want_kl = 0.5 * (mu[:, -1].pow(2) + logvar[:, -1].exp() - 1 - logvar[:, -1]).sum(-1).mean()
+    torch.testing.assert_close(kl, want_kl)
+    grads = torch.autograd.grad(got, list(model.noise_posterior.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    alike = x[:, None, 2:].repeat(1, 3, 1, 1, 1, 1)
+    seqs = torch.cat([ctx[:, None].expand(-1, 3, -1, -1, -1, -1), alike], 2).flatten(0, 1)
+    h, _ = model._encode(seqs)
+    apart = h.view(2, 3, 6, -1) - h.view(2, 3, 6, -1).mean(1, keepdim=True)
+    mu, _, _ = model.noise_posterior(apart.flatten(0, 1))
+    torch.testing.assert_close(mu[:, -1], mu[:1, -1].expand_as(mu[:, -1]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    step = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, c, truths),
+                      terms=FutureTerms(weight=0.0))
+    torch.manual_seed(7)
+    again = model(x, c, True, futures=(ctx, c, truths))
+    assert again.world > 0 and again.world_kl > 0
+    torch.testing.assert_close(step[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + again.world
+                                         + 0.5 * again.world_kl).detach())
+    torch.testing.assert_close(step[6:8], torch.stack([again.world, again.world_kl]).detach())
+    assert tiny(prior="learned", z_hold=True)(x, c, True, futures=(ctx, c, truths)).world == 0
+
+
+def test_noise_posterior_needs_held_noise():
+    with pytest.raises(ConfigError, match="noise_posterior needs z_hold"):
+        tiny(noise_posterior=True)
 
 
 @pytest.mark.parametrize("hold", [False, True])
@@ -845,21 +959,23 @@ def test_energy_term_scores_prior_futures_against_several_truths():
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     torch.manual_seed(7)
-    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths), energy_weight=2.0)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
+                     terms=FutureTerms(weight=2.0))
     torch.manual_seed(7)
     again = model(x, c, True, futures=(ctx, cond, truths))
     torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 2.0 * again.energy).detach())
     torch.testing.assert_close(got[4], again.energy.detach())
     # energy_patch reaches the score: the same rollout, scored per 16 x 16 patch
     torch.manual_seed(7)
-    patched = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths), energy_patch=16)
+    patched = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
+                         terms=FutureTerms(patch=16))
     torch.testing.assert_close(patched[4], energy_score(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths, 16).mean())
     assert not torch.isclose(patched[4], got[4])
     # energy_branch reaches it: against identical truths the spread term drops out
     same = truths[:, :1].expand_as(truths).contiguous()
     torch.manual_seed(7)
-    gated = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, same), energy_patch=16,
-                       energy_branch=True)
+    gated = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, same),
+                       terms=FutureTerms(patch=16, branch=True))
     scored = pred[:, 1:].view(2, 3, 4, 3, 64, 64)
     torch.testing.assert_close(gated[4], energy_score(scored, same, 16, branch=True).mean())
     assert gated[4] > energy_score(scored, same, 16).mean()
@@ -867,7 +983,7 @@ def test_energy_term_scores_prior_futures_against_several_truths():
     corner = same.clone()
     corner[..., :16, :16] = truths[..., :16, :16]
     torch.manual_seed(7)
-    weighted = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, corner), energy_patch=16,
-                          energy_branch_weight=4.0)
+    weighted = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, corner),
+                          terms=FutureTerms(patch=16, branch_weight=4.0))
     torch.testing.assert_close(weighted[4], energy_score(scored, corner, 16, branch_weight=4.0).mean())
     assert not torch.isclose(weighted[4], energy_score(scored, corner, 16).mean())

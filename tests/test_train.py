@@ -311,11 +311,11 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     from cvae.physics_eval import TrainingFutures
 
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
-                   energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0)
+                   energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0, cover_weight=1.0)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
-    assert all(r["energy_score"] > 0 and r["branch_loss"] > 0 for r in log if r["kind"] == "step")
+    assert all(r["energy_score"] > 0 and r["branch_loss"] > 0 and r["cover_loss"] > 0 for r in log if r["kind"] == "step")
     futures = TrainingFutures(BairDataset(sim_root, "train", seq_len=12), 2, 2, 3, per_step=2, seed=1)
     ctx, cond, truths = futures.batch(5)
     assert ctx.shape == (2, 2, 3, 64, 64) and cond.shape == (2, 12, 7) and truths.shape == (2, 2, 10, 3, 64, 64)
@@ -336,3 +336,17 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "weigh", energy_branch_weight=3.0)
     with pytest.raises(ConfigError, match="energy_branch_weight must be a number >= 0, not -1"):
         tiny_cfg(sim_root, tmp_path / "neg", energy_truths=2, energy_branch_weight=-1.0)
+    # --init may add a noise posterior: every old weight carries over, its LSTM starts fresh, its terms are logged
+    with pytest.raises(ConfigError, match="cover_weight needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "cover", cover_weight=1.0)
+    with pytest.raises(ConfigError, match="cover_weight must be a number >= 0, not -1"):
+        tiny_cfg(sim_root, tmp_path / "cover", energy_truths=2, cover_weight=-1.0)
+    with pytest.raises(ConfigError, match="noise_posterior needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "np0", noise_posterior=True, z_hold=True)
+    before = checkpoint.load_model(tmp_path / "es" / "last")[0].state_dict()
+    train(tiny_cfg(sim_root, tmp_path / "np", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
+                   init=str(tmp_path / "es" / "last"), z_hold=True, noise_posterior=True), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "np" / "log.jsonl").read_text().splitlines()]
+    assert all(r["world_loss"] > 0 and r["world_kl"] >= 0 for r in log if r["kind"] == "step")
+    after = checkpoint.load_model(tmp_path / "np" / "last")[0].state_dict()
+    assert set(after) - set(before) and all(k.startswith("noise_posterior.") for k in set(after) - set(before))

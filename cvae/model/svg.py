@@ -40,10 +40,34 @@ class StepLosses:
     kl_loss: torch.Tensor  # [T-1]: the KL term trained on (``kld``, or with free bits)
     best: torch.Tensor  # []: pixel loss of the closest of K futures from the prior (0 without ``best_of``)
     energy: torch.Tensor  # []: energy score of prior futures against re-simulated ones (0 without ``futures``)
+    cover: torch.Tensor  # []: pixel loss of the closest prior future to each re-simulated one (``_energy``)
     branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
+    world: torch.Tensor  # []: the re-simulated futures drawn closed loop from their inferred noise (``_world``)
+    world_kl: torch.Tensor  # []: KL of that inferred noise from the N(0, I) it is drawn from at prediction
 
 
 PRIORS = ("fixed", "learned")
+
+
+@dataclass(frozen=True)
+class FutureTerms:
+    """How the training terms on several re-simulated true futures score them: the run's
+    ``energy_*`` and ``branch_weight`` fields (README, "Several true futures"), in one place
+    rather than a parameter each through ``train_step``, ``SVG.forward`` and ``SVG._energy``."""
+
+    weight: float = 1.0  # the energy score's weight in the loss
+    patch: int = 0  # 0: one norm over the whole future; P: the mean score of P x P patches of each frame
+    branch: bool = False  # its spread term only where the true futures differ
+    branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
+    rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
+    cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
+    cover_branch: bool = False  # ... chosen and scored only where the true futures differ
+
+    @classmethod
+    def of(cls, cfg: object) -> FutureTerms:
+        """Those of a training ``Config``."""
+        return cls(cfg.energy_weight, cfg.energy_patch, cfg.energy_branch, cfg.energy_branch_weight,
+                   cfg.branch_weight, cfg.cover_weight, cfg.cover_branch)
 
 
 @dataclass
@@ -73,6 +97,7 @@ class ModelConfig:
     flow_deadzone: float = 0.0  # px: flow displacements no longer than this are 0, so a still pixel's bleed is not resampled
     z_hold: bool = False  # a future from the prior draws its noise once and holds it over its steps (``_noise``)
     z_scale: float = 1.0  # the model's noise is scaled by this at prediction (a temperature; training draws at 1)
+    noise_posterior: bool = False  # infer a re-simulated future's held noise from what sets it apart (``_world``)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -101,6 +126,8 @@ class ModelConfig:
             raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
         if not 0 <= self.z_scale < float("inf"):
             raise ConfigError(f"z_scale must be a number >= 0, not {self.z_scale}")
+        if self.noise_posterior and not self.z_hold:
+            raise ConfigError("noise_posterior needs z_hold true: it infers the one noise draw a future holds")
         if self.flow_deadzone and self.output != "flow":
             raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
@@ -131,6 +158,8 @@ class SVG(nn.Module):
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)
+        self.noise_posterior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, 1)
+                                if cfg.noise_posterior else None)
         self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
                                         cfg.cond_embed)
 
@@ -178,8 +207,7 @@ class SVG(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 free_bits: float = 0.0, best_of: int = 0,
                 futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                energy_patch: int = 0, energy_branch: bool = False, branch_weight: float = 0.0,
-                energy_branch_weight: float = 0.0) -> StepLosses:
+                terms: FutureTerms = FutureTerms()) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
 
         ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
@@ -191,10 +219,10 @@ class SVG(nn.Module):
 
         ``futures`` (context [M, n_past, 3, 64, 64], condition [M, T, 7], true futures [M, K, T -
         n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
-        futures from the prior against them (see ``_energy``), per ``energy_patch`` x ``energy_patch``
-        patch of each frame if that is > 0, its spread term only where they differ if ``energy_branch``,
-        the patches where they differ counting 1 + ``energy_branch_weight``;
-        with ``branch_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
+        futures from the prior against them (see ``_energy``) as ``terms`` say, and the pixel loss of
+        the closest of those to each; with
+        ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``),
+        and with a ``noise_posterior`` draws each closed loop from the noise it infers (see ``_world``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
@@ -220,11 +248,36 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy = (self._energy(*futures, energy_patch, energy_branch, energy_branch_weight) if futures is not None
+        energy, cover = (self._energy(*futures, terms) if futures is not None
+                         else (recon.new_zeros(()), recon.new_zeros(())))
+        branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        branch = (self._branch(*futures, branch_weight) if futures is not None and branch_weight > 0
-                  else recon.new_zeros(()))
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, branch)
+        world, world_kl = (self._world(*futures) if futures is not None and self.noise_posterior is not None
+                           else (recon.new_zeros(()), recon.new_zeros(())))
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, world, world_kl)
+
+    def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of the K true futures of a scene drawn closed loop, as at prediction, from the held
+        noise the ``noise_posterior`` infers for it: (the pixel loss summed over the future steps,
+        averaged over the futures; the KL of that noise from N(0, I), averaged).
+
+        The posterior reads each future's codes minus the mean of its K siblings' codes: only what
+        sets this world apart (an object that glides where its siblings stop), not what they share.
+        So the noise cannot carry corrections to what the model draws wrong everywhere, such as the
+        arm, and at prediction a draw from N(0, I) picks a world rather than a wobble of the arm.
+        The SVG loss's per-step posterior sees the real previous frame under teacher forcing, so
+        it never has to say which world it is in; a closed loop from one held draw has to."""
+        m, k = truths.shape[:2]
+        n = self.n_past
+        seqs = torch.cat([x_ctx[:, None].expand(-1, k, -1, -1, -1, -1), truths], 2).flatten(0, 1)
+        t = seqs.shape[1]
+        h, skips = self._encode(seqs)
+        mu, logvar = self.world_noise(h.view(m, k, t, -1))
+        noise = reparameterize(mu, logvar, torch.randn_like(mu))[:, None].expand(-1, t - 1, -1)
+        pred, _ = self._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips],
+                                cond[:, : t - 1].repeat_interleave(k, 0), t, noise=noise)
+        err = self._pixel_loss(pred[:, n - 1 :], seqs[:, n:], seqs[:, n - 1 : -1])
+        return err.sum(1).mean(), kl_divergence(mu, logvar).mean()
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -248,6 +301,13 @@ class SVG(nn.Module):
         err = err * (1 + weight * differ.repeat_interleave(k, 0).float())
         return err.mean((2, 3)).sum(1).mean()
 
+    def world_noise(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes of K futures of each of M scenes [M, K, T, g] -> the ``noise_posterior``'s mean and
+        log-variance of the held noise that draws each, [M * K, z_dim], read from each future's
+        codes minus its siblings' mean after the LSTM has read all T frames."""
+        mu, logvar, _ = self.noise_posterior((h - h.mean(1, keepdim=True)).flatten(0, 1))
+        return mu[:, -1], logvar[:, -1]
+
     def _teacher_forced(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], z: torch.Tensor,
                         cond: torch.Tensor) -> torch.Tensor:
         """Frames 1..T-1 predicted from the real frames before them and z [B, T-1, z_dim], all in one
@@ -258,9 +318,11 @@ class SVG(nn.Module):
                             cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
                             self._latest_real(cond, t).flatten(0, 1)).view(b, t - 1, *x.shape[2:])
 
-    def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions, their true frames and the true frames before those, [N, L, 3, 64, 64] each
-        -> the per-pixel mean MSE (or L1) of every frame, [N, L].
+        (and optionally a per-pixel weight [N, L, 64, 64]) -> the per-pixel mean MSE (or L1) of
+        every frame, [N, L].
 
         With ``motion_weight`` w > 0 a pixel that changes from ``prev`` to ``target`` (by more than
         ``MOVING_THRESHOLD`` in any channel: the arm, and an object where it leaves and where it
@@ -270,6 +332,8 @@ class SVG(nn.Module):
         err = err.pow(2) if self.pixel_loss == "mse" else err.abs()
         if self.motion_weight:
             err = err * (1 + self.motion_weight * moving_mask(target, prev).unsqueeze(-3))
+        if weight is not None:
+            err = err * weight.unsqueeze(-3)
         return err.mean((2, 3, 4))
 
     def _best_of(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor,
@@ -303,19 +367,40 @@ class SVG(nn.Module):
                                 noise=noise)
         return pred[:, self.n_past - 1 :]
 
-    def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, patch: int = 0,
-                branch: bool = False, branch_weight: float = 0.0) -> torch.Tensor:
-        """The energy score (``metrics.energy_score``) of K futures drawn from the prior, predictions
-        fed back as at test time, against K true futures of each scene, averaged over the scenes.
+    def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
+                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor]:
+        """K futures drawn from the prior, predictions fed back as at test time, against K true
+        futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
+        branch settings; for each true future the pixel loss of the closest of them, summed over
+        the steps), each averaged over the scenes.
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
         arm. Several true futures of the same scene and actions, which only a simulator gives,
-        say where: a proper score then asks for spread there and nowhere else."""
-        k = truths.shape[1]
+        say where: a proper score then asks for spread there and nowhere else. The closest-future
+        term is best of K turned around (coverage, as the eval scores it): every true future wants
+        one sample that draws it, so different noise has to draw different worlds, where the
+        energy score's pull on each sample is toward all of them at once. With ``terms.cover_branch``
+        the closest is chosen and scored only on the pixels where the true futures differ
+        (``metrics.branching``; their mean there, times the steps): on the whole frame the model's
+        own errors elsewhere (the arm) decide which sample is closest, not the world."""
+        m, k = truths.shape[:2]
         h, skips = self._encode(x_ctx)
         pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
-        return energy_score(pred.view(x_ctx.shape[0], k, *truths.shape[2:]), truths, patch, branch, branch_weight).mean()
+        samples = pred.view(m, k, *truths.shape[2:])
+        energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
+        if not terms.cover_weight:
+            return energy, energy.new_zeros(())
+        prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
+        mask = None
+        if terms.cover_branch:
+            differ = branching(truths, 1).float()  # [M, F, H, W]
+            share = differ.mean((1, 2, 3)).clamp_min(1 / differ[0].numel())  # a scene that never branches scores 0
+            mask = (differ / share[:, None, None, None])[:, None, None].expand(-1, k, k, -1, -1, -1).flatten(0, 2)
+        pairs = self._pixel_loss(samples[:, :, None].expand(-1, -1, k, -1, -1, -1, -1).flatten(0, 2),
+                                 truths[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2),
+                                 prev[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2), mask)
+        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean()
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
