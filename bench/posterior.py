@@ -5,9 +5,7 @@ against that same future is set beside one sample from the prior and the closest
 (coverage) on the same futures. A model whose z carries the world's branching rebuilds the
 future it saw better than a random z does; one that ignores z scores the same. Also on the
 pixels where the K futures differ (``metrics.branching``), which is where z has to act.
-A model with a ``noise_posterior`` (``--noise-posterior true``) also rebuilds each future from
-the held noise that posterior infers for it (its mean), closed loop exactly as prediction draws:
-the "noise" columns. Simulated data with hidden causes only.
+Simulated data with hidden causes only.
 
     python bench/posterior.py --ckpt assets/model --limit 32
 """
@@ -55,11 +53,6 @@ def main() -> None:
             rebuilt, _ = model._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips], c.expand(k, -1, -1),
                                         n + f, z=mu)
             rebuilt = rebuilt[:, n - 1:]
-            if model.noise_posterior is not None:
-                eps, _ = model.world_noise(h[None])
-                drawn, _ = model._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips], c.expand(k, -1, -1),
-                                          n + f, noise=eps[:, None].expand(-1, n + f - 1, -1))
-                drawn = drawn[:, n - 1:]
             samples = model.predict(x[:, :n], c, f, args.samples, seed=i)[0]  # [S, F, 3, H, W]
             differ = branching(truths, 0)  # [F, H, W]
             pair = psnr(samples[:, None], truths[None]).mean(-1)  # [S, K]
@@ -71,17 +64,11 @@ def main() -> None:
                             ("coverage_branching", pair_b.max(0).values.mean()),
                             ("branching_share", differ.float().mean())):
                 rows.setdefault(name, []).append(float(v))
-            if model.noise_posterior is not None:
-                rows.setdefault("noise", []).append(float(psnr(drawn, truths).mean(-1).mean()))
-                rows.setdefault("noise_branching", []).append(float(region_psnr(drawn, truths, differ).mean()))
         out = {name: round(float(np.nanmean(v)), 3) for name, v in rows.items()}  # NaN: no pixel branches
         print(f"{ckpt}: the future z saw, rebuilt {out['posterior']:.2f} dB; one prior sample {out['one_sample']:.2f}; "
               f"closest of {args.samples} {out['coverage']:.2f} (where the futures differ, "
               f"{100 * out['branching_share']:.1f}% of the pixels: {out['posterior_branching']:.2f} / "
               f"{out['one_sample_branching']:.2f} / {out['coverage_branching']:.2f})")
-        if "noise" in out:
-            print(f"  drawn from the noise the noise posterior infers for it: {out['noise']:.2f} dB "
-                  f"({out['noise_branching']:.2f} where the futures differ)")
         record("posterior", torch.device("cpu"), ckpt=ckpt, sequences=len(found), truths=k, samples=args.samples, **out)
 
 

@@ -120,8 +120,6 @@ class Config(ModelConfig):
             raise ConfigError("cover_weight needs energy_truths > 0: it scores prior futures against the re-simulated ones")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
-        if self.noise_posterior and not self.energy_truths:
-            raise ConfigError("noise_posterior needs energy_truths > 0: it learns from the re-simulated futures")
         if self.energy_branch and not self.energy_truths:
             raise ConfigError("energy_branch needs energy_truths > 0: it gates the energy score's spread term")
         if self.energy_truths and self.energy_scenes < 1:

@@ -143,21 +143,18 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
-    closest prior future's pixel loss per true future) (+ those futures drawn closed loop from
-    their inferred noise, and beta * its KL, with a ``noise_posterior``). Returns detached (loss, mse,
-    kld, best, energy, branch, world, world_kl, cover) on the device, so the caller decides when to pay
-    for a host sync."""
+    closest prior future's pixel loss per true future). Returns detached (loss, mse, kld, best,
+    energy, branch, cover) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
-            + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
-            + losses.world + beta * losses.world_kl)
+            + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach(),
-                        losses.branch.detach(), losses.world.detach(), losses.world_kl.detach(), losses.cover.detach()])
+                        losses.branch.detach(), losses.cover.detach()])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -305,7 +302,6 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 
 GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy")  # model fields --init may switch on: vgg64.grown adds their weights
-NEW_MODULES = ("noise_posterior",)  # model fields --init may switch on whose module starts fresh
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
@@ -317,18 +313,14 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
-    new = {name for name in NEW_MODULES if getattr(ours, name) and not getattr(theirs, name)}
     diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
-            if f.name not in INIT_MAY_CHANGE and f.name not in grow | new and getattr(theirs, f.name) != getattr(ours, f.name)]
+            if f.name not in INIT_MAY_CHANGE and f.name not in grow and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
-                          "--ee-copy true, --ee-sprite true and --noise-posterior true may be added)")
-    mine = model.state_dict()
-    fresh = {k: v for k, v in mine.items() if k.split(".")[0] in new}
+                          "--ee-copy true and --ee-sprite true may be added)")
     state = weights.state_dict()
-    model.load_state_dict({**(grown(state, {k: v for k, v in mine.items() if k not in fresh}) if grow else state),
-                           **fresh})
+    model.load_state_dict(grown(state, model.state_dict()) if grow else state)
     return bool(grow)
 
 
@@ -430,7 +422,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(9, device=rt.device)
+            sums = torch.zeros(7, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -468,9 +460,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                     if cfg.branch_weight:
                         record["branch_loss"] = mean[5]
                     if cfg.cover_weight:
-                        record["cover_loss"] = mean[8]
-                    if cfg.noise_posterior:
-                        record["world_loss"], record["world_kl"] = mean[6], mean[7]
+                        record["cover_loss"] = mean[6]
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")

@@ -336,17 +336,3 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "weigh", energy_branch_weight=3.0)
     with pytest.raises(ConfigError, match="energy_branch_weight must be a number >= 0, not -1"):
         tiny_cfg(sim_root, tmp_path / "neg", energy_truths=2, energy_branch_weight=-1.0)
-    # --init may add a noise posterior: every old weight carries over, its LSTM starts fresh, its terms are logged
-    with pytest.raises(ConfigError, match="cover_weight needs energy_truths > 0"):
-        tiny_cfg(sim_root, tmp_path / "cover", cover_weight=1.0)
-    with pytest.raises(ConfigError, match="cover_weight must be a number >= 0, not -1"):
-        tiny_cfg(sim_root, tmp_path / "cover", energy_truths=2, cover_weight=-1.0)
-    with pytest.raises(ConfigError, match="noise_posterior needs energy_truths > 0"):
-        tiny_cfg(sim_root, tmp_path / "np0", noise_posterior=True, z_hold=True)
-    before = checkpoint.load_model(tmp_path / "es" / "last")[0].state_dict()
-    train(tiny_cfg(sim_root, tmp_path / "np", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
-                   init=str(tmp_path / "es" / "last"), z_hold=True, noise_posterior=True), progress=False)
-    log = [json.loads(line) for line in (tmp_path / "np" / "log.jsonl").read_text().splitlines()]
-    assert all(r["world_loss"] > 0 and r["world_kl"] >= 0 for r in log if r["kind"] == "step")
-    after = checkpoint.load_model(tmp_path / "np" / "last")[0].state_dict()
-    assert set(after) - set(before) and all(k.startswith("noise_posterior.") for k in set(after) - set(before))

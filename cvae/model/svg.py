@@ -42,8 +42,6 @@ class StepLosses:
     energy: torch.Tensor  # []: energy score of prior futures against re-simulated ones (0 without ``futures``)
     cover: torch.Tensor  # []: pixel loss of the closest prior future to each re-simulated one (``_energy``)
     branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
-    world: torch.Tensor  # []: the re-simulated futures drawn closed loop from their inferred noise (``_world``)
-    world_kl: torch.Tensor  # []: KL of that inferred noise from the N(0, I) it is drawn from at prediction
 
 
 PRIORS = ("fixed", "learned")
@@ -97,7 +95,6 @@ class ModelConfig:
     flow_deadzone: float = 0.0  # px: flow displacements no longer than this are 0, so a still pixel's bleed is not resampled
     z_hold: bool = False  # a future from the prior draws its noise once and holds it over its steps (``_noise``)
     z_scale: float = 1.0  # the model's noise is scaled by this at prediction (a temperature; training draws at 1)
-    noise_posterior: bool = False  # infer a re-simulated future's held noise from what sets it apart (``_world``)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -126,8 +123,6 @@ class ModelConfig:
             raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
         if not 0 <= self.z_scale < float("inf"):
             raise ConfigError(f"z_scale must be a number >= 0, not {self.z_scale}")
-        if self.noise_posterior and not self.z_hold:
-            raise ConfigError("noise_posterior needs z_hold true: it infers the one noise draw a future holds")
         if self.flow_deadzone and self.output != "flow":
             raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
@@ -158,8 +153,6 @@ class SVG(nn.Module):
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)
-        self.noise_posterior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, 1)
-                                if cfg.noise_posterior else None)
         self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
                                         cfg.cond_embed)
 
@@ -221,8 +214,7 @@ class SVG(nn.Module):
         n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
         futures from the prior against them (see ``_energy``) as ``terms`` say, and the pixel loss of
         the closest of those to each; with
-        ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``),
-        and with a ``noise_posterior`` draws each closed loop from the noise it infers (see ``_world``).
+        ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
@@ -252,32 +244,7 @@ class SVG(nn.Module):
                          else (recon.new_zeros(()), recon.new_zeros(())))
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        world, world_kl = (self._world(*futures) if futures is not None and self.noise_posterior is not None
-                           else (recon.new_zeros(()), recon.new_zeros(())))
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, world, world_kl)
-
-    def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each of the K true futures of a scene drawn closed loop, as at prediction, from the held
-        noise the ``noise_posterior`` infers for it: (the pixel loss summed over the future steps,
-        averaged over the futures; the KL of that noise from N(0, I), averaged).
-
-        The posterior reads each future's codes minus the mean of its K siblings' codes: only what
-        sets this world apart (an object that glides where its siblings stop), not what they share.
-        So the noise cannot carry corrections to what the model draws wrong everywhere, such as the
-        arm, and at prediction a draw from N(0, I) picks a world rather than a wobble of the arm.
-        The SVG loss's per-step posterior sees the real previous frame under teacher forcing, so
-        it never has to say which world it is in; a closed loop from one held draw has to."""
-        m, k = truths.shape[:2]
-        n = self.n_past
-        seqs = torch.cat([x_ctx[:, None].expand(-1, k, -1, -1, -1, -1), truths], 2).flatten(0, 1)
-        t = seqs.shape[1]
-        h, skips = self._encode(seqs)
-        mu, logvar = self.world_noise(h.view(m, k, t, -1))
-        noise = reparameterize(mu, logvar, torch.randn_like(mu))[:, None].expand(-1, t - 1, -1)
-        pred, _ = self._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips],
-                                cond[:, : t - 1].repeat_interleave(k, 0), t, noise=noise)
-        err = self._pixel_loss(pred[:, n - 1 :], seqs[:, n:], seqs[:, n - 1 : -1])
-        return err.sum(1).mean(), kl_divergence(mu, logvar).mean()
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch)
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -300,13 +267,6 @@ class SVG(nn.Module):
         err = (pred.float() - seqs[:, 1:].float()).pow(2).mean(2)  # [M * K, T - 1, H, W]
         err = err * (1 + weight * differ.repeat_interleave(k, 0).float())
         return err.mean((2, 3)).sum(1).mean()
-
-    def world_noise(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes of K futures of each of M scenes [M, K, T, g] -> the ``noise_posterior``'s mean and
-        log-variance of the held noise that draws each, [M * K, z_dim], read from each future's
-        codes minus its siblings' mean after the LSTM has read all T frames."""
-        mu, logvar, _ = self.noise_posterior((h - h.mean(1, keepdim=True)).flatten(0, 1))
-        return mu[:, -1], logvar[:, -1]
 
     def _teacher_forced(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], z: torch.Tensor,
                         cond: torch.Tensor) -> torch.Tensor:
