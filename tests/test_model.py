@@ -498,9 +498,10 @@ def test_z_scale_narrows_the_noise_at_prediction_only(prior, hold, monkeypatch):
     for scale in (0.5, 0.0):
         torch.testing.assert_close(seen[scale][0], seen[1.0][0] * scale)  # predict
         torch.testing.assert_close(seen[scale][1], seen[1.0][1])  # best of K in training
-    assert all(torch.equal(futures[0.0][:, 0], futures[0.0][:, k]) for k in (1, 2))
-    assert not torch.equal(futures[0.5][:, 0], futures[0.5][:, 1])
-    assert not torch.equal(futures[0.5], futures[1.0])
+    # the same future up to float rounding, which differs by batch row on some CPUs (1e-6 on an AMD EPYC)
+    assert all(torch.allclose(futures[0.0][:, 0], futures[0.0][:, k], atol=1e-5, rtol=0) for k in (1, 2))
+    assert (futures[0.5][:, 0] - futures[0.5][:, 1]).abs().max() > 1e-3
+    assert (futures[0.5] - futures[1.0]).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="z_scale must be a number >= 0, not -1"):
         tiny(z_scale=-1)
 

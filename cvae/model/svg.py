@@ -50,8 +50,8 @@ PRIORS = ("fixed", "learned")
 @dataclass(frozen=True)
 class FutureTerms:
     """How the training terms on several re-simulated true futures score them: the run's
-    ``energy_*`` and ``branch_weight`` fields (README, "Several true futures"), in one place
-    rather than a parameter each through ``train_step``, ``SVG.forward`` and ``SVG._energy``."""
+    ``energy_*``, ``branch_weight`` and ``cover_*`` fields (README, "Several true futures"), in
+    one place rather than a parameter each through ``train_step``, ``SVG.forward`` and ``SVG._energy``."""
 
     weight: float = 1.0  # the energy score's weight in the loss
     patch: int = 0  # 0: one norm over the whole future; P: the mean score of P x P patches of each frame
@@ -212,9 +212,9 @@ class SVG(nn.Module):
 
         ``futures`` (context [M, n_past, 3, 64, 64], condition [M, T, 7], true futures [M, K, T -
         n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
-        futures from the prior against them (see ``_energy``) as ``terms`` say, and the pixel loss of
-        the closest of those to each; with
-        ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
+        futures from the prior against them (see ``_energy``) as ``terms`` say, and the pixel loss
+        of the closest of those to each; with ``terms.rebuild_weight`` > 0 it also rebuilds them
+        through the posterior (see ``_branch``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
