@@ -64,8 +64,9 @@ class FutureTerms:
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
         """Those of a training ``Config``."""
-        return cls(cfg.energy_weight, cfg.energy_patch, cfg.energy_branch, cfg.energy_branch_weight,
-                   cfg.branch_weight, cfg.cover_weight, cfg.cover_branch)
+        return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, branch=cfg.energy_branch,
+                   branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
+                   cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch)
 
 
 @dataclass
@@ -212,9 +213,9 @@ class SVG(nn.Module):
 
         ``futures`` (context [M, n_past, 3, 64, 64], condition [M, T, 7], true futures [M, K, T -
         n_past, 3, 64, 64]: scenes re-simulated with their hidden causes re-drawn) also scores K
-        futures from the prior against them (see ``_energy``) as ``terms`` say, and the pixel loss
-        of the closest of those to each; with ``terms.rebuild_weight`` > 0 it also rebuilds them
-        through the posterior (see ``_branch``).
+        futures from the prior against them (see ``_energy``) as ``terms`` say, with
+        ``terms.cover_weight`` > 0 also the pixel loss of the closest of those to each; with
+        ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
 
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
