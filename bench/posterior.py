@@ -49,7 +49,7 @@ def main() -> None:
             truths = true_futures_of(scene, c[0], k)[:, n:]  # [K, F, 3, H, W]
             seqs = torch.cat([x[:, :n].expand(k, -1, -1, -1, -1), truths], 1)
             h, skips = model._encode(seqs)
-            mu, _, _ = model.posterior(h[:, 1:])
+            mu, _ = model._posterior(h, skips[3])
             rebuilt, _ = model._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips], c.expand(k, -1, -1),
                                         n + f, z=mu)
             rebuilt = rebuilt[:, n - 1:]

@@ -301,15 +301,16 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     return loop
 
 
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy")  # model fields --init may switch on: vgg64.grown adds their weights
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map")  # model fields --init may switch on: vgg64.grown adds their weights
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
-    field, except that a model without the end-effector map, copy or sprite may grow them
-    (``vgg64.grown``). Returns whether it grew any (the map then wants calibrating: the copy and
-    the sprite are placed by it exactly, ``cues.EndEffectorMap``)."""
+    field, except that a model without the end-effector map, copy, sprite, still copy or spatial
+    latent may grow them (``vgg64.grown``). Returns whether it grew the end-effector map, copy or
+    sprite (the map then wants calibrating: the copy and the sprite are placed by it exactly,
+    ``cues.EndEffectorMap``)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
@@ -318,10 +319,10 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
-                          "--ee-copy true and --ee-sprite true may be added)")
+                          "--ee-copy true, --ee-sprite true, --still-copy true and --z-map C may be added)")
     state = weights.state_dict()
-    model.load_state_dict(grown(state, model.state_dict()) if grow else state)
-    return bool(grow)
+    model.load_state_dict(grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0) if grow else state)
+    return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"})
 
 
 def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:

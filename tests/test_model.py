@@ -278,6 +278,60 @@ def test_a_model_grows_an_end_effector_map_without_changing_its_predictions(outp
         grown({k: v for k, v in old.state_dict().items() if "encoder.c1" not in k}, big.state_dict())
 
 
+def test_the_spatial_latent_acts_near_its_cell_and_the_vector_z_everywhere():
+    """``z_map``: two futures whose noise differs in one cell of the spatial latent (the top-left
+    of the 8 x 8 grid) differ in the first predicted frame near that cell and are identical far from
+    it (the decoder's receptive field reaches 51 px), where a change of the vector z moves every
+    pixel: so noise can act at one object and leave the rest of the frame alone."""
+    model = calibrated(tiny(output="flow", cond_maps=True, z_map=2)).eval()
+    x, cond = batch(b=1, t=6)
+    noise = torch.randn(1, 5, model.latent_dim).expand(3, -1, -1).clone()
+    noise[1, :, model.z_dim] += 10.0  # map channel 0, cell (0, 0)
+    noise[2, :, 0] += 10.0  # the vector z
+    with torch.no_grad():
+        h, skips = model._encode(x[:, :2].expand(3, -1, -1, -1, -1))
+        pred, _ = model._rollout(x[:, :2].expand(3, -1, -1, -1, -1), h, skips, cond.expand(3, -1, -1), 6, noise=noise)
+    first = pred[:, model.n_past - 1]  # the first future frame: later ones see it encoded into the code
+    cell, far = (first[1] - first[0]).abs(), (first[2] - first[0]).abs()
+    assert cell[:, :8, :8].max() > 1e-3 and cell[:, 52:].max() < 1e-5 and cell[:, :, 52:].max() < 1e-5  # float rounding
+    assert far[:, 52:].max() > 1e-3 and far[:, :, 52:].max() > 1e-3
+
+
+def test_map_noise_only_leaves_the_vector_z_at_the_priors_mean():
+    """``map_noise_only``: the futures' noise is 0 on the vector z (so it is the prior's mean) and
+    standard normal on the spatial latent, so futures differ only through the map."""
+    model = calibrated(tiny(output="flow", z_map=2, map_noise_only=True, z_hold=True))
+    noise = model._noise(200, 3, "cpu")
+    assert noise[..., : model.z_dim].abs().max() == 0
+    assert abs(noise[..., model.z_dim :].std().item() - 1) < 0.02 and torch.equal(noise[:, 0], noise[:, 2])
+    x, cond = batch(t=6)
+    futures = model.predict(x[:, :2], cond, n_future=4, n_samples=2)
+    assert (futures[:, 0] - futures[:, 1]).abs().max() > 1e-4  # the map's noise still differs
+    with pytest.raises(ConfigError, match="map_noise_only needs z_map > 0"):
+        tiny(map_noise_only=True)
+
+
+def test_a_model_grows_a_spatial_latent_without_changing_its_predictions():
+    """``grown`` with ``z_map``: the decoder's 8 x 8 input gets a zero-weight channel per latent
+    channel, so the grown model predicts exactly what it did, whatever its map's noise."""
+    from cvae.model.vgg64 import grown
+
+    old = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True)).eval()
+    big = tiny(output="flow", cond_maps=True, ee_maps=True, z_map=3).eval()
+    big.load_state_dict(grown(old.state_dict(), big.state_dict(), z_map=3))
+    x, cond = batch(t=6)
+    noise = torch.randn(2, 5, old.latent_dim)
+    with torch.no_grad():
+        before = old._rollout(x[:, :2], *old._encode(x[:, :2]), cond, 6, noise=noise)[0]
+        wide = torch.cat([noise, torch.randn(2, 5, big.latent_dim - old.latent_dim)], -1)
+        torch.testing.assert_close(big._rollout(x[:, :2], *big._encode(x[:, :2]), cond, 6, noise=wide)[0], before,
+                                   atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"decoder.upc2.0.0.weight: shape .* does not grow"):
+        grown(old.state_dict(), big.state_dict(), z_map=1)
+    with pytest.raises(ConfigError, match="z_map must be a whole number of channels >= 0, not -1"):
+        tiny(z_map=-1)
+
+
 @pytest.mark.parametrize("had,grows", [((), ("ee_copy",)), ((), ("ee_sprite",)), ((), ("ee_copy", "ee_sprite")),
                                        (("ee_copy",), ("ee_sprite",)), (("ee_copy", "ee_sprite"), ("still_copy",)),
                                        ((), ("ee_copy", "ee_sprite", "still_copy"))])
@@ -617,18 +671,19 @@ def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
     assert loaded.decoder.output == "image" and loaded.decoder.cond_dim == 0 and loaded.pixel_loss == "mse"
 
 
-@pytest.mark.parametrize("prior,last_frame_skip,channels_last,output,cond_maps,ee_copy",
-                         [("fixed", False, False, "image", False, False), ("learned", True, False, "image", False, False),
-                          ("fixed", False, True, "image", False, False), ("learned", True, True, "image", False, False),
-                          ("fixed", True, False, "compose", True, False), ("fixed", True, True, "cdna", True, False),
-                          ("learned", True, True, "flow", True, False), ("fixed", False, False, "flow", False, False),
-                          ("learned", True, False, "flow", True, True)])
+@pytest.mark.parametrize("prior,last_frame_skip,channels_last,output,cond_maps,ee_copy,z_map",
+                         [("fixed", False, False, "image", False, False, 0), ("learned", True, False, "image", False, False, 0),
+                          ("fixed", False, True, "image", False, False, 0), ("learned", True, True, "image", False, False, 0),
+                          ("fixed", True, False, "compose", True, False, 0), ("fixed", True, True, "cdna", True, False, 0),
+                          ("learned", True, True, "flow", True, False, 0), ("fixed", False, False, "flow", False, False, 0),
+                          ("learned", True, False, "flow", True, True, 0), ("fixed", False, True, "flow", False, False, 2),
+                          ("learned", True, False, "flow", True, True, 3)])
 def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
-                                                                 cond_maps, ee_copy):
+                                                                 cond_maps, ee_copy, z_map):
     """Same losses and same gradients: batching across time (and the channels_last layout that
     training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite and the still copy too.)"""
     model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps,
-                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy, still_copy=ee_copy).eval()
+                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy, still_copy=ee_copy, z_map=z_map).eval()
     ref_model = copy.deepcopy(model)
     if channels_last:
         model.channels_last = True

@@ -139,6 +139,15 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     train(tiny_cfg(sim_root, tmp_path / "k", init=str(tmp_path / "s" / "last"), still_copy=True, **one), progress=False)
     assert checkpoint.read_meta(tmp_path / "k" / "last")["config"]["still_copy"] is True
     assert torch.equal(seen[0][0][head][:, :-1], with_sprite[head]) and seen[0][0][head][:, -1].abs().max() == 0
+    # and a spatial latent: z_map more input channels at 8 x 8, with zero weights, and its posterior
+    with_still = checkpoint.load_model(tmp_path / "k" / "last")[0].state_dict()
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "z", init=str(tmp_path / "k" / "last"), still_copy=True, z_map=2, **one),
+          progress=False)
+    up = "decoder.upc2.0.0.weight"
+    assert torch.equal(seen[0][0][up][:, :-2], with_still[up]) and seen[0][0][up][:, -2:].abs().max() == 0
+    assert any(k.startswith("posterior_map.") for k in seen[0][0])
+    assert checkpoint.read_meta(tmp_path / "z" / "last")["config"]["z_map"] == 2
     with pytest.raises(CheckpointError, match="nowhere"):
         train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "nowhere")), progress=False)
     # the command takes the model's shape from the checkpoint: no model flags needed

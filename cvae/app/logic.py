@@ -132,8 +132,8 @@ def describe(path: Path, name: str) -> ModelEntry:
     shown = f"test PSNR {score:.2f} dB" if score is not None else "not evaluated"
     head = cfg.get("output", "image")
     label = f"{name} · {head} head, {cfg['prior']} prior, epoch {meta.get('epoch', '?')} · {shown}"
-    shape = (f"*{name}*: {head} head, {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']} "
-             f"rnn{cfg.get('rnn_size', '?')}. ")
+    shape = (f"*{name}*: {head} head, {cfg['prior']} prior, width {cfg['width']}, g{cfg['g_dim']} z{cfg['z_dim']}"
+             f"{' + ' + str(cfg['z_map']) + ' x 8 x 8' if cfg.get('z_map') else ''} rnn{cfg.get('rnn_size', '?')}. ")
     return ModelEntry(label, path, cfg, score, log, shape + sampling(cfg) + quality(path, scores))
 
 

@@ -39,3 +39,24 @@ def kl_divergence(mu_q: torch.Tensor, logvar_q: torch.Tensor,
     if mu_p is None:
         return 0.5 * (mu_q.pow(2) + logvar_q.exp() - 1 - logvar_q).sum(-1)
     return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1).sum(-1)
+
+
+class GaussianMap(nn.Module):
+    """The posterior of a spatial latent, q(z_t | x_t, x_{t-1}) on the encoder's coarsest grid:
+    one Gaussian per cell, from that cell's features in frame t beside frame t-1's, so a cell's z
+    can say what happened there (an object glided, or stopped) and nowhere else. Not recurrent:
+    what a cell carries is local, and its prior is N(0, I)."""
+
+    def __init__(self, channels: int, z_channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(2 * channels, hidden, 3, 1, 1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(hidden, 2 * z_channels, 3, 1, 1))
+        with torch.no_grad():  # start near the prior (mu 0, logvar 0): a grown model's KL starts near 0
+            self.net[2].weight.mul_(0.1)
+            self.net[2].bias.zero_()
+
+    def forward(self, now: torch.Tensor, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features [N, C, S, S] of frame t and frame t-1 -> mu, logvar [N, z_channels * S * S],
+        flattened so they join the vector latent's (in float32, as ``GaussianLSTM``'s)."""
+        mu, logvar = self.net(torch.cat([now, before], 1)).float().chunk(2, 1)
+        return mu.flatten(1), logvar.flatten(1)

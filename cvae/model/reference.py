@@ -20,24 +20,27 @@ def reference_losses(model: SVG, x: torch.Tensor, cond: torch.Tensor) -> tuple[t
     seed both see the same z.
     """
     b, t = x.shape[:2]
-    noise = torch.randn(b, t - 1, model.z_dim, device=x.device)
+    noise = torch.randn(b, t - 1, model.latent_dim, device=x.device)
     post_state = prior_state = pred_state = None
     mse, kld = [], []
     skip = None
     for i in range(1, t):
         h_prev, skips_prev = model.encoder(x[:, i - 1])
-        h_target, _ = model.encoder(x[:, i])
+        h_target, skips_target = model.encoder(x[:, i])
         if model.last_frame_skip or i <= model.n_past:
             skip = skips_prev
         mu_q, logvar_q, post_state = model.posterior(h_target[:, None], post_state)
+        if model.posterior_map is not None:  # the spatial latent: this step's cells, after the vector z
+            map_mu, map_logvar = model.posterior_map(skips_target[3], skips_prev[3])
+            mu_q, logvar_q = torch.cat([mu_q, map_mu[:, None]], -1), torch.cat([logvar_q, map_logvar[:, None]], -1)
         z = reparameterize(mu_q, logvar_q, noise[:, i - 1 : i])
         prior = None
         if model.prior is not None:
             mu_p, logvar_p, prior_state = model.prior(h_prev[:, None], prior_state)
-            prior = (mu_p, logvar_p)
-        g, pred_state = model.predictor(h_prev[:, None], z, cond[:, i - 1 : i], pred_state)
+            prior = model._with_map_prior(mu_p, logvar_p)
+        g, pred_state = model.predictor(h_prev[:, None], z[..., : model.z_dim], cond[:, i - 1 : i], pred_state)
         latest = min(i - 1, model.n_past - 1)
-        x_pred = model._decode(g[:, 0], skip, x[:, i - 1], cond[:, i - 1], x[:, latest], cond[:, latest])
+        x_pred = model._decode(g[:, 0], skip, x[:, i - 1], cond[:, i - 1], x[:, latest], cond[:, latest], z[:, 0])
         mse.append(F.mse_loss(x_pred, x[:, i]))
         kld.append(kl_divergence(mu_q, logvar_q, *(prior or ())).mean())
     return torch.stack(mse), torch.stack(kld)

@@ -21,14 +21,14 @@ from torch.nn import functional as F
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import branching, energy_score, moving_mask
-from .gaussian import GaussianLSTM, kl_divergence, reparameterize
+from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
-from .vgg64 import Decoder, Encoder
+from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
 PIXEL_LOSSES = ("mse", "l1")
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale")  # how the weights are used, not their shapes: export may set them
-INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", *SAMPLING)  # not the weights' shapes: --init may change them
+INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", *SAMPLING)  # not the weights' shapes: --init may change them
 
 
 @dataclass
@@ -96,6 +96,8 @@ class ModelConfig:
     flow_deadzone: float = 0.0  # px: flow displacements no longer than this are 0, so a still pixel's bleed is not resampled
     z_hold: bool = False  # a future from the prior draws its noise once and holds it over its steps (``_noise``)
     z_scale: float = 1.0  # the model's noise is scaled by this at prediction (a temperature; training draws at 1)
+    z_map: int = 0  # > 0: a spatial latent too, this many channels on the 8 x 8 grid, read by the decoder there
+    map_noise_only: bool = False  # the prior's noise drives only the spatial latent; the vector z is the prior's mean
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -124,6 +126,10 @@ class ModelConfig:
             raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
         if not 0 <= self.z_scale < float("inf"):
             raise ConfigError(f"z_scale must be a number >= 0, not {self.z_scale}")
+        if not 0 <= self.z_map == int(self.z_map):
+            raise ConfigError(f"z_map must be a whole number of channels >= 0, not {self.z_map}")
+        if self.map_noise_only and not self.z_map:
+            raise ConfigError("map_noise_only needs z_map > 0: it draws noise for the spatial latent alone")
         if self.flow_deadzone and self.output != "flow":
             raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
@@ -144,14 +150,16 @@ class SVG(nn.Module):
         cfg = replace(cfg or ModelConfig(), **fields_).validate()
         self.cfg = cfg
         self.z_dim, self.n_past, self.last_frame_skip = cfg.z_dim, cfg.n_past, cfg.last_frame_skip
+        self.latent_dim = cfg.z_dim + cfg.z_map * MAP_SIZE * MAP_SIZE  # the vector z, then the map's cells
         self.channels_last = False  # training's prepare() may set it
         self.pixel_loss, self.motion_weight = cfg.pixel_loss, cfg.motion_weight
         self.encoder = Encoder(cfg.g_dim, cfg.width)
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
-                               flow_deadzone=cfg.flow_deadzone)
+                               flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
+        self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)
         self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
@@ -163,13 +171,40 @@ class SVG(nn.Module):
         return cls(ModelConfig.from_dict(cfg))
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
-                cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor) -> torch.Tensor:
+                cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor,
+                z: torch.Tensor) -> torch.Tensor:
         """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
-        real frames [N, 3, 64, 64] and their raw conditions [N, 7] -> frames."""
+        real frames [N, 3, 64, 64], their raw conditions [N, 7] and latents [N, latent_dim] (the
+        decoder reads the spatial part) -> frames."""
         norm = self.predictor.normalize
+        zmap = self._map(z)
         if not self.cfg.ee_copy:
-            return self.decoder(g, skips, prev, norm(cond), anchor)
-        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)))
+            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap)
+        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap)
+
+    def _map(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Latents [..., latent_dim] -> their spatial part [N, z_map, 8, 8] (None without one)."""
+        if not self.cfg.z_map:
+            return None
+        return z[..., self.z_dim:].reshape(-1, self.cfg.z_map, MAP_SIZE, MAP_SIZE)
+
+    def _with_map_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned prior's mu, logvar [..., z_dim] -> [..., latent_dim]: the spatial latent's
+        prior is N(0, I) (mu 0, logvar 0) whichever prior the vector z has."""
+        if not self.cfg.z_map:
+            return mu, logvar
+        pad = mu.new_zeros(*mu.shape[:-1], self.latent_dim - self.z_dim)
+        return torch.cat([mu, pad], -1), torch.cat([logvar, pad], -1)
+
+    def _posterior(self, h: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z_t) of steps 1..L-1 from codes [B, L, g] and the coarsest skips [B, L, C, 8, 8] -> mu,
+        logvar [B, L-1, latent_dim]: the vector posterior's, then (with ``z_map``) the map's."""
+        mu, logvar, _ = self.posterior(h[:, 1:])
+        if self.posterior_map is None:
+            return mu, logvar
+        b, steps = mu.shape[:2]
+        map_mu, map_logvar = self.posterior_map(coarse[:, 1:].flatten(0, 1), coarse[:, :-1].flatten(0, 1))
+        return torch.cat([mu, map_mu.view(b, steps, -1)], -1), torch.cat([logvar, map_logvar.view(b, steps, -1)], -1)
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(0, 1)
@@ -223,10 +258,10 @@ class SVG(nn.Module):
         """
         b, t = x.shape[:2]
         h, skips = self._encode(x)
-        mu_q, logvar_q, _ = self.posterior(h[:, 1:])
+        mu_q, logvar_q = self._posterior(h, skips[3])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
         if teacher_forcing:
-            prior = self.prior(h[:, :-1])[:2] if self.prior is not None else None
+            prior = self._with_map_prior(*self.prior(h[:, :-1])[:2]) if self.prior is not None else None
             pred = self._teacher_forced(x, h, skips, z, cond)
         else:
             n = self.n_past
@@ -260,7 +295,7 @@ class SVG(nn.Module):
         seqs = torch.cat([x_ctx[:, None].expand(-1, k, -1, -1, -1, -1), truths], 2).flatten(0, 1)
         t = seqs.shape[1]
         h, skips = self._encode(seqs)
-        mu_q, logvar_q, _ = self.posterior(h[:, 1:])
+        mu_q, logvar_q = self._posterior(h, skips[3])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
         pred = self._teacher_forced(seqs, h, skips, z, cond[:, :t].repeat_interleave(k, 0))
         differ = branching(truths, 1)  # [M, F, H, W]
@@ -271,13 +306,13 @@ class SVG(nn.Module):
 
     def _teacher_forced(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], z: torch.Tensor,
                         cond: torch.Tensor) -> torch.Tensor:
-        """Frames 1..T-1 predicted from the real frames before them and z [B, T-1, z_dim], all in one
-        predictor and one decoder call: frames [B, T, ...] and their encoding -> [B, T-1, 3, 64, 64]."""
+        """Frames 1..T-1 predicted from the real frames before them and z [B, T-1, latent_dim], all
+        in one predictor and one decoder call: frames [B, T, ...] and their encoding -> [B, T-1, 3, 64, 64]."""
         b, t = x.shape[:2]
-        g, _ = self.predictor(h[:, :-1], z, cond[:, :-1])
+        g, _ = self.predictor(h[:, :-1], z[..., : self.z_dim], cond[:, :-1])
         return self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
                             cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
-                            self._latest_real(cond, t).flatten(0, 1)).view(b, t - 1, *x.shape[2:])
+                            self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1)).view(b, t - 1, *x.shape[2:])
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,
                     weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -365,13 +400,17 @@ class SVG(nn.Module):
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """The prior's standard-normal noise for ``n`` futures, [n, steps, z_dim]: fresh at every step,
+        """The prior's standard-normal noise for ``n`` futures, [n, steps, latent_dim]: fresh at every step,
         or with ``z_hold`` one draw held over all of them. The world's hidden causes (an object's
         friction, its mass) hold for a whole future, so a future that drew a gliding object at one
         step should keep it gliding; independent draws per step ask the predictor to remember
-        which world it is in. Each step's z keeps its own distribution either way."""
-        draw = torch.randn(n, 1 if self.cfg.z_hold else steps, self.z_dim, generator=generator, device=device)
-        return draw.expand(n, steps, self.z_dim)
+        which world it is in. Each step's z keeps its own distribution either way. With
+        ``map_noise_only`` the vector part is 0, so the vector z is the prior's mean and every
+        difference between futures has to come through the spatial latent, which acts locally."""
+        draw = torch.randn(n, 1 if self.cfg.z_hold else steps, self.latent_dim, generator=generator, device=device)
+        if self.cfg.map_noise_only:
+            draw[..., : self.z_dim] = 0
+        return draw.expand(n, steps, self.latent_dim)
 
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
@@ -379,14 +418,14 @@ class SVG(nn.Module):
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Steps 1..t-1, feeding back predictions once the context is used up.
 
-        ``z`` [B, t-1, z_dim] gives the latent of every step (training). Otherwise (generation)
+        ``z`` [B, t-1, latent_dim] gives the latent of every step (training). Otherwise (generation)
         the context steps take z from the posterior of the real frames and the future steps
-        from the prior, drawn with ``noise`` [B, t-1, z_dim]. Returns the predictions and, with a
+        from the prior, drawn with ``noise`` [B, t-1, latent_dim]. Returns the predictions and, with a
         learned prior, its (mu, logvar) per step.
         """
         n_past = self.n_past
         if z is None:
-            mu, logvar, _ = self.posterior(h_ctx[:, 1:])
+            mu, logvar = self._posterior(h_ctx, skips_ctx[3])
             z_ctx = reparameterize(mu, logvar, noise[:, : n_past - 1])
         h_prev, x_prev = h_ctx[:, 0], x_ctx[:, 0]
         skip_prev = [s[:, 0] for s in skips_ctx]
@@ -396,6 +435,7 @@ class SVG(nn.Module):
         for i in range(1, t):
             if self.prior is not None:
                 p_mu, p_logvar, prior_state = self.prior(h_prev[:, None], prior_state)
+                p_mu, p_logvar = self._with_map_prior(p_mu, p_logvar)
                 prior_mu.append(p_mu[:, 0])
                 prior_logvar.append(p_logvar[:, 0])
             if z is not None:
@@ -406,10 +446,10 @@ class SVG(nn.Module):
                 z_i = reparameterize(prior_mu[-1], prior_logvar[-1], noise[:, i - 1])
             else:
                 z_i = noise[:, i - 1]
-            g, pred_state = self.predictor(h_prev[:, None], z_i[:, None], cond[:, i - 1, None], pred_state)
+            g, pred_state = self.predictor(h_prev[:, None], z_i[:, None, : self.z_dim], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest])
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i)
             preds.append(x_i)
             if i < n_past:
                 h_prev, skip_prev, x_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx], x_ctx[:, i]
@@ -448,7 +488,7 @@ class SVG(nn.Module):
         noise = self._noise(n_samples, t - 1, device, gen)
         # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
         # spreads wider than the world is narrowed here without a weight change (README, "z_scale").
-        noise = (noise * self.cfg.z_scale).expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.z_dim)
+        noise = (noise * self.cfg.z_scale).expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.latent_dim)
         ctx = context.repeat_interleave(n_samples, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h_ctx, skips_ctx = self._encode(ctx)

@@ -12,6 +12,7 @@ from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
 from .heads import FlowHead, make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
+MAP_SIZE = 8  # the side of the coarsest skip grid (64 px / 8): where a spatial latent lives
 
 
 def channels(width: float) -> list[int]:
@@ -52,23 +53,25 @@ class Decoder(nn.Module):
     frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
     displacement (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the
     condition at its place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real
-    frame as it is; ``flow_deadzone`` zeroes its short displacements (``heads.dead_zone``)."""
+    frame as it is; ``flow_deadzone`` zeroes its short displacements (``heads.dead_zone``).
+    ``z_map`` > 0 reads that many channels of a spatial latent beside the 8 x 8 skip, so noise can
+    act at one place (a pushed object) and not at another."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False, flow_deadzone: float = 0.0) -> None:
+                 still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0) -> None:
         super().__init__()
         if (ee_copy or ee_sprite) and not ee_cond_dim:
             raise ValueError("ee_copy and ee_sprite need the end-effector map (ee_cond_dim > 0): they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
                               flow_deadzone=flow_deadzone)
-        self.output, self.nc, self.cond_dim, self.ee_copy = output, nc, cond_dim, ee_copy
+        self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
-        self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
+        self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e + z_map, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
         self.upc3 = nn.Sequential(vgg_layer(c2 * 2 + e, c2), vgg_layer(c2, c2), vgg_layer(c2, c1))
         self.upc4 = nn.Sequential(vgg_layer(c1 * 2 + e, c1), vgg_layer(c1, c0))
         self.upc5 = nn.Sequential(vgg_layer(c0 * 2 + e, c0), nn.ConvTranspose2d(c0, nc + self.head.extra, 3, 1, 1))
@@ -76,7 +79,8 @@ class Decoder(nn.Module):
         self._register_load_state_dict_pre_hook(_old_head_keys)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def _with_cond(self, d: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def _with_cond(self, d: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None,
+                   zmap: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.up(d), skip]
         n, _, h, w = skip.shape
         if self.cond_dim:
@@ -84,6 +88,8 @@ class Decoder(nn.Module):
             parts += [cond.to(d.dtype)[:, :, None, None].expand(-1, -1, h, w), coords]
         if self.ee_map is not None:
             parts.append(self.ee_map(cond, h, w).to(d.dtype))
+        if zmap is not None:
+            parts.append(zmap.to(d.dtype))
         return torch.cat(parts, 1)
 
     def ee_copy_of(self, anchor: torch.Tensor, anchor_cond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -96,15 +102,18 @@ class Decoder(nn.Module):
 
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
-                anchor_cond: torch.Tensor | None = None) -> torch.Tensor:
+                anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None) -> torch.Tensor:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
-        real frame (flow) and its standardised condition at rest (``ee_copy``) -> frame
-        [N, 3, 64, 64] in [0, 1]."""
+        real frame (flow), its standardised condition at rest (``ee_copy``) and the spatial
+        latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
+        if bool(self.z_map) != (zmap is not None):
+            raise ValueError(f"this decoder reads a spatial latent of {self.z_map} channels: pass zmap of that many"
+                             if self.z_map else "this decoder has no spatial latent: zmap must be None")
         d = self.upc1(g[:, :, None, None])
-        d = self.upc2(self._with_cond(d, skips[3], cond))
+        d = self.upc2(self._with_cond(d, skips[3], cond, zmap))
         d = self.upc3(self._with_cond(d, skips[2], cond))
         d = self.upc4(self._with_cond(d, skips[1], cond))
         out = self.upc5(self._with_cond(d, skips[0], cond))
@@ -118,10 +127,11 @@ class Decoder(nn.Module):
         return self.head(out, prev, anchor, g, **extra)
 
 
-def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite
-    and/or still copy (whose fresh weights are ``ours``). Each convolution that reads a scale's maps
-    gets one more input channel, the map's (appended last by ``_with_cond``), with zero weights; the
+def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0) -> dict[str, torch.Tensor]:
+    """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
+    still copy and/or spatial latent (whose fresh weights are ``ours``). Each convolution that reads
+    a scale's maps gets one more input channel, the map's (and the 8 x 8 one a channel per latent
+    map channel, ``z_map`` of them; appended last by ``_with_cond``), with zero weights; the
     flow head's last layer gets an output channel for each of the copy, the sprite and the still
     copy, their mask logits (appended last), with zero weights and ``ours``'s biases
     (``heads.EE_COPY_BIAS``, ``EE_SPRITE_BIAS``, ``STILL_COPY_BIAS``); the map and
@@ -134,12 +144,14 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> dic
     out = {}
     for key, mine in ours.items():
         if key not in theirs:
-            if ".ee_map." not in f".{key}" and ".ee_sprite." not in f".{key}":
+            if not any(part in f".{key}" for part in (".ee_map.", ".ee_sprite.", ".posterior_map.")):
                 raise ValueError(f"{key} is missing")
             out[key] = mine
             continue
         old = theirs[key]
-        new = range(1, len(FlowHead.OPTIONAL) + 1) if key.startswith("decoder.upc5.1.") else range(1, 2)  # masks; the map
+        new = (range(1, len(FlowHead.OPTIONAL) + 1) if key.startswith("decoder.upc5.1.")  # masks
+               else range(1, 2 + z_map) if key.startswith("decoder.upc2.0.0.")  # the map and the latent's
+               else range(1, 2))  # the map
         if old.shape == mine.shape:
             out[key] = old
         elif old.dim() == 4 and mine.shape[1] - old.shape[1] in new and old.shape[0] == mine.shape[0] \
