@@ -51,7 +51,7 @@ def main() -> None:
             std = 255 * torch.stack(stds)
             out[part] = (round(float(std[moving].mean()), 2), round(float(std[~moving].mean()), 2))
         print(f"{ckpt}: std over {s} futures in grey levels (moving region, rest): "
-              + ", ".join(f"{k} noise alone {v[0]} / {v[1]}" for k, v in out.items()))
+              + ", ".join(f"{k if k == 'both' else k + ' noise alone'} {v[0]} / {v[1]}" for k, v in out.items()))
         record("z_parts", torch.device("cpu"), ckpt=ckpt, sequences=len(x), samples=s,
                **{f"{k}_{r}": v[j] for k, v in out.items() for j, r in enumerate(("moving", "rest"))})
 
