@@ -143,6 +143,8 @@ def sampling(cfg: dict) -> str:
     said = []
     if cfg.get("z_hold"):
         said.append("one noise draw held over each future")
+    if cfg.get("map_noise_only"):
+        said.append("noise on the spatial latent alone")
     if cfg.get("z_scale", 1.0) != 1.0:
         said.append(f"the noise x {cfg['z_scale']:g}")
     if cfg.get("flow_deadzone"):
