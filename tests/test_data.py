@@ -149,6 +149,26 @@ def test_cache_matches_png_decode(sim_root):
         assert np.array_equal(packed.frames()[i], frames) and np.array_equal(packed.cond[i], cond)
 
 
+def test_fingerprint_is_the_contents_not_how_long_generating_took(sim_copy):
+    """Generating the same data again (another duration, another worker count) keeps a split's
+    fingerprint, so an eval.json's score still names it; another seed or a resized frame does not."""
+    import json
+
+    from cvae.data.bair import fingerprint
+
+    before = fingerprint(sim_copy, "test")
+    info_path = sim_copy / "dataset.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "seconds": 999.0, "sequences_per_s": 0.1, "workers": 7}))
+    assert fingerprint(sim_copy, "test") == before
+    info_path.write_text(json.dumps({**info, "seed": info["seed"] + 1}))
+    assert fingerprint(sim_copy, "test") != before
+    info_path.write_text(json.dumps(info))
+    png = sorted(list_sequences(sim_copy, "test")[0].glob("*.png"))[0]
+    Image.new("RGB", (64, 64)).save(png)
+    assert fingerprint(sim_copy, "test") != before
+
+
 def test_window_sampler_is_deterministic_resumable_and_rank_disjoint():
     kw = dict(n_sequences=10, n_frames=30, seq_len=12, batch_size=4, steps=6, seed=7, epoch=2)
     full = list(WindowBatchSampler(**kw))

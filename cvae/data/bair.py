@@ -61,17 +61,20 @@ def list_sequences(root: str | Path, split: str) -> list[Path]:
 
 def fingerprint(root: str | Path, split: str) -> str:
     """A short content fingerprint of a split: every sequence file's path within the split and its
-    size, and ``dataset.json`` where there is one. Moving or copying the data keeps it."""
+    size, and ``dataset.json`` where there is one, less how long its generation took
+    (``info.content_bytes``). Moving, copying or generating the same data again keeps it."""
     import hashlib
+
+    from .info import content_bytes
 
     h = hashlib.sha1()
     base = split_dir(root, split)
     for seq in list_sequences(root, split):
         for f in sorted(seq.iterdir()):
             h.update(f"{f.relative_to(base)}:{f.stat().st_size}\n".encode())
-    info = Path(root) / "dataset.json"
-    if info.is_file():
-        h.update(info.read_bytes())
+    info = content_bytes(root)
+    if info is not None:
+        h.update(info)
     return h.hexdigest()[:12]
 
 
