@@ -301,7 +301,8 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
     return loop
 
 
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map")  # model fields --init may switch on: vgg64.grown adds their weights
+# model fields --init may switch on: vgg64.grown adds their weights
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
