@@ -9,7 +9,8 @@ displacement (what ``ee_copy`` does: right at the tip, wrong along the shaft as 
 frame *turned* rigidly about the true base so that the end effector lands where it goes (the arm
 lands on itself, its whole length). The turned copy needs the base, which the model would have
 to read from the context; this script takes it from the simulator, so it is the ceiling of such a
-source. Simulated data only.
+source; the arm copy (``cvae/model/arm.py``) finds the base in the last context frame instead
+(``find_base``), which is scored too, with its distance from the true base. Simulated data only.
 
     python bench/arm.py --ckpt assets/model --limit 64
 """
@@ -27,7 +28,8 @@ from cvae.data.dataset import BairDataset
 from cvae.data.simulator import ARM_WIDTH_PX, GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE, simulate
 from cvae.kinematics import world_to_px
 from cvae.metrics import masked_psnr
-from cvae.model.heads import translate, warp
+from cvae.model.arm import ArmCopy, find_base, turned
+from cvae.model.heads import translate
 from cvae.physics_eval import scenes
 
 SHAFT_HALF_WIDTH = ARM_WIDTH_PX / 2 + 0.5  # the simulator's bar, lowered; half a pixel of edge with it
@@ -43,24 +45,6 @@ def shaft_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
     near_bar = np.linalg.norm(q - base - t * d, axis=-1) <= SHAFT_HALF_WIDTH
     off_gripper = np.linalg.norm(q - ee[:, None, None], axis=-1) > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 1
     return near_bar & off_gripper
-
-
-def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``frame`` [N, 3, H, W] moved rigidly so that its end effector at ``src`` lands on ``dst``,
-    turned by the angle the arm turns about ``base`` meanwhile (all [N, 2], (x, y) in the frame's
-    pixel coordinates). As complex numbers, output pixel q samples src + (q - dst) / u, with u
-    the unit turn from src - base to dst - base: a bar from the base to the end effector lands
-    on itself (slid along itself, which shows only beyond the base) and the gripper keeps its size."""
-    def c(v: torch.Tensor) -> torch.Tensor:
-        return torch.view_as_complex(v.float().contiguous())
-
-    u = c(dst - base) * c(src - base).conj()
-    u = u / u.abs()
-    h, w = frame.shape[-2:]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    q = torch.complex(xs, ys)[None]
-    moved = c(src)[:, None, None] + (q - c(dst)[:, None, None]) * u.conj()[:, None, None] - q
-    return warp(frame, torch.stack([moved.real, moved.imag], 1))
 
 
 def main() -> None:
@@ -86,8 +70,12 @@ def main() -> None:
     src, base = place[:, n_past - 1], torch.from_numpy(bases).float() - 0.5
     moved = torch.stack([translate(last, src - place[:, t]) for t in range(n_past, n_past + n_future)], 1)
     turn = torch.stack([turned(last, base, src, place[:, t]) for t in range(n_past, n_past + n_future)], 1)
+    found_base = find_base(last, src, ArmCopy().candidates)
+    print(f"the base found in the last context frame: a median {float((found_base - base).norm(dim=1).median()):.2f} px "
+          f"from the true one (max {float((found_base - base).norm(dim=1).max()):.2f})")
+    found_turn = torch.stack([turned(last, found_base, src, place[:, t]) for t in range(n_past, n_past + n_future)], 1)
     copies = {"copy-last": score(last[:, None].expand_as(truth)), "translated copy": score(moved),
-              "turned copy (true base)": score(turn)}
+              "turned copy (true base)": score(turn), "turned copy (found base)": score(found_turn)}
     print(f"{len(x)} test sequences, the shaft's pixels ({float(shaft.float().mean()):.1%}); PSNR, steps 1..{n_future}")
     for name, v in copies.items():
         print(f"  {name + ':':26s} {' '.join(f'{s:5.2f}' for s in v)} (mean {float(v.mean()):.2f})")

@@ -27,6 +27,10 @@ GAIN = 0.2
 ACTION_HOLD = 2
 MAX_DXY = 0.07
 MARGIN_PX = 5.0
+# The arm's bar starts at a base fixed per scene, ARM_BASE_OUT px outside the top or the right edge of
+# the image, anywhere ARM_BASE_SPAN px along it (simulator coordinates: a pixel's centre is index + 0.5).
+ARM_BASE_SPAN = (16.0, 48.0)
+ARM_BASE_OUT = 12.0
 
 KINEMATICS = {
     "kind": "cvae-sim",
@@ -79,6 +83,14 @@ def integrate_positions(start: np.ndarray, actions: np.ndarray) -> np.ndarray:
         pos[t, :2] = moved(pos[t - 1, :2], actions[t - 1, :2])
         pos[t, 2] = Z_TABLE + Z_PER_LIFT * actions[t - 1, 2]
     return pos
+
+
+def arm_bases(step: float = 0.5) -> np.ndarray:
+    """[M, 2]: every place (x, y) ``step`` px apart where the arm's base may be, on both edges."""
+    along = np.arange(ARM_BASE_SPAN[0], ARM_BASE_SPAN[1] + step / 2, step)
+    top = np.stack([along, np.full_like(along, -ARM_BASE_OUT)], 1)
+    right = np.stack([np.full_like(along, SIZE + ARM_BASE_OUT), along], 1)
+    return np.concatenate([top, right])
 
 
 def decoded_place(cond: np.ndarray) -> np.ndarray:

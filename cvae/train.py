@@ -35,6 +35,7 @@ from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiver
 from .evaluate import evaluate
 from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
+from .model.heads import FlowHead
 from .model.svg import INIT_MAY_CHANGE, FutureTerms, ModelConfig
 from .model.vgg64 import grown
 from .physics_eval import TrainingFutures
@@ -302,16 +303,16 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 
 # model fields --init may switch on: vgg64.grown adds their weights
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map")
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
-    field, except that a model without the end-effector map, copy, sprite, still copy or spatial
-    latent may grow them (``vgg64.grown``). Returns whether it grew the end-effector map, copy or
-    sprite (the map then wants calibrating: the copy and the sprite are placed by it exactly,
-    ``cues.EndEffectorMap``)."""
+    field, except that a model without the end-effector map, copy, sprite, still copy, arm copy or
+    spatial latent may grow them (``vgg64.grown``). Returns whether the end-effector map now wants
+    calibrating: it grew the map, the copy or the sprite, or the arm copy where neither copy nor
+    sprite placed the map exactly before (``cues.EndEffectorMap``)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
@@ -320,10 +321,20 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
-                          "--ee-copy true, --ee-sprite true, --still-copy true and --z-map C may be added)")
+                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true and --z-map C may be added)")
+    sources = list(FlowHead.OPTIONAL)
+    kept = [sources.index(n) for n in sources if getattr(theirs, n)]
+    late = [n for n in sources if n in grow and kept and sources.index(n) < max(kept)]
+    if late:
+        raise ConfigError(f"--init {cfg.init}: {', '.join(late)} cannot be added to a model that has "
+                          f"{sources[max(kept)]}: the flow head's masks keep the order {', '.join(sources)}, "
+                          "and a grown one is appended last")
     state = weights.state_dict()
-    model.load_state_dict(grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0) if grow else state)
-    return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"})
+    if grow:
+        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow)
+    model.load_state_dict(state)
+    newly_exact = "arm_copy" in grow and not (theirs.ee_copy or theirs.ee_sprite)
+    return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or newly_exact
 
 
 def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:

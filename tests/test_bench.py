@@ -44,18 +44,6 @@ def test_the_branch_gate_keeps_samples_only_where_the_truths_differ():
     assert torch.equal(wide[..., 3:6, 3:6], samples[..., 3:6, 3:6]) and wide[..., 2, 2].eq(0.5).all()
 
 
-def test_the_turned_copy_turns_about_the_base_by_hand():
-    """Base (10, 10), end effector from (40, 10) to (10, 40): a quarter turn, rigid, so the pixel
-    at (50, 10), 10 px beyond the end effector along the arm, lands at (10, 50)."""
-    import torch
-
-    frame = torch.zeros(1, 3, 64, 64)
-    frame[0, :, 10, 50] = 1.0  # [row, column]
-    out = _arm_bench().turned(frame, torch.tensor([[10.0, 10.0]]), torch.tensor([[40.0, 10.0]]),
-                              torch.tensor([[10.0, 40.0]]))
-    assert out[0, 0, 50, 10] > 0.99 and out[0, 0].sum() < 1.01
-
-
 def test_the_shaft_mask_covers_the_arm_the_simulator_draws():
     """``Sequence.arm_base`` and the mask agree with the pixels: in 8 scenes, the shaft's pixels
     are the arm's dark grey, and the mask holds a bar's worth of them."""

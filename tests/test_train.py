@@ -148,6 +148,17 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert torch.equal(seen[0][0][up][:, :-2], with_still[up]) and seen[0][0][up][:, -2:].abs().max() == 0
     assert any(k.startswith("posterior_map.") for k in seen[0][0])
     assert checkpoint.read_meta(tmp_path / "z" / "last")["config"]["z_map"] == 2
+    # the arm copy into the model with the copy alone: a shaft map channel at every scale, one more mask channel
+    with_copy_only = checkpoint.load_model(tmp_path / "f" / "last")[0].state_dict()
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "r", init=str(tmp_path / "f" / "last"), ee_sprite=False, arm_copy=True, **one),
+          progress=False)
+    assert torch.equal(seen[0][0][head][:, :-1], with_copy_only[head]) and seen[0][0][head][:, -1].abs().max() == 0
+    for up in ("decoder.upc2.0.0.weight", "decoder.upc3.0.0.weight", "decoder.upc4.0.0.weight", "decoder.upc5.0.0.weight"):
+        assert torch.equal(seen[0][0][up][:, :-1], with_copy_only[up]) and seen[0][0][up][:, -1].abs().max() == 0
+    # but not the sprite into it: the sprite's mask comes before the arm copy's
+    with pytest.raises(ConfigError, match="ee_sprite cannot be added to a model that has arm_copy"):
+        train(tiny_cfg(sim_root, tmp_path / "t", init=str(tmp_path / "r" / "last"), arm_copy=True, **one), progress=False)
     with pytest.raises(CheckpointError, match="nowhere"):
         train(tiny_cfg(sim_root, tmp_path / "d", init=str(tmp_path / "nowhere")), progress=False)
     # the command takes the model's shape from the checkpoint: no model flags needed

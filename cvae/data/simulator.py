@@ -31,8 +31,8 @@ import numpy as np
 import pymunk
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..kinematics import (ACTION_HOLD, GAIN, KINEMATICS, MARGIN_PX, MAX_DXY, SIZE, X_RANGE, Y_RANGE, Z_TABLE,
-                          integrate_positions, px_to_world, world_to_px)
+from ..kinematics import (ACTION_HOLD, ARM_BASE_OUT, ARM_BASE_SPAN, GAIN, KINEMATICS, MARGIN_PX, MAX_DXY, SIZE,
+                          X_RANGE, Y_RANGE, Z_TABLE, integrate_positions, px_to_world, world_to_px)
 
 SUPERSAMPLE = 4
 N_FRAMES = 30
@@ -257,7 +257,8 @@ def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
         if all(np.linalg.norm(pos - np.array(o["start"])) > o["size"] + 9 for o in objects):
             objects.append(_make_object(rng, space, (float(pos[0]), float(pos[1])), causes, len(objects)))
     ee_px = rng.uniform(MARGIN_PX + 4, SIZE - MARGIN_PX - 4, 2)
-    arm_base = np.array([rng.uniform(16, 48), -12.0]) if rng.random() < 0.5 else np.array([SIZE + 12.0, rng.uniform(16, 48)])
+    arm_base = (np.array([rng.uniform(*ARM_BASE_SPAN), -ARM_BASE_OUT]) if rng.random() < 0.5
+                else np.array([SIZE + ARM_BASE_OUT, rng.uniform(*ARM_BASE_SPAN)]))
     policy_actions = _policy(rng, ee_px, objects)
     if actions is None:
         actions = policy_actions[:n_frames]

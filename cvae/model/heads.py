@@ -44,6 +44,7 @@ MASK_BIAS = -3.0  # the generated image's initial mask logit: about 5% weight, o
 EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to have it starts as it was
 EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the end effector
 STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
+ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
 
 HEADS: dict[str, type[Head]] = {}
 
@@ -141,18 +142,20 @@ class CDNAHead(MaskedHead):
 class FlowHead(Head):
     """Two dense displacement fields move the previous frame and the latest real frame; a softmax
     mask per pixel chooses among the generated image and the two moved frames (and, with
-    ``ee_copy`` and ``ee_sprite``, the end-effector copy and sprite the decoder passes, and with
-    ``still_copy`` the latest real frame as it is), in that order: ``sources`` names them."""
+    ``ee_copy`` and ``ee_sprite``, the end-effector copy and sprite the decoder passes, with
+    ``still_copy`` the latest real frame as it is, and with ``arm_copy`` the arm copy the decoder
+    passes), in that order: ``sources`` names them."""
 
     name = "flow"
     extra = 4 + 3
     # the optional mask sources, in their order after the three fixed ones, with their initial logits
-    OPTIONAL = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS}
+    OPTIONAL = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS,
+                "arm_copy": ARM_COPY_BIAS}
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False, deadzone: float = 0.0) -> None:
+                 still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False) -> None:
         super().__init__(g_dim, nc)
-        self.ee_copy, self.ee_sprite, self.still_copy = ee_copy, ee_sprite, still_copy
+        self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
         self.deadzone = deadzone
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
         self.sources = ["generated", "moved previous", "moved latest real", *self.optional]
@@ -183,11 +186,11 @@ class FlowHead(Head):
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
-                ee_sprite: torch.Tensor | None = None) -> torch.Tensor:
+                ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None) -> torch.Tensor:
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
-        given = {"ee_copy": ee_copy, "ee_sprite": ee_sprite, "still_copy": anchor}
+        given = {"ee_copy": ee_copy, "ee_sprite": ee_sprite, "still_copy": anchor, "arm_copy": arm_copy}
         for name in self.optional:
             if given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
@@ -201,13 +204,14 @@ OUTPUTS = tuple(HEADS)
 
 
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
-              still_copy: bool = False, flow_deadzone: float = 0.0) -> Head:
+              still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy or ee_sprite or still_copy or flow_deadzone:
+    if ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy:
         if name != FlowHead.name:
-            raise ValueError(f"ee_copy, ee_sprite, still_copy and flow_deadzone need the 'flow' head, not {name!r}")
-        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone)
+            raise ValueError(f"ee_copy, ee_sprite, still_copy, arm_copy and flow_deadzone need the 'flow' head, not {name!r}")
+        return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
+                        arm_copy=arm_copy)
     return HEADS[name](g_dim, nc)
 
 

@@ -98,6 +98,7 @@ class ModelConfig:
     z_scale: float = 1.0  # the model's noise is scaled by this at prediction (a temperature; training draws at 1)
     z_map: int = 0  # > 0: a spatial latent too, this many channels on the 8 x 8 grid, read by the decoder there
     map_noise_only: bool = False  # the prior's noise drives only the spatial latent; the vector z is the prior's mean
+    arm_copy: bool = False  # the flow head may also take the latest real frame turned about the arm's base (model/arm.py)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -120,6 +121,9 @@ class ModelConfig:
         if self.ee_sprite and not (self.output == "flow" and self.ee_maps):
             raise ConfigError("ee_sprite needs output 'flow' and ee_maps true: it is a source of the flow head, "
                               "placed by the end-effector map")
+        if self.arm_copy and not (self.output == "flow" and self.ee_maps):
+            raise ConfigError("arm_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
+                              "turned to the end-effector map's places")
         if self.still_copy and self.output != "flow":
             raise ConfigError("still_copy needs output 'flow': it is a source of the flow head")
         if not 0 <= self.flow_deadzone < float("inf"):
@@ -157,7 +161,7 @@ class SVG(nn.Module):
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
-                               flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map)
+                               flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
@@ -178,7 +182,7 @@ class SVG(nn.Module):
         decoder reads the spatial part) -> frames."""
         norm = self.predictor.normalize
         zmap = self._map(z)
-        if not self.cfg.ee_copy:
+        if not (self.cfg.ee_copy or self.cfg.arm_copy):
             return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap)
         return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap)
 

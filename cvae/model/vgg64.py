@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from .arm import ArmCopy, as_pixels
 from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
 from .heads import FlowHead, make_head, translate
 
@@ -55,20 +57,24 @@ class Decoder(nn.Module):
     condition at its place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real
     frame as it is; ``flow_deadzone`` zeroes its short displacements (``heads.dead_zone``).
     ``z_map`` > 0 reads that many channels of a spatial latent beside the 8 x 8 skip, so noise can
-    act at one place (a pushed object) and not at another."""
+    act at one place (a pushed object) and not at another. ``arm_copy`` hands the flow head the
+    latest real frame turned about the arm's base (``arm.ArmCopy``) and draws where the arm's
+    shaft is at this step into the maps at every scale (last), so the mask knows where to take it."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0) -> None:
+                 still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False) -> None:
         super().__init__()
-        if (ee_copy or ee_sprite) and not ee_cond_dim:
-            raise ValueError("ee_copy and ee_sprite need the end-effector map (ee_cond_dim > 0): they are placed by it")
+        if (ee_copy or ee_sprite or arm_copy) and not ee_cond_dim:
+            raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
+                             "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
-                              flow_deadzone=flow_deadzone)
+                              flow_deadzone=flow_deadzone, arm_copy=arm_copy)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
-        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite) if ee_cond_dim else None
+        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
-        e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0)
+        self.arm = ArmCopy() if arm_copy else None
+        e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
         self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e + z_map, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
@@ -80,7 +86,7 @@ class Decoder(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
     def _with_cond(self, d: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None,
-                   zmap: torch.Tensor | None = None) -> torch.Tensor:
+                   shaft: torch.Tensor | None, zmap: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.up(d), skip]
         n, _, h, w = skip.shape
         if self.cond_dim:
@@ -90,6 +96,8 @@ class Decoder(nn.Module):
             parts.append(self.ee_map(cond, h, w).to(d.dtype))
         if zmap is not None:
             parts.append(zmap.to(d.dtype))
+        if shaft is not None:
+            parts.append(F.adaptive_avg_pool2d(shaft, (h, w)).to(d.dtype))
         return torch.cat(parts, 1)
 
     def ee_copy_of(self, anchor: torch.Tensor, anchor_cond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -106,18 +114,25 @@ class Decoder(nn.Module):
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
         real frame (flow), its standardised condition at rest (``ee_copy``) and the spatial
-        latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]."""
+        latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
+        the latest real frame and its condition at rest too."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
         if bool(self.z_map) != (zmap is not None):
             raise ValueError(f"this decoder reads a spatial latent of {self.z_map} channels: pass zmap of that many"
                              if self.z_map else "this decoder has no spatial latent: zmap must be None")
+        extra, shaft = {}, None
+        if self.arm is not None:
+            if anchor is None or anchor_cond is None:
+                raise ValueError("this decoder turns the latest real frame with the arm: pass anchor and anchor_cond")
+            h, w = anchor.shape[-2:]
+            extra["arm_copy"], shaft = self.arm(anchor, as_pixels(self.ee_map.location(anchor_cond), h, w),
+                                                as_pixels(self.ee_map.location(cond), h, w))
         d = self.upc1(g[:, :, None, None])
-        d = self.upc2(self._with_cond(d, skips[3], cond, zmap))
-        d = self.upc3(self._with_cond(d, skips[2], cond))
-        d = self.upc4(self._with_cond(d, skips[1], cond))
-        out = self.upc5(self._with_cond(d, skips[0], cond))
-        extra = {}
+        d = self.upc2(self._with_cond(d, skips[3], cond, shaft, zmap))
+        d = self.upc3(self._with_cond(d, skips[2], cond, shaft))
+        d = self.upc4(self._with_cond(d, skips[1], cond, shaft))
+        out = self.upc5(self._with_cond(d, skips[0], cond, shaft))
         if self.ee_copy:
             if anchor is None or anchor_cond is None:
                 raise ValueError("this decoder moves the latest real frame with the end effector: pass anchor and anchor_cond")
@@ -127,15 +142,16 @@ class Decoder(nn.Module):
         return self.head(out, prev, anchor, g, **extra)
 
 
-def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0) -> dict[str, torch.Tensor]:
+def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
+          arm_copy: bool = False) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
-    still copy and/or spatial latent (whose fresh weights are ``ours``). Each convolution that reads
-    a scale's maps gets one more input channel, the map's (and the 8 x 8 one a channel per latent
-    map channel, ``z_map`` of them; appended last by ``_with_cond``), with zero weights; the
-    flow head's last layer gets an output channel for each of the copy, the sprite and the still
-    copy, their mask logits (appended last), with zero weights and ``ours``'s biases
-    (``heads.EE_COPY_BIAS``, ``EE_SPRITE_BIAS``, ``STILL_COPY_BIAS``); the map and
-    the sprite start as ``ours`` has them. So the grown model computes what the old one did
+    still copy, arm copy and/or spatial latent (whose fresh weights are ``ours``). Each convolution
+    that reads a scale's maps gets one more input channel for the end-effector map and, if
+    ``arm_copy`` grows, one for its shaft map (and the 8 x 8 one a channel per latent map channel,
+    ``z_map`` of them; appended last by ``_with_cond``), with zero weights; the flow head's last
+    layer gets an output channel for each of the copies and the sprite, their mask logits
+    (appended last), with zero weights and ``ours``'s biases (``heads.FlowHead.OPTIONAL``); the
+    map and the sprite start as ``ours`` has them. So the grown model computes what the old one did
     (exactly, or with the new masks under 1%), and training then teaches it to use them. Raises
     ValueError naming a weight that does not fit."""
     extra = sorted(set(theirs) - set(ours))
@@ -150,8 +166,8 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
             continue
         old = theirs[key]
         new = (range(1, len(FlowHead.OPTIONAL) + 1) if key.startswith("decoder.upc5.1.")  # masks
-               else range(1, 2 + z_map) if key.startswith("decoder.upc2.0.0.")  # the map and the latent's
-               else range(1, 2))  # the map
+               else range(1, 2 + arm_copy + z_map) if key.startswith("decoder.upc2.0.0.")  # the maps and the latent's
+               else range(1, 2 + arm_copy))  # the end-effector map and the shaft's
         if old.shape == mine.shape:
             out[key] = old
         elif old.dim() == 4 and mine.shape[1] - old.shape[1] in new and old.shape[0] == mine.shape[0] \
