@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import record, test_sequences
+from common import predict_capturing, record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import XY
@@ -82,10 +82,17 @@ def main() -> None:
     base_row = {f"{k} shaft psnr": round(float(v.mean()), 2) for k, v in copies.items()}
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        ours = score(model.predict(x[:, :n_past], c, n_future, seed=0)[:, 0])
+        pred, last_layer = predict_capturing(model, x, c, n_future)
+        ours = score(pred)
         print(f"  {ckpt + ', one sample:':26s} {' '.join(f'{s:5.2f}' for s in ours)} (mean {float(ours.mean()):.2f})")
+        head, taken = model.decoder.head, {}
+        if "arm_copy" in getattr(head, "sources", ()):
+            share = head.masks(last_layer)[:, :, head.sources.index("arm_copy")]  # [N, F, H, W]
+            taken = {"arm copy share on the shaft": round(float(share[shaft].mean()), 3),
+                     "arm copy share elsewhere": round(float(share[~shaft].mean()), 3)}
+            print("    its mask takes the arm copy: " + ", ".join(f"{k[15:]} {v:.1%}" for k, v in taken.items()))
         record("arm", torch.device("cpu"), ckpt=ckpt, sequences=len(x), shaft_share=round(float(shaft.float().mean()), 3),
-               shaft_psnr=round(float(ours.mean()), 2), **base_row)
+               shaft_psnr=round(float(ours.mean()), 2), **base_row, **taken)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,20 @@ def test_the_shaft_mask_covers_the_arm_the_simulator_draws():
         mask = arm.shaft_mask(seq.arm_base, world_to_px(seq.positions[:, :2].astype(np.float64)))[0]
         dark = seq.frames[0][mask].max(-1) <= 125
         assert mask.sum() >= 20 and dark.mean() > 0.8, (index, mask.sum(), dark.mean())
+
+
+def test_a_gripper_is_lost_where_the_model_is_no_better_than_copy_last_there():
+    """``gripper_kept``: the truth itself keeps every gripper; a model no better than copy-last
+    (here: copy-last itself) loses it in each sequence that moves, and in no other."""
+    import numpy as np
+    import torch
+
+    bench = _bench("gripper_kept")
+    truth = torch.rand(3, 2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    centres = np.array([[[20.5, 20.5]] * 2, [[40.5, 30.5]] * 2, [[10.5, 50.5]] * 2])
+    copy = bench.end_windows(truth[:, :1].expand_as(truth).roll(7, -1), truth, centres)  # another frame's pixels
+    perfect = bench.end_windows(truth + 1e-3, truth, centres)
+    moved = torch.tensor([True, True, False])
+    assert not bench.lost(perfect, copy, moved, 3.0).any()
+    assert bench.lost(copy, copy, moved, 3.0).tolist() == [True, True, False]
+    assert torch.allclose(perfect, torch.full((3,), 60.0), atol=0.01)  # 10 log10(1 / 1e-6)

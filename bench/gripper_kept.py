@@ -1,0 +1,75 @@
+"""Does the model keep the gripper to the end? Per test sequence whose end effector moves more
+than ``--moved`` px after the context, the PSNR of the 9x9 window about the true end effector
+over the last 3 predicted frames, model against copy-last; the gripper counts as lost in a sample
+where the model is not ``--margin`` dB better than copy-last there (it froze the arm where the
+context left it, or let the gripper fade).
+
+The mean window PSNR that ``eval`` reports can hide a handful of such sequences behind many good
+ones; this counts them. One sample per seed, ``--samples`` seeds.
+
+    python bench/gripper_kept.py --ckpt assets/model runs/arm-h1.3 --limit 64
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from common import record, test_sequences
+
+from cvae import checkpoint
+from cvae.condition import XY
+from cvae.kinematics import world_to_px
+from cvae.metrics import EE_WINDOW, masked_psnr, window_mask
+
+LAST = 3  # the predicted frames scored: the last 3
+
+
+def end_windows(frames: torch.Tensor, truth: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
+    """Frames and the true frames [N, F, 3, H, W], the true end effector's (col, row) [N, F, 2] ->
+    [N]: PSNR of the 9x9 window about it, averaged over the F frames."""
+    window = window_mask(torch.from_numpy(centres).float(), EE_WINDOW)
+    return masked_psnr(frames, truth, window).mean(1)
+
+
+def lost(model_psnr: torch.Tensor, copy_psnr: torch.Tensor, moved: torch.Tensor, margin: float) -> torch.Tensor:
+    """Bool [N]: the sequences that move (``moved``) where the model's window PSNR is not
+    ``margin`` dB over copy-last's."""
+    return moved & (model_psnr < copy_psnr + margin)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", default=["assets/model"])
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--samples", type=int, default=3, help="seeds, one sample each")
+    p.add_argument("--margin", type=float, default=3.0, help="dB over copy-last that counts as kept")
+    p.add_argument("--moved", type=float, default=4.0, help="px the end effector must move after the context")
+    args = p.parse_args()
+    n_past, n_future = 2, 10
+    x, c = test_sequences(args.data, n_past + n_future, args.limit)
+    truth = x[:, -LAST:]
+    ee = world_to_px(c[..., XY].numpy())  # [N, T, 2] (col, row)
+    copy = end_windows(x[:, n_past - 1 : n_past].expand_as(truth), truth, ee[:, -LAST:])
+    moved = torch.from_numpy(np.linalg.norm(ee[:, -1] - ee[:, n_past - 1], axis=-1) > args.moved)
+    print(f"{len(x)} test sequences, {int(moved.sum())} whose end effector moves > {args.moved:g} px; the 9x9 window "
+          f"over the last {LAST} frames, copy-last {float(copy[moved].mean()):.2f} dB")
+    for ckpt in args.ckpt:
+        model, _ = checkpoint.load_model(ckpt, "cpu")
+        scores, counts = [], []
+        for seed in range(args.samples):
+            with torch.no_grad():
+                pred = model.predict(x[:, :n_past], c, n_future, seed=seed)[:, 0, -LAST:]
+            scores.append(end_windows(pred, truth, ee[:, -LAST:]))
+            counts.append(int(lost(scores[-1], copy, moved, args.margin).sum()))
+        mean = float(torch.stack(scores)[:, moved].mean())
+        print(f"  {ckpt}: {mean:.2f} dB; gripper lost in {np.mean(counts):.1f} of {int(moved.sum())} sequences "
+              f"(per seed: {', '.join(map(str, counts))})")
+        record("gripper_kept", torch.device("cpu"), ckpt=ckpt, sequences=int(moved.sum()), samples=args.samples,
+               margin_db=args.margin, window_psnr=round(mean, 2), copy_last_psnr=round(float(copy[moved].mean()), 2),
+               lost_mean=round(float(np.mean(counts)), 1), lost_per_seed=counts)
+
+
+if __name__ == "__main__":
+    main()
