@@ -90,7 +90,8 @@ def main() -> None:
             share = head.masks(last_layer)[:, :, head.sources.index("arm_copy")]  # [N, F, H, W]
             taken = {"arm copy share on the shaft": round(float(share[shaft].mean()), 3),
                      "arm copy share elsewhere": round(float(share[~shaft].mean()), 3)}
-            print("    its mask takes the arm copy: " + ", ".join(f"{k[15:]} {v:.1%}" for k, v in taken.items()))
+            said = ", ".join(f"{k.removeprefix('arm copy share ')} {v:.1%}" for k, v in taken.items())
+            print(f"    its mask takes the arm copy: {said}")
         record("arm", torch.device("cpu"), ckpt=ckpt, sequences=len(x), shaft_share=round(float(shaft.float().mean()), 3),
                shaft_psnr=round(float(ours.mean()), 2), **base_row, **taken)
 
