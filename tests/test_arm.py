@@ -109,3 +109,24 @@ def test_a_model_grows_the_arm_copy_starting_almost_as_it_was():
         tiny(output="flow", arm_copy=True)
     with pytest.raises(ConfigError, match="arm_copy needs output 'flow' and ee_maps true"):
         tiny(output="cdna", ee_maps=True, arm_copy=True)
+
+
+def test_the_base_is_remembered_only_for_the_same_frame_and_place():
+    """``ArmCopy.base`` reuses the last search only for an equal frame and end-effector place: a
+    frame of another scene, or the same tensor written in place, is searched afresh."""
+    arm = ArmCopy()
+    frames, places = [], []
+    for index in (0, 1):
+        seq = simulate(5, index, 0, n_frames=1)
+        frames.append(torch.from_numpy(seq.frames[:1]).permute(0, 3, 1, 2).float() / 255)
+        places.append(torch.from_numpy(world_to_px(seq.positions[:1, :2].astype(np.float64)) - 0.5).float())
+    want = [find_base(f, p, arm.candidates) for f, p in zip(frames, places)]
+    assert not torch.equal(want[0], want[1])
+    assert torch.equal(arm.base(frames[0], places[0]), want[0])
+    assert torch.equal(arm.base(frames[0].clone(), places[0]), want[0])  # an equal frame: remembered
+    assert torch.equal(arm.base(frames[1], places[1]), want[1])
+    frame = frames[0].clone()
+    assert torch.equal(arm.base(frame, places[0]), want[0])
+    frame.copy_(frames[1])  # written in place, the same place asked
+    elsewhere = find_base(frames[1], places[0], arm.candidates)
+    assert not torch.equal(elsewhere, want[0]) and torch.equal(arm.base(frame, places[0]), elsewhere)
