@@ -334,22 +334,25 @@ def test_a_model_grows_a_spatial_latent_without_changing_its_predictions():
 
 @pytest.mark.parametrize("had,grows", [((), ("ee_copy",)), ((), ("ee_sprite",)), ((), ("ee_copy", "ee_sprite")),
                                        (("ee_copy",), ("ee_sprite",)), (("ee_copy", "ee_sprite"), ("still_copy",)),
-                                       ((), ("ee_copy", "ee_sprite", "still_copy"))])
+                                       ((), ("ee_copy", "ee_sprite", "still_copy")), (("ee_copy",), ("arm_copy",))])
 def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_was(had, grows):
-    """``grown`` adds the copy's, the sprite's and the still copy's mask channels to the flow head
-    with zero weights and a low bias: each starts under 1% of the mask, so the grown model predicts
-    within 0.01 of the old one per source grown (on noise frames, where the moved copy differs
-    most, and the sprite is black), and uses each once its logit is raised."""
-    from cvae.model.heads import EE_COPY_BIAS, EE_SPRITE_BIAS, STILL_COPY_BIAS
+    """``grown`` adds the copies' and the sprite's mask channels to the flow head with zero weights
+    and a low bias: each starts under 1% of the mask, so the grown model predicts within 0.01 of
+    the old one per source grown (on noise frames, where the moved copy differs most, and the
+    sprite is black), and uses each once its logit is raised. The arm copy's shaft map comes in
+    at every scale with zero weights."""
+    from cvae.model.heads import FlowHead
     from cvae.model.vgg64 import grown
 
     old = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True, **dict.fromkeys(had, True))).eval()
     big = tiny(output="flow", cond_maps=True, ee_maps=True, **dict.fromkeys(had + grows, True))
-    big.load_state_dict(grown(old.state_dict(), big.state_dict()))
+    big.load_state_dict(grown(old.state_dict(), big.state_dict(), arm_copy="arm_copy" in grows))
     k = len(grows)
     last = big.decoder.upc5[1]
-    biases = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS}
-    assert last.bias[-k:].tolist() == [biases[g] for g in grows] and last.weight[:, -k:].abs().max() == 0
+    assert last.bias[-k:].tolist() == [FlowHead.OPTIONAL[g] for g in grows] and last.weight[:, -k:].abs().max() == 0
+    if "arm_copy" in grows:
+        for name in ("upc2", "upc3", "upc4", "upc5"):
+            assert getattr(big.decoder, name)[0][0].weight[:, -1].abs().max() == 0, name
     x, cond = batch(t=6)
     before = old.predict(x[:, :2], cond, n_future=4, seed=3)
     assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() < 0.01 * k
@@ -360,7 +363,7 @@ def test_a_model_grows_the_end_effector_copy_and_sprite_starting_almost_as_it_wa
         assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().mean() > 0.01
         with torch.no_grad():
             last.bias[-i] = start
-    for name in ("ee_copy", "ee_sprite"):
+    for name in ("ee_copy", "ee_sprite", "arm_copy"):
         with pytest.raises(ConfigError, match=f"{name} needs output 'flow' and ee_maps true"):
             tiny(output="cdna", ee_maps=True, **{name: True})
         with pytest.raises(ConfigError, match=f"{name} needs output 'flow' and ee_maps true"):

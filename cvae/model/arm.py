@@ -31,6 +31,13 @@ MIN_POINTS = 4  # a candidate whose line crosses fewer pixels than this inside t
 SHAFT_SIGMA_PX = 2.0  # the shaft map's half-width: the bar is 4.5 px wide (5.5 lifted)
 
 
+def pixel_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) pixel indices of an h x w image, two [H, W] tensors."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+    return xs, ys
+
+
 def find_base(frame: torch.Tensor, ee: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Frames [N, C, H, W], their end effectors' places [N, 2] and candidate bases [M, 2] (x, y in
     pixel indices, as ``heads.warp`` counts them) -> [N, 2]: for each frame the candidate whose
@@ -63,10 +70,7 @@ def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torc
 
     u = c(dst - base) * c(src - base).conj()
     u = u / u.abs().clamp(min=1e-6)
-    h, w = frame.shape[-2:]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=frame.device),
-                            torch.arange(w, dtype=torch.float32, device=frame.device), indexing="ij")
-    q = torch.complex(xs, ys)[None]
+    q = torch.complex(*pixel_grid(*frame.shape[-2:], frame.device))[None]
     moved = c(src)[:, None, None] + (q - c(dst)[:, None, None]) * u.conj()[:, None, None] - q
     return warp(frame, torch.stack([moved.real, moved.imag], 1))
 
@@ -74,9 +78,7 @@ def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torc
 def shaft_map(base: torch.Tensor, ee: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Bases and end effectors [N, 2] (x, y in pixel indices of an h x w image) -> [N, 1, h, w]:
     1 on the segment between them, falling off as a Gaussian of the distance to it."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=ee.device),
-                            torch.arange(w, dtype=torch.float32, device=ee.device), indexing="ij")
-    q = torch.stack([xs, ys], -1)[None]  # [1, H, W, 2]
+    q = torch.stack(pixel_grid(h, w, ee.device), -1)[None]  # [1, H, W, 2]
     b, d = base.float()[:, None, None], (ee - base).float()[:, None, None]
     t = (((q - b) * d).sum(-1, keepdim=True) / d.pow(2).sum(-1, keepdim=True).clamp(min=1e-6)).clamp(0, 1)
     dist2 = (q - b - t * d).pow(2).sum(-1)
@@ -111,8 +113,3 @@ class ArmCopy(nn.Module):
         base = self.base(anchor, src)
         h, w = anchor.shape[-2:]
         return turned(anchor, base, src, dst), shaft_map(base, dst, h, w)
-
-
-def as_pixels(loc: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Places (row, column) in the maps' [-1, 1] coordinates [N, 2] -> (x, y) pixel indices."""
-    return (loc.flip(-1) + 1) * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=loc.device)

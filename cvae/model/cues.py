@@ -35,6 +35,12 @@ def shift_px(src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tens
     return d * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=d.device)
 
 
+def as_pixels(loc: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Places [N, 2] ((row, column) in the maps' [-1, 1] coordinates) -> (x, y) pixel indices of an
+    h x w image, as ``heads.warp`` counts them (``shift_px`` is the difference of two)."""
+    return (loc.flip(-1) + 1) * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=loc.device)
+
+
 def least_squares(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The minimum-norm ``w`` minimising ``|x w - y|``, the same to the last bit on every call.
     LAPACK's least squares on a tall ``x`` is not: where a buffer lands in memory changes its

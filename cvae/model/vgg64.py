@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .arm import ArmCopy, as_pixels
-from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
+from .arm import ArmCopy
+from .cues import EndEffectorMap, EndEffectorSprite, as_pixels, coordinate_maps
 from .heads import FlowHead, make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
