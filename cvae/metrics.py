@@ -122,6 +122,19 @@ def branching(futures: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return pixel_std(futures, dim) >= CERTAIN_STD
 
 
+def spread_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Model futures [B, S, F, C, H, W] against true futures [B, K, F, C, H, W] -> [B]: the mean
+    over pixels of |model std - truth std| (:func:`pixel_std` over the futures, each with 1e-6
+    added to the variance, so a pixel where every future agrees has a gradient, not NaN).
+
+    What eval's spread ratio and agreement compare, as a training term: it costs spread where the
+    truths agree, first order, where the energy score's cost there is a third of that, and asks
+    for it where they differ. Not a proper score (the mean is free), so it rides beside one."""
+    def std(v: torch.Tensor) -> torch.Tensor:
+        return (v.float().var(1, correction=0) + 1e-6).sqrt().mean(-3)
+    return (std(samples) - std(truths)).abs().flatten(1).mean(1)
+
+
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of two maps over their last two dims: [..., H, W] -> [...]. NaN where
     either map is constant (a correlation is undefined there)."""

@@ -144,18 +144,20 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
-    closest prior future's pixel loss per true future). Returns detached (loss, mse, kld, best,
-    energy, branch, cover) on the device, so the caller decides when to pay for a host sync."""
+    closest prior future's pixel loss per true future) (+ ``terms.spread_weight`` * their per-pixel
+    spread gap). Returns detached (loss, mse, kld, best, energy, branch, cover, spread) on the
+    device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
-            + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch)
+            + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
+            + terms.spread_weight * losses.spread)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach(),
-                        losses.branch.detach(), losses.cover.detach()])
+                        losses.branch.detach(), losses.cover.detach(), losses.spread.detach()])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -303,14 +305,14 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 
 # model fields --init may switch on: vgg64.grown adds their weights
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy")
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "map_prior")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
-    field, except that a model without the end-effector map, copy, sprite, still copy, arm copy or
-    spatial latent may grow them (``vgg64.grown``). Returns whether the end-effector map now wants
+    field, except that a model without the end-effector map, copy, sprite, still copy, arm copy,
+    spatial latent or its learned prior may grow them (``vgg64.grown``). Returns whether the end-effector map now wants
     calibrating: it grew the map, the copy or the sprite, or the arm copy where neither copy nor
     sprite placed the map exactly before (``cues.EndEffectorMap``)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
@@ -321,7 +323,8 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
-                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true and --z-map C may be added)")
+                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --z-map C and "
+                          "--map-prior true may be added)")
     sources = list(FlowHead.OPTIONAL)
     kept = [sources.index(n) for n in sources if getattr(theirs, n)]
     late = [n for n in sources if n in grow and kept and sources.index(n) < max(kept)]
@@ -435,7 +438,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(7, device=rt.device)
+            sums = torch.zeros(8, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -474,6 +477,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                         record["branch_loss"] = mean[5]
                     if cfg.cover_weight:
                         record["cover_loss"] = mean[6]
+                    if cfg.spread_weight:
+                        record["spread_gap"] = mean[7]
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")

@@ -16,6 +16,7 @@ from cvae.metrics import (
     pixel_std,
     psnr,
     sharpness,
+    spread_gap,
     ssim,
     window_mask,
     z_change,
@@ -119,6 +120,23 @@ def test_branching_is_a_grey_level_of_std_averaged_over_the_channels():
     futures[1, :, 0, 1] = 3 / 255
     assert branching(futures, 0).tolist() == [[False, True], [False, True]]
     assert branching(futures[:, None], 0).shape == (1, 2, 2)
+
+
+def test_spread_gap_by_hand_and_where_every_future_agrees():
+    """Truths [B=1, K=2, F=1, 3, 1, 2] that differ by 0.4 on pixel 0 (std 0.2) and agree on pixel
+    1; samples that agree on pixel 0 and differ by 0.2 on pixel 1 (std 0.1): the gap is
+    (|0 - 0.2| + |0.1 - 0|) / 2 = 0.15, up to the 1e-6 under each root. Samples that agree
+    where the truths agree still have a finite gradient there (a plain std's is NaN at 0)."""
+    truths = torch.zeros(1, 2, 1, 3, 1, 2)
+    truths[0, 1, ..., 0] = 0.4
+    shift = torch.zeros(1, 2, 1, 3, 1, 2)
+    shift[0, 1, ..., 1] = 0.2
+    samples = torch.zeros(1, 2, 1, 3, 1, 2, requires_grad=True)
+    gap = spread_gap(samples + shift, truths)
+    assert gap.shape == (1,) and gap.item() == pytest.approx(0.15, abs=2e-3)
+    gap.sum().backward()
+    assert torch.isfinite(samples.grad).all()
+    assert spread_gap(truths, truths).item() == 0
 
 
 def _futures(values: list[float], moving: float = 0.5) -> torch.Tensor:

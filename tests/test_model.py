@@ -9,7 +9,7 @@ import torch
 from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
-from cvae.metrics import branching
+from cvae.metrics import branching, pixel_std, spread_gap
 from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
@@ -332,6 +332,29 @@ def test_a_model_grows_a_spatial_latent_without_changing_its_predictions():
         tiny(z_map=-1)
 
 
+def test_a_learned_map_prior_grows_in_as_n01_and_its_sigma_can_switch_the_noise_off():
+    """``map_prior``: grown into a model with a spatial latent it starts exactly at N(0, I), so the
+    grown model draws the same futures; a cell's learned sigma is what lets it keep the world
+    still there, and with every sigma near 0 the futures of a map-noise-only model agree."""
+    from cvae.model.vgg64 import grown
+
+    kw = dict(prior="learned", output="flow", cond_maps=True, ee_maps=True, z_map=2, map_noise_only=True, z_hold=True)
+    old = calibrated(tiny(**kw)).eval()
+    with torch.no_grad():  # the decoder reads the map: grown from zero it would not
+        old.decoder.upc2[0][0].weight[:, -2:].normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
+    new = tiny(**kw, map_prior=True).eval()
+    new.load_state_dict(grown(old.state_dict(), new.state_dict()))
+    x, cond = batch(t=6)
+    futures = old.predict(x[:, :2], cond, 4, n_samples=3, seed=1)
+    torch.testing.assert_close(new.predict(x[:, :2], cond, 4, n_samples=3, seed=1), futures, atol=0, rtol=0)
+    assert pixel_std(futures, 1).amax() > 1e-3
+    with torch.no_grad():
+        new.prior_map.net[2].bias[2:].fill_(-40.0)  # logvar: sigma e^-20
+    assert pixel_std(new.predict(x[:, :2], cond, 4, n_samples=3, seed=1), 1).amax() < 1e-5
+    with pytest.raises(ConfigError, match="map_prior needs z_map > 0 and prior 'learned'"):
+        tiny(prior="fixed", z_map=2, map_prior=True)
+
+
 @pytest.mark.parametrize("had,grows", [((), ("ee_copy",)), ((), ("ee_sprite",)), ((), ("ee_copy", "ee_sprite")),
                                        (("ee_copy",), ("ee_sprite",)), (("ee_copy", "ee_sprite"), ("still_copy",)),
                                        ((), ("ee_copy", "ee_sprite", "still_copy")), (("ee_copy",), ("arm_copy",))])
@@ -457,7 +480,7 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    energy, cover = model._energy(ctx, cond, truths, FutureTerms(cover_weight=1.0))
+    energy, cover, _ = model._energy(ctx, cond, truths, FutureTerms(cover_weight=1.0))
     torch.manual_seed(7)
     noise = model._noise(6, 5, "cpu")
     h, skips = model._encode(ctx)
@@ -477,7 +500,7 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     corner = truths[:, :1].repeat(1, 3, 1, 1, 1, 1)
     corner[:, 1:, :, :, :8, :8] = truths[:, 1:, :, :, :8, :8]
     torch.manual_seed(7)
-    _, branched = model._energy(ctx, cond, corner, FutureTerms(cover_weight=1.0, cover_branch=True))
+    _, branched, _ = model._energy(ctx, cond, corner, FutureTerms(cover_weight=1.0, cover_branch=True))
     differ = branching(corner, 1)
     assert differ[..., :8, :8].all() and differ.sum() == 2 * 4 * 64
 
@@ -493,7 +516,7 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     alike = truths[:, :1].expand_as(truths)
     assert model._energy(ctx, cond, alike, FutureTerms(cover_weight=1.0, cover_branch=True))[1] == 0
     torch.manual_seed(7)
-    _, hit = model._energy(ctx, cond, samples.detach(), FutureTerms(cover_weight=1.0))
+    _, hit, _ = model._energy(ctx, cond, samples.detach(), FutureTerms(cover_weight=1.0))
     assert hit < 1e-6
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     torch.manual_seed(7)
@@ -503,6 +526,38 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     again = model(x, c, True, futures=(ctx, cond, truths), terms=FutureTerms(cover_weight=2.0))
     torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 2.0 * again.cover).detach())
     torch.testing.assert_close(got[6], again.cover.detach())
+
+
+def test_spread_term_compares_the_prior_futures_spread_with_the_truths():
+    """``terms.spread_weight`` adds ``metrics.spread_gap`` of the K prior futures the energy score
+    draws against the true ones (by hand, the same rollout), 0 when off; train_step weighs it and
+    returns it, and its gradient reaches the prior."""
+    from cvae.train import train_step
+
+    model = calibrated(tiny(prior="learned", z_hold=True))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    spread = model._energy(ctx, cond, truths, FutureTerms(spread_weight=1.0))[2]
+    torch.manual_seed(7)
+    noise = model._noise(6, 5, "cpu")
+    h, skips = model._encode(ctx)
+    pred, _ = model._rollout(ctx.repeat_interleave(3, 0), h.repeat_interleave(3, 0),
+                             [s.repeat_interleave(3, 0) for s in skips], cond[:, :5].repeat_interleave(3, 0), 6,
+                             noise=noise)
+    torch.testing.assert_close(spread, spread_gap(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths).mean())
+    assert spread > 0 and model._energy(ctx, cond, truths)[2] == 0
+    grads = torch.autograd.grad(spread, list(model.prior.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
+                     terms=FutureTerms(weight=0.0, spread_weight=3.0))
+    torch.manual_seed(7)
+    again = model(x, c, True, futures=(ctx, cond, truths), terms=FutureTerms(spread_weight=3.0))
+    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 3.0 * again.spread).detach())
+    torch.testing.assert_close(got[7], again.spread.detach())
 
 
 @pytest.mark.parametrize("hold", [False, True])
@@ -680,13 +735,17 @@ def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
                           ("fixed", True, False, "compose", True, False, 0), ("fixed", True, True, "cdna", True, False, 0),
                           ("learned", True, True, "flow", True, False, 0), ("fixed", False, False, "flow", False, False, 0),
                           ("learned", True, False, "flow", True, True, 0), ("fixed", False, True, "flow", False, False, 2),
-                          ("learned", True, False, "flow", True, True, 3)])
+                          ("learned", True, False, "flow", True, True, 3), ("learned", False, True, "flow", True, False, -2)])
 def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
                                                                  cond_maps, ee_copy, z_map):
     """Same losses and same gradients: batching across time (and the channels_last layout that
-    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite and the still copy too.)"""
+    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite and the still copy too;
+    a negative ``z_map`` means that many channels with a learned map prior, its weights made non-zero.)"""
     model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps,
-                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy, still_copy=ee_copy, z_map=z_map).eval()
+                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy, still_copy=ee_copy, z_map=abs(z_map),
+                 map_prior=z_map < 0).eval()
+    if z_map < 0:
+        torch.nn.init.normal_(model.prior_map.net[2].weight, 0, 0.1, generator=torch.Generator().manual_seed(2))
     ref_model = copy.deepcopy(model)
     if channels_last:
         model.channels_last = True

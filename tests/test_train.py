@@ -148,6 +148,12 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert torch.equal(seen[0][0][up][:, :-2], with_still[up]) and seen[0][0][up][:, -2:].abs().max() == 0
     assert any(k.startswith("posterior_map.") for k in seen[0][0])
     assert checkpoint.read_meta(tmp_path / "z" / "last")["config"]["z_map"] == 2
+    # and the latent's learned prior, exactly N(0, I) to start: its last layer all zero
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "zp", init=str(tmp_path / "z" / "last"), still_copy=True, z_map=2,
+                   map_prior=True, **one), progress=False)
+    assert seen[0][0]["prior_map.net.2.weight"].abs().max() == 0 and seen[0][0]["prior_map.net.2.bias"].abs().max() == 0
+    assert checkpoint.read_meta(tmp_path / "zp" / "last")["config"]["map_prior"] is True
     # the arm copy into the model with the copy alone: a shaft map channel at every scale, one more mask channel
     with_copy_only = checkpoint.load_model(tmp_path / "f" / "last")[0].state_dict()
     seen.clear()
@@ -331,11 +337,13 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     from cvae.physics_eval import TrainingFutures
 
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
-                   energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0, cover_weight=1.0)
+                   energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0, cover_weight=1.0,
+                   spread_weight=2.0)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
-    assert all(r["energy_score"] > 0 and r["branch_loss"] > 0 and r["cover_loss"] > 0 for r in log if r["kind"] == "step")
+    assert all(r["energy_score"] > 0 and r["branch_loss"] > 0 and r["cover_loss"] > 0 and r["spread_gap"] > 0
+               for r in log if r["kind"] == "step")
     futures = TrainingFutures(BairDataset(sim_root, "train", seq_len=12), 2, 2, 3, per_step=2, seed=1)
     ctx, cond, truths = futures.batch(5)
     assert ctx.shape == (2, 2, 3, 64, 64) and cond.shape == (2, 12, 7) and truths.shape == (2, 2, 10, 3, 64, 64)
@@ -352,6 +360,10 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "gate", energy_branch=True)
     with pytest.raises(ConfigError, match="branch_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "rebuild", branch_weight=3.0)
+    with pytest.raises(ConfigError, match="spread_weight needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "spread", spread_weight=3.0)
+    with pytest.raises(ConfigError, match="spread_weight must be a number >= 0, not -1"):
+        tiny_cfg(sim_root, tmp_path / "negs", energy_truths=2, spread_weight=-1.0)
     with pytest.raises(ConfigError, match="energy_branch_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "weigh", energy_branch_weight=3.0)
     with pytest.raises(ConfigError, match="energy_branch_weight must be a number >= 0, not -1"):

@@ -42,17 +42,21 @@ def kl_divergence(mu_q: torch.Tensor, logvar_q: torch.Tensor,
 
 
 class GaussianMap(nn.Module):
-    """The posterior of a spatial latent, q(z_t | x_t, x_{t-1}) on the encoder's coarsest grid:
-    one Gaussian per cell, from that cell's features in frame t beside frame t-1's, so a cell's z
-    can say what happened there (an object glided, or stopped) and nowhere else. Not recurrent:
-    what a cell carries is local, and its prior is N(0, I)."""
+    """A spatial latent's Gaussian per cell of the encoder's coarsest grid, from that cell's
+    features in two frames. As the posterior q(z_t | x_t, x_{t-1}), so a cell's z can say what
+    happened there (an object glided, or stopped) and nowhere else; as the learned map prior
+    p(z_t | x_{t-1}, x_{t-2}), so a cell's spread can follow what it shows. Not recurrent: what
+    a cell carries is local."""
 
-    def __init__(self, channels: int, z_channels: int, hidden: int = 32) -> None:
+    def __init__(self, channels: int, z_channels: int, hidden: int = 32, start: float = 0.1) -> None:
+        """``start`` scales the last layer's initial weights: both start near N(0, I), the
+        posterior (0.1) so a grown model's KL starts near 0, a grown prior (0) exactly there,
+        so the grown model draws what it drew before."""
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(2 * channels, hidden, 3, 1, 1), nn.LeakyReLU(0.2),
                                  nn.Conv2d(hidden, 2 * z_channels, 3, 1, 1))
-        with torch.no_grad():  # start near the prior (mu 0, logvar 0): a grown model's KL starts near 0
-            self.net[2].weight.mul_(0.1)
+        with torch.no_grad():
+            self.net[2].weight.mul_(start)
             self.net[2].bias.zero_()
 
     def forward(self, now: torch.Tensor, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,8 @@ def reference_losses(model: SVG, x: torch.Tensor, cond: torch.Tensor) -> tuple[t
         prior = None
         if model.prior is not None:
             mu_p, logvar_p, prior_state = model.prior(h_prev[:, None], prior_state)
-            prior = model._with_map_prior(mu_p, logvar_p)
+            before = model.encoder(x[:, max(i - 2, 0)])[1][3]
+            prior = model._with_map_prior(mu_p, logvar_p, skips_prev[3][:, None], before[:, None])
         g, pred_state = model.predictor(h_prev[:, None], z[..., : model.z_dim], cond[:, i - 1 : i], pred_state)
         latest = min(i - 1, model.n_past - 1)
         x_pred = model._decode(g[:, 0], skip, x[:, i - 1], cond[:, i - 1], x[:, latest], cond[:, latest], z[:, 0])

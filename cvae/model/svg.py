@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
-from ..metrics import branching, energy_score, moving_mask
+from ..metrics import branching, energy_score, moving_mask, spread_gap
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
@@ -42,6 +42,7 @@ class StepLosses:
     energy: torch.Tensor  # []: energy score of prior futures against re-simulated ones (0 without ``futures``)
     cover: torch.Tensor  # []: pixel loss of the closest prior future to each re-simulated one (``_energy``)
     branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
+    spread: torch.Tensor  # []: |model std - truth std| per pixel of prior futures against re-simulated ones (``_energy``)
 
 
 PRIORS = ("fixed", "learned")
@@ -60,13 +61,15 @@ class FutureTerms:
     rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
+    spread_weight: float = 0.0  # the weight of ``metrics.spread_gap`` between those futures and the true ones
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
         """Those of a training ``Config``."""
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
-                   cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch)
+                   cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
+                   spread_weight=cfg.spread_weight)
 
 
 @dataclass
@@ -99,6 +102,7 @@ class ModelConfig:
     z_map: int = 0  # > 0: a spatial latent too, this many channels on the 8 x 8 grid, read by the decoder there
     map_noise_only: bool = False  # the prior's noise drives only the spatial latent; the vector z is the prior's mean
     arm_copy: bool = False  # the flow head may also take the latest real frame turned about the arm's base (model/arm.py)
+    map_prior: bool = False  # the spatial latent's prior is learned per cell (``gaussian.GaussianMap``), not N(0, I)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -134,6 +138,9 @@ class ModelConfig:
             raise ConfigError(f"z_map must be a whole number of channels >= 0, not {self.z_map}")
         if self.map_noise_only and not self.z_map:
             raise ConfigError("map_noise_only needs z_map > 0: it draws noise for the spatial latent alone")
+        if self.map_prior and not (self.z_map and self.prior == "learned"):
+            raise ConfigError("map_prior needs z_map > 0 and prior 'learned': it learns the spatial latent's "
+                              "prior beside the vector z's")
         if self.flow_deadzone and self.output != "flow":
             raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
@@ -164,6 +171,7 @@ class SVG(nn.Module):
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
+        self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)
         self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
@@ -192,13 +200,23 @@ class SVG(nn.Module):
             return None
         return z[..., self.z_dim:].reshape(-1, self.cfg.z_map, MAP_SIZE, MAP_SIZE)
 
-    def _with_map_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learned prior's mu, logvar [..., z_dim] -> [..., latent_dim]: the spatial latent's
-        prior is N(0, I) (mu 0, logvar 0) whichever prior the vector z has."""
+    def _with_map_prior(self, mu: torch.Tensor, logvar: torch.Tensor, now: torch.Tensor,
+                        before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned prior's mu, logvar [B, L, z_dim] of steps t, with the coarsest skips [B, L,
+        C, 8, 8] of frames t-1 (``now``) and t-2 (``before``) -> [B, L, latent_dim]: the spatial
+        latent's prior is N(0, I) (mu 0, logvar 0), or with ``map_prior`` each cell's Gaussian
+        from what that cell shows and how it moved. With N(0, I) every cell draws the same noise
+        and the decoder alone must learn to ignore it where nothing can branch; a learned sigma
+        can switch a cell's noise off (the table far from the gripper) and keep it where an
+        object is being pushed."""
         if not self.cfg.z_map:
             return mu, logvar
-        pad = mu.new_zeros(*mu.shape[:-1], self.latent_dim - self.z_dim)
-        return torch.cat([mu, pad], -1), torch.cat([logvar, pad], -1)
+        if self.prior_map is None:
+            pad = mu.new_zeros(*mu.shape[:-1], self.latent_dim - self.z_dim)
+            return torch.cat([mu, pad], -1), torch.cat([logvar, pad], -1)
+        b, steps = mu.shape[:2]
+        map_mu, map_logvar = self.prior_map(now.flatten(0, 1), before.flatten(0, 1))
+        return torch.cat([mu, map_mu.view(b, steps, -1)], -1), torch.cat([logvar, map_logvar.view(b, steps, -1)], -1)
 
     def _posterior(self, h: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z_t) of steps 1..L-1 from codes [B, L, g] and the coarsest skips [B, L, C, 8, 8] -> mu,
@@ -265,7 +283,10 @@ class SVG(nn.Module):
         mu_q, logvar_q = self._posterior(h, skips[3])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
         if teacher_forcing:
-            prior = self._with_map_prior(*self.prior(h[:, :-1])[:2]) if self.prior is not None else None
+            coarse = skips[3]
+            prior = (self._with_map_prior(*self.prior(h[:, :-1])[:2], coarse[:, :-1],
+                                          torch.cat([coarse[:, :1], coarse[:, :-2]], 1))
+                     if self.prior is not None else None)
             pred = self._teacher_forced(x, h, skips, z, cond)
         else:
             n = self.n_past
@@ -280,11 +301,11 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy, cover = (self._energy(*futures, terms) if futures is not None
-                         else (recon.new_zeros(()), recon.new_zeros(())))
+        energy, cover, spread = (self._energy(*futures, terms) if futures is not None
+                                 else (recon.new_zeros(()),) * 3)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch)
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread)
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -368,11 +389,12 @@ class SVG(nn.Module):
         return pred[:, self.n_past - 1 :]
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
-                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor]:
+                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings; for each true future the pixel loss of the closest of them, summed over
-        the steps), each averaged over the scenes.
+        the steps; ``metrics.spread_gap`` between them), each averaged over the scenes (the last
+        two 0 unless ``terms`` weights them).
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
@@ -389,8 +411,9 @@ class SVG(nn.Module):
         pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
         samples = pred.view(m, k, *truths.shape[2:])
         energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
+        spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
         if not terms.cover_weight:
-            return energy, energy.new_zeros(())
+            return energy, energy.new_zeros(()), spread
         prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
         mask = None
         if terms.cover_branch:
@@ -400,7 +423,7 @@ class SVG(nn.Module):
         pairs = self._pixel_loss(samples[:, :, None].expand(-1, -1, k, -1, -1, -1, -1).flatten(0, 2),
                                  truths[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2),
                                  prev[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2), mask)
-        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean()
+        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -434,12 +457,13 @@ class SVG(nn.Module):
         h_prev, x_prev = h_ctx[:, 0], x_ctx[:, 0]
         skip_prev = [s[:, 0] for s in skips_ctx]
         skip_last = [s[:, n_past - 1] for s in skips_ctx]
+        coarse_before = skips_ctx[3][:, 0]  # frame i-2's coarsest skips (frame 0's at step 1), for a learned map prior
         pred_state = prior_state = None
         preds, prior_mu, prior_logvar = [], [], []
         for i in range(1, t):
             if self.prior is not None:
                 p_mu, p_logvar, prior_state = self.prior(h_prev[:, None], prior_state)
-                p_mu, p_logvar = self._with_map_prior(p_mu, p_logvar)
+                p_mu, p_logvar = self._with_map_prior(p_mu, p_logvar, skip_prev[3][:, None], coarse_before[:, None])
                 prior_mu.append(p_mu[:, 0])
                 prior_logvar.append(p_logvar[:, 0])
             if z is not None:
@@ -455,6 +479,7 @@ class SVG(nn.Module):
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
             x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i)
             preds.append(x_i)
+            coarse_before = skip_prev[3]
             if i < n_past:
                 h_prev, skip_prev, x_prev = h_ctx[:, i], [s[:, i] for s in skips_ctx], x_ctx[:, i]
             elif i < t - 1:

@@ -145,22 +145,23 @@ class Decoder(nn.Module):
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
           arm_copy: bool = False) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
-    still copy, arm copy and/or spatial latent (whose fresh weights are ``ours``). Each convolution
-    that reads a scale's maps gets one more input channel for the end-effector map and, if
-    ``arm_copy`` grows, one for its shaft map (and the 8 x 8 one a channel per latent map channel,
-    ``z_map`` of them; appended last by ``_with_cond``), with zero weights; the flow head's last
-    layer gets an output channel for each of the copies and the sprite, their mask logits
-    (appended last), with zero weights and ``ours``'s biases (``heads.FlowHead.OPTIONAL``); the
-    map and the sprite start as ``ours`` has them. So the grown model computes what the old one did
-    (exactly, or with the new masks under 1%), and training then teaches it to use them. Raises
-    ValueError naming a weight that does not fit."""
+    still copy, arm copy, spatial latent and/or its learned prior (whose fresh weights are
+    ``ours``). Each convolution that reads a scale's maps gets one more input channel for the
+    end-effector map and, if ``arm_copy`` grows, one for its shaft map (and the 8 x 8 one a
+    channel per latent map channel, ``z_map`` of them; appended last by ``_with_cond``), with
+    zero weights; the flow head's last layer gets an output channel for each of the copies and
+    the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
+    (``heads.FlowHead.OPTIONAL``); the map, the sprite and the latent's posterior and prior
+    start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
+    the old one did (exactly, or with the new masks under 1%), and training then teaches it to
+    use them. Raises ValueError naming a weight that does not fit."""
     extra = sorted(set(theirs) - set(ours))
     if extra:
         raise ValueError(f"weights this model lacks: {', '.join(extra)}")
     out = {}
     for key, mine in ours.items():
         if key not in theirs:
-            if not any(part in f".{key}" for part in (".ee_map.", ".ee_sprite.", ".posterior_map.")):
+            if not any(part in f".{key}" for part in (".ee_map.", ".ee_sprite.", ".posterior_map.", ".prior_map.")):
                 raise ValueError(f"{key} is missing")
             out[key] = mine
             continue
