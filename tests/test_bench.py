@@ -75,3 +75,22 @@ def test_a_gripper_is_lost_where_the_model_is_no_better_than_copy_last_there():
     assert not bench.lost(perfect, copy, moved, 3.0).any()
     assert bench.lost(copy, copy, moved, 3.0).tolist() == [True, True, False]
     assert torch.allclose(perfect, torch.full((3,), 60.0), atol=0.01)  # 10 log10(1 / 1e-6)
+
+
+def test_the_swept_region_is_every_place_of_the_arm_and_agreement_is_evals():
+    """``spread_where``: the arm's swept pixels are the union of its shaft and gripper over the
+    steps (a bar from the base to each end-effector place), nothing far from them; its agreement
+    is 1 for a model whose std map is the truths', and leaves out a sequence whose truths agree."""
+    import numpy as np
+    import torch
+
+    bench = _bench("spread_where")
+    swept = bench.swept_mask(np.array([0.5, 32.5]), np.array([[32.5, 32.5], [32.5, 50.5]]))
+    for x, y in ((16, 32), (16, 41), (32, 32), (32, 50), (35, 50)):
+        assert swept[y, x], (x, y)
+    assert not swept[5, 50] and not swept[60, 5] and not swept[46, 10]
+    t_std = torch.zeros(2, 1, 4, 4)
+    t_std[0, 0, 1, 1], t_std[0, 0, 2, 3] = 0.3, 0.1
+    assert bench.agreement(t_std, t_std * 2) == 1.0
+    m_std = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert bench.agreement(t_std, m_std) == float(bench.correlation(t_std[0, 0], m_std[0, 0]))

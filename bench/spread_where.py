@@ -1,0 +1,102 @@
+"""Where a checkpoint's futures differ, against where the world's do: the share of the model's
+spread (its per-pixel std over samples, summed over the future) on the pixels where the true
+futures branch, on the pixels the arm sweeps (its shaft and gripper at any step, context too)
+where the truths agree, and elsewhere; and eval's uncertainty agreement as it is and with the
+spread on the swept pixels taken out, which says how much of the shortfall the arm's region
+alone costs. The arm and the table it uncovers are fixed by the condition, so spread there is
+the model's own doubt. ``--sheet`` also writes, per sequence, the last context frame, a true and
+a predicted last frame, and the truths' and the model's std maps (max over steps, x 4) side by
+side. Simulated data with hidden causes only.
+
+    python bench/spread_where.py --ckpt assets/model --limit 32 --sheet docs/spread_where.png --seqs 0,1,4,5,10
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from arm import shaft_mask
+from common import record, test_sequences, true_futures_of, uncertain_test_set
+
+from cvae import checkpoint
+from cvae.condition import XY
+from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE, simulate
+from cvae.kinematics import world_to_px
+from cvae.metrics import branching, correlation, pixel_std
+
+
+def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
+    """Bool [H, W]: every pixel the arm covers at some step, the shaft from ``base`` [2] to each
+    end-effector place ``ee`` [T, 2] (simulator coordinates) and the gripper there, 1 px wider."""
+    yy, xx = np.mgrid[0:hw, 0:hw] + 0.5
+    grip = np.hypot(xx[None] - ee[:, None, None, 0], yy[None] - ee[:, None, None, 1])
+    return (shaft_mask(base, ee, hw) | (grip <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2)).any(0)
+
+
+def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
+    """eval's agreement: the correlation of std maps [B, F, H, W] over each sequence's future
+    pixels, averaged over the sequences whose truths differ somewhere (a flat model map scores 0)."""
+    a = correlation(t_std.flatten(1, 2), m_std.flatten(1, 2)).nan_to_num(0.0)
+    varied = t_std.flatten(1).amax(1) > t_std.flatten(1).amin(1)
+    return float(a[varied].mean())
+
+
+def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, t_std: torch.Tensor,
+          m_std: torch.Tensor) -> np.ndarray:
+    """One row uint8 [64, 320, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
+    def rgb(f: torch.Tensor) -> np.ndarray:
+        return (f.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+    def grey(s: torch.Tensor) -> np.ndarray:
+        return np.repeat((np.clip(s.numpy() * 4, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)
+    return np.concatenate([rgb(last), rgb(truth), rgb(pred), grey(t_std), grey(m_std)], 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", required=True)
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=32, help="first test sequences")
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--truths", type=int, default=10)
+    p.add_argument("--sheet", default="", help="a PNG of std maps (one per checkpoint: a suffix is added after the first)")
+    p.add_argument("--seqs", default="0,1,4,5,10", help="the sheet's sequences, among the first --limit")
+    args = p.parse_args()
+    x, c = test_sequences(args.data, 12, args.limit)
+    _, found = uncertain_test_set(args.data, args.limit)
+    n, n_past = len(found), 2
+    ee = world_to_px(c[..., XY].numpy().astype(np.float64))
+    swept = torch.from_numpy(np.stack([
+        swept_mask(simulate(s.seed, s.index, s.split_id, n_frames=1).arm_base, ee[i]) for i, s in enumerate(found)]))
+    truths = torch.stack([true_futures_of(found[i], c[i], args.truths)[:, n_past:] for i in range(n)])
+    t_std, differ = pixel_std(truths, 1), branching(truths, 1)  # [N, F, H, W]
+    arm_only = swept[:, None] & ~differ
+    for k, ckpt in enumerate(args.ckpt):
+        model, _ = checkpoint.load_model(ckpt, "cpu")
+        pred = model.predict(x[:, :n_past], c, 10, n_samples=args.samples, seed=0)
+        m_std = pixel_std(pred, 1)
+        total = m_std.sum().clamp_min(1e-12)
+        on_branch, on_arm = float((m_std * differ).sum() / total), float((m_std * arm_only).sum() / total)
+        agree, agree_off = agreement(t_std, m_std), agreement(t_std, m_std * ~arm_only)
+        print(f"{ckpt} ({n} test sequences, {args.samples} samples, {args.truths} truths): of its spread, "
+              f"{100 * on_branch:.0f}% where the truths branch, {100 * on_arm:.0f}% where the arm sweeps and the "
+              f"truths agree ({100 * float(arm_only.float().mean()):.1f}% of the pixels), "
+              f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
+              f"{agree_off:.3f} without the spread where the arm sweeps")
+        record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
+               where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
+               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3))
+        if args.sheet:
+            from PIL import Image
+
+            rows = [sheet(x[i, n_past - 1], truths[i, 0, -1], pred[i, 0, -1], t_std[i].amax(0), m_std[i].amax(0))
+                    for i in (int(s) for s in args.seqs.split(","))]
+            out = args.sheet if k == 0 else args.sheet.replace(".png", f"_{k}.png")
+            img = np.concatenate(rows, 0)
+            Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(out)
+            print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
