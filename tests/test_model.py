@@ -468,26 +468,46 @@ def test_branch_term_rebuilds_the_true_futures_weighting_where_they_differ():
     assert parts.branch > 0 and model(x, c, True, futures=(ctx, c, truths)).branch == 0
 
 
+def _energy_samples(model: SVG, ctx: torch.Tensor, cond: torch.Tensor, k: int = 3, t: int = 6) -> torch.Tensor:
+    """The K prior futures ``SVG._energy`` draws after ``torch.manual_seed(7)``, rolled out by
+    hand: [M, K, t - 2, 3, 64, 64]."""
+    torch.manual_seed(7)
+    noise = model._noise(ctx.shape[0] * k, t - 1, "cpu")
+    h, skips = model._encode(ctx)
+    pred, _ = model._rollout(ctx.repeat_interleave(k, 0), h.repeat_interleave(k, 0),
+                             [s.repeat_interleave(k, 0) for s in skips], cond[:, : t - 1].repeat_interleave(k, 0), t,
+                             noise=noise)
+    return pred[:, 1:].view(ctx.shape[0], k, t - 2, 3, 64, 64)
+
+
+def _assert_train_step_weighs(model: SVG, x: torch.Tensor, c: torch.Tensor, futures: tuple, terms: FutureTerms,
+                              name: str, index: int, weight: float) -> None:
+    """train_step's loss is the SVG loss (beta 0.5) plus ``weight`` times the term ``name`` of
+    the forward pass, and it returns that term at ``index``."""
+    from cvae.train import train_step
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=futures, terms=terms)
+    torch.manual_seed(7)
+    again = model(x, c, True, futures=futures, terms=terms)
+    term = getattr(again, name)
+    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + weight * term).detach())
+    torch.testing.assert_close(got[index], term.detach())
+
+
 def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     """``terms.cover_weight`` adds, for each true future, the pixel loss (summed over the steps) of
     the closest of the K prior futures the energy score draws: by hand, the same rollout; with
     truths that are copies of the samples themselves it is 0 whatever the others do, and train_step
     weighs it."""
-    from cvae.train import train_step
-
     model = calibrated(tiny(prior="learned", z_hold=True, motion_weight=2.0))
     x, c = batch(b=4, t=6)
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
     energy, cover, _ = model._energy(ctx, cond, truths, FutureTerms(cover_weight=1.0))
-    torch.manual_seed(7)
-    noise = model._noise(6, 5, "cpu")
-    h, skips = model._encode(ctx)
-    pred, _ = model._rollout(ctx.repeat_interleave(3, 0), h.repeat_interleave(3, 0),
-                             [s.repeat_interleave(3, 0) for s in skips], cond[:, :5].repeat_interleave(3, 0), 6,
-                             noise=noise)
-    samples = pred[:, 1:].view(2, 3, 4, 3, 64, 64)
+    samples = _energy_samples(model, ctx, cond)
     want = torch.stack([torch.stack([min(
         model._pixel_loss(samples[m, j][None], truths[m, i][None],
                           torch.cat([ctx[m, -1:], truths[m, i, :-1]])[None]).sum() for j in range(3))
@@ -518,46 +538,26 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     torch.manual_seed(7)
     _, hit, _ = model._energy(ctx, cond, samples.detach(), FutureTerms(cover_weight=1.0))
     assert hit < 1e-6
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    torch.manual_seed(7)
-    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
-                     terms=FutureTerms(weight=0.0, cover_weight=2.0))
-    torch.manual_seed(7)
-    again = model(x, c, True, futures=(ctx, cond, truths), terms=FutureTerms(cover_weight=2.0))
-    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 2.0 * again.cover).detach())
-    torch.testing.assert_close(got[6], again.cover.detach())
+    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, cover_weight=2.0),
+                              "cover", 6, 2.0)
 
 
 def test_spread_term_compares_the_prior_futures_spread_with_the_truths():
     """``terms.spread_weight`` adds ``metrics.spread_gap`` of the K prior futures the energy score
     draws against the true ones (by hand, the same rollout), 0 when off; train_step weighs it and
     returns it, and its gradient reaches the prior."""
-    from cvae.train import train_step
-
     model = calibrated(tiny(prior="learned", z_hold=True))
     x, c = batch(b=4, t=6)
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
     spread = model._energy(ctx, cond, truths, FutureTerms(spread_weight=1.0))[2]
-    torch.manual_seed(7)
-    noise = model._noise(6, 5, "cpu")
-    h, skips = model._encode(ctx)
-    pred, _ = model._rollout(ctx.repeat_interleave(3, 0), h.repeat_interleave(3, 0),
-                             [s.repeat_interleave(3, 0) for s in skips], cond[:, :5].repeat_interleave(3, 0), 6,
-                             noise=noise)
-    torch.testing.assert_close(spread, spread_gap(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths).mean())
+    torch.testing.assert_close(spread, spread_gap(_energy_samples(model, ctx, cond), truths).mean())
     assert spread > 0 and model._energy(ctx, cond, truths)[2] == 0
     grads = torch.autograd.grad(spread, list(model.prior.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    torch.manual_seed(7)
-    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
-                     terms=FutureTerms(weight=0.0, spread_weight=3.0))
-    torch.manual_seed(7)
-    again = model(x, c, True, futures=(ctx, cond, truths), terms=FutureTerms(spread_weight=3.0))
-    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 3.0 * again.spread).detach())
-    torch.testing.assert_close(got[7], again.spread.detach())
+    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, spread_weight=3.0),
+                              "spread", 7, 3.0)
 
 
 @pytest.mark.parametrize("hold", [False, True])
