@@ -128,7 +128,7 @@ def spread_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     added to the variance, so a pixel where every future agrees has a gradient, not NaN).
 
     What eval's spread ratio and agreement compare, as a training term: it costs spread where the
-    truths agree, first order, where the energy score's cost there is a third of that, and asks
+    truths agree, first order, where the energy score's cost there is about a third of that, and asks
     for it where they differ. Not a proper score (the mean is free), so it rides beside one."""
     def std(v: torch.Tensor) -> torch.Tensor:
         return (v.float().var(1, correction=0) + 1e-6).sqrt().mean(-3)
