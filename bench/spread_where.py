@@ -42,6 +42,28 @@ def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
     return float(a[varied].mean())
 
 
+def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
+                  n_future: int = 10) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """A flow head's mask over ``region`` [N, F, H, W] of the futures from frames ``x`` and
+    conditions ``c``, under z seeds 0..draws-1: the sources' names, their mean share there and
+    the std of each share over the draws, averaged over the region [S] each."""
+    head = model.decoder.head
+    outs: list[torch.Tensor] = []
+    hook = model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))
+    try:
+        masks = []
+        for seed in range(draws):
+            outs.clear()
+            model.predict(x[:, : model.n_past], c, n_future, seed=seed)
+            masks.append(head.masks(torch.stack(outs[-n_future:], 1)))  # [N, F, S, H, W]
+    finally:
+        hook.remove()
+    mask, weight = torch.stack(masks), region[:, :, None].float()
+    n = weight.sum().clamp_min(1)
+    names = ["generated", "previous frame moved", "latest real frame moved", *head.optional]
+    return names, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n, (mask.std(0) * weight).sum((0, 1, 3, 4)) / n
+
+
 def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, t_std: torch.Tensor,
           m_std: torch.Tensor) -> np.ndarray:
     """One row uint8 [64, 320, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
@@ -84,9 +106,15 @@ def main() -> None:
               f"truths agree ({100 * float(arm_only.float().mean()):.1f}% of the pixels), "
               f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
               f"{agree_off:.3f} without the spread where the arm sweeps")
+        sources = {}
+        if model.cfg.output == "flow":
+            names, share, wobble = source_shares(model, x, c, arm_only)
+            sources = {name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)}
+            print("  where the arm sweeps and the truths agree, the mask's mean share / its std over 4 z draws: "
+                  + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in sources.items()))
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
-               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3))
+               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources)
         if args.sheet:
             from PIL import Image
 

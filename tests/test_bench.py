@@ -94,3 +94,20 @@ def test_the_swept_region_is_every_place_of_the_arm_and_agreement_is_evals():
     assert bench.agreement(t_std, t_std * 2) == 1.0
     m_std = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     assert bench.agreement(t_std, m_std) == float(bench.correlation(t_std[0, 0], m_std[0, 0]))
+
+
+def test_the_source_shares_are_a_flow_heads_mask_over_the_region():
+    """``spread_where.source_shares``: one share per source, named, summing to 1 over a region
+    (the mask is a softmax), each between 0 and 1."""
+    import torch
+
+    from cvae.model import SVG
+
+    bench = _bench("spread_where")
+    model = SVG(g_dim=16, z_dim=4, rnn_size=16, width=0.125, prior="learned", output="flow", ee_maps=True).eval()
+    x, c = torch.rand(2, 5, 3, 64, 64), torch.randn(2, 5, 7) * 0.1
+    region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    region[:, :, 10:20, 30:40] = True
+    names, share, wobble = bench.source_shares(model, x, c, region, draws=2, n_future=3)
+    assert names[:3] == ["generated", "previous frame moved", "latest real frame moved"] and len(names) == len(share)
+    assert abs(float(share.sum()) - 1) < 1e-5 and ((share >= 0) & (share <= 1)).all() and (wobble >= 0).all()
