@@ -64,15 +64,16 @@ def load_with_deadzone(ckpt: str, deadzone: float | None):
     return model
 
 
-def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sample (seed 0) from frames ``x`` and conditions ``c``: the predicted frames
+def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample (z seed ``seed``) from frames ``x`` and conditions ``c``: the predicted frames
     [N, n_future, 3, H, W], and the decoder's last layer for each of them [N, n_future, C, H, W]
     (a flow head's displacements and mask logits: ``FlowHead.masks`` reads the mask)."""
     outs = []
     hook = model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))
     try:
         with torch.no_grad():
-            pred = model.predict(x[:, : model.n_past], c, n_future, seed=0)[:, 0]
+            pred = model.predict(x[:, : model.n_past], c, n_future, seed=seed)[:, 0]
     finally:
         hook.remove()
     return pred, torch.stack(outs[-n_future:], 1)

@@ -17,13 +17,14 @@ import argparse
 import numpy as np
 import torch
 from arm import shaft_mask
-from common import record, test_sequences, true_futures_of, uncertain_test_set
+from common import predict_capturing, record, test_sequences, true_futures_of, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.condition import XY
 from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE, simulate
 from cvae.kinematics import world_to_px
-from cvae.metrics import branching, correlation, pixel_std
+from cvae.metrics import branching, pixel_std
+from cvae.physics_eval import std_agreement
 
 
 def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
@@ -35,11 +36,9 @@ def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
 
 
 def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
-    """eval's agreement: the correlation of std maps [B, F, H, W] over each sequence's future
-    pixels, averaged over the sequences whose truths differ somewhere (a flat model map scores 0)."""
-    a = correlation(t_std.flatten(1, 2), m_std.flatten(1, 2)).nan_to_num(0.0)
-    varied = t_std.flatten(1).amax(1) > t_std.flatten(1).amin(1)
-    return float(a[varied].mean())
+    """eval's agreement (``physics_eval.std_agreement``) of std maps [B, F, H, W], averaged over
+    the sequences whose truths differ somewhere."""
+    return float(std_agreement(t_std, m_std).nanmean())
 
 
 def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
@@ -48,20 +47,11 @@ def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor,
     conditions ``c``, under z seeds 0..draws-1: the sources' names, their mean share there and
     the std of each share over the draws, averaged over the region [S] each."""
     head = model.decoder.head
-    outs: list[torch.Tensor] = []
-    hook = model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))
-    try:
-        masks = []
-        for seed in range(draws):
-            outs.clear()
-            model.predict(x[:, : model.n_past], c, n_future, seed=seed)
-            masks.append(head.masks(torch.stack(outs[-n_future:], 1)))  # [N, F, S, H, W]
-    finally:
-        hook.remove()
-    mask, weight = torch.stack(masks), region[:, :, None].float()
+    mask = torch.stack([head.masks(predict_capturing(model, x, c, n_future, seed)[1])
+                        for seed in range(draws)])  # [D, N, F, S, H, W]
+    weight = region[:, :, None].float()
     n = weight.sum().clamp_min(1)
-    names = ["generated", "previous frame moved", "latest real frame moved", *head.optional]
-    return names, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n, (mask.std(0) * weight).sum((0, 1, 3, 4)) / n
+    return head.sources, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n, (mask.std(0) * weight).sum((0, 1, 3, 4)) / n
 
 
 def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, t_std: torch.Tensor,

@@ -76,6 +76,17 @@ def _futures(job: tuple[Scene, np.ndarray, int]) -> np.ndarray:
     return true_futures(*job)
 
 
+def std_agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> torch.Tensor:
+    """The truths' and the model's std maps [B, F, H, W] -> [B]: their correlation over all
+    future pixels; NaN where the truths agree everywhere, 0 where the model's map shows nothing
+    (no pixel's std reaches ``VISIBLE_STD``, as a collapsed z gives, whose float noise would
+    otherwise correlate)."""
+    agreement = correlation(t_std.flatten(1, 2), m_std.flatten(1, 2)).nan_to_num(0.0)
+    agreement = torch.where(m_std.flatten(1).amax(1) < VISIBLE_STD, torch.zeros_like(agreement), agreement)
+    truth_flat = t_std.flatten(1).amax(1) == t_std.flatten(1).amin(1)
+    return torch.where(truth_flat, torch.full_like(agreement, float("nan")), agreement)
+
+
 def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tensor) -> dict[str, torch.Tensor]:
     """Model futures [B, S, F, 3, H, W] against true futures [B, K, F, 3, H, W] of the same scenes
     and actions, with last context frames [B, 3, H, W] -> per-sequence scores [B]:
@@ -83,9 +94,7 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     - ``truth_spread``, ``model_spread``: the per-pixel std over the K truths and over the S
       samples, averaged over the moving region (pixels where any true future differs from the
       last context frame by more than 0.1; NaN where nothing moves);
-    - ``agreement``: the correlation of the two std maps over all future pixels (NaN where the
-      truths agree everywhere; 0 where the model's map shows nothing: no pixel's std reaches
-      ``VISIBLE_STD``, as a collapsed z gives, whose float noise would otherwise correlate);
+    - ``agreement``: :func:`std_agreement` of the two std maps;
     - ``misplaced``: the share of the model's spread (its std map summed over future pixels) that
       lies where the truths agree (``metrics.branching`` false; NaN where the model's map shows
       nothing): spread there is the model's own doubt (where the arm is, say), not the world's;
@@ -100,11 +109,8 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     nan = torch.full_like(n, float("nan"))
     truth_spread = torch.where(n > 0, (t_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
     model_spread = torch.where(n > 0, (m_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
-    agreement = correlation(t_std.flatten(1, 2), m_std.flatten(1, 2))
-    truth_flat = t_std.flatten(1).amax(1) == t_std.flatten(1).amin(1)
+    agreement = std_agreement(t_std, m_std)
     model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
-    agreement = torch.where(model_flat, torch.zeros_like(n), agreement.nan_to_num(0.0))
-    agreement = torch.where(truth_flat, nan, agreement)
     certain = (~branching(truths, 1)).float()
     misplaced = (m_std * certain).flatten(1).sum(1) / m_std.flatten(1).sum(1).clamp_min(1e-12)
     misplaced = torch.where(model_flat, nan, misplaced)

@@ -23,9 +23,10 @@ def reference_losses(model: SVG, x: torch.Tensor, cond: torch.Tensor) -> tuple[t
     noise = torch.randn(b, t - 1, model.latent_dim, device=x.device)
     post_state = prior_state = pred_state = None
     mse, kld = [], []
-    skip = None
+    skip = coarse_before = None
     for i in range(1, t):
         h_prev, skips_prev = model.encoder(x[:, i - 1])
+        coarse_before = skips_prev[3] if coarse_before is None else coarse_before  # frame i-2's (frame 0's at step 1)
         h_target, skips_target = model.encoder(x[:, i])
         if model.last_frame_skip or i <= model.n_past:
             skip = skips_prev
@@ -37,11 +38,11 @@ def reference_losses(model: SVG, x: torch.Tensor, cond: torch.Tensor) -> tuple[t
         prior = None
         if model.prior is not None:
             mu_p, logvar_p, prior_state = model.prior(h_prev[:, None], prior_state)
-            before = model.encoder(x[:, max(i - 2, 0)])[1][3]
-            prior = model._with_map_prior(mu_p, logvar_p, skips_prev[3][:, None], before[:, None])
+            prior = model._with_map_prior(mu_p, logvar_p, skips_prev[3][:, None], coarse_before[:, None])
         g, pred_state = model.predictor(h_prev[:, None], z[..., : model.z_dim], cond[:, i - 1 : i], pred_state)
         latest = min(i - 1, model.n_past - 1)
         x_pred = model._decode(g[:, 0], skip, x[:, i - 1], cond[:, i - 1], x[:, latest], cond[:, latest], z[:, 0])
         mse.append(F.mse_loss(x_pred, x[:, i]))
+        coarse_before = skips_prev[3]
         kld.append(kl_divergence(mu_q, logvar_q, *(prior or ())).mean())
     return torch.stack(mse), torch.stack(kld)
