@@ -353,6 +353,8 @@ def test_a_learned_map_prior_grows_in_as_n01_and_its_sigma_can_switch_the_noise_
     assert pixel_std(new.predict(x[:, :2], cond, 4, n_samples=3, seed=1), 1).amax() < 1e-5
     with pytest.raises(ConfigError, match="map_prior needs z_map > 0 and prior 'learned'"):
         tiny(prior="fixed", z_map=2, map_prior=True)
+    with pytest.raises(ConfigError, match="arm_clear needs arm_copy true"):
+        tiny(output="flow", ee_maps=True, arm_clear=True)
 
 
 @pytest.mark.parametrize("had,grows", [((), ("ee_copy",)), ((), ("ee_sprite",)), ((), ("ee_copy", "ee_sprite")),
@@ -735,15 +737,18 @@ def test_checkpoints_from_before_the_heads_load_as_image_models(tmp_path):
                           ("fixed", True, False, "compose", True, False, 0), ("fixed", True, True, "cdna", True, False, 0),
                           ("learned", True, True, "flow", True, False, 0), ("fixed", False, False, "flow", False, False, 0),
                           ("learned", True, False, "flow", True, True, 0), ("fixed", False, True, "flow", False, False, 2),
-                          ("learned", True, False, "flow", True, True, 3), ("learned", False, True, "flow", True, False, -2)])
+                          ("learned", True, False, "flow", True, True, 3), ("learned", False, True, "flow", True, False, -2),
+                          ("learned", True, True, "flow", True, "clear", 2)])
 def test_batched_teacher_forcing_equals_frame_by_frame_reference(prior, last_frame_skip, channels_last, output,
                                                                  cond_maps, ee_copy, z_map):
     """Same losses and same gradients: batching across time (and the channels_last layout that
-    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite and the still copy too;
-    a negative ``z_map`` means that many channels with a learned map prior, its weights made non-zero.)"""
+    training uses) changes the speed, not the math. (``ee_copy`` here brings the sprite and the still copy too,
+    and as "clear" also the arm copy and ``arm_clear``; a negative ``z_map`` means that many channels
+    with a learned map prior, its weights made non-zero.)"""
+    arm = ee_copy == "clear"
     model = tiny(prior=prior, last_frame_skip=last_frame_skip, output=output, cond_maps=cond_maps,
-                 ee_maps=ee_copy, ee_copy=ee_copy, ee_sprite=ee_copy, still_copy=ee_copy, z_map=abs(z_map),
-                 map_prior=z_map < 0).eval()
+                 ee_maps=bool(ee_copy), ee_copy=bool(ee_copy), ee_sprite=bool(ee_copy), still_copy=bool(ee_copy),
+                 z_map=abs(z_map), map_prior=z_map < 0, arm_copy=arm, arm_clear=arm).eval()
     if z_map < 0:
         torch.nn.init.normal_(model.prior_map.net[2].weight, 0, 0.1, generator=torch.Generator().manual_seed(2))
     ref_model = copy.deepcopy(model)

@@ -162,6 +162,13 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert torch.equal(seen[0][0][head][:, :-1], with_copy_only[head]) and seen[0][0][head][:, -1].abs().max() == 0
     for up in ("decoder.upc2.0.0.weight", "decoder.upc3.0.0.weight", "decoder.upc4.0.0.weight", "decoder.upc5.0.0.weight"):
         assert torch.equal(seen[0][0][up][:, :-1], with_copy_only[up]) and seen[0][0][up][:, -1].abs().max() == 0
+    # arm_clear adds no weights: the same ones go on, cleared of the arm
+    with_arm = checkpoint.load_model(tmp_path / "r" / "last")[0].state_dict()
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "ac", init=str(tmp_path / "r" / "last"), ee_sprite=False, arm_copy=True,
+                   arm_clear=True, **one), progress=False)
+    assert seen[0][0].keys() == with_arm.keys() and all(torch.equal(seen[0][0][k], v) for k, v in with_arm.items())
+    assert checkpoint.read_meta(tmp_path / "ac" / "last")["config"]["arm_clear"] is True
     # but not the sprite into it: the sprite's mask comes before the arm copy's
     with pytest.raises(ConfigError, match="ee_sprite cannot be added to a model that has arm_copy"):
         train(tiny_cfg(sim_root, tmp_path / "t", init=str(tmp_path / "r" / "last"), arm_copy=True, **one), progress=False)

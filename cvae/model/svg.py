@@ -28,7 +28,8 @@ from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
 PIXEL_LOSSES = ("mse", "l1")
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale")  # how the weights are used, not their shapes: export may set them
-INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", *SAMPLING)  # not the weights' shapes: --init may change them
+# not the weights' shapes: --init may change them
+INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", *SAMPLING)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class ModelConfig:
     map_noise_only: bool = False  # the prior's noise drives only the spatial latent; the vector z is the prior's mean
     arm_copy: bool = False  # the flow head may also take the latest real frame turned about the arm's base (model/arm.py)
     map_prior: bool = False  # the spatial latent's prior is learned per cell (``gaussian.GaussianMap``), not N(0, I)
+    arm_clear: bool = False  # the arm is filled out of the previous and latest real frames the flow head moves (model/arm.py)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -138,6 +140,8 @@ class ModelConfig:
             raise ConfigError(f"z_map must be a whole number of channels >= 0, not {self.z_map}")
         if self.map_noise_only and not self.z_map:
             raise ConfigError("map_noise_only needs z_map > 0: it draws noise for the spatial latent alone")
+        if self.arm_clear and not self.arm_copy:
+            raise ConfigError("arm_clear needs arm_copy true: the arm copy finds the base whose bar it clears")
         if self.map_prior and not (self.z_map and self.prior == "learned"):
             raise ConfigError("map_prior needs z_map > 0 and prior 'learned': it learns the spatial latent's "
                               "prior beside the vector z's")
@@ -168,7 +172,8 @@ class SVG(nn.Module):
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
-                               flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy)
+                               flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
+                               arm_clear=cfg.arm_clear)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None
@@ -192,7 +197,8 @@ class SVG(nn.Module):
         zmap = self._map(z)
         if not (self.cfg.ee_copy or self.cfg.arm_copy):
             return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap)
-        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap)
+        prev_cond = norm(at_rest(cond)) if self.cfg.arm_clear else None
+        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap, prev_cond=prev_cond)
 
     def _map(self, z: torch.Tensor) -> torch.Tensor | None:
         """Latents [..., latent_dim] -> their spatial part [N, z_map, 8, 8] (None without one)."""

@@ -59,12 +59,17 @@ class Decoder(nn.Module):
     ``z_map`` > 0 reads that many channels of a spatial latent beside the 8 x 8 skip, so noise can
     act at one place (a pushed object) and not at another. ``arm_copy`` hands the flow head the
     latest real frame turned about the arm's base (``arm.ArmCopy``) and draws where the arm's
-    shaft is at this step into the maps at every scale (last), so the mask knows where to take it."""
+    shaft is at this step into the maps at every scale (last), so the mask knows where to take it.
+    ``arm_clear`` takes the arm out of the previous frame and of the latest real frame before the
+    head moves them (``ArmCopy.cleared``): the arm copy alone draws it."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False) -> None:
+                 still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
+                 arm_clear: bool = False) -> None:
         super().__init__()
+        if arm_clear and not arm_copy:
+            raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
         if (ee_copy or ee_sprite or arm_copy) and not ee_cond_dim:
             raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
@@ -74,6 +79,7 @@ class Decoder(nn.Module):
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
+        self.arm_clear = arm_clear
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
@@ -110,24 +116,31 @@ class Decoder(nn.Module):
 
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
-                anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None) -> torch.Tensor:
+                anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None,
+                prev_cond: torch.Tensor | None = None) -> torch.Tensor:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
         real frame (flow), its standardised condition at rest (``ee_copy``) and the spatial
         latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
-        the latest real frame and its condition at rest too."""
+        the latest real frame and its condition at rest too, ``arm_clear`` the previous frame's
+        standardised condition at rest (``prev_cond``)."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
         if bool(self.z_map) != (zmap is not None):
             raise ValueError(f"this decoder reads a spatial latent of {self.z_map} channels: pass zmap of that many"
                              if self.z_map else "this decoder has no spatial latent: zmap must be None")
-        extra, shaft = {}, None
+        extra, shaft, head_anchor = {}, None, anchor
         if self.arm is not None:
             if anchor is None or anchor_cond is None:
                 raise ValueError("this decoder turns the latest real frame with the arm: pass anchor and anchor_cond")
             h, w = anchor.shape[-2:]
-            extra["arm_copy"], shaft = self.arm(anchor, as_pixels(self.ee_map.location(anchor_cond), h, w),
-                                                as_pixels(self.ee_map.location(cond), h, w))
+            src = as_pixels(self.ee_map.location(anchor_cond), h, w)
+            extra["arm_copy"], shaft = self.arm(anchor, src, as_pixels(self.ee_map.location(cond), h, w))
+            if self.arm_clear:
+                if prev_cond is None:
+                    raise ValueError("this decoder clears the arm from the previous frame: pass prev_cond")
+                prev = self.arm.cleared(prev, anchor, src, as_pixels(self.ee_map.location(prev_cond), h, w))
+                head_anchor = self.arm.cleared(anchor, anchor, src, src)
         d = self.upc1(g[:, :, None, None])
         d = self.upc2(self._with_cond(d, skips[3], cond, shaft, zmap))
         d = self.upc3(self._with_cond(d, skips[2], cond, shaft))
@@ -139,7 +152,7 @@ class Decoder(nn.Module):
             extra["ee_copy"] = self.ee_copy_of(anchor, anchor_cond, cond)
         if self.ee_sprite is not None:
             extra["ee_sprite"] = self.ee_sprite(cond, self.ee_map.location(cond), *out.shape[-2:])
-        return self.head(out, prev, anchor, g, **extra)
+        return self.head(out, prev, head_anchor, g, **extra)
 
 
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
