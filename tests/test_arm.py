@@ -84,8 +84,8 @@ def test_a_model_with_the_arm_copy_trains_every_weight(teacher_forcing, arm_clea
 
 
 def test_the_base_is_remembered_only_for_the_same_frame_and_place():
-    """``ArmCopy.base`` reuses the last search only for an equal frame and end-effector place: a
-    frame of another scene, or the same tensor written in place, is searched afresh."""
+    """``ArmCopy.base`` (and ``cleared_anchor``) reuses the last search only for an equal frame and
+    end-effector place: a frame of another scene, or the same tensor written in place, is searched afresh."""
     arm = ArmCopy()
     frames, places = [], []
     for index in (0, 1):
@@ -102,6 +102,12 @@ def test_the_base_is_remembered_only_for_the_same_frame_and_place():
     frame.copy_(frames[1])  # written in place, the same place asked
     elsewhere = find_base(frames[1], places[0], arm.candidates)
     assert not torch.equal(elsewhere, want[0]) and torch.equal(arm.base(frame, places[0]), elsewhere)
+    # and so is the latest real frame cleared of its arm: the same tensor for an equal frame, afresh for another
+    first = arm.cleared_anchor(frames[0], places[0])
+    assert torch.equal(first, arm.cleared(frames[0], frames[0], places[0], places[0]))
+    assert arm.cleared_anchor(frames[0].clone(), places[0]) is first
+    other = arm.cleared_anchor(frames[1], places[1])
+    assert other is not first and torch.equal(other, arm.cleared(frames[1], frames[1], places[1], places[1]))
 
 
 def test_inpaint_fills_a_hole_from_its_edge_by_hand():

@@ -140,7 +140,7 @@ class Decoder(nn.Module):
                 if prev_cond is None:
                     raise ValueError("this decoder clears the arm from the previous frame: pass prev_cond")
                 prev = self.arm.cleared(prev, anchor, src, as_pixels(self.ee_map.location(prev_cond), h, w))
-                head_anchor = self.arm.cleared(anchor, anchor, src, src)
+                head_anchor = self.arm.cleared_anchor(anchor, src)
         d = self.upc1(g[:, :, None, None])
         d = self.upc2(self._with_cond(d, skips[3], cond, shaft, zmap))
         d = self.upc3(self._with_cond(d, skips[2], cond, shaft))
