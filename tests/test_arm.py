@@ -168,7 +168,7 @@ def test_with_arm_clear_the_previous_frames_arm_does_not_reach_the_prediction():
         x, c = batch(b=1, t=3)
         norm, dec = model.predictor.normalize, model.decoder
         place = as_pixels(dec.ee_map.location(norm(at_rest(c[:, 1]))), 64, 64)
-        base = dec.arm.base(x[:, 1], as_pixels(dec.ee_map.location(norm(at_rest(c[:, 1]))), 64, 64))
+        base = dec.arm.base(x[:, 1], place)
         table = torch.full_like(x[:, 1], 0.4)
         with_arm = torch.where(arm_region(base, place, 64, 64) & (shaft_map(base, place, 64, 64) > 0.8), 0.1, table)
         assert (with_arm != table).sum() > 20
