@@ -87,32 +87,35 @@ def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torc
     return warp(frame, torch.stack([moved.real, moved.imag], 1))
 
 
-def shaft_map(base: torch.Tensor, ee: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Bases and end effectors [N, 2] (x, y in pixel indices of an h x w image) -> [N, 1, h, w]:
-    1 on the segment between them, falling off as a Gaussian of the distance to it."""
+def bar_dist2(base: torch.Tensor, ee: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bases and end effectors [N, 2] (x, y in pixel indices of an h x w image) -> [N, h, w]:
+    each pixel's squared distance to the segment between them."""
     q = torch.stack(pixel_grid(h, w, ee.device), -1)[None]  # [1, H, W, 2]
     b, d = base.float()[:, None, None], (ee - base).float()[:, None, None]
     t = (((q - b) * d).sum(-1, keepdim=True) / d.pow(2).sum(-1, keepdim=True).clamp(min=1e-6)).clamp(0, 1)
-    dist2 = (q - b - t * d).pow(2).sum(-1)
-    return torch.exp(-dist2 / (2 * SHAFT_SIGMA_PX ** 2))[:, None]
+    return (q - b - t * d).pow(2).sum(-1)
+
+
+def shaft_map(base: torch.Tensor, ee: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bases and end effectors [N, 2] (x, y in pixel indices of an h x w image) -> [N, 1, h, w]:
+    1 on the segment between them, falling off as a Gaussian of the distance to it."""
+    return torch.exp(-bar_dist2(base, ee, h, w) / (2 * SHAFT_SIGMA_PX ** 2))[:, None]
 
 
 def arm_region(base: torch.Tensor, ee: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Bases and end effectors [N, 2] (x, y in pixel indices) -> bool [N, 1, h, w]: the pixels
     within CLEAR_SHAFT_PX of the bar between them, or CLEAR_GRIPPER_PX of the end effector or of
-    the point CLEAR_AHEAD_PX beyond it along the bar (the fingers point that way)."""
+    the point CLEAR_AHEAD_PX beyond it along the bar (the fingers point that way). Squared
+    distances throughout: ``.norm()`` took three times as long."""
     q = torch.stack(pixel_grid(h, w, ee.device), -1)[None]  # [1, H, W, 2]
-    b, d = base.float()[:, None, None], (ee - base).float()[:, None, None]
-    length2 = d.pow(2).sum(-1, keepdim=True).clamp(min=1e-6)
-    t = (((q - b) * d).sum(-1, keepdim=True) / length2).clamp(0, 1)
+    d = (ee - base).float()
+    tip = base.float() + d
+    ahead = tip + CLEAR_AHEAD_PX * d / d.pow(2).sum(-1, keepdim=True).clamp(min=1e-6).sqrt()
 
-    def near(v: torch.Tensor, r: float) -> torch.Tensor:
-        return v.pow(2).sum(-1) <= r * r  # not .norm(): a third of the time
+    def near(p: torch.Tensor) -> torch.Tensor:
+        return (q - p[:, None, None]).pow(2).sum(-1) <= CLEAR_GRIPPER_PX ** 2
 
-    tip = b + d
-    ahead = tip + CLEAR_AHEAD_PX * d / length2.sqrt()
-    region = near(q - b - t * d, CLEAR_SHAFT_PX) | near(q - tip, CLEAR_GRIPPER_PX) | near(q - ahead, CLEAR_GRIPPER_PX)
-    return region[:, None]
+    return ((bar_dist2(base, ee, h, w) <= CLEAR_SHAFT_PX ** 2) | near(tip) | near(ahead))[:, None]
 
 
 def box_sum(v: torch.Tensor, reach: int) -> torch.Tensor:
@@ -183,8 +186,7 @@ class ArmCopy(nn.Module):
         """``cleared`` of the latest real frame at its own end effector's place, remembered with
         the base: a rollout asks it at every step (a prediction 1.25x slower than without
         ``arm_clear`` when filled afresh each time; bench/README.md)."""
-        base = self.base(anchor, src)
+        self.base(anchor, src)  # forgets the fill of other frames
         if self._cleared is None:
-            with torch.no_grad():
-                self._cleared = inpaint(anchor, arm_region(base, src, *anchor.shape[-2:]))
+            self._cleared = self.cleared(anchor, anchor, src, src)
         return self._cleared
