@@ -68,7 +68,8 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample (z seed ``seed``) from frames ``x`` and conditions ``c``: the predicted frames
     [N, n_future, 3, H, W], and the decoder's last layer for each of them [N, n_future, C, H, W]
-    (a flow head's displacements and mask logits: ``FlowHead.masks`` reads the mask)."""
+    (a flow head's displacements and mask logits: ``FlowHead.masks`` reads the mask). With
+    ``arm_calm`` the decoder also draws each scene's noiseless future first; its layers are left out."""
     outs = []
     hook = model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))
     try:
@@ -76,7 +77,8 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
             pred = model.predict(x[:, : model.n_past], c, n_future, seed=seed)[:, 0]
     finally:
         hook.remove()
-    return pred, torch.stack(outs[-n_future:], 1)
+    layers = torch.stack(outs[-n_future:], 1)
+    return pred, layers.view(len(x), -1, *layers.shape[1:])[:, -1]
 
 
 def machine(device: torch.device) -> str:

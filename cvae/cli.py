@@ -194,6 +194,9 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
                    help="set the copy's z_hold (a future draws its noise once and holds it; no weight changes)")
     x.add_argument("--z-scale", type=float, default=None, metavar="S",
                    help="set the copy's z_scale (the model's noise times S at prediction; no weight changes)")
+    x.add_argument("--arm-calm", type=_bool, default=None, metavar="BOOL",
+                   help="set the copy's arm_calm (every future takes a noiseless future's pixels where the arm "
+                        "is or has been; no weight changes)")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")

@@ -166,6 +166,7 @@ def test_model_quality_is_stated(tmp_path):
     # what shapes Resample z without a weight, read from the model's own config
     assert f"the noise x {entry.config['z_scale']:g}" in entry.quality and "one noise draw held" in entry.quality
     assert logic.sampling({"z_hold": False, "z_scale": 1.0, "flow_deadzone": 0.0}) == ""
+    assert "where the arm is or has been, every future as the noiseless one" in logic.sampling({"arm_calm": True})
     assert logic.sampling({"z_map": 4, "map_noise_only": True}) == "Sampling: noise on the spatial latent alone. "
     shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))
     assert "Not evaluated" in logic.describe(tmp_path / "m", "m").quality

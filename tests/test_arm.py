@@ -3,9 +3,10 @@ the model that mixes it in."""
 import numpy as np
 import pytest
 import torch
-from test_model import batch, tiny
+from test_model import batch, calibrated, tiny
 
 from cvae.data.simulator import simulate
+from cvae.errors import ConfigError
 from cvae.kinematics import arm_bases, world_to_px
 from cvae.model.arm import ArmCopy, arm_region, find_base, inpaint, shaft_map, turned
 from cvae.model.heads import translate
@@ -177,3 +178,37 @@ def test_with_arm_clear_the_previous_frames_arm_does_not_reach_the_prediction():
         z = torch.zeros(1, model.latent_dim)
         outs = [model._decode(g, skips, prev, c[:, 1], x[:, 1], c[:, 1], z) for prev in (table, with_arm)]
         assert torch.allclose(*outs, atol=1e-6) == clear
+
+
+def test_with_arm_calm_the_futures_agree_where_the_arm_is_or_has_been():
+    """``arm_calm``: at the first future step, each future is the one drawn without it outside the
+    arm's region and the noiseless future inside it; at every step the futures agree exactly on
+    the region the arm has swept (the context frames' places and each future frame's), and still
+    differ elsewhere."""
+    from dataclasses import replace
+
+    x, c = batch(b=2, t=6)
+    model = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True, ee_copy=True, arm_copy=True, z_map=2))
+    free = model.predict(x[:, :2], c, 4, n_samples=3, seed=1)
+    model.cfg = replace(model.cfg, z_scale=0.0)
+    still = model.predict(x[:, :2], c, 4, n_samples=1, seed=1)
+    model.cfg = replace(model.cfg, z_scale=1.0, arm_calm=True)
+    calm = model.predict(x[:, :2], c, 4, n_samples=3, seed=1)
+    assert calm.shape == free.shape
+    swept, regions = None, []
+    for i in range(2, 6):
+        swept = model._swept(swept, x[:, 1], c, i)
+        regions.append(swept[:, 0])
+    region = torch.stack(regions, 1)  # [B, F, H, W]
+    first = region[:, 0, None, None].expand_as(calm[:, :, 0])
+    assert 100 < first[:, 0, 0].sum() < first[:, 0, 0].numel() / 2
+    torch.testing.assert_close(calm[:, :, 0][~first], free[:, :, 0][~first])
+    torch.testing.assert_close(calm[:, :, 0][first], still[:, :, 0].expand_as(calm[:, :, 0])[first])
+    spread = calm.std(1).amax(2)  # [B, F, H, W]
+    assert spread[region].max() == 0 and spread[~region].max() > 0.01
+    assert (region[:, 1:] >= region[:, :-1]).all()  # swept only grows
+
+
+def test_arm_calm_needs_the_arm_copy():
+    with pytest.raises(ConfigError, match="arm_calm needs arm_copy true"):
+        tiny(output="flow", ee_maps=True, z_map=2, arm_calm=True)

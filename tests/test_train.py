@@ -286,7 +286,10 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert meta["config"]["z_scale"] == 0.7 and meta["config"]["z_hold"] is True and model.cfg.z_scale == 0.7
     assert cli.main(["export", "--ckpt", str(held), "--out", str(tmp_path / "neg2"), "--z-scale", "-0.5"]) == 2
     assert "z_scale must be a number >= 0, not -0.5" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, not z_dim"):
+    calm = tmp_path / "calm"  # and draw every future's arm region from the noiseless future
+    assert cli.main(["export", "--ckpt", str(narrow), "--out", str(calm), "--arm-calm", "true"]) == 2
+    assert "arm_calm needs arm_copy true" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 

@@ -147,6 +147,8 @@ def sampling(cfg: dict) -> str:
         said.append("noise on the spatial latent alone")
     if cfg.get("z_scale", 1.0) != 1.0:
         said.append(f"the noise x {cfg['z_scale']:g}")
+    if cfg.get("arm_calm"):
+        said.append("where the arm is or has been, every future as the noiseless one")
     if cfg.get("flow_deadzone"):
         said.append(f"flow displacements of {cfg['flow_deadzone']:g} px or less set to 0")
     return f"Sampling: {', '.join(said)}. " if said else ""

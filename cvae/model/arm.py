@@ -175,12 +175,16 @@ class ArmCopy(nn.Module):
         h, w = anchor.shape[-2:]
         return turned(anchor, base, src, dst), shaft_map(base, dst, h, w)
 
+    def region(self, anchor: torch.Tensor, src: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``arm_region`` [N, 1, H, W] of the arm with its end effector at ``at`` [N, 2], about the
+        base the latest real frame ``anchor`` [N, 3, H, W], its end effector at ``src``, shows."""
+        return arm_region(self.base(anchor, src), at, *anchor.shape[-2:])
+
     @torch.no_grad()
     def cleared(self, frame: torch.Tensor, anchor: torch.Tensor, src: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """``frame`` [N, 3, H, W] with the arm that stands at end-effector place ``at`` [N, 2] in it
-        filled in (``inpaint``); the base is the one the latest real frame ``anchor``, its end
-        effector at ``src``, shows."""
-        return inpaint(frame, arm_region(self.base(anchor, src), at, *frame.shape[-2:]))
+        filled in (``inpaint``); the base is the one ``region`` takes."""
+        return inpaint(frame, self.region(anchor, src, at))
 
     def cleared_anchor(self, anchor: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         """``cleared`` of the latest real frame at its own end effector's place, remembered with

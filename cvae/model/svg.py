@@ -21,13 +21,14 @@ from torch.nn import functional as F
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import branching, energy_score, moving_mask, spread_gap
+from .cues import as_pixels
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
 PIXEL_LOSSES = ("mse", "l1")
-SAMPLING = ("flow_deadzone", "z_hold", "z_scale")  # how the weights are used, not their shapes: export may set them
+SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm")  # how the weights are used, not their shapes: export may set them
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", *SAMPLING)
 
@@ -105,6 +106,7 @@ class ModelConfig:
     arm_copy: bool = False  # the flow head may also take the latest real frame turned about the arm's base (model/arm.py)
     map_prior: bool = False  # the spatial latent's prior is learned per cell (``gaussian.GaussianMap``), not N(0, I)
     arm_clear: bool = False  # the arm is filled out of the previous and latest real frames the flow head moves (model/arm.py)
+    arm_calm: bool = False  # at prediction, every future takes a noiseless future's pixels where the arm is or has been
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -142,6 +144,8 @@ class ModelConfig:
             raise ConfigError("map_noise_only needs z_map > 0: it draws noise for the spatial latent alone")
         if self.arm_clear and not self.arm_copy:
             raise ConfigError("arm_clear needs arm_copy true: the arm copy finds the base whose bar it clears")
+        if self.arm_calm and not self.arm_copy:
+            raise ConfigError("arm_calm needs arm_copy true: the arm copy finds the base of the bar whose region it calms")
         if self.map_prior and not (self.z_map and self.prior == "learned"):
             raise ConfigError("map_prior needs z_map > 0 and prior 'learned': it learns the spatial latent's "
                               "prior beside the vector z's")
@@ -385,14 +389,21 @@ class SVG(nn.Module):
         """K futures of each of M sequences drawn from the prior, predictions fed back as at test
         time, for the training terms that score samples (best of K, the energy score): context
         [M, n_past, ...] and its encoding -> frames n_past..t-1 as [M * K, t - n_past, 3, 64, 64],
-        the K of a sequence adjacent."""
-        def rep(v: torch.Tensor) -> torch.Tensor:
-            return v.repeat_interleave(k, 0)
+        the K of a sequence adjacent. With ``arm_calm`` they are drawn as ``predict`` draws them,
+        beside a noiseless future whose pixels they take where the arm is or has been: a score
+        on them can then ask for spread only where the arm is not."""
+        calm = int(self.cfg.arm_calm)
+        group = k + calm
 
-        noise = self._noise(x_ctx.shape[0] * k, t - 1, x_ctx.device)
+        def rep(v: torch.Tensor) -> torch.Tensor:
+            return v.repeat_interleave(group, 0)
+
+        noise = self._noise(x_ctx.shape[0] * group, t - 1, x_ctx.device)
+        if calm:  # each scene's first future is the noiseless one
+            noise = noise * (torch.arange(noise.shape[0], device=noise.device) % group > 0)[:, None, None]
         pred, _ = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
-                                noise=noise)
-        return pred[:, self.n_past - 1 :]
+                                noise=noise, calm=group if calm else 0)
+        return pred[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, calm:].flatten(0, 1)
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
                 terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -445,16 +456,34 @@ class SVG(nn.Module):
             draw[..., : self.z_dim] = 0
         return draw.expand(n, steps, self.latent_dim)
 
+    def _swept(self, swept: torch.Tensor | None, anchor: torch.Tensor, cond: torch.Tensor, i: int) -> torch.Tensor:
+        """The pixels [N, 1, H, W] the arm covers (``ArmCopy.region``) in some frame 0..i, from the
+        region swept by frame i - 1 (None at the first future step: the context frames' are
+        added). ``anchor`` is the latest real frame, whose arm gives the base."""
+        norm, ee_map = self.predictor.normalize, self.decoder.ee_map
+        h, w = anchor.shape[-2:]
+        src = as_pixels(ee_map.location(norm(at_rest(cond[:, self.n_past - 1]))), h, w)
+
+        def region(c: torch.Tensor) -> torch.Tensor:
+            return self.decoder.arm.region(anchor, src, as_pixels(ee_map.location(norm(c)), h, w))
+
+        if swept is None:
+            swept = torch.stack([region(at_rest(cond[:, j])) for j in range(i)]).any(0)
+        return swept | region(cond[:, i - 1])
+
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
-                 z: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 z: torch.Tensor | None = None, noise: torch.Tensor | None = None, calm: int = 0,
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Steps 1..t-1, feeding back predictions once the context is used up.
 
         ``z`` [B, t-1, latent_dim] gives the latent of every step (training). Otherwise (generation)
         the context steps take z from the posterior of the real frames and the future steps
-        from the prior, drawn with ``noise`` [B, t-1, latent_dim]. Returns the predictions and, with a
-        learned prior, its (mu, logvar) per step.
+        from the prior, drawn with ``noise`` [B, t-1, latent_dim]. ``calm`` > 0 (``arm_calm``): the
+        rows come in groups of this many futures of one scene, the first drawn with zero noise,
+        and every future step the others take its pixels where the arm is or has been, before
+        they are fed back. Returns the predictions and, with a learned prior, its (mu, logvar)
+        per step.
         """
         n_past = self.n_past
         if z is None:
@@ -464,7 +493,7 @@ class SVG(nn.Module):
         skip_prev = [s[:, 0] for s in skips_ctx]
         skip_last = [s[:, n_past - 1] for s in skips_ctx]
         coarse_before = skips_ctx[3][:, 0]  # frame i-2's coarsest skips (frame 0's at step 1), for a learned map prior
-        pred_state = prior_state = None
+        pred_state = prior_state = swept = None
         preds, prior_mu, prior_logvar = [], [], []
         for i in range(1, t):
             if self.prior is not None:
@@ -484,6 +513,10 @@ class SVG(nn.Module):
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
             x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i)
+            if calm and i >= n_past:
+                swept = self._swept(swept, x_ctx[:, n_past - 1], cond, i)
+                group = x_i.view(-1, calm, *x_i.shape[1:])
+                x_i = torch.where(swept.view(-1, calm, *swept.shape[1:]), group[:, :1], group).view_as(x_i)
             preds.append(x_i)
             coarse_before = skip_prev[3]
             if i < n_past:
@@ -520,13 +553,19 @@ class SVG(nn.Module):
         b = context.shape[0]
         device = context.device
         gen = torch.Generator(device=device).manual_seed(seed)
-        noise = self._noise(n_samples, t - 1, device, gen)
         # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
         # spreads wider than the world is narrowed here without a weight change (README, "z_scale").
-        noise = (noise * self.cfg.z_scale).expand(b, -1, -1, -1).reshape(b * n_samples, t - 1, self.latent_dim)
-        ctx = context.repeat_interleave(n_samples, 0)
+        noise = self._noise(n_samples, t - 1, device, gen) * self.cfg.z_scale
+        calm = int(self.cfg.arm_calm)
+        if calm:  # the noiseless future, first in each scene's group and dropped at the end
+            noise = torch.cat([torch.zeros_like(noise[:1]), noise])
+        k = n_samples + calm
+        noise = noise.expand(b, -1, -1, -1).reshape(b * k, t - 1, self.latent_dim)
+        ctx = context.repeat_interleave(k, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h_ctx, skips_ctx = self._encode(ctx)
-            pred, _ = self._rollout(ctx, h_ctx, skips_ctx, cond[:, : t - 1].repeat_interleave(n_samples, 0), t, noise=noise)
+            pred, _ = self._rollout(ctx, h_ctx, skips_ctx, cond[:, : t - 1].repeat_interleave(k, 0), t, noise=noise,
+                                    calm=k if calm else 0)
         self.train(was_training)
-        return pred[:, self.n_past - 1:].float().reshape(b, n_samples, n_future, *context.shape[2:])
+        pred = pred[:, self.n_past - 1:].float().reshape(b, k, n_future, *context.shape[2:])
+        return pred[:, calm:]
