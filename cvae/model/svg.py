@@ -106,7 +106,7 @@ class ModelConfig:
     arm_copy: bool = False  # the flow head may also take the latest real frame turned about the arm's base (model/arm.py)
     map_prior: bool = False  # the spatial latent's prior is learned per cell (``gaussian.GaussianMap``), not N(0, I)
     arm_clear: bool = False  # the arm is filled out of the previous and latest real frames the flow head moves (model/arm.py)
-    arm_calm: bool = False  # at prediction, every future takes a noiseless future's pixels where the arm is or has been
+    arm_calm: bool = False  # every future drawn from the prior takes a noiseless one's pixels where the arm is or has been
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -538,7 +538,8 @@ class SVG(nn.Module):
                 seed: int = 0) -> torch.Tensor:
         """Sample futures: context [B, n_past, 3, 64, 64], cond [B, >= n_past + n_future - 1, 7].
 
-        Returns [B, n_samples, n_future, 3, 64, 64]. All samples run as one batch; the result is
+        Returns [B, n_samples, n_future, 3, 64, 64]. All samples (with ``arm_calm`` one more per
+        scene, the noiseless one, not returned) run as one batch; the result is
         a function of ``seed`` alone (evaluation-mode batch norm, a private generator). Sample k
         draws the same noise in every batch row, so rows that differ only in their conditions
         differ only by the effect of those conditions.
