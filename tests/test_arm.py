@@ -212,3 +212,23 @@ def test_with_arm_calm_the_futures_agree_where_the_arm_is_or_has_been():
 def test_arm_calm_needs_the_arm_copy():
     with pytest.raises(ConfigError, match="arm_calm needs arm_copy true"):
         tiny(output="flow", ee_maps=True, z_map=2, arm_calm=True)
+
+
+def test_the_training_terms_draw_calmed_futures_as_predict_does():
+    """With ``arm_calm`` the futures the energy score and best of K score (``_prior_futures``) are
+    K per scene, agree exactly where the arm has swept, differ elsewhere, and pass gradients to
+    the decoder that draws them."""
+    x, c = batch(b=2, t=6)
+    model = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True, ee_copy=True, arm_copy=True, z_map=2,
+                            arm_calm=True))
+    torch.manual_seed(3)
+    h, skips = model._encode(x[:, :2])
+    futures = model._prior_futures(x[:, :2], h, skips, c, 6, 3)
+    assert futures.shape == (6, 4, 3, 64, 64)
+    swept = None
+    for i in range(2, 6):
+        swept = model._swept(swept, x[:, 1], c, i)
+    spread = futures.detach().view(2, 3, 4, 3, 64, 64).std(1)[:, -1].amax(1)  # the last step, [B, H, W]
+    assert spread[swept[:, 0]].max() == 0 and spread[~swept[:, 0]].max() > 0.01
+    futures.square().mean().backward()
+    assert model.decoder.upc5[1].weight.grad.abs().sum() > 0
