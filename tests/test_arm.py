@@ -161,14 +161,13 @@ def test_with_arm_clear_the_previous_frames_arm_does_not_reach_the_prediction():
     """A flat previous frame with a bar drawn where that frame's end effector stands, and the same
     frame without it: the same prediction with ``arm_clear`` (the bar is filled with the table's
     colour), different ones without."""
-    from cvae.model.cues import as_pixels
     from cvae.model.svg import at_rest
 
     for clear in (True, False):
         model = tiny(output="flow", cond_maps=True, ee_maps=True, ee_copy=True, arm_copy=True, arm_clear=clear).eval()
         x, c = batch(b=1, t=3)
         norm, dec = model.predictor.normalize, model.decoder
-        place = as_pixels(dec.ee_map.location(norm(at_rest(c[:, 1]))), 64, 64)
+        place = dec.ee_map.pixels(norm(at_rest(c[:, 1])), 64, 64)
         base = dec.arm.base(x[:, 1], place)
         table = torch.full_like(x[:, 1], 0.4)
         with_arm = torch.where(arm_region(base, place, 64, 64) & (shaft_map(base, place, 64, 64) > 0.8), 0.1, table)
@@ -178,6 +177,16 @@ def test_with_arm_clear_the_previous_frames_arm_does_not_reach_the_prediction():
         z = torch.zeros(1, model.latent_dim)
         outs = [model._decode(g, skips, prev, c[:, 1], x[:, 1], c[:, 1], z) for prev in (table, with_arm)]
         assert torch.allclose(*outs, atol=1e-6) == clear
+
+
+def swept_regions(model, x: torch.Tensor, c: torch.Tensor, t: int) -> torch.Tensor:
+    """``SVG._swept`` at each future step of a rollout of ``t`` frames from two context frames
+    ``x`` [B, >= 2, ...]: bool [B, t - 2, H, W]."""
+    swept, regions = None, []
+    for i in range(2, t):
+        swept = model._swept(swept, x[:, 1], c, i)
+        regions.append(swept[:, 0])
+    return torch.stack(regions, 1)
 
 
 def test_with_arm_calm_the_futures_agree_where_the_arm_is_or_has_been():
@@ -195,11 +204,7 @@ def test_with_arm_calm_the_futures_agree_where_the_arm_is_or_has_been():
     model.cfg = replace(model.cfg, z_scale=1.0, arm_calm=True)
     calm = model.predict(x[:, :2], c, 4, n_samples=3, seed=1)
     assert calm.shape == free.shape
-    swept, regions = None, []
-    for i in range(2, 6):
-        swept = model._swept(swept, x[:, 1], c, i)
-        regions.append(swept[:, 0])
-    region = torch.stack(regions, 1)  # [B, F, H, W]
+    region = swept_regions(model, x, c, 6)
     first = region[:, 0, None, None].expand_as(calm[:, :, 0])
     assert 100 < first[:, 0, 0].sum() < first[:, 0, 0].numel() / 2
     torch.testing.assert_close(calm[:, :, 0][~first], free[:, :, 0][~first])
@@ -225,10 +230,8 @@ def test_the_training_terms_draw_calmed_futures_as_predict_does():
     h, skips = model._encode(x[:, :2])
     futures = model._prior_futures(x[:, :2], h, skips, c, 6, 3)
     assert futures.shape == (6, 4, 3, 64, 64)
-    swept = None
-    for i in range(2, 6):
-        swept = model._swept(swept, x[:, 1], c, i)
+    swept = swept_regions(model, x, c, 6)[:, -1]
     spread = futures.detach().view(2, 3, 4, 3, 64, 64).std(1)[:, -1].amax(1)  # the last step, [B, H, W]
-    assert spread[swept[:, 0]].max() == 0 and spread[~swept[:, 0]].max() > 0.01
+    assert spread[swept].max() == 0 and spread[~swept].max() > 0.01
     futures.square().mean().backward()
     assert model.decoder.upc5[1].weight.grad.abs().sum() > 0

@@ -75,6 +75,11 @@ class EndEffectorMap(nn.Module):
         place = self.where(cond.float())
         return torch.clamp(place, self.lo, self.hi) if self.exact else torch.tanh(place)
 
+    def pixels(self, cond: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``location`` as (x, y) pixel indices of an h x w image [N, 2] (``as_pixels``): where the
+        arm copy, its fill and the calm region put the end effector."""
+        return as_pixels(self.location(cond), h, w)
+
     @torch.no_grad()
     def calibrate(self, cond: torch.Tensor, place: torch.Tensor, steps: int = 50) -> None:
         """Set the affine map so the blob lands on ``place`` [N, 2] ((row, column) in [-1, 1])

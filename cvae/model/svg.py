@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import branching, energy_score, moving_mask, spread_gap
-from .cues import as_pixels
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
@@ -462,10 +461,10 @@ class SVG(nn.Module):
         added). ``anchor`` is the latest real frame, whose arm gives the base."""
         norm, ee_map = self.predictor.normalize, self.decoder.ee_map
         h, w = anchor.shape[-2:]
-        src = as_pixels(ee_map.location(norm(at_rest(cond[:, self.n_past - 1]))), h, w)
+        src = ee_map.pixels(norm(at_rest(cond[:, self.n_past - 1])), h, w)
 
         def region(c: torch.Tensor) -> torch.Tensor:
-            return self.decoder.arm.region(anchor, src, as_pixels(ee_map.location(norm(c)), h, w))
+            return self.decoder.arm.region(anchor, src, ee_map.pixels(norm(c), h, w))
 
         if swept is None:
             swept = torch.stack([region(at_rest(cond[:, j])) for j in range(i)]).any(0)

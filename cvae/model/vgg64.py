@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .arm import ArmCopy
-from .cues import EndEffectorMap, EndEffectorSprite, as_pixels, coordinate_maps
+from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
 from .heads import FlowHead, make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
@@ -134,12 +134,12 @@ class Decoder(nn.Module):
             if anchor is None or anchor_cond is None:
                 raise ValueError("this decoder turns the latest real frame with the arm: pass anchor and anchor_cond")
             h, w = anchor.shape[-2:]
-            src = as_pixels(self.ee_map.location(anchor_cond), h, w)
-            extra["arm_copy"], shaft = self.arm(anchor, src, as_pixels(self.ee_map.location(cond), h, w))
+            src = self.ee_map.pixels(anchor_cond, h, w)
+            extra["arm_copy"], shaft = self.arm(anchor, src, self.ee_map.pixels(cond, h, w))
             if self.arm_clear:
                 if prev_cond is None:
                     raise ValueError("this decoder clears the arm from the previous frame: pass prev_cond")
-                prev = self.arm.cleared(prev, anchor, src, as_pixels(self.ee_map.location(prev_cond), h, w))
+                prev = self.arm.cleared(prev, anchor, src, self.ee_map.pixels(prev_cond, h, w))
                 head_anchor = self.arm.cleared_anchor(anchor, src)
         d = self.upc1(g[:, :, None, None])
         d = self.upc2(self._with_cond(d, skips[3], cond, shaft, zmap))
