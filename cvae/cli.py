@@ -197,6 +197,9 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--arm-calm", type=_bool, default=None, metavar="BOOL",
                    help="set the copy's arm_calm (every future takes a noiseless future's pixels where the arm "
                         "is or has been; no weight changes)")
+    x.add_argument("--map-noise-block", type=whole(1), default=None, metavar="B",
+                   help="set the copy's map_noise_block (the spatial latent's noise one draw per B x B cells; "
+                        "no weight changes)")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")

@@ -168,6 +168,8 @@ def test_model_quality_is_stated(tmp_path):
     assert logic.sampling({"z_hold": False, "z_scale": 1.0, "flow_deadzone": 0.0}) == ""
     assert "where the arm is or has been, every future as the noiseless one" in logic.sampling({"arm_calm": True})
     assert logic.sampling({"z_map": 4, "map_noise_only": True}) == "Sampling: noise on the spatial latent alone. "
+    assert "one noise draw per 8 x 8 cells of the spatial latent" in logic.sampling({"z_map": 4, "map_noise_block": 8})
+    assert "cells" not in logic.sampling({"z_map": 4, "map_noise_block": 1})
     shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))
     assert "Not evaluated" in logic.describe(tmp_path / "m", "m").quality
 

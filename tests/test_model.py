@@ -311,6 +311,33 @@ def test_map_noise_only_leaves_the_vector_z_at_the_priors_mean():
         tiny(map_noise_only=True)
 
 
+@pytest.mark.parametrize("block", [2, 8])
+def test_map_noise_block_shares_one_draw_per_block_of_cells(block):
+    """``map_noise_block``: the spatial latent's noise is one standard-normal draw per B x B block of
+    cells (the same in every cell of a block, different between blocks and channels), so each cell
+    keeps its distribution; the vector z's noise is as without it. It changes no weight, and the
+    futures still differ."""
+    from cvae.model.vgg64 import MAP_SIZE
+
+    model = calibrated(tiny(output="flow", z_map=2, z_hold=True, map_noise_block=block))
+    noise = model._noise(400, 3, "cpu")
+    cells = noise[..., model.z_dim :].view(400, 3, 2, MAP_SIZE, MAP_SIZE)
+    blocks = cells.unflatten(-1, (-1, block)).unflatten(-3, (-1, block))  # [n, s, c, rows, block, cols, block]
+    assert torch.equal(blocks, blocks[..., :1, :, :1].expand_as(blocks))  # one value per block
+    corners = blocks[..., 0, :, 0].flatten(-2)  # [n, s, c, blocks]
+    assert abs(corners.std().item() - 1) < 0.05 and (corners[:, 0, 0] != corners[:, 0, 1]).all()
+    if corners.shape[-1] > 1:
+        assert (corners[..., 0] != corners[..., 1]).all()
+    assert abs(noise[..., : model.z_dim].std().item() - 1) < 0.05 and torch.equal(noise[:, 0], noise[:, 2])
+    x, cond = batch(t=6)
+    futures = model.predict(x[:, :2], cond, n_future=4, n_samples=2)
+    assert (futures[:, 0] - futures[:, 1]).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="map_noise_block must be one of 1, 2, 4, 8 .* not 3"):
+        tiny(z_map=2, map_noise_block=3)
+    with pytest.raises(ConfigError, match="map_noise_block needs z_map > 0"):
+        tiny(map_noise_block=2)
+
+
 def test_a_model_grows_a_spatial_latent_without_changing_its_predictions():
     """``grown`` with ``z_map``: the decoder's 8 x 8 input gets a zero-weight channel per latent
     channel, so the grown model predicts exactly what it did, whatever its map's noise."""

@@ -289,7 +289,10 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     calm = tmp_path / "calm"  # and draw every future's arm region from the noiseless future
     assert cli.main(["export", "--ckpt", str(narrow), "--out", str(calm), "--arm-calm", "true"]) == 2
     assert "arm_calm needs arm_copy true" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, not z_dim"):
+    assert cli.main(["export", "--ckpt", str(narrow), "--out", str(calm), "--map-noise-block", "2"]) == 2
+    assert "map_noise_block needs z_map > 0" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, map_noise_block, "
+                                          "not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 

@@ -145,6 +145,8 @@ def sampling(cfg: dict) -> str:
         said.append("one noise draw held over each future")
     if cfg.get("map_noise_only"):
         said.append("noise on the spatial latent alone")
+    if cfg.get("map_noise_block", 1) > 1:
+        said.append(f"one noise draw per {cfg['map_noise_block']} x {cfg['map_noise_block']} cells of the spatial latent")
     if cfg.get("z_scale", 1.0) != 1.0:
         said.append(f"the noise x {cfg['z_scale']:g}")
     if cfg.get("arm_calm"):

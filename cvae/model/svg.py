@@ -27,7 +27,8 @@ from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
 PIXEL_LOSSES = ("mse", "l1")
-SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm")  # how the weights are used, not their shapes: export may set them
+# how the weights are used, not their shapes: export may set them
+SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", *SAMPLING)
 
@@ -47,6 +48,7 @@ class StepLosses:
 
 
 PRIORS = ("fixed", "learned")
+MAP_BLOCKS = tuple(b for b in range(1, MAP_SIZE + 1) if MAP_SIZE % b == 0)  # block sides that tile the grid
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class ModelConfig:
     map_prior: bool = False  # the spatial latent's prior is learned per cell (``gaussian.GaussianMap``), not N(0, I)
     arm_clear: bool = False  # the arm is filled out of the previous and latest real frames the flow head moves (model/arm.py)
     arm_calm: bool = False  # every future drawn from the prior takes a noiseless one's pixels where the arm is or has been
+    map_noise_block: int = 1  # the spatial latent's prior noise is one draw per block of this many x this many cells
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -145,6 +148,11 @@ class ModelConfig:
             raise ConfigError("arm_clear needs arm_copy true: the arm copy finds the base whose bar it clears")
         if self.arm_calm and not self.arm_copy:
             raise ConfigError("arm_calm needs arm_copy true: the arm copy finds the base of the bar whose region it calms")
+        if self.map_noise_block not in MAP_BLOCKS:
+            raise ConfigError(f"map_noise_block must be one of {', '.join(map(str, MAP_BLOCKS))} (cells per side of a "
+                              f"block of the {MAP_SIZE} x {MAP_SIZE} grid), not {self.map_noise_block!r}")
+        if self.map_noise_block > 1 and not self.z_map:
+            raise ConfigError("map_noise_block needs z_map > 0: it shares the spatial latent's noise between cells")
         if self.map_prior and not (self.z_map and self.prior == "learned"):
             raise ConfigError("map_prior needs z_map > 0 and prior 'learned': it learns the spatial latent's "
                               "prior beside the vector z's")
@@ -449,10 +457,18 @@ class SVG(nn.Module):
         step should keep it gliding; independent draws per step ask the predictor to remember
         which world it is in. Each step's z keeps its own distribution either way. With
         ``map_noise_only`` the vector part is 0, so the vector z is the prior's mean and every
-        difference between futures has to come through the spatial latent, which acts locally."""
+        difference between futures has to come through the spatial latent, which acts locally.
+        With ``map_noise_block`` B > 1 the spatial latent's cells share one draw per B x B block:
+        each cell's z keeps its own distribution (the prior's mean and std per cell), but the
+        cells of one block move together, as an object's do when it glides farther in one world."""
         draw = torch.randn(n, 1 if self.cfg.z_hold else steps, self.latent_dim, generator=generator, device=device)
         if self.cfg.map_noise_only:
             draw[..., : self.z_dim] = 0
+        block = self.cfg.map_noise_block
+        if block > 1:
+            side = MAP_SIZE // block
+            coarse = torch.randn(*draw.shape[:2], self.cfg.z_map, side, side, generator=generator, device=device)
+            draw[..., self.z_dim:] = coarse.repeat_interleave(block, -2).repeat_interleave(block, -1).flatten(2)
         return draw.expand(n, steps, self.latent_dim)
 
     def _swept(self, swept: torch.Tensor | None, anchor: torch.Tensor, cond: torch.Tensor, i: int) -> torch.Tensor:
