@@ -113,3 +113,19 @@ def test_the_source_shares_are_a_flow_heads_mask_over_the_region():
     names, share, wobble = bench.source_shares(model, x, c, region, draws=2, n_future=3)
     assert names[:3] == ["generated", "moved previous", "moved latest real"] and len(names) == len(share)
     assert abs(float(share.sum()) - 1) < 1e-5 and ((share >= 0) & (share <= 1)).all() and (wobble >= 0).all()
+
+
+def test_the_rigid_push_probe_scores_only_its_region():
+    """``rigid_push.errors`` sums the squared error over the region alone, per prediction, truth
+    and step, and ``db`` pools it: off by 0.1 on the region and by 1 outside it is 20 dB."""
+    import torch
+
+    rigid = _bench("rigid_push")
+    truths = torch.zeros(1, 2, 3, 3, 4, 4)
+    region = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
+    region[:, :, :2] = True
+    pred = torch.where(region[:, None, :, None], 0.1, 1.0).expand(1, 1, 3, 3, 4, 4)
+    err = rigid.errors(pred, truths, region)
+    assert err.shape == (1, 1, 2, 3) and torch.allclose(err, torch.full_like(err, 8 * 0.01))
+    count = region.float().sum((-2, -1))[:, None].expand(-1, 2, -1)
+    assert rigid.db(err[:, 0], count) == 20.0
