@@ -315,8 +315,7 @@ def test_map_noise_only_leaves_the_vector_z_at_the_priors_mean():
 def test_map_noise_block_shares_one_draw_per_block_of_cells(block):
     """``map_noise_block``: the spatial latent's noise is one standard-normal draw per B x B block of
     cells (the same in every cell of a block, different between blocks and channels), so each cell
-    keeps its distribution; the vector z's noise is as without it. It changes no weight, and the
-    futures still differ."""
+    keeps its distribution; the vector z's noise is as without it, and the futures still differ."""
     from cvae.model.vgg64 import MAP_SIZE
 
     model = calibrated(tiny(output="flow", z_map=2, z_hold=True, map_noise_block=block))
