@@ -20,12 +20,12 @@ import argparse
 
 import numpy as np
 import torch
-from common import predict_capturing, record, test_sequences
+from common import arm_bases_of, predict_capturing, record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import XY
 from cvae.data.dataset import BairDataset
-from cvae.data.simulator import ARM_WIDTH_PX, GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE, simulate
+from cvae.data.simulator import ARM_WIDTH_PX, GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
 from cvae.kinematics import world_to_px
 from cvae.metrics import masked_psnr
 from cvae.model.arm import ArmCopy, find_base, turned
@@ -56,7 +56,7 @@ def main() -> None:
     found = scenes(BairDataset(args.data, "test", 12), args.limit)
     if found is None:
         raise SystemExit(f"{args.data} is not the simulator's data: the arm's base is unknown")
-    bases = np.stack([simulate(s.seed, s.index, s.split_id, n_frames=1).arm_base for s in found])
+    bases = arm_bases_of(found)
     n_past, n_future = 2, 10
     x, c = test_sequences(args.data, n_past + n_future, args.limit)
     ee = world_to_px(c[..., XY].numpy())  # [N, T, 2], simulator coordinates (a pixel's centre is index + 0.5)

@@ -50,6 +50,22 @@ def true_futures_of(scene, cond: torch.Tensor, k: int) -> torch.Tensor:
     return _to_tensor(true_futures(scene, cond[:, ACTIONS].numpy().astype(np.float64), k), "cpu")
 
 
+def true_futures_of_each(found, cond: torch.Tensor, k: int) -> torch.Tensor:
+    """``true_futures_of`` for each scene of ``found`` under its row of ``cond`` [N, T, 7]:
+    float [N, k, T, 3, 64, 64]."""
+    return torch.stack([true_futures_of(scene, cond[i], k) for i, scene in enumerate(found)])
+
+
+def arm_bases_of(found):
+    """The arm's base of each simulated scene of ``found``, [N, 2] (x, y in simulator
+    coordinates, a pixel's centre at index + 0.5): fixed per scene, so one frame tells it."""
+    import numpy as np
+
+    from cvae.data.simulator import simulate
+
+    return np.stack([simulate(s.seed, s.index, s.split_id, n_frames=1).arm_base for s in found])
+
+
 def load_with_deadzone(ckpt: str, deadzone: float | None):
     """The model at ``ckpt`` on the CPU, its flow head's ``flow_deadzone`` replaced by ``deadzone``
     unless None: what a dead zone does to trained weights, without exporting a copy."""

@@ -17,11 +17,10 @@ import argparse
 
 import numpy as np
 import torch
-from common import record, test_sequences, true_futures_of, uncertain_test_set
+from common import arm_bases_of, record, test_sequences, true_futures_of_each, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.condition import XY
-from cvae.data.simulator import simulate
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, moving_mask
 from cvae.model.arm import arm_region, inpaint
@@ -52,9 +51,8 @@ def main() -> None:
     x, c = test_sequences(args.data, n_past + 10, args.limit)
     _, found = uncertain_test_set(args.data, args.limit)
     ee = torch.from_numpy(world_to_px(c[..., XY].numpy().astype(np.float64)) - 0.5).float()  # pixel indices
-    base = torch.from_numpy(np.stack([simulate(s.seed, s.index, s.split_id, n_frames=1).arm_base
-                                      for s in found]) - 0.5).float()
-    truths = torch.stack([true_futures_of(found[i], c[i], k)[:, n_past:] for i in range(len(found))])
+    base = torch.from_numpy(arm_bases_of(found) - 0.5).float()
+    truths = true_futures_of_each(found, c, k)[:, :, n_past:]
     last = x[:, n_past - 1]
     arm_then = arm_region(base, ee[:, n_past - 1], hw, hw)[:, 0]
     arm = torch.stack([arm_region(base, ee[:, n_past + f], hw, hw)[:, 0] | arm_then for f in range(10)], 1)

@@ -17,11 +17,11 @@ import argparse
 import numpy as np
 import torch
 from arm import shaft_mask
-from common import predict_capturing, record, test_sequences, true_futures_of, uncertain_test_set
+from common import arm_bases_of, predict_capturing, record, test_sequences, true_futures_of_each, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.condition import XY
-from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE, simulate
+from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, pixel_std
 from cvae.physics_eval import std_agreement
@@ -79,9 +79,8 @@ def main() -> None:
     _, found = uncertain_test_set(args.data, args.limit)
     n, n_past = len(found), 2
     ee = world_to_px(c[..., XY].numpy().astype(np.float64))
-    swept = torch.from_numpy(np.stack([
-        swept_mask(simulate(s.seed, s.index, s.split_id, n_frames=1).arm_base, ee[i]) for i, s in enumerate(found)]))
-    truths = torch.stack([true_futures_of(found[i], c[i], args.truths)[:, n_past:] for i in range(n)])
+    swept = torch.from_numpy(np.stack([swept_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(found))]))
+    truths = true_futures_of_each(found, c, args.truths)[:, :, n_past:]
     t_std, differ = pixel_std(truths, 1), branching(truths, 1)  # [N, F, H, W]
     arm_only = swept[:, None] & ~differ
     for k, ckpt in enumerate(args.ckpt):
