@@ -5,7 +5,14 @@ spread ratio and agreement beside the ungated samples' split each figure into wh
 the world branches earns and what the model's own doubt elsewhere earns. Simulated data with
 hidden causes only.
 
+Two gates a model could compute itself, probed before building one: ``--moving W``, where the
+mean future differs from the last context frame (``metrics.moving_mask``, widened by W px), and
+``--learn N``, the probability of branching that a small CNN fitted on N training scenes reads
+off the mean future (``fit_classifier``); each sample keeps that share of its difference from
+the mean future.
+
     python bench/branch_gate.py --ckpt assets/model --limit 16
+    python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384
 """
 from __future__ import annotations
 
@@ -13,22 +20,95 @@ import argparse
 import dataclasses
 
 import torch
-from common import record, true_futures_of, uncertain_test_set
+from common import record, true_futures_of
+from torch import nn
 from torch.nn import functional as F
 
 from cvae import checkpoint
 from cvae.evaluate import batches
-from cvae.metrics import branching, psnr
+from cvae.metrics import branching, moving_mask, psnr
 from cvae.physics_eval import spread_scores, summarize
+
+
+def widened(mask: torch.Tensor, px: int) -> torch.Tensor:
+    """A map [B, F, H, W] as float, each 1 spread over the (2 px + 1)^2 square around it."""
+    g = mask.float()
+    if px:
+        g = F.max_pool2d(g.flatten(0, 1)[:, None], 2 * px + 1, 1, px).view_as(g)
+    return g
+
+
+def mix(samples: torch.Tensor, mean: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Samples [B, S, F, 3, H, W] keeping the share ``g`` [B, F, H, W] of their difference from
+    the mean future [B, 1, F, 3, H, W]."""
+    return mean + g[:, None, :, None] * (samples - mean)
 
 
 def gate(samples: torch.Tensor, mean: torch.Tensor, truths: torch.Tensor, widen: int) -> torch.Tensor:
     """Samples [B, S, F, 3, H, W] kept where the truths [B, K, F, 3, H, W] branch (widened by
     ``widen`` px), the mean future [B, 1, F, 3, H, W] elsewhere."""
-    g = branching(truths, 1).float()  # [B, F, H, W]
-    if widen:
-        g = F.max_pool2d(g.flatten(0, 1)[:, None], 2 * widen + 1, 1, widen).view_as(g)
-    return mean + g[:, None, :, None] * (samples - mean)
+    return mix(samples, mean, widened(branching(truths, 1), widen))
+
+
+def features(last: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """What a gate could see at each future step: the mean future's frame, the one before it,
+    the last context frame, their absolute difference and the step's place in the future.
+    Last context frames [B, 3, H, W], mean futures [B, 1, F, 3, H, W] -> [B, F, 13, H, W]."""
+    cur = mean[:, 0]
+    f = cur.shape[1]
+    prev = torch.cat([last[:, None], cur[:, :-1]], 1)
+    stay = last[:, None].expand_as(cur)
+    step = (torch.arange(f, dtype=cur.dtype) / f).view(1, f, 1, 1, 1).expand(*cur.shape[:2], 1, *cur.shape[-2:])
+    return torch.cat([cur, prev, stay, (cur - stay).abs(), step], 2)
+
+
+def classifier() -> nn.Module:
+    """Dilated convolutions seeing ~30 px: as far as a pushed object glides in a few steps."""
+    return nn.Sequential(nn.Conv2d(13, 32, 5, padding=2), nn.LeakyReLU(0.2),
+                         nn.Conv2d(32, 32, 5, padding=4, dilation=2), nn.LeakyReLU(0.2),
+                         nn.Conv2d(32, 32, 5, padding=8, dilation=4), nn.LeakyReLU(0.2),
+                         nn.Conv2d(32, 1, 3, padding=1))
+
+
+def fit_classifier(feats: torch.Tensor, branch: torch.Tensor, steps: int, seed: int = 0) -> nn.Module:
+    """A ``classifier`` fitted by cross-entropy to say from ``features`` [N, 13, H, W] whether the
+    true futures branch at each pixel (``branch`` [N, H, W]), 64 frames a step."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = classifier()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    target = branch.float()[:, None]
+    for _ in range(steps):
+        i = torch.randint(0, len(feats), (64,), generator=gen)
+        loss = F.binary_cross_entropy_with_logits(net(feats[i]), target[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> torch.Tensor:
+    """The model's noiseless future [B, 1, F, 3, H, W] (z_scale 0)."""
+    sampling = model.cfg
+    model.cfg = dataclasses.replace(sampling, z_scale=0.0)
+    try:
+        return model.predict(x[:, : model.n_past], c, f, 1, seed)
+    finally:
+        model.cfg = sampling
+
+
+def scenes_with_truths(data: str, split: str, limit: int, k: int, f: int):
+    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W]) of ``split``."""
+    from cvae.data.dataset import BairDataset
+    from cvae.physics_eval import scenes
+
+    ds = BairDataset(data, split, 2 + f)
+    found = scenes(ds, limit)
+    if found is None or found[0].uncertainty == 0:
+        raise SystemExit(f"{data} is not simulated data with hidden causes: its scenes have one future each")
+    for idx in batches(len(found), 16):
+        x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
+        yield idx, x, c, torch.stack([true_futures_of(found[i], c[j], k) for j, i in enumerate(idx)])[:, :, 2:]
 
 
 @torch.no_grad()
@@ -39,28 +119,45 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=16, help="test sequences")
     p.add_argument("--truths", type=int, default=10, help="re-simulated futures per scene")
     p.add_argument("--samples", type=int, default=10, help="prior samples per scene")
-    p.add_argument("--widen", type=int, nargs="+", default=[0, 2], help="px the gate is widened by")
+    p.add_argument("--widen", type=int, nargs="+", default=[0, 2], help="px the oracle gate is widened by")
+    p.add_argument("--moving", type=int, nargs="*", default=[], help="px the mean future's moving pixels are widened by")
+    p.add_argument("--learn", type=int, default=0, help="training scenes to fit the learned gate on (0: none)")
+    p.add_argument("--learn-steps", type=int, default=1500)
     args = p.parse_args()
-    ds, found = uncertain_test_set(args.data, args.limit)
+    f = 10
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        n, f = model.n_past, 10
-        variants = ["ungated", *(f"gate{w}" for w in args.widen)]
+        n = model.n_past
+        net = None
+        if args.learn:
+            feats, branch = [], []
+            for idx, x, c, truths in scenes_with_truths(args.data, "train", args.learn, args.truths, f):
+                feats.append(features(x[:, n - 1], mean_future(model, x, c, f, idx.start)).flatten(0, 1))
+                branch.append(branching(truths, 1).flatten(0, 1))
+            with torch.enable_grad():
+                net = fit_classifier(torch.cat(feats), torch.cat(branch), args.learn_steps)
+        variants = ["ungated", *(f"gate{w}" for w in args.widen), *(f"moving{w}" for w in args.moving),
+                    *(["learned"] if net is not None else [])]
         per: dict[str, dict[str, list[torch.Tensor]]] = {v: {} for v in variants}
+        seen = 0
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
-        for idx in batches(len(found), 16):
-            x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
-            x, c = x[:, : n + f], c[:, : n + f]
-            truths = torch.stack([true_futures_of(found[i], c[j], args.truths) for j, i in enumerate(idx)])[:, :, n:]
+        for idx, x, c, truths in scenes_with_truths(args.data, "test", args.limit, args.truths, f):
+            seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
-            sampling = model.cfg
-            model.cfg = dataclasses.replace(sampling, z_scale=0.0)
-            mean = model.predict(x[:, :n], c, f, 1, idx.start)
-            model.cfg = sampling
+            mean = mean_future(model, x, c, f, idx.start)
+            last = x[:, n - 1]
             for v in variants:
-                out = samples if v == "ungated" else gate(samples, mean, truths, int(v[4:]))
-                for name, val in spread_scores(out, truths, x[:, n - 1]).items():
+                if v == "ungated":
+                    out = samples
+                elif v.startswith("gate"):
+                    out = gate(samples, mean, truths, int(v[4:]))
+                elif v.startswith("moving"):
+                    out = mix(samples, mean, widened(moving_mask(mean[:, 0], last[:, None]), int(v[6:])))
+                else:
+                    g = torch.sigmoid(net(features(last, mean).flatten(0, 1))).view(len(x), f, *x.shape[-2:])
+                    out = mix(samples, mean, g)
+                for name, val in spread_scores(out, truths, last).items():
                     per[v].setdefault(name, []).append(val)
                 recorded = psnr(out, x[:, None, n:]).mean(-1)  # [B, S] against the recorded future
                 best[v].append(recorded.max(1).values)
@@ -76,8 +173,8 @@ def main() -> None:
             print(f"{ckpt} {v}: one sample {r['one_sample']:.2f} dB, best of {args.samples} {r['best_minus_one']:+.2f}, "
                   f"coverage {r['coverage_minus_one']:+.2f}, spread ratio {r['spread_ratio']:.2f}, "
                   f"agreement {r['agreement']:.2f}, misplaced {r['misplaced']:.0%}")
-        record("branch_gate", torch.device("cpu"), ckpt=ckpt, sequences=len(found), truths=args.truths,
-               samples=args.samples, **rows)
+        record("branch_gate", torch.device("cpu"), ckpt=ckpt, sequences=seen, truths=args.truths,
+               samples=args.samples, learn_scenes=args.learn, **rows)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,33 @@ def test_the_branch_gate_keeps_samples_only_where_the_truths_differ():
     assert torch.equal(wide[..., 3:6, 3:6], samples[..., 3:6, 3:6]) and wide[..., 2, 2].eq(0.5).all()
 
 
+def test_the_learned_gate_finds_branching_it_can_see():
+    """Frames where the truths branch exactly where the mean future moves off the last context
+    frame: after 150 steps the fitted classifier says so, near 1 there and near 0 elsewhere, on
+    frames it has not seen; and the moving gate keeps a sample whole there and the mean elsewhere."""
+    import torch
+
+    bg = _bench("branch_gate")
+    gen = torch.Generator().manual_seed(0)
+
+    def frames(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        last = torch.rand(n, 3, 8, 8, generator=gen)
+        moved = torch.rand(n, 1, 10, 1, 8, 8, generator=gen) < 0.2
+        mean = torch.where(moved, (last[:, None, None] + 0.5) % 1, last[:, None, None])  # 0.5 off where moved
+        return last, mean, moved[:, 0, :, 0]
+
+    last, mean, moved = frames(16)
+    net = bg.fit_classifier(bg.features(last, mean).flatten(0, 1), moved.flatten(0, 1), 150)
+    last, mean, moved = frames(4)
+    with torch.no_grad():
+        p = torch.sigmoid(net(bg.features(last, mean).flatten(0, 1))).view_as(moved.float())
+    assert p[moved].mean() > 0.8 and p[~moved].mean() < 0.2
+    samples = torch.rand(4, 3, 10, 3, 8, 8, generator=gen)
+    out = bg.mix(samples, mean, bg.widened(bg.moving_mask(mean[:, 0], last[:, None]), 0))
+    keep = moved[:, None, :, None].expand_as(samples)
+    assert torch.allclose(out[keep], samples[keep]) and torch.equal(out[~keep], mean.expand_as(samples)[~keep])
+
+
 def test_the_shaft_mask_covers_the_arm_the_simulator_draws():
     """``Sequence.arm_base`` and the mask agree with the pixels: in 8 scenes, the shaft's pixels
     are the arm's dark grey, and the mask holds a bar's worth of them."""
