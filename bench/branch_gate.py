@@ -97,18 +97,19 @@ def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> t
         model.cfg = sampling
 
 
-def scenes_with_truths(data: str, split: str, limit: int, k: int, f: int):
-    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W]) of ``split``."""
+def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int):
+    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W]) of the first
+    ``limit`` scenes of ``split``, ``n_past + f`` frames each."""
     from cvae.data.dataset import BairDataset
     from cvae.physics_eval import scenes
 
-    ds = BairDataset(data, split, 2 + f)
+    ds = BairDataset(data, split, n_past + f)
     found = scenes(ds, limit)
     if found is None or found[0].uncertainty == 0:
         raise SystemExit(f"{data} is not simulated data with hidden causes: its scenes have one future each")
     for idx in batches(len(found), 16):
         x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
-        yield idx, x, c, torch.stack([true_futures_of(found[i], c[j], k) for j, i in enumerate(idx)])[:, :, 2:]
+        yield idx, x, c, torch.stack([true_futures_of(found[i], c[j], k) for j, i in enumerate(idx)])[:, :, n_past:]
 
 
 @torch.no_grad()
@@ -131,7 +132,7 @@ def main() -> None:
         net = None
         if args.learn:
             feats, branch = [], []
-            for idx, x, c, truths in scenes_with_truths(args.data, "train", args.learn, args.truths, f):
+            for idx, x, c, truths in scenes_with_truths(args.data, "train", args.learn, args.truths, n, f):
                 feats.append(features(x[:, n - 1], mean_future(model, x, c, f, idx.start)).flatten(0, 1))
                 branch.append(branching(truths, 1).flatten(0, 1))
             with torch.enable_grad():
@@ -142,7 +143,7 @@ def main() -> None:
         seen = 0
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
-        for idx, x, c, truths in scenes_with_truths(args.data, "test", args.limit, args.truths, f):
+        for idx, x, c, truths in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             mean = mean_future(model, x, c, f, idx.start)
