@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 
 import torch
-from common import record, true_futures_of
+from common import record, true_futures_of_each, uncertain_test_set
 from torch import nn
 from torch.nn import functional as F
 
@@ -100,16 +100,10 @@ def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> t
 def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int):
     """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W]) of the first
     ``limit`` scenes of ``split``, ``n_past + f`` frames each."""
-    from cvae.data.dataset import BairDataset
-    from cvae.physics_eval import scenes
-
-    ds = BairDataset(data, split, n_past + f)
-    found = scenes(ds, limit)
-    if found is None or found[0].uncertainty == 0:
-        raise SystemExit(f"{data} is not simulated data with hidden causes: its scenes have one future each")
+    ds, found = uncertain_test_set(data, limit, n_past + f, split)
     for idx in batches(len(found), 16):
         x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
-        yield idx, x, c, torch.stack([true_futures_of(found[i], c[j], k) for j, i in enumerate(idx)])[:, :, n_past:]
+        yield idx, x, c, true_futures_of_each(found[idx.start : idx.stop], c, k)[:, :, n_past:]
 
 
 @torch.no_grad()
@@ -140,9 +134,9 @@ def main() -> None:
         variants = ["ungated", *(f"gate{w}" for w in args.widen), *(f"moving{w}" for w in args.moving),
                     *(["learned"] if net is not None else [])]
         per: dict[str, dict[str, list[torch.Tensor]]] = {v: {} for v in variants}
-        seen = 0
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
+        seen = 0
         for idx, x, c, truths in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)

@@ -24,14 +24,14 @@ def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, to
     return torch.stack(x), torch.stack(c)
 
 
-def uncertain_test_set(data: str, limit: int, seq_len: int = 12):
-    """The test split of ``data`` and the simulator's scene behind each of its first ``limit``
-    sequences; exits naming ``data`` unless that is the simulator's data with hidden causes, the
-    only kind whose scenes have more than one true future."""
+def uncertain_test_set(data: str, limit: int, seq_len: int = 12, split: str = "test"):
+    """The test split of ``data`` (or ``split``) and the simulator's scene behind each of its first
+    ``limit`` sequences; exits naming ``data`` unless that is the simulator's data with hidden
+    causes, the only kind whose scenes have more than one true future."""
     from cvae.data.dataset import BairDataset
     from cvae.physics_eval import scenes
 
-    ds = BairDataset(data, "test", seq_len)
+    ds = BairDataset(data, split, seq_len)
     found = scenes(ds, limit)
     if found is None or found[0].uncertainty == 0:
         raise SystemExit(f"{data} is not simulated data with hidden causes: its scenes have one future each")
