@@ -17,10 +17,9 @@ the mean future.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
-from common import record, true_futures_of_each, uncertain_test_set
+from common import mean_future, record, true_futures_of_each, uncertain_test_set
 from torch import nn
 from torch.nn import functional as F
 
@@ -85,16 +84,6 @@ def fit_classifier(feats: torch.Tensor, branch: torch.Tensor, steps: int, seed: 
         loss.backward()
         opt.step()
     return net.eval()
-
-
-def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> torch.Tensor:
-    """The model's noiseless future [B, 1, F, 3, H, W] (z_scale 0)."""
-    sampling = model.cfg
-    model.cfg = dataclasses.replace(sampling, z_scale=0.0)
-    try:
-        return model.predict(x[:, : model.n_past], c, f, 1, seed)
-    finally:
-        model.cfg = sampling
 
 
 def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int):

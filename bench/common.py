@@ -1,6 +1,7 @@
 """What every benchmark records beside its numbers: when, where, and how it was run."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -95,6 +96,16 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
         hook.remove()
     layers = torch.stack(outs[-n_future:], 1)
     return pred, layers.view(len(x), -1, *layers.shape[1:])[:, -1]
+
+
+def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> torch.Tensor:
+    """The model's noiseless future [B, 1, F, 3, H, W] (z_scale 0)."""
+    sampling = model.cfg
+    model.cfg = dataclasses.replace(sampling, z_scale=0.0)
+    try:
+        return model.predict(x[:, : model.n_past], c, f, 1, seed)
+    finally:
+        model.cfg = sampling
 
 
 def machine(device: torch.device) -> str:

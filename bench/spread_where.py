@@ -4,9 +4,12 @@ futures branch, on the pixels the arm sweeps (its shaft and gripper at any step,
 where the truths agree, and elsewhere; and eval's uncertainty agreement as it is and with the
 spread on the swept pixels taken out, which says how much of the shortfall the arm's region
 alone costs. The arm and the table it uncovers are fixed by the condition, so spread there is
-the model's own doubt. ``--sheet`` also writes, per sequence, the last context frame, a true and
-a predicted last frame, and the truths' and the model's std maps (max over steps, x 4) side by
-side. Simulated data with hidden causes only.
+the model's own doubt. And where the truths branch, whether the model's futures are sharp
+alternatives or alternative blurs: the squared edges (``edge_energy``) of a sample, of the
+model's noiseless future and of the truths' mean, each over a true future's. ``--sheet`` also
+writes, per sequence, the last context frame, a true, a predicted and the noiseless last frame,
+and the truths' and the model's std maps (max over steps, x 4) side by side. Simulated data with
+hidden causes only.
 
     python bench/spread_where.py --ckpt assets/model --limit 32 --sheet docs/spread_where.png --seqs 0,1,4,5,10
 """
@@ -17,13 +20,13 @@ import argparse
 import numpy as np
 import torch
 from arm import shaft_mask
-from common import arm_bases_of, predict_capturing, record, test_sequences, true_futures_of_each, uncertain_test_set
+from common import arm_bases_of, mean_future, predict_capturing, record, test_sequences, true_futures_of_each, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.condition import XY
 from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
 from cvae.kinematics import world_to_px
-from cvae.metrics import branching, pixel_std
+from cvae.metrics import branching, gradient_map, pixel_std
 from cvae.physics_eval import std_agreement
 
 
@@ -41,6 +44,15 @@ def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
     return float(std_agreement(t_std, m_std).nanmean())
 
 
+def edge_energy(futures: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Futures [N, S, F, 3, H, W] -> [N, S]: their squared edges (``metrics.gradient_map``) summed
+    over ``mask`` [N, F, H, W]. The summed edges, which eval's sharpness compares, stay the same
+    when a step is smeared over w pixels (w edges of 1 / w); the squared ones fall as 1 / w, and
+    the mean of futures that put an object in two places has half of one future's: so they tell
+    sharp alternatives from alternative blurs, where the summed edges cannot."""
+    return (gradient_map(futures).square() * mask[:, None]).sum((-3, -2, -1))
+
+
 def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
                   n_future: int = 10) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """A flow head's mask over ``region`` [N, F, H, W] of the futures from frames ``x`` and
@@ -54,15 +66,15 @@ def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor,
     return head.sources, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n, (mask.std(0) * weight).sum((0, 1, 3, 4)) / n
 
 
-def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, t_std: torch.Tensor,
-          m_std: torch.Tensor) -> np.ndarray:
-    """One row uint8 [64, 320, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
+def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, noiseless: torch.Tensor,
+          t_std: torch.Tensor, m_std: torch.Tensor) -> np.ndarray:
+    """One row uint8 [64, 384, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
     def rgb(f: torch.Tensor) -> np.ndarray:
         return (f.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
     def grey(s: torch.Tensor) -> np.ndarray:
         return np.repeat((np.clip(s.numpy() * 4, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)
-    return np.concatenate([rgb(last), rgb(truth), rgb(pred), grey(t_std), grey(m_std)], 1)
+    return np.concatenate([rgb(last), rgb(truth), rgb(pred), rgb(noiseless), grey(t_std), grey(m_std)], 1)
 
 
 def main() -> None:
@@ -95,6 +107,12 @@ def main() -> None:
               f"truths agree ({100 * float(arm_only.float().mean()):.1f}% of the pixels), "
               f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
               f"{agree_off:.3f} without the spread where the arm sweeps")
+        noiseless = mean_future(model, x, c, 10, 0)
+        truth_edges = edge_energy(truths, differ).mean(1).sum().clamp_min(1e-12)
+        edges = {name: round(float(edge_energy(f, differ).mean(1).sum() / truth_edges), 3) for name, f in
+                 (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
+        print("  where the truths branch, squared edges over a true future's: "
+              + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
         sources = {}
         if model.cfg.output == "flow":
             names, share, wobble = source_shares(model, x, c, arm_only)
@@ -103,11 +121,13 @@ def main() -> None:
                   + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in sources.items()))
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
-               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources)
+               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
+               edges_where_branching=edges)
         if args.sheet:
             from PIL import Image
 
-            rows = [sheet(x[i, n_past - 1], truths[i, 0, -1], pred[i, 0, -1], t_std[i].amax(0), m_std[i].amax(0))
+            rows = [sheet(x[i, n_past - 1], truths[i, 0, -1], pred[i, 0, -1], noiseless[i, 0, -1], t_std[i].amax(0),
+                          m_std[i].amax(0))
                     for i in (int(s) for s in args.seqs.split(","))]
             out = args.sheet if k == 0 else args.sheet.replace(".png", f"_{k}.png")
             img = np.concatenate(rows, 0)
