@@ -5,7 +5,7 @@ where the truths agree, and elsewhere; and eval's uncertainty agreement as it is
 spread on the swept pixels taken out, which says how much of the shortfall the arm's region
 alone costs. The arm and the table it uncovers are fixed by the condition, so spread there is
 the model's own doubt. And where the truths branch, whether the model's futures are sharp
-alternatives or alternative blurs: the squared edges (``edge_energy``) of a sample, of the
+alternatives or alternative blurs: the squared edges (``metrics.edge_energy``) of a sample, of the
 model's noiseless future and of the truths' mean, each over a true future's. ``--sheet`` also
 writes, per sequence, the last context frame, a true, a predicted and the noiseless last frame,
 and the truths' and the model's std maps (max over steps, x 4) side by side. Simulated data with
@@ -26,7 +26,7 @@ from cvae import checkpoint
 from cvae.condition import XY
 from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
 from cvae.kinematics import world_to_px
-from cvae.metrics import branching, gradient_map, pixel_std
+from cvae.metrics import branching, edge_energy, pixel_std
 from cvae.physics_eval import std_agreement
 
 
@@ -42,15 +42,6 @@ def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
     """eval's agreement (``physics_eval.std_agreement``) of std maps [B, F, H, W], averaged over
     the sequences whose truths differ somewhere."""
     return float(std_agreement(t_std, m_std).nanmean())
-
-
-def edge_energy(futures: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Futures [N, S, F, 3, H, W] -> [N, S]: their squared edges (``metrics.gradient_map``) summed
-    over ``mask`` [N, F, H, W]. The summed edges, which eval's sharpness compares, stay the same
-    when a step is smeared over w pixels (w edges of 1 / w); the squared ones fall as 1 / w, and
-    the mean of futures that put an object in two places has half of one future's: so they tell
-    sharp alternatives from alternative blurs, where the summed edges cannot."""
-    return (gradient_map(futures).square() * mask[:, None]).sum((-3, -2, -1))
 
 
 def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
@@ -108,8 +99,8 @@ def main() -> None:
               f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
               f"{agree_off:.3f} without the spread where the arm sweeps")
         noiseless = mean_future(model, x, c, 10, 0)
-        truth_edges = edge_energy(truths, differ).mean(1).sum().clamp_min(1e-12)
-        edges = {name: round(float(edge_energy(f, differ).mean(1).sum() / truth_edges), 3) for name, f in
+        truth_edges = edge_energy(truths, differ[:, None]).mean(1).sum().clamp_min(1e-12)
+        edges = {name: round(float(edge_energy(f, differ[:, None]).mean(1).sum() / truth_edges), 3) for name, f in
                  (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
         print("  where the truths branch, squared edges over a true future's: "
               + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))

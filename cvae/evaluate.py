@@ -10,8 +10,11 @@ the lab template did).
 Whole-frame PSNR hides most of what a person sees, because most pixels never move. So beside it:
 sharpness per step (the prediction's mean spatial gradient over the truth's: 1 is as sharp as the
 truth, less is blur), PSNR over the pixels that move (the truth differs from the last context
-frame by more than 0.1) and PSNR in a 9x9 window around the true end-effector pixel (data with
-the built-in kinematics only: real BAIR's camera is not calibrated), each beside copy-last.
+frame by more than 0.1), the squared edges on those pixels per step (``metrics.edge_energy``, the
+prediction's over the truth's: a pushed object smeared into haze keeps its summed edges, which
+sharpness counts, but not its squared ones) and PSNR in a 9x9 window around the true
+end-effector pixel (data with the built-in kinematics only: real BAIR's camera is not
+calibrated), each beside copy-last.
 Scoring against re-simulated truths (counterfactual, the distribution of futures) is in
 ``physics_eval.py``.
 """
@@ -26,7 +29,7 @@ import torch
 from .condition import XY
 from .data.dataset import BairDataset
 from .kinematics import world_to_px
-from .metrics import masked_psnr, moving_mask, psnr, sharpness, ssim, window_mask
+from .metrics import edge_energy, masked_psnr, moving_mask, psnr, sharpness, ssim, window_mask
 from .model import SVG
 
 
@@ -54,6 +57,9 @@ class EvalResult:
     moving_psnr: float | None = None  # PSNR over the moving pixels, one sample
     moving_best_of_n_psnr: float | None = None
     copy_last_moving_psnr: float | None = None
+    # squared edges on the moving pixels, the prediction's over the truth's per step (1: as sharp there)
+    moving_edges_per_step: list[float] | None = None
+    copy_last_moving_edges_per_step: list[float] | None = None
     ee_psnr: float | None = None  # 9x9 window around the true end-effector pixel (built-in kinematics only)
     copy_last_ee_psnr: float | None = None
     # simulated data only: {alternative: {psnr, ssim, copy_last_psnr, copy_last_ssim}}, plus "all"
@@ -93,6 +99,9 @@ class EvalResult:
             best = "" if self.moving_best_of_n_psnr is None else f", best of {self.n_samples} {self.moving_best_of_n_psnr:.2f}"
             lines.append(f"moving pixels ({100 * self.moving_share:.1f}%): PSNR {self.moving_psnr:.2f}{best}, "
                          f"copy last {self.copy_last_moving_psnr:.2f}")
+        if self.moving_edges_per_step is not None:
+            lines.append("squared edges on the moving pixels (prediction / truth) per step: "
+                         + " ".join(f"{v:.2f}" for v in self.moving_edges_per_step))
         if self.ee_psnr is not None:
             lines.append(f"end-effector 9x9 window: PSNR {self.ee_psnr:.2f}, copy last {self.copy_last_ee_psnr:.2f}")
         d = self.distribution
@@ -144,6 +153,7 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         raise ValueError(f"dataset windows hold {dataset.seq_len} frames; {n_past + n_future} are needed")
     p_all, s_all, copy_p, copy_s, shuf_p, shuf_s = [], [], [], [], [], []
     sharp, sharp_copy, sharp_truth, mov, mov_copy, ee, ee_copy, moving = [], [], [], [], [], [], [], []
+    edges, edges_copy, edges_truth = [], [], []
     for idx in progress_bar(batches(n, batch_size), progress, "scoring"):
         x, c = (torch.stack(t).to(device) for t in zip(*(dataset[i] for i in idx)))
         x = x[:, : n_past + n_future]
@@ -166,6 +176,9 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
             moving.append(mask.float().mean((1, 2, 3)))
             mov.append(_frame_mean(masked_psnr(pred, target, mask[:, None])))  # [B, S]
             mov_copy.append(_frame_mean(masked_psnr(last, x[:, n_past:], mask)))
+            edges.append(edge_energy(pred[:, 0], mask))  # [B, F]
+            edges_copy.append(edge_energy(last, mask))
+            edges_truth.append(edge_energy(x[:, n_past:], mask))
             if ee_window:
                 centre = torch.from_numpy(world_to_px(c[:, n_past : n_past + n_future, XY].cpu().numpy()))
                 window = window_mask(centre.to(device))
@@ -197,6 +210,9 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         if n_samples > 1:
             result.moving_best_of_n_psnr = m.max(1).values.nanmean().item()
         result.copy_last_moving_psnr = torch.cat(mov_copy).nanmean().item()
+        truth_edges = torch.cat(edges_truth).sum(0)  # 0 at a step where nothing moves: NaN there
+        result.moving_edges_per_step = (torch.cat(edges).sum(0) / truth_edges).tolist()
+        result.copy_last_moving_edges_per_step = (torch.cat(edges_copy).sum(0) / truth_edges).tolist()
         if ee_window:
             result.ee_psnr, result.copy_last_ee_psnr = torch.cat(ee).nanmean().item(), torch.cat(ee_copy).nanmean().item()
     return result

@@ -163,6 +163,7 @@ def test_model_quality_is_stated(tmp_path):
     entry = logic.describe(logic.BUNDLED_MODEL, "bundled")
     assert "Test PSNR" in entry.quality and "copying the last frame" in entry.quality
     assert "Sharpness" in entry.quality and "as much as the world's" in entry.quality  # what z and blur do
+    assert "squared edges" in entry.quality  # the haze where things move
     # what shapes Resample z without a weight, read from the model's own config
     assert f"the noise x {entry.config['z_scale']:g}" in entry.quality and "one noise draw held" in entry.quality
     assert logic.sampling({"z_hold": False, "z_scale": 1.0, "flow_deadzone": 0.0}) == ""

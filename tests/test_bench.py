@@ -125,32 +125,6 @@ def test_the_swept_region_is_every_place_of_the_arm_and_agreement_is_evals():
     assert bench.agreement(t_std, m_std) == float(correlation(t_std[0, 0], m_std[0, 0]))
 
 
-def test_edge_energy_tells_sharp_alternatives_from_their_blur():
-    """``spread_where.edge_energy``: the mean of two futures that put a square in two places has
-    half the squared edges of either, and a square whose edges ramp over 2 px has less than a
-    sharp one, though eval's sharpness (the summed edges) gives both the same."""
-    import torch
-
-    from cvae.metrics import sharpness
-
-    bench = _bench("spread_where")
-    a, b = torch.zeros(1, 1, 3, 16, 16), torch.zeros(1, 1, 3, 16, 16)
-    a[..., 2:6, 2:6], b[..., 9:13, 9:13] = 1.0, 1.0
-    futures = torch.stack([a, b], 1)  # [1, 2, 1, 3, H, W]
-    everywhere = torch.ones(1, 1, 16, 16)
-    one = bench.edge_energy(futures, everywhere)
-    assert torch.allclose(one[0, 0], one[0, 1])
-    assert torch.allclose(bench.edge_energy(futures.mean(1, keepdim=True), everywhere)[0, 0], one[0, 0] / 2)
-    ramp = torch.zeros(1, 1, 1, 3, 16, 16)
-    ramp[..., 4:12] = 1.0
-    ramp[..., 3], ramp[..., 12] = 0.5, 0.5  # the same step, smeared over 2 px
-    step = torch.zeros(1, 1, 1, 3, 16, 16)
-    step[..., 4:13] = 1.0
-    assert torch.allclose(sharpness(ramp), sharpness(step))
-    assert bench.edge_energy(ramp, everywhere) < 0.6 * bench.edge_energy(step, everywhere)
-    assert bench.edge_energy(step, torch.zeros(1, 1, 16, 16)) == 0
-
-
 def test_the_source_shares_are_a_flow_heads_mask_over_the_region():
     """``spread_where.source_shares``: one share per source, named, summing to 1 over a region
     (the mask is a softmax), each between 0 and 1."""

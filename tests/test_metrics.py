@@ -53,6 +53,30 @@ def test_sharpness_is_the_mean_absolute_neighbour_difference():
     assert gradient_map(torch.stack([stripes, ramp])).shape == (2, 4, 4)
 
 
+def test_edge_energy_tells_a_sharp_step_from_the_same_step_smeared_and_from_a_mean_of_places():
+    """A unit step down 16 rows has one column of edges 0.5 (the x difference 1, the y one 0,
+    averaged): 16 x 0.25 = 4. Smeared over 2 px it has two columns of 0.25: 2, though its summed
+    edges (``sharpness``) are the same. The mean of two futures with a square in two places has
+    half the squared edges of either; pixels outside the mask count nothing."""
+    from cvae.metrics import edge_energy
+
+    step, smeared = torch.zeros(3, 16, 16), torch.zeros(3, 16, 16)
+    step[..., 8:] = 1.0
+    smeared[..., 8:], smeared[..., 7] = 1.0, 0.5
+    everywhere = torch.ones(16, 16)
+    assert edge_energy(step, everywhere).item() == pytest.approx(4.0)
+    assert edge_energy(smeared, everywhere).item() == pytest.approx(2.0)
+    assert sharpness(smeared).item() == pytest.approx(sharpness(step).item())
+    a, b = torch.zeros(3, 16, 16), torch.zeros(3, 16, 16)
+    a[:, 2:6, 2:6], b[:, 9:13, 9:13] = 1.0, 1.0
+    futures = torch.stack([a, b])
+    assert torch.allclose(edge_energy(futures, everywhere), edge_energy(a, everywhere).expand(2))
+    assert edge_energy(futures.mean(0), everywhere).item() == pytest.approx(edge_energy(a, everywhere).item() / 2)
+    left = torch.zeros(16, 16)
+    left[:, :7] = 1.0
+    assert edge_energy(step, left).item() == 0.0
+
+
 def test_moving_mask_and_masked_psnr():
     last = torch.zeros(3, 4, 4)
     truth = last.clone()

@@ -342,6 +342,31 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
 LEARN_EPOCHS, LEARN_ITERS = 6, 50
 
 
+class _LastFrame:
+    """A stand-in model that predicts its last context frame for every future step, box-blurred
+    over ``blur`` x ``blur`` pixels (1: exactly copy-last)."""
+    n_past = 2
+
+    def __init__(self, blur: int) -> None:
+        self.blur = blur
+
+    def predict(self, context, cond, n_future, n_samples=1, seed=0):
+        last = torch.nn.functional.avg_pool2d(context[:, -1], self.blur, 1, self.blur // 2, count_include_pad=False)
+        return last[:, None, None].expand(-1, n_samples, n_future, -1, -1, -1)
+
+
+def test_eval_reports_the_squared_edges_where_things_move(square_root):
+    """Copy-last predicted is scored as copy-last on the moving pixels' squared edges, step by
+    step; the same frame blurred over 3 x 3 pixels keeps under half of them there."""
+    data = BairDataset(square_root, "train", 12)
+    copy = evaluate(_LastFrame(1), data, 10, baselines=True)
+    blurred = evaluate(_LastFrame(3), data, 10, baselines=True)
+    assert len(copy.moving_edges_per_step) == 10
+    assert copy.moving_edges_per_step == pytest.approx(copy.copy_last_moving_edges_per_step)
+    assert all(b < 0.5 * c for b, c in zip(blurred.moving_edges_per_step, copy.moving_edges_per_step))
+    assert "squared edges on the moving pixels" in blurred.table()
+
+
 def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_path, capsys):
     """``--energy-truths K`` re-simulates training scenes K times once, then each step scores the
     prior's futures against a few of them (logged as energy_score; here with ``--energy-branch``,

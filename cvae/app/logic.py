@@ -101,7 +101,11 @@ def quality(path: Path, scores: dict | None) -> str:
     text += "."
     sharp, dist = scores.get("sharpness_per_step"), scores.get("distribution")
     if sharp:
-        text += f" Sharpness (its frames' detail over the truth's) falls from {sharp[0]:.2f} to {sharp[-1]:.2f} over the steps."
+        text += (f" Sharpness (its frames' summed edges over the truth's) is {sharp[0]:.2f} at the first step and "
+                 f"{sharp[-1]:.2f} at the last.")
+    if edges := scores.get("moving_edges_per_step"):
+        text += (f" Where things move it keeps {edges[0]:.2f} of the truth's squared edges at the first step and "
+                 f"{edges[-1]:.2f} at the last (1 is as crisp; less is haze).")
     if dist:
         text += (f" Its futures spread **{dist['spread_ratio']:.2f}x** as much as the world's where things move "
                  f"(1 is right); against {dist['k']} re-simulated futures the closest of its {dist['n_samples']} "
