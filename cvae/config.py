@@ -46,6 +46,7 @@ class Config(ModelConfig):
     cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
+    edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -92,7 +93,7 @@ class Config(ModelConfig):
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
-                     "energy_weight", "cover_weight", "spread_weight"):
+                     "energy_weight", "cover_weight", "spread_weight", "edge_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -121,6 +122,9 @@ class Config(ModelConfig):
             raise ConfigError("cover_weight needs energy_truths > 0: it scores prior futures against the re-simulated ones")
         if self.spread_weight and not self.energy_truths:
             raise ConfigError("spread_weight needs energy_truths > 0: it compares the prior futures' spread "
+                              "with the re-simulated ones'")
+        if self.edge_weight and not self.energy_truths:
+            raise ConfigError("edge_weight needs energy_truths > 0: it compares the prior futures' edges "
                               "with the re-simulated ones'")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")

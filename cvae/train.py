@@ -145,19 +145,20 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
     closest prior future's pixel loss per true future) (+ ``terms.spread_weight`` * their per-pixel
-    spread gap). Returns detached (loss, mse, kld, best, energy, branch, cover, spread) on the
-    device, so the caller decides when to pay for a host sync."""
+    spread gap) (+ ``terms.edge_weight`` * their edge gap). Returns detached (loss, mse, kld, best,
+    energy, branch, cover, spread, edges) on the device, so the caller decides when to pay for a
+    host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
             + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
-            + terms.spread_weight * losses.spread)
+            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach(),
-                        losses.branch.detach(), losses.cover.detach(), losses.spread.detach()])
+                        losses.branch.detach(), losses.cover.detach(), losses.spread.detach(), losses.edges.detach()])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -438,7 +439,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(8, device=rt.device)
+            sums = torch.zeros(9, device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -479,6 +480,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                         record["cover_loss"] = mean[6]
                     if cfg.spread_weight:
                         record["spread_gap"] = mean[7]
+                    if cfg.edge_weight:
+                        record["edge_gap"] = mean[8]
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")

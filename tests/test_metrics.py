@@ -163,6 +163,26 @@ def test_spread_gap_by_hand_and_where_every_future_agrees():
     assert spread_gap(truths, truths).item() == 0
 
 
+def test_edge_gap_asks_each_future_for_the_truths_edges_where_they_differ():
+    """Truths that put a square in one of two places: their own futures, or a sharp one of them
+    repeated, fall short by nothing; their mean, drawn by every sample, falls short by half
+    (half the squared edges); a scene whose truths all agree scores 0, and noise beyond the
+    truths' edges earns nothing below 0."""
+    from cvae.metrics import edge_gap
+
+    a, b = torch.zeros(3, 16, 16), torch.zeros(3, 16, 16)
+    a[:, 2:6, 2:6], b[:, 9:13, 9:13] = 1.0, 1.0
+    truths = torch.stack([a, b])[None, :, None]  # [1, K=2, F=1, 3, H, W]
+    assert edge_gap(truths, truths).item() == 0
+    assert edge_gap(truths[:, :1].expand(-1, 2, -1, -1, -1, -1), truths).item() == pytest.approx(0.0, abs=1e-6)
+    blur = truths.mean(1, keepdim=True).expand(-1, 2, -1, -1, -1, -1)
+    assert edge_gap(blur, truths).item() == pytest.approx(0.5)
+    same = truths[:, :1].expand(-1, 2, -1, -1, -1, -1)
+    assert edge_gap(blur, same).item() == 0  # the truths agree: nothing to compare
+    noise = torch.rand(1, 2, 1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert edge_gap(noise, truths).item() == 0
+
+
 def _futures(values: list[float], moving: float = 0.5) -> torch.Tensor:
     """Futures [1, len(values), F=1, 3, 4, 4]: pixel (0, 0) takes each value in turn, pixel
     (1, 1) is ``moving`` in all of them (it moves, but every future agrees), the rest is 0."""

@@ -9,7 +9,7 @@ import torch
 from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
-from cvae.metrics import branching, pixel_std, spread_gap
+from cvae.metrics import branching, edge_gap, pixel_std, spread_gap
 from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
@@ -534,7 +534,7 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    energy, cover, _ = model._energy(ctx, cond, truths, FutureTerms(cover_weight=1.0))
+    energy, cover, *_ = model._energy(ctx, cond, truths, FutureTerms(cover_weight=1.0))
     samples = _energy_samples(model, ctx, cond)
     want = torch.stack([torch.stack([min(
         model._pixel_loss(samples[m, j][None], truths[m, i][None],
@@ -548,7 +548,7 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     corner = truths[:, :1].repeat(1, 3, 1, 1, 1, 1)
     corner[:, 1:, :, :, :8, :8] = truths[:, 1:, :, :, :8, :8]
     torch.manual_seed(7)
-    _, branched, _ = model._energy(ctx, cond, corner, FutureTerms(cover_weight=1.0, cover_branch=True))
+    _, branched, *_ = model._energy(ctx, cond, corner, FutureTerms(cover_weight=1.0, cover_branch=True))
     differ = branching(corner, 1)
     assert differ[..., :8, :8].all() and differ.sum() == 2 * 4 * 64
 
@@ -564,7 +564,7 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
     alike = truths[:, :1].expand_as(truths)
     assert model._energy(ctx, cond, alike, FutureTerms(cover_weight=1.0, cover_branch=True))[1] == 0
     torch.manual_seed(7)
-    _, hit, _ = model._energy(ctx, cond, samples.detach(), FutureTerms(cover_weight=1.0))
+    _, hit, *_ = model._energy(ctx, cond, samples.detach(), FutureTerms(cover_weight=1.0))
     assert hit < 1e-6
     _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, cover_weight=2.0),
                               "cover", 6, 2.0)
@@ -586,6 +586,24 @@ def test_spread_term_compares_the_prior_futures_spread_with_the_truths():
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, spread_weight=3.0),
                               "spread", 7, 3.0)
+
+
+def test_edge_term_compares_the_prior_futures_edges_with_the_truths():
+    """``terms.edge_weight`` adds ``metrics.edge_gap`` of the K prior futures the energy score
+    draws against the true ones (by hand, the same rollout), 0 when off; train_step weighs it and
+    returns it, and its gradient reaches the decoder."""
+    model = calibrated(tiny(prior="learned", z_hold=True))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    edges = model._energy(ctx, cond, truths, FutureTerms(edge_weight=1.0))[3]
+    torch.testing.assert_close(edges, edge_gap(_energy_samples(model, ctx, cond), truths).mean())
+    assert edges > 0 and model._energy(ctx, cond, truths)[3] == 0
+    grads = torch.autograd.grad(edges, list(model.decoder.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, edge_weight=3.0),
+                              "edges", 8, 3.0)
 
 
 @pytest.mark.parametrize("hold", [False, True])

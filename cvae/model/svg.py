@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
-from ..metrics import branching, energy_score, moving_mask, spread_gap
+from ..metrics import branching, edge_gap, energy_score, moving_mask, spread_gap
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS
 from .predictor import FramePredictor
@@ -45,6 +45,7 @@ class StepLosses:
     cover: torch.Tensor  # []: pixel loss of the closest prior future to each re-simulated one (``_energy``)
     branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
     spread: torch.Tensor  # []: |model std - truth std| per pixel of prior futures against re-simulated ones (``_energy``)
+    edges: torch.Tensor  # []: how far prior futures fall short of the re-simulated ones' squared edges where they differ
 
 
 PRIORS = ("fixed", "learned")
@@ -65,6 +66,7 @@ class FutureTerms:
     cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # the weight of ``metrics.spread_gap`` between those futures and the true ones
+    edge_weight: float = 0.0  # the weight of ``metrics.edge_gap`` between those futures and the true ones
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
@@ -72,7 +74,7 @@ class FutureTerms:
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
-                   spread_weight=cfg.spread_weight)
+                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight)
 
 
 @dataclass
@@ -318,11 +320,11 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy, cover, spread = (self._energy(*futures, terms) if futures is not None
-                                 else (recon.new_zeros(()),) * 3)
+        energy, cover, spread, edges = (self._energy(*futures, terms) if futures is not None
+                                        else (recon.new_zeros(()),) * 4)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread)
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges)
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -413,12 +415,12 @@ class SVG(nn.Module):
         return pred[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, calm:].flatten(0, 1)
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
-                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings; for each true future the pixel loss of the closest of them, summed over
-        the steps; ``metrics.spread_gap`` between them), each averaged over the scenes (the last
-        two 0 unless ``terms`` weights them).
+        the steps; ``metrics.spread_gap`` and ``metrics.edge_gap`` between them), each averaged over
+        the scenes (the last three 0 unless ``terms`` weights them).
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
@@ -436,8 +438,9 @@ class SVG(nn.Module):
         samples = pred.view(m, k, *truths.shape[2:])
         energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
+        edges = edge_gap(samples, truths).mean() if terms.edge_weight else energy.new_zeros(())
         if not terms.cover_weight:
-            return energy, energy.new_zeros(()), spread
+            return energy, energy.new_zeros(()), spread, edges
         prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
         mask = None
         if terms.cover_branch:
@@ -447,7 +450,7 @@ class SVG(nn.Module):
         pairs = self._pixel_loss(samples[:, :, None].expand(-1, -1, k, -1, -1, -1, -1).flatten(0, 2),
                                  truths[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2),
                                  prev[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2), mask)
-        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread
+        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
