@@ -570,40 +570,24 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
                               "cover", 6, 2.0)
 
 
-def test_spread_term_compares_the_prior_futures_spread_with_the_truths():
-    """``terms.spread_weight`` adds ``metrics.spread_gap`` of the K prior futures the energy score
-    draws against the true ones (by hand, the same rollout), 0 when off; train_step weighs it and
-    returns it, and its gradient reaches the prior."""
+@pytest.mark.parametrize("field, gap, at, name, index", [("spread_weight", spread_gap, 2, "spread", 7),
+                                                        ("edge_weight", edge_gap, 3, "edges", 8)])
+def test_gap_terms_compare_the_prior_futures_with_the_truths(field, gap, at, name, index):
+    """``terms.spread_weight`` / ``edge_weight`` add ``metrics.spread_gap`` / ``edge_gap`` of the K
+    prior futures the energy score draws against the true ones (by hand, the same rollout), 0 when
+    off; train_step weighs the term and returns it, and its gradient reaches the prior."""
     model = calibrated(tiny(prior="learned", z_hold=True))
     x, c = batch(b=4, t=6)
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    spread = model._energy(ctx, cond, truths, FutureTerms(spread_weight=1.0))[2]
-    torch.testing.assert_close(spread, spread_gap(_energy_samples(model, ctx, cond), truths).mean())
-    assert spread > 0 and model._energy(ctx, cond, truths)[2] == 0
-    grads = torch.autograd.grad(spread, list(model.prior.parameters()), allow_unused=True)
+    term = model._energy(ctx, cond, truths, FutureTerms(**{field: 1.0}))[at]
+    torch.testing.assert_close(term, gap(_energy_samples(model, ctx, cond), truths).mean())
+    assert term > 0 and model._energy(ctx, cond, truths)[at] == 0
+    grads = torch.autograd.grad(term, list(model.prior.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, spread_weight=3.0),
-                              "spread", 7, 3.0)
-
-
-def test_edge_term_compares_the_prior_futures_edges_with_the_truths():
-    """``terms.edge_weight`` adds ``metrics.edge_gap`` of the K prior futures the energy score
-    draws against the true ones (by hand, the same rollout), 0 when off; train_step weighs it and
-    returns it, and its gradient reaches the decoder."""
-    model = calibrated(tiny(prior="learned", z_hold=True))
-    x, c = batch(b=4, t=6)
-    ctx, cond = x[:2, :2], c[:2]
-    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(7)
-    edges = model._energy(ctx, cond, truths, FutureTerms(edge_weight=1.0))[3]
-    torch.testing.assert_close(edges, edge_gap(_energy_samples(model, ctx, cond), truths).mean())
-    assert edges > 0 and model._energy(ctx, cond, truths)[3] == 0
-    grads = torch.autograd.grad(edges, list(model.decoder.parameters()), allow_unused=True)
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, edge_weight=3.0),
-                              "edges", 8, 3.0)
+    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, **{field: 3.0}),
+                              name, index, 3.0)
 
 
 @pytest.mark.parametrize("hold", [False, True])
