@@ -136,6 +136,13 @@ def bf16_autocast(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+# The training terms beside loss, mse and kld that a step returns, in this order: the field of
+# ``StepLosses``, its name in log.jsonl, and the Config field that switches it on (logged only then).
+TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", "energy_truths"),
+                ("branch", "branch_loss", "branch_weight"), ("cover", "cover_loss", "cover_weight"),
+                ("spread", "spread_gap", "spread_weight"), ("edges", "edge_gap", "edge_weight"))
+
+
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0,
                best_of_weight: float = 1.0, recon_weight: float = 1.0,
@@ -145,9 +152,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
     closest prior future's pixel loss per true future) (+ ``terms.spread_weight`` * their per-pixel
-    spread gap) (+ ``terms.edge_weight`` * their edge gap). Returns detached (loss, mse, kld, best,
-    energy, branch, cover, spread, edges) on the device, so the caller decides when to pay for a
-    host sync."""
+    spread gap) (+ ``terms.edge_weight`` * their edge gap). Returns detached (loss, mse, kld, then
+    each ``TERMS_LOGGED`` term) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms)
     mse, kld = losses.mse.sum(), losses.kld.sum()
@@ -157,8 +163,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return torch.stack([loss.detach(), mse.detach(), kld.detach(), losses.best.detach(), losses.energy.detach(),
-                        losses.branch.detach(), losses.cover.detach(), losses.spread.detach(), losses.edges.detach()])
+    return torch.stack([loss.detach(), mse.detach(), kld.detach(),
+                        *(getattr(losses, field).detach() for field, _, _ in TERMS_LOGGED)])
 
 
 def beta_at(cfg: Config, step: int) -> float:
@@ -439,7 +445,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
-            sums = torch.zeros(9, device=rt.device)
+            sums = torch.zeros(3 + len(TERMS_LOGGED), device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
             for x, c in loader:
@@ -470,18 +476,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                     record = {"kind": "step", "epoch": loop.epoch, "step": step + 1, "loss": mean[0], "mse": mean[1],
                               "kld": mean[2], "beta": beta, "tfr": tfr, "lr": loop.opt.param_groups[0]["lr"],
                               "seq_per_s": round(rate, 2)}
-                    if cfg.best_of:
-                        record["best_of_loss"] = mean[3]
-                    if cfg.energy_truths:
-                        record["energy_score"] = mean[4]
-                    if cfg.branch_weight:
-                        record["branch_loss"] = mean[5]
-                    if cfg.cover_weight:
-                        record["cover_loss"] = mean[6]
-                    if cfg.spread_weight:
-                        record["spread_gap"] = mean[7]
-                    if cfg.edge_weight:
-                        record["edge_gap"] = mean[8]
+                    record.update({name: v for (_, name, switch), v in zip(TERMS_LOGGED, mean[3:])
+                                   if getattr(cfg, switch)})
                     if rt.main:
                         run.append(record)
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")
