@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import PRESETS, Config, preset
 from .errors import ConfigError, CvaeError
+from .model.heads import RESAMPLE
 
 
 def _bool(text: str) -> bool:
@@ -190,6 +191,9 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
     x.add_argument("--flow-deadzone", type=float, default=None, metavar="PX",
                    help="set the copy's flow_deadzone (a flow head's displacements of PX or less set to 0; no weight changes)")
+    x.add_argument("--flow-resample", choices=RESAMPLE, default=None,
+                   help="set the copy's flow_resample (how a flow head samples moved frames between pixels; "
+                        "no weight changes)")
     x.add_argument("--z-hold", type=_bool, default=None, metavar="BOOL",
                    help="set the copy's z_hold (a future draws its noise once and holds it; no weight changes)")
     x.add_argument("--z-scale", type=float, default=None, metavar="S",

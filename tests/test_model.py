@@ -648,6 +648,58 @@ def test_z_scale_narrows_the_noise_at_prediction_only(prior, hold, monkeypatch):
         tiny(z_scale=-1)
 
 
+def test_bicubic_resampling_keeps_a_moved_line_sharper_than_bilinear():
+    """By hand (PyTorch's bicubic is Keys' kernel, a = -0.75: taps -0.09375, 0.59375, 0.59375,
+    -0.09375 half a pixel off): a one-pixel white line moved half a pixel becomes two columns of
+    0.5 bilinearly, of 0.59375 bicubically (the -0.09375 undershoots clipped to 0); moved half a
+    pixel again, 0.25 / 0.5 / 0.25 against 0.296875 / 0.705078 / 0.296875. So a line moved
+    twice keeps a quarter of its squared edges bilinearly and half of them bicubically, and
+    whole-pixel moves copy it exactly either way."""
+    from cvae.model.heads import warp
+
+    line = torch.zeros(1, 3, 8, 8)
+    line[..., 3] = 1
+    half, whole = torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8)
+    half[:, 0], whole[:, 0] = 0.5, 1.0
+    want = {"bilinear": ([0.5, 0.5], [0.25, 0.5, 0.25]), "bicubic": ([0.59375, 0.59375], [0.296875, 0.705078125, 0.296875])}
+    for mode, (once, twice) in want.items():
+        moved = warp(line, half, mode)
+        torch.testing.assert_close(moved[0, :, :, 2:4], torch.tensor(once).expand(3, 8, 2))
+        torch.testing.assert_close(warp(moved, half, mode)[0, :, :, 1:4], torch.tensor(twice).expand(3, 8, 3))
+        assert moved[..., [0, 1, 4, 5, 6, 7]].abs().max() == 0
+        torch.testing.assert_close(warp(line, whole, mode), line.roll(-1, -1))
+    with pytest.raises(ConfigError, match="flow_resample must be one of bilinear, bicubic, not 'nearest'"):
+        tiny(output="flow", flow_resample="nearest")
+    with pytest.raises(ConfigError, match="flow_resample 'bicubic' needs output 'flow'"):
+        tiny(output="cdna", flow_resample="bicubic")
+
+
+def test_every_moved_source_of_the_flow_head_samples_as_the_model_says():
+    """``flow_resample`` reaches all that the flow head moves: the moved previous and latest real
+    frames, the end-effector copy and the arm copy. Each taken alone (its mask logit 50) with a
+    half-pixel displacement, a bicubic model's frame differs from a bilinear one's built with the
+    same weights, and equals it where the head takes the generated image."""
+    torch.manual_seed(0)
+    cfg = dict(output="flow", cond_maps=True, ee_maps=True, ee_copy=True, arm_copy=True)
+    models = {mode: tiny(**cfg, flow_resample=mode).eval() for mode in ("bilinear", "bicubic")}
+    models["bicubic"].load_state_dict(models["bilinear"].state_dict())
+    x, cond = batch(t=5)
+    nc, sources = 3, models["bilinear"].decoder.head.sources
+    frames = {}
+    for source in ("generated", "moved previous", "moved latest real", "ee_copy", "arm_copy"):
+        for mode, model in models.items():
+            last = model.decoder.upc5[1]
+            with torch.no_grad():
+                last.weight[:, nc : nc + 4] = 0
+                last.bias[nc : nc + 4] = 0.5
+                last.bias[nc + 4 :] = 0
+                last.bias[nc + 4 + sources.index(source)] = 50.0
+            frames[source, mode] = model.predict(x[:, :2], cond, n_future=3, seed=1)
+    for source in ("moved previous", "moved latest real", "ee_copy", "arm_copy"):
+        assert (frames[source, "bicubic"] - frames[source, "bilinear"]).abs().max() > 1e-3, source
+    torch.testing.assert_close(frames["generated", "bicubic"], frames["generated", "bilinear"])
+
+
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])
 def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
     """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous

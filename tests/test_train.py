@@ -291,8 +291,12 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert "arm_calm needs arm_copy true" in capsys.readouterr().err
     assert cli.main(["export", "--ckpt", str(narrow), "--out", str(calm), "--map-noise-block", "2"]) == 2
     assert "map_noise_block needs z_map > 0" in capsys.readouterr().err
+    cubic = tmp_path / "cubic"  # and sample the flow head's moved frames bicubically
+    assert cli.main(["export", "--ckpt", str(narrow), "--out", str(cubic), "--flow-resample", "bicubic"]) == 0
+    model, meta = checkpoint.load_model(cubic)
+    assert meta["config"]["flow_resample"] == "bicubic" and model.decoder.head.resample == "bicubic"
     with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, map_noise_block, "
-                                          "not z_dim"):
+                                          "flow_resample, not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 

@@ -157,6 +157,8 @@ def sampling(cfg: dict) -> str:
         said.append("where the arm is or has been, every future as the noiseless one")
     if cfg.get("flow_deadzone"):
         said.append(f"flow displacements of {cfg['flow_deadzone']:g} px or less set to 0")
+    if cfg.get("flow_resample", "bilinear") != "bilinear":
+        said.append(f"moved frames sampled {cfg['flow_resample']} between pixels")
     return f"Sampling: {', '.join(said)}. " if said else ""
 
 

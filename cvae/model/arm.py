@@ -71,12 +71,14 @@ def find_base(frame: torch.Tensor, ee: torch.Tensor, candidates: torch.Tensor) -
     return candidates.float()[var.argmin(1)]
 
 
-def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+           mode: str = "bilinear") -> torch.Tensor:
     """``frame`` [N, C, H, W] moved rigidly so that its end effector at ``src`` lands on ``dst``,
     turned by the angle the arm turns about ``base`` meanwhile (all [N, 2], (x, y) in pixel
     indices). As complex numbers, output pixel q samples src + (q - dst) / u, with u the unit turn
     from src - base to dst - base: a bar from the base to the end effector lands on itself (slid
-    along itself, which shows only beyond the base) and the gripper keeps its size."""
+    along itself, which shows only beyond the base) and the gripper keeps its size. ``mode``:
+    ``heads.warp``'s."""
     def c(v: torch.Tensor) -> torch.Tensor:
         return torch.view_as_complex(v.float().contiguous())
 
@@ -84,7 +86,7 @@ def turned(frame: torch.Tensor, base: torch.Tensor, src: torch.Tensor, dst: torc
     u = u / u.abs().clamp(min=1e-6)
     q = torch.complex(*pixel_grid(*frame.shape[-2:], frame.device))[None]
     moved = c(src)[:, None, None] + (q - c(dst)[:, None, None]) * u.conj()[:, None, None] - q
-    return warp(frame, torch.stack([moved.real, moved.imag], 1))
+    return warp(frame, torch.stack([moved.real, moved.imag], 1), mode)
 
 
 def bar_dist2(base: torch.Tensor, ee: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -148,8 +150,9 @@ class ArmCopy(nn.Module):
     """The arm copy and where the shaft is, from the latest real frame and the end effector's
     places in it and in this step (found by the end-effector map, in pixel indices)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resample: str = "bilinear") -> None:
         super().__init__()
+        self.resample = resample  # how the copy is sampled between pixels (``heads.warp``)
         self.register_buffer("candidates", torch.from_numpy(arm_bases() - 0.5).float(), persistent=False)
         self._last: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None  # anchor, its version, src, base
         self._cleared: torch.Tensor | None = None  # that anchor with its own arm filled in, once asked (``cleared_anchor``)
@@ -173,7 +176,7 @@ class ArmCopy(nn.Module):
         ``dst`` [N, 2] -> the turned copy [N, 3, H, W] and the shaft map at this step [N, 1, H, W]."""
         base = self.base(anchor, src)
         h, w = anchor.shape[-2:]
-        return turned(anchor, base, src, dst), shaft_map(base, dst, h, w)
+        return turned(anchor, base, src, dst, self.resample), shaft_map(base, dst, h, w)
 
     def region(self, anchor: torch.Tensor, src: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """``arm_region`` [N, 1, H, W] of the arm with its end effector at ``at`` [N, 2], about the

@@ -31,6 +31,13 @@ class registered by name (``HEADS``); adding a head is one class here.
   resampled, while what moves farther moves as before.
   A displacement inside the dead zone gets no gradient, so a model learns its flows without one
   first (``Config`` refuses one without ``--init``); see the README for what it costs.
+  ``flow_resample`` (a model field, ``bilinear`` by default) is how the moved frames and copies
+  are sampled between pixels: bilinearly, as SAVP does, or ``bicubic``. Bilinear sampling at a
+  fraction of a pixel averages two neighbours, so thin lines and texture come out softened (a
+  one-pixel line moved half a pixel keeps half its height, moved twice a quarter of its squared
+  edges); bicubic's wider kernel keeps more (0.59 of it, half of them), with a few percent of
+  overshoot, clipped to [0, 1]. A lone step edge comes out the same either way (README,
+  "Sampling between pixels").
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
 
 HEADS: dict[str, type[Head]] = {}
+RESAMPLE = ("bilinear", "bicubic")  # how moved frames are sampled between pixels (``warp``)
 
 
 def register(cls: type[Head]) -> type[Head]:
@@ -153,8 +161,10 @@ class FlowHead(Head):
                 "arm_copy": ARM_COPY_BIAS}
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
-                 still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False) -> None:
+                 still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False,
+                 resample: str = "bilinear") -> None:
         super().__init__(g_dim, nc)
+        self.resample = resample
         self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
         self.deadzone = deadzone
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
@@ -195,7 +205,7 @@ class FlowHead(Head):
             if given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
         moved_prev, moved_anchor = self.flows(out)
-        sources = [generated.float(), warp(prev, moved_prev), warp(anchor, moved_anchor)]
+        sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
         return (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
 
@@ -204,14 +214,16 @@ OUTPUTS = tuple(HEADS)
 
 
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
-              still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False) -> Head:
+              still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False,
+              flow_resample: str = "bilinear") -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy:
+    if ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear":
         if name != FlowHead.name:
-            raise ValueError(f"ee_copy, ee_sprite, still_copy, arm_copy and flow_deadzone need the 'flow' head, not {name!r}")
+            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone and flow_resample need the "
+                             f"'flow' head, not {name!r}")
         return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
-                        arm_copy=arm_copy)
+                        arm_copy=arm_copy, resample=flow_resample)
     return HEADS[name](g_dim, nc)
 
 
@@ -243,9 +255,9 @@ def move(prev: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return out.view(n, c, k, h, w).transpose(1, 2)
 
 
-def translate(frame: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def translate(frame: torch.Tensor, shift: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """``warp`` by one displacement per frame: frame [N, C, H, W], shift [N, 2] (x, y pixels)."""
-    return warp(frame, shift[:, :, None, None].expand(-1, -1, *frame.shape[-2:]))
+    return warp(frame, shift[:, :, None, None].expand(-1, -1, *frame.shape[-2:]), mode)
 
 
 def dead_zone(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
@@ -261,13 +273,15 @@ def dead_zone(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
     return flow * (x * x + y * y > deadzone * deadzone)
 
 
-def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warp(frame: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Backward warp: output pixel p takes ``frame`` at p + ``flow``[p] (in pixels, x then y),
-    bilinearly; outside the image the border continues. frame [N, C, H, W], flow [N, 2, H, W]."""
+    sampled between pixels as ``mode`` says (``RESAMPLE``); outside the image the border
+    continues. frame [N, C, H, W] in [0, 1], flow [N, 2, H, W]."""
     n, _, h, w = frame.shape
     ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=frame.device)
     xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=frame.device)
     base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [H, W, 2] as (x, y)
     scale = torch.tensor([2 / w, 2 / h], device=frame.device)
     grid = base + flow.float().permute(0, 2, 3, 1) * scale
-    return F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(frame.float(), grid, mode=mode, padding_mode="border", align_corners=False)
+    return out.clamp(0, 1) if mode == "bicubic" else out  # bicubic overshoots an edge by a few percent

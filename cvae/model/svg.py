@@ -22,13 +22,13 @@ from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import branching, edge_gap, energy_score, moving_mask, spread_gap
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
-from .heads import HEADS
+from .heads import HEADS, RESAMPLE
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
 PIXEL_LOSSES = ("mse", "l1")
 # how the weights are used, not their shapes: export may set them
-SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block")
+SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", *SAMPLING)
 
@@ -111,6 +111,7 @@ class ModelConfig:
     arm_clear: bool = False  # the arm is filled out of the previous and latest real frames the flow head moves (model/arm.py)
     arm_calm: bool = False  # every future drawn from the prior takes a noiseless one's pixels where the arm is or has been
     map_noise_block: int = 1  # the spatial latent's prior noise is one draw per block of this many x this many cells
+    flow_resample: str = "bilinear"  # how the flow head samples moved frames between pixels (``heads.RESAMPLE``)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -122,7 +123,8 @@ class ModelConfig:
         return cls(**{n: d[n] for n in names if n in d}).validate()
 
     def validate(self) -> ModelConfig:
-        for name, allowed in (("prior", PRIORS), ("output", tuple(HEADS)), ("pixel_loss", PIXEL_LOSSES)):
+        for name, allowed in (("prior", PRIORS), ("output", tuple(HEADS)), ("pixel_loss", PIXEL_LOSSES),
+                              ("flow_resample", RESAMPLE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not 0 <= self.motion_weight < float("inf"):
@@ -158,6 +160,8 @@ class ModelConfig:
         if self.map_prior and not (self.z_map and self.prior == "learned"):
             raise ConfigError("map_prior needs z_map > 0 and prior 'learned': it learns the spatial latent's "
                               "prior beside the vector z's")
+        if self.flow_resample != "bilinear" and self.output != "flow":
+            raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
         if self.flow_deadzone and self.output != "flow":
             raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
         return self
@@ -186,7 +190,7 @@ class SVG(nn.Module):
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
-                               arm_clear=cfg.arm_clear)
+                               arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None

@@ -66,7 +66,7 @@ class Decoder(nn.Module):
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
-                 arm_clear: bool = False) -> None:
+                 arm_clear: bool = False, flow_resample: str = "bilinear") -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
@@ -74,11 +74,11 @@ class Decoder(nn.Module):
             raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
-                              flow_deadzone=flow_deadzone, arm_copy=arm_copy)
+                              flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
-        self.arm = ArmCopy() if arm_copy else None
+        self.arm = ArmCopy(flow_resample) if arm_copy else None
         self.arm_clear = arm_clear
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
@@ -112,7 +112,7 @@ class Decoder(nn.Module):
         place of ``cond``). Near the gripper that is the next frame, sharp however far the arm has
         gone; the flow head's mask picks it there. Resampled once from a real frame, so it does not
         blur step after step as the moved previous frame does."""
-        return translate(anchor, self.ee_map.shift(anchor_cond, cond, *anchor.shape[-2:]))
+        return translate(anchor, self.ee_map.shift(anchor_cond, cond, *anchor.shape[-2:]), self.head.resample)
 
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
