@@ -150,9 +150,8 @@ class ArmCopy(nn.Module):
     """The arm copy and where the shaft is, from the latest real frame and the end effector's
     places in it and in this step (found by the end-effector map, in pixel indices)."""
 
-    def __init__(self, resample: str = "bilinear") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.resample = resample  # how the copy is sampled between pixels (``heads.warp``)
         self.register_buffer("candidates", torch.from_numpy(arm_bases() - 0.5).float(), persistent=False)
         self._last: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None  # anchor, its version, src, base
         self._cleared: torch.Tensor | None = None  # that anchor with its own arm filled in, once asked (``cleared_anchor``)
@@ -171,12 +170,14 @@ class ArmCopy(nn.Module):
         return last[3]
 
     @torch.no_grad()
-    def forward(self, anchor: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, anchor: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
         """Latest real frames [N, 3, H, W], their end effectors' places ``src`` and this step's
-        ``dst`` [N, 2] -> the turned copy [N, 3, H, W] and the shaft map at this step [N, 1, H, W]."""
+        ``dst`` [N, 2] -> the turned copy [N, 3, H, W] (sampled between pixels as ``mode`` says,
+        ``heads.warp``) and the shaft map at this step [N, 1, H, W]."""
         base = self.base(anchor, src)
         h, w = anchor.shape[-2:]
-        return turned(anchor, base, src, dst, self.resample), shaft_map(base, dst, h, w)
+        return turned(anchor, base, src, dst, mode), shaft_map(base, dst, h, w)
 
     def region(self, anchor: torch.Tensor, src: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """``arm_region`` [N, 1, H, W] of the arm with its end effector at ``at`` [N, 2], about the

@@ -78,7 +78,7 @@ class Decoder(nn.Module):
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
-        self.arm = ArmCopy(flow_resample) if arm_copy else None
+        self.arm = ArmCopy() if arm_copy else None
         self.arm_clear = arm_clear
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
@@ -135,7 +135,7 @@ class Decoder(nn.Module):
                 raise ValueError("this decoder turns the latest real frame with the arm: pass anchor and anchor_cond")
             h, w = anchor.shape[-2:]
             src = self.ee_map.pixels(anchor_cond, h, w)
-            extra["arm_copy"], shaft = self.arm(anchor, src, self.ee_map.pixels(cond, h, w))
+            extra["arm_copy"], shaft = self.arm(anchor, src, self.ee_map.pixels(cond, h, w), self.head.resample)
             if self.arm_clear:
                 if prev_cond is None:
                     raise ValueError("this decoder clears the arm from the previous frame: pass prev_cond")
