@@ -8,6 +8,14 @@ from .data.bair import IMAGE_SIZE
 from .errors import ConfigError
 from .model.svg import ModelConfig
 
+# the fields that act on re-simulated true futures, so need some (``energy_truths``), and what each does with them
+NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
+               ("energy_branch_weight", "it weights the energy score's patches"),
+               ("cover_weight", "it scores prior futures against the re-simulated ones"),
+               ("spread_weight", "it compares the prior futures' spread with the re-simulated ones'"),
+               ("edge_weight", "it compares the prior futures' edges with the re-simulated ones'"),
+               ("energy_branch", "it gates the energy score's spread term"))
+
 
 @dataclass
 class Config(ModelConfig):
@@ -93,7 +101,8 @@ class Config(ModelConfig):
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
-                     "energy_weight", "cover_weight", "spread_weight", "edge_weight"):
+                     "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
+                     "edge_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -110,26 +119,11 @@ class Config(ModelConfig):
         if self.energy_patch < 0 or (self.energy_patch and IMAGE_SIZE % self.energy_patch):
             raise ConfigError(f"energy_patch must be 0 (the whole future) or divide {IMAGE_SIZE}, "
                               f"not {self.energy_patch}")
-        if self.branch_weight and not self.energy_truths:
-            raise ConfigError("branch_weight needs energy_truths > 0: it rebuilds the re-simulated futures")
-        if not 0 <= self.branch_weight < float("inf"):
-            raise ConfigError(f"branch_weight must be a number >= 0, not {self.branch_weight}")
-        if self.energy_branch_weight and not self.energy_truths:
-            raise ConfigError("energy_branch_weight needs energy_truths > 0: it weights the energy score's patches")
-        if not 0 <= self.energy_branch_weight < float("inf"):
-            raise ConfigError(f"energy_branch_weight must be a number >= 0, not {self.energy_branch_weight}")
-        if self.cover_weight and not self.energy_truths:
-            raise ConfigError("cover_weight needs energy_truths > 0: it scores prior futures against the re-simulated ones")
-        if self.spread_weight and not self.energy_truths:
-            raise ConfigError("spread_weight needs energy_truths > 0: it compares the prior futures' spread "
-                              "with the re-simulated ones'")
-        if self.edge_weight and not self.energy_truths:
-            raise ConfigError("edge_weight needs energy_truths > 0: it compares the prior futures' edges "
-                              "with the re-simulated ones'")
+        for name, why in NEED_TRUTHS:
+            if getattr(self, name) and not self.energy_truths:
+                raise ConfigError(f"{name} needs energy_truths > 0: {why}")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
-        if self.energy_branch and not self.energy_truths:
-            raise ConfigError("energy_branch needs energy_truths > 0: it gates the energy score's spread term")
         if self.energy_truths and self.energy_scenes < 1:
             raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
         if self.flow_deadzone and not self.init:
