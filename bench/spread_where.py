@@ -57,6 +57,21 @@ def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor,
     return head.sources, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n, (mask.std(0) * weight).sum((0, 1, 3, 4)) / n
 
 
+def flow_reach(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch.Tensor],
+               n_future: int = 10) -> dict[str, dict[str, float]]:
+    """How far a flow head moves pixels in each of ``regions`` [N, F, H, W] (z seed 0, its dead
+    zone applied): the mean displacement length of the moved previous frame there, in pixels, and
+    the share of the region it moves by at least 1 px. A pushed object travels up to ~3 px a
+    step; a flow that moves it less leaves it for the other sources to redraw or fade."""
+    length = model.decoder.head.flows(predict_capturing(model, x, c, n_future, 0)[1])[0].norm(dim=-3)
+    reach = {}
+    for name, region in regions.items():
+        n = region.sum().clamp_min(1)
+        reach[name] = {"mean_px": round(float((length * region).sum() / n), 3),
+                       "moved_1px": round(float(((length >= 1) & region).sum() / n), 3)}
+    return reach
+
+
 def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, noiseless: torch.Tensor,
           t_std: torch.Tensor, m_std: torch.Tensor) -> np.ndarray:
     """One row uint8 [64, 384, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
@@ -104,15 +119,18 @@ def main() -> None:
                  (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
         print("  where the truths branch, squared edges over a true future's: "
               + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
-        sources = {}
+        sources, reach = {}, {}
         if model.cfg.output == "flow":
             names, share, wobble = source_shares(model, x, c, arm_only)
             sources = {name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)}
             print("  where the arm sweeps and the truths agree, the mask's mean share / its std over 4 z draws: "
                   + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in sources.items()))
+            reach = flow_reach(model, x, c, {"branching off the arm": differ & ~swept[:, None], "arm swept": arm_only})
+            print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
+                  + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
-               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
+               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources, flow_reach=reach,
                edges_where_branching=edges)
         if args.sheet:
             from PIL import Image

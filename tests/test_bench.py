@@ -142,6 +142,30 @@ def test_the_source_shares_are_a_flow_heads_mask_over_the_region():
     assert abs(float(share.sum()) - 1) < 1e-5 and ((share >= 0) & (share <= 1)).all() and (wobble >= 0).all()
 
 
+def test_the_flow_reach_is_the_moved_previous_frames_displacement_over_the_region():
+    """``spread_where.flow_reach``: a flow head whose last layer draws the moved previous frame's
+    displacement (3, 4) at every pixel moves every region by 5 px, all of it by at least 1 px; with
+    a 6 px dead zone by nothing; an empty region scores 0, not NaN."""
+    import torch
+
+    from cvae.model import SVG
+
+    bench = _bench("spread_where")
+    model = SVG(g_dim=16, z_dim=4, rnn_size=16, width=0.125, prior="learned", output="flow", ee_maps=True).eval()
+    last = model.decoder.upc5[1]
+    with torch.no_grad():
+        last.weight[:, 3:5] = 0
+        last.bias[3:5] = torch.tensor([3.0, 4.0])
+    x, c = torch.rand(2, 5, 3, 64, 64), torch.randn(2, 5, 7) * 0.1
+    region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    region[:, :, 10:20, 30:40] = True
+    regions = {"square": region, "none": torch.zeros_like(region)}
+    assert bench.flow_reach(model, x, c, regions, n_future=3) == {"square": {"mean_px": 5.0, "moved_1px": 1.0},
+                                                                 "none": {"mean_px": 0.0, "moved_1px": 0.0}}
+    model.decoder.head.deadzone = 6.0
+    assert bench.flow_reach(model, x, c, regions, n_future=3)["square"] == {"mean_px": 0.0, "moved_1px": 0.0}
+
+
 def test_the_rigid_push_probe_scores_only_its_region():
     """``rigid_push.errors`` sums the squared error over the region alone, per prediction, truth
     and step, and ``db`` pools it: off by 0.1 on the region and by 1 outside it is 20 dB."""
