@@ -6,7 +6,9 @@ spread on the swept pixels taken out, which says how much of the shortfall the a
 alone costs. The arm and the table it uncovers are fixed by the condition, so spread there is
 the model's own doubt. And where the truths branch, whether the model's futures are sharp
 alternatives or alternative blurs: the squared edges (``metrics.edge_energy``) of a sample, of the
-model's noiseless future and of the truths' mean, each over a true future's. ``--sheet`` also
+model's noiseless future and of the truths' mean, each over a true future's. For a flow head,
+its mask's shares where the arm sweeps and how far it moves the previous frame there and where
+the truths branch off the arm (``flow_reach``). ``--sheet`` also
 writes, per sequence, the last context frame, a true, a predicted and the noiseless last frame,
 and the truths' and the model's std maps (max over steps, x 4) side by side. Simulated data with
 hidden causes only.

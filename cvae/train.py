@@ -140,7 +140,8 @@ def bf16_autocast(device: torch.device) -> bool:
 # ``StepLosses``, its name in log.jsonl, and the Config field that switches it on (logged only then).
 TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", "energy_truths"),
                 ("branch", "branch_loss", "branch_weight"), ("cover", "cover_loss", "cover_weight"),
-                ("spread", "spread_gap", "spread_weight"), ("edges", "edge_gap", "edge_weight"))
+                ("spread", "spread_gap", "spread_weight"), ("edges", "edge_gap", "edge_weight"),
+                ("photo", "flow_photo_loss", "flow_photo_weight"))
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
@@ -152,14 +153,15 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
     closest prior future's pixel loss per true future) (+ ``terms.spread_weight`` * their per-pixel
-    spread gap) (+ ``terms.edge_weight`` * their edge gap). Returns detached (loss, mse, kld, then
+    spread gap) (+ ``terms.edge_weight`` * their edge gap) (+ the flow head's moved previous frame's
+    error where things move, ``flow_photo_weight``). Returns detached (loss, mse, kld, then
     each ``TERMS_LOGGED`` term) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
             + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
-            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges)
+            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges + losses.photo)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -700,6 +700,42 @@ def test_every_moved_source_of_the_flow_head_samples_as_the_model_says():
     torch.testing.assert_close(frames["generated", "bicubic"], frames["generated", "bilinear"])
 
 
+def test_the_flow_photo_loss_is_the_moved_previous_frames_error_where_things_move():
+    """By hand: one pixel turns from 0 to 0.5 at step 2 and another by 0.05 (under the 0.1 that
+    counts as moving), every moved previous frame all 0: the error is 0.5 on that pixel's three
+    channels at step 2 alone, a per-pixel mean of 1.5 / 48 = 1 / 32, summed over the steps."""
+    x = torch.zeros(1, 3, 3, 4, 4)
+    x[0, 2, :, 1, 1] = 0.5
+    x[0, 2, :, 3, 3] = 0.05
+    model = tiny(output="flow", flow_photo_weight=1.0)
+    assert model._photo(torch.zeros(1, 2, 3, 4, 4), x).item() == pytest.approx(1 / 32)
+    assert model._photo(x[:, 1:], x).item() == 0  # a moved previous frame that is the next frame
+    with pytest.raises(ConfigError, match="flow_photo_weight needs output 'flow'"):
+        tiny(output="cdna", flow_photo_weight=0.5)
+    with pytest.raises(ConfigError, match="flow_photo_weight must be a number >= 0, not -1"):
+        tiny(output="flow", flow_photo_weight=-1.0)
+
+
+def test_the_flow_photo_loss_trains_the_flow_and_not_the_mask():
+    """``flow_photo_weight``: teacher-forced, the term scales with its weight, and its gradient
+    reaches the flow head's displacements but not its mask (the mask is trained by the pixel loss
+    alone); off, or without teacher forcing, it is 0."""
+    x, cond = batch(t=5)
+    x[:, 3:, :, 20:30, 20:30] = 1.0  # something moves
+    model = tiny(output="flow", cond_maps=True, ee_maps=True, flow_photo_weight=0.5)
+    torch.manual_seed(1)
+    losses = model(x, cond, teacher_forcing=True)
+    model.cfg.flow_photo_weight = 1.0
+    torch.manual_seed(1)
+    assert model(x, cond, teacher_forcing=True).photo.item() == pytest.approx(2 * losses.photo.item())
+    assert losses.photo.item() > 0
+    last = model.decoder.upc5[1]
+    (grad,) = torch.autograd.grad(losses.photo, last.weight)
+    assert grad[:, 3:5].abs().sum() > 0 and grad[:, 7:].abs().sum() == 0
+    assert model(x, cond, teacher_forcing=False).photo.item() == 0
+    assert tiny(output="flow", cond_maps=True, ee_maps=True)(x, cond, teacher_forcing=True).photo.item() == 0
+
+
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])
 def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
     """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous

@@ -196,7 +196,10 @@ class FlowHead(Head):
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
-                ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None) -> torch.Tensor:
+                ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
+                moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The mixed frame; with ``moved``, also the moved previous frame alone (which training's
+        ``flow_photo_weight`` asks to match the next frame where things move)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
@@ -207,7 +210,8 @@ class FlowHead(Head):
         moved_prev, moved_anchor = self.flows(out)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
-        return (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
+        frame = (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
+        return (frame, sources[1]) if moved else frame
 
 
 OUTPUTS = tuple(HEADS)

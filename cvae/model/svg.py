@@ -30,7 +30,7 @@ PIXEL_LOSSES = ("mse", "l1")
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
-INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", *SAMPLING)
+INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", *SAMPLING)
 
 
 @dataclass
@@ -46,6 +46,7 @@ class StepLosses:
     branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
     spread: torch.Tensor  # []: |model std - truth std| per pixel of prior futures against re-simulated ones (``_energy``)
     edges: torch.Tensor  # []: how far prior futures fall short of the re-simulated ones' squared edges where they differ
+    photo: torch.Tensor  # []: ``flow_photo_weight`` x the moved previous frame's L1 error where things move (0 when off)
 
 
 PRIORS = ("fixed", "learned")
@@ -112,6 +113,7 @@ class ModelConfig:
     arm_calm: bool = False  # every future drawn from the prior takes a noiseless one's pixels where the arm is or has been
     map_noise_block: int = 1  # the spatial latent's prior noise is one draw per block of this many x this many cells
     flow_resample: str = "bilinear"  # how the flow head samples moved frames between pixels (``heads.RESAMPLE``)
+    flow_photo_weight: float = 0.0  # > 0: the moved previous frame alone must match the next one where things move (``_photo``)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -127,8 +129,11 @@ class ModelConfig:
                               ("flow_resample", RESAMPLE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        if not 0 <= self.motion_weight < float("inf"):
-            raise ConfigError(f"motion_weight must be a number >= 0, not {self.motion_weight}")
+        for name in ("motion_weight", "flow_photo_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
+        if self.flow_photo_weight and self.output != "flow":
+            raise ConfigError("flow_photo_weight needs output 'flow': it trains the flow head's moved previous frame")
         if self.ee_copy and not (self.output == "flow" and self.ee_maps):
             raise ConfigError("ee_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
                               "moved by the end-effector map's places")
@@ -206,16 +211,18 @@ class SVG(nn.Module):
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
                 cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor,
-                z: torch.Tensor) -> torch.Tensor:
+                z: torch.Tensor, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
         real frames [N, 3, 64, 64], their raw conditions [N, 7] and latents [N, latent_dim] (the
-        decoder reads the spatial part) -> frames."""
+        decoder reads the spatial part) -> frames (with ``moved``, and the flow head's moved
+        previous frames)."""
         norm = self.predictor.normalize
         zmap = self._map(z)
         if not (self.cfg.ee_copy or self.cfg.arm_copy):
-            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap)
+            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap, moved=moved)
         prev_cond = norm(at_rest(cond)) if self.cfg.arm_clear else None
-        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap, prev_cond=prev_cond)
+        return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap,
+                            prev_cond=prev_cond, moved=moved)
 
     def _map(self, z: torch.Tensor) -> torch.Tensor | None:
         """Latents [..., latent_dim] -> their spatial part [N, z_map, 8, 8] (None without one)."""
@@ -305,12 +312,17 @@ class SVG(nn.Module):
         h, skips = self._encode(x)
         mu_q, logvar_q = self._posterior(h, skips[3])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
+        photo = h.new_zeros((), dtype=torch.float32)
         if teacher_forcing:
             coarse = skips[3]
             prior = (self._with_map_prior(*self.prior(h[:, :-1])[:2], coarse[:, :-1],
                                           torch.cat([coarse[:, :1], coarse[:, :-2]], 1))
                      if self.prior is not None else None)
-            pred = self._teacher_forced(x, h, skips, z, cond)
+            if self.cfg.flow_photo_weight:
+                pred, moved = self._teacher_forced(x, h, skips, z, cond, moved=True)
+                photo = self.cfg.flow_photo_weight * self._photo(moved, x)
+            else:
+                pred = self._teacher_forced(x, h, skips, z, cond)
         else:
             n = self.n_past
             pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
@@ -328,7 +340,7 @@ class SVG(nn.Module):
                                         else (recon.new_zeros(()),) * 4)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges)
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo)
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -353,14 +365,33 @@ class SVG(nn.Module):
         return err.mean((2, 3)).sum(1).mean()
 
     def _teacher_forced(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], z: torch.Tensor,
-                        cond: torch.Tensor) -> torch.Tensor:
+                        cond: torch.Tensor, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Frames 1..T-1 predicted from the real frames before them and z [B, T-1, latent_dim], all
-        in one predictor and one decoder call: frames [B, T, ...] and their encoding -> [B, T-1, 3, 64, 64]."""
+        in one predictor and one decoder call: frames [B, T, ...] and their encoding -> [B, T-1, 3, 64, 64]
+        (with ``moved``, and the flow head's moved previous frames, shaped alike)."""
         b, t = x.shape[:2]
         g, _ = self.predictor(h[:, :-1], z[..., : self.z_dim], cond[:, :-1])
-        return self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
-                            cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
-                            self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1)).view(b, t - 1, *x.shape[2:])
+        out = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
+                           cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
+                           self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1), moved)
+        if moved:
+            return tuple(f.reshape(b, t - 1, *x.shape[2:]) for f in out)
+        return out.view(b, t - 1, *x.shape[2:])
+
+    def _photo(self, moved: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The flow head's moved previous frames [B, T-1, 3, 64, 64] (teacher-forced) against the
+        true frames 1..T-1 of ``x``: their L1 error on the pixels that move (``moving_mask``), the
+        per-pixel mean summed over the steps, averaged over the batch.
+
+        The pixel loss scores only the mix, and where an object is pushed the mask can take
+        another source (or the gripper's flow can drag the object along), so nothing asks the
+        flow itself to follow the object: the bundle's flow moves the pixels where a pushed
+        object goes by 0.17 px a step, where it travels up to ~3 px (README). This asks the moved
+        previous frame alone to be the next frame where things move, as an unsupervised optical
+        flow is trained."""
+        target, prev = x[:, 1:].float(), x[:, :-1].float()
+        err = (moved.float() - target).abs() * moving_mask(target, prev).unsqueeze(-3)
+        return err.mean((0, 2, 3, 4)).sum()
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,
                     weight: torch.Tensor | None = None) -> torch.Tensor:
