@@ -27,6 +27,10 @@ from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
 PIXEL_LOSSES = ("mse", "l1")
+# the fields that act on the flow head alone, so need output 'flow', and what each does with it
+NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
+              ("flow_deadzone", "it zeroes the flow head's short displacements"),
+              ("flow_photo_weight", "it trains the flow head's moved previous frame"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
@@ -132,8 +136,6 @@ class ModelConfig:
         for name in ("motion_weight", "flow_photo_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
-        if self.flow_photo_weight and self.output != "flow":
-            raise ConfigError("flow_photo_weight needs output 'flow': it trains the flow head's moved previous frame")
         if self.ee_copy and not (self.output == "flow" and self.ee_maps):
             raise ConfigError("ee_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
                               "moved by the end-effector map's places")
@@ -143,8 +145,6 @@ class ModelConfig:
         if self.arm_copy and not (self.output == "flow" and self.ee_maps):
             raise ConfigError("arm_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
                               "turned to the end-effector map's places")
-        if self.still_copy and self.output != "flow":
-            raise ConfigError("still_copy needs output 'flow': it is a source of the flow head")
         if not 0 <= self.flow_deadzone < float("inf"):
             raise ConfigError(f"flow_deadzone must be a number of pixels >= 0, not {self.flow_deadzone}")
         if not 0 <= self.z_scale < float("inf"):
@@ -167,8 +167,9 @@ class ModelConfig:
                               "prior beside the vector z's")
         if self.flow_resample != "bilinear" and self.output != "flow":
             raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
-        if self.flow_deadzone and self.output != "flow":
-            raise ConfigError("flow_deadzone needs output 'flow': it zeroes the flow head's short displacements")
+        for name, why in NEEDS_FLOW:
+            if getattr(self, name) and self.output != "flow":
+                raise ConfigError(f"{name} needs output 'flow': {why}")
         return self
 
 
