@@ -2,6 +2,8 @@
 measures of what a person sees: sharpness, PSNR where things move, spread of futures."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -21,6 +23,20 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     g = torch.exp(-x.pow(2) / (2 * sigma**2))
     g = g / g.sum()
     return g[:, None] * g[None, :]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Images [..., C, H, W] blurred by a Gaussian of ``sigma`` px (cut at 2 sigma), the border
+    repeated past the edge as ``warp`` repeats it; ``sigma`` 0 returns them as they are."""
+    if not sigma:
+        return x
+    r = math.ceil(2 * sigma)
+    lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
+    g = _gaussian_window(2 * r + 1, sigma).sum(0).to(x.device)  # the 1-d Gaussian
+    v = F.pad(x.float().reshape(-1, c, h, w), (r, r, r, r), mode="replicate")
+    v = F.conv2d(v, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    v = F.conv2d(v, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return v.reshape(*lead, c, h, w)
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

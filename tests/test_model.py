@@ -707,13 +707,55 @@ def test_the_flow_photo_loss_is_the_moved_previous_frames_error_where_things_mov
     x = torch.zeros(1, 3, 3, 4, 4)
     x[0, 2, :, 1, 1] = 0.5
     x[0, 2, :, 3, 3] = 0.05
-    model = tiny(output="flow", flow_photo_weight=1.0)
-    assert model._photo(torch.zeros(1, 2, 3, 4, 4), x).item() == pytest.approx(1 / 32)
-    assert model._photo(x[:, 1:], x).item() == 0  # a moved previous frame that is the next frame
+    model, still = tiny(output="flow", flow_photo_weight=1.0), torch.zeros(1, 2, 2, 4, 4)
+    assert model._photo(torch.zeros(1, 2, 3, 4, 4), still, x).item() == pytest.approx(1 / 32)
+    assert model._photo(x[:, 1:], still, x).item() == 0  # a previous frame that, unmoved, is the next frame
+    right = x[:, 2:].roll(1, -1).expand(1, 2, 3, 4, 4)  # the next frame one pixel to the right
+    shift = torch.zeros(1, 2, 2, 4, 4)
+    shift[:, :, 0] = 1.0  # every pixel takes its right neighbour's value
+    assert model._photo(right, shift, x).item() == 0
+    assert model._photo(right, still, x).item() == pytest.approx(1 / 32)
     with pytest.raises(ConfigError, match="flow_photo_weight needs output 'flow'"):
         tiny(output="cdna", flow_photo_weight=0.5)
     with pytest.raises(ConfigError, match="flow_photo_weight must be a number >= 0, not -1"):
         tiny(output="flow", flow_photo_weight=-1.0)
+    with pytest.raises(ConfigError, match="flow_photo_blur needs flow_photo_weight > 0"):
+        tiny(output="flow", flow_photo_blur=2.0)
+    with pytest.raises(ConfigError, match="flow_photo_blur must be a number >= 0, not -1"):
+        tiny(output="flow", flow_photo_weight=0.1, flow_photo_blur=-1.0)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 2.0])
+def test_a_blurred_photo_loss_pulls_the_flow_from_further_off_an_edge(sigma):
+    """A flat square pushed 3 px right: with the flow at 0, the photometric term's gradient
+    reaches the displacement of a pixel 2 px inside the square's new leading strip only when the
+    frames are blurred (sigma 2 px): a bilinear sample of a flat colour has no slope there. Where
+    it does reach, it pulls that pixel's displacement to the left, toward where the square was."""
+    x = torch.zeros(1, 2, 3, 16, 16)
+    x[0, 0, :, 4:12, 2:8] = 1.0
+    x[0, 1, :, 4:12, 5:11] = 1.0
+    model = tiny(output="flow", flow_photo_weight=1.0, flow_photo_blur=sigma)
+    flow = torch.zeros(1, 1, 2, 16, 16, requires_grad=True)
+    (grad,) = torch.autograd.grad(model._photo(x[:, :1], flow, x), flow)
+    pull = grad[0, 0, 0, 8, 10]  # the x displacement at (row 8, column 10): 2 px inside the new strip
+    if sigma:
+        assert pull > 0  # gradient descent lowers it: the pixel samples further left
+    else:
+        assert pull == 0
+
+
+def test_a_gaussian_blur_keeps_flat_images_and_spreads_a_point():
+    from cvae.metrics import gaussian_blur
+
+    flat = torch.full((2, 3, 8, 8), 0.4)
+    torch.testing.assert_close(gaussian_blur(flat, 1.5), flat)
+    point = torch.zeros(1, 1, 9, 9)
+    point[..., 4, 4] = 1.0
+    assert gaussian_blur(point, 0) is point
+    blurred = gaussian_blur(point, 1.0)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-6) and blurred[..., 4, 4] < 0.2
+    assert blurred[..., 4, 5] == pytest.approx(blurred[..., 5, 4].item())
+    assert blurred[..., 4, 6] > 0 and blurred[..., 4, 7] == 0  # cut at 2 sigma
 
 
 def test_the_flow_photo_loss_trains_the_flow_and_not_the_mask():

@@ -106,7 +106,7 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     init = str(tmp_path / "a" / "last")
     train(tiny_cfg(sim_root, tmp_path / "b", epochs=1, iters_per_epoch=2, init=init, best_of=2, best_of_weight=0.5,
                    recon_weight=0.25, pixel_loss="l1", motion_weight=3.0, flow_deadzone=0.5,
-                   z_hold=True, flow_photo_weight=0.1, tfr=1.0),  # how it trains and samples may change
+                   z_hold=True, flow_photo_weight=0.1, flow_photo_blur=1.0, tfr=1.0),  # how it trains and samples may change
           progress=False)
     first, best_of = seen[0]
     assert best_of == (2, 0.5, 0.25) and all(torch.equal(first[k], start[k]) for k in start)
@@ -115,8 +115,8 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     assert all(r["best_of_loss"] > 0 for r in log) and all(r["flow_photo_loss"] > 0 for r in log)
     assert log[-1]["step"] == 2  # a new run: its steps count from 0
     assert {k: checkpoint.read_meta(tmp_path / "b" / "last")["config"][k]
-            for k in ("motion_weight", "flow_deadzone", "flow_photo_weight")} \
-        == {"motion_weight": 3.0, "flow_deadzone": 0.5, "flow_photo_weight": 0.1}
+            for k in ("motion_weight", "flow_deadzone", "flow_photo_weight", "flow_photo_blur")} \
+        == {"motion_weight": 3.0, "flow_deadzone": 0.5, "flow_photo_weight": 0.1, "flow_photo_blur": 1.0}
     with pytest.raises(ConfigError, match=r"its model differs from this run's: g_dim 16 vs 32"):
         train(tiny_cfg(sim_root, tmp_path / "c", g_dim=32, init=init), progress=False)
     # the end-effector copy may be grown in: every old weight carries over, the copy's mask channel is new

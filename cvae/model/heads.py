@@ -197,9 +197,10 @@ class FlowHead(Head):
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
-                moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The mixed frame; with ``moved``, also the moved previous frame alone (which training's
-        ``flow_photo_weight`` asks to match the next frame where things move)."""
+                moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The mixed frame; with ``moved``, also the previous frame this head moves and its
+        displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
+        previous frame onto the next where things move)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
@@ -211,7 +212,7 @@ class FlowHead(Head):
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
         frame = (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
-        return (frame, sources[1]) if moved else frame
+        return (frame, (prev, moved_prev)) if moved else frame
 
 
 OUTPUTS = tuple(HEADS)

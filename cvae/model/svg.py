@@ -12,6 +12,7 @@ Skips come from the last context frame (SVG), or from the previous frame with
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -20,9 +21,9 @@ from torch.nn import functional as F
 
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
-from ..metrics import branching, edge_gap, energy_score, moving_mask, spread_gap
+from ..metrics import branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
-from .heads import HEADS, RESAMPLE
+from .heads import HEADS, RESAMPLE, warp
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
@@ -34,7 +35,8 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
-INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", *SAMPLING)
+INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
+                   *SAMPLING)
 
 
 @dataclass
@@ -118,6 +120,7 @@ class ModelConfig:
     map_noise_block: int = 1  # the spatial latent's prior noise is one draw per block of this many x this many cells
     flow_resample: str = "bilinear"  # how the flow head samples moved frames between pixels (``heads.RESAMPLE``)
     flow_photo_weight: float = 0.0  # > 0: the moved previous frame alone must match the next one where things move (``_photo``)
+    flow_photo_blur: float = 0.0  # px: that match is made between frames blurred by a Gaussian of this sigma (``_photo``)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -133,7 +136,7 @@ class ModelConfig:
                               ("flow_resample", RESAMPLE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("motion_weight", "flow_photo_weight"):
+        for name in ("motion_weight", "flow_photo_weight", "flow_photo_blur"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         if self.ee_copy and not (self.output == "flow" and self.ee_maps):
@@ -170,6 +173,8 @@ class ModelConfig:
         for name, why in NEEDS_FLOW:
             if getattr(self, name) and self.output != "flow":
                 raise ConfigError(f"{name} needs output 'flow': {why}")
+        if self.flow_photo_blur and not self.flow_photo_weight:
+            raise ConfigError("flow_photo_blur needs flow_photo_weight > 0: it blurs the frames that term compares")
         return self
 
 
@@ -212,11 +217,11 @@ class SVG(nn.Module):
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
                 cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor,
-                z: torch.Tensor, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                z: torch.Tensor, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
         real frames [N, 3, 64, 64], their raw conditions [N, 7] and latents [N, latent_dim] (the
-        decoder reads the spatial part) -> frames (with ``moved``, and the flow head's moved
-        previous frames)."""
+        decoder reads the spatial part) -> frames (with ``moved``, and the previous frames the
+        flow head moves with their displacements [N, 2, 64, 64])."""
         norm = self.predictor.normalize
         zmap = self._map(z)
         if not (self.cfg.ee_copy or self.cfg.arm_copy):
@@ -320,8 +325,8 @@ class SVG(nn.Module):
                                           torch.cat([coarse[:, :1], coarse[:, :-2]], 1))
                      if self.prior is not None else None)
             if self.cfg.flow_photo_weight:
-                pred, moved = self._teacher_forced(x, h, skips, z, cond, moved=True)
-                photo = self.cfg.flow_photo_weight * self._photo(moved, x)
+                pred, prev, flow = self._teacher_forced(x, h, skips, z, cond, moved=True)
+                photo = self.cfg.flow_photo_weight * self._photo(prev, flow, x)
             else:
                 pred = self._teacher_forced(x, h, skips, z, cond)
         else:
@@ -366,32 +371,43 @@ class SVG(nn.Module):
         return err.mean((2, 3)).sum(1).mean()
 
     def _teacher_forced(self, x: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], z: torch.Tensor,
-                        cond: torch.Tensor, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                        cond: torch.Tensor, moved: bool = False,
+                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames 1..T-1 predicted from the real frames before them and z [B, T-1, latent_dim], all
         in one predictor and one decoder call: frames [B, T, ...] and their encoding -> [B, T-1, 3, 64, 64]
-        (with ``moved``, and the flow head's moved previous frames, shaped alike)."""
+        (with ``moved``, and the previous frames the flow head moves, shaped alike, with their
+        displacements [B, T-1, 2, 64, 64])."""
         b, t = x.shape[:2]
         g, _ = self.predictor(h[:, :-1], z[..., : self.z_dim], cond[:, :-1])
         out = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
                            cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
                            self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1), moved)
         if moved:
-            return tuple(f.reshape(b, t - 1, *x.shape[2:]) for f in out)
+            frame, (prev, flow) = out  # -> frames, the previous frames moved and their displacements
+            return tuple(f.reshape(b, t - 1, *x.shape[2:]) for f in (frame, prev)) + (flow.reshape(b, t - 1, 2, *x.shape[3:]),)
         return out.view(b, t - 1, *x.shape[2:])
 
-    def _photo(self, moved: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The flow head's moved previous frames [B, T-1, 3, 64, 64] (teacher-forced) against the
-        true frames 1..T-1 of ``x``: their L1 error on the pixels that move (``moving_mask``), the
-        per-pixel mean summed over the steps, averaged over the batch.
+    def _photo(self, prev: torch.Tensor, flow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The previous frames the flow head moves [B, T-1, 3, 64, 64] (teacher-forced), moved
+        by its displacements [B, T-1, 2, 64, 64] alone, against the true frames 1..T-1 of ``x``:
+        their L1 error on the pixels that move (``moving_mask``), the per-pixel mean summed over
+        the steps, averaged over the batch. With ``flow_photo_blur`` = s > 0 both frames are
+        blurred by a Gaussian of sigma s first and the moving pixels widened by 2 s.
 
         The pixel loss scores only the mix, and where an object is pushed the mask can take
         another source (or the gripper's flow can drag the object along), so nothing asks the
         flow itself to follow the object: the bundle's flow moves the pixels where a pushed
         object goes by 0.17 px a step, where it travels up to ~3 px (README). This asks the moved
         previous frame alone to be the next frame where things move, as an unsupervised optical
-        flow is trained."""
-        target, prev = x[:, 1:].float(), x[:, :-1].float()
-        err = (moved.float() - target).abs() * moving_mask(target, prev).unsqueeze(-3)
+        flow is trained. A flat-coloured object moved 3 px gives a bilinear sample's gradient only
+        within a pixel of its edges; blurred, within about 2 s of them (coarse-to-fine flow's reason)."""
+        sigma = self.cfg.flow_photo_blur
+        target, mask = x[:, 1:].float(), moving_mask(x[:, 1:], x[:, :-1]).float()
+        moved = warp(gaussian_blur(prev.flatten(0, 1), sigma), flow.flatten(0, 1), self.cfg.flow_resample)
+        if sigma:
+            target, r = gaussian_blur(target, sigma), math.ceil(2 * sigma)
+            mask = F.max_pool2d(mask, 2 * r + 1, stride=1, padding=r)
+        err = (moved.view_as(target) - target).abs() * mask.unsqueeze(-3)
         return err.mean((0, 2, 3, 4)).sum()
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,

@@ -117,14 +117,15 @@ class Decoder(nn.Module):
     def forward(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
                 anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None,
-                prev_cond: torch.Tensor | None = None, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                prev_cond: torch.Tensor | None = None, moved: bool = False,
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
         real frame (flow), its standardised condition at rest (``ee_copy``) and the spatial
         latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
         the latest real frame and its condition at rest too, ``arm_clear`` the previous frame's
         standardised condition at rest (``prev_cond``). ``moved`` (flow head only): also return
-        the flow head's moved previous frame alone."""
+        the previous frame the flow head moves and its displacement."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
         if bool(self.z_map) != (zmap is not None):
