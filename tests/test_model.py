@@ -778,6 +778,31 @@ def test_the_flow_photo_loss_trains_the_flow_and_not_the_mask():
     assert tiny(output="flow", cond_maps=True, ee_maps=True)(x, cond, teacher_forcing=True).photo.item() == 0
 
 
+def test_the_flow_photo_loss_on_closed_loop_steps_moves_the_models_own_frames():
+    """``flow_photo_rollout``: without teacher forcing the term scores the head moving the real
+    context frames, then the model's own previous predictions; its gradient reaches the
+    displacements, not the frames moved (so it cannot improve its score by redrawing them)."""
+    x, cond = batch(t=5)
+    x[:, 3:, :, 20:30, 20:30] = 1.0
+    model = tiny(output="flow", cond_maps=True, ee_maps=True, flow_photo_weight=0.5, flow_photo_rollout=True)
+    torch.manual_seed(0)
+    losses = model(x, cond, teacher_forcing=False)
+    assert losses.photo.item() > 0
+    assert tiny(output="flow", cond_maps=True, ee_maps=True, flow_photo_weight=0.5)(
+        x, cond, teacher_forcing=False).photo.item() == 0
+    n, z = model.n_past, torch.zeros(x.shape[0], 4, model.latent_dim)
+    h, skips = model._encode(x[:, :n])
+    pred, _, (moved_from, flow) = model._rollout(x[:, :n], h, skips, cond, 5, z=z, moved=True)
+    torch.testing.assert_close(moved_from[:, :n], x[:, :n])  # steps 1..n move the context's real frames ...
+    torch.testing.assert_close(moved_from[:, n:], pred[:, n - 1 : -1])  # ... then the model's own
+    prev = moved_from.detach().requires_grad_()
+    flow = flow.detach().requires_grad_()
+    grads = torch.autograd.grad(model._photo(prev, flow, x), [prev, flow], allow_unused=True)
+    assert grads[0] is None and grads[1].abs().sum() > 0
+    with pytest.raises(ConfigError, match="flow_photo_rollout needs flow_photo_weight > 0"):
+        tiny(output="flow", flow_photo_rollout=True)
+
+
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])
 def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
     """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous

@@ -36,7 +36,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
-                   *SAMPLING)
+                   "flow_photo_rollout", *SAMPLING)
 
 
 @dataclass
@@ -121,6 +121,7 @@ class ModelConfig:
     flow_resample: str = "bilinear"  # how the flow head samples moved frames between pixels (``heads.RESAMPLE``)
     flow_photo_weight: float = 0.0  # > 0: the moved previous frame alone must match the next one where things move (``_photo``)
     flow_photo_blur: float = 0.0  # px: that match is made between frames blurred by a Gaussian of this sigma (``_photo``)
+    flow_photo_rollout: bool = False  # ... and on closed-loop steps too, moving the model's own previous frame
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -173,8 +174,9 @@ class ModelConfig:
         for name, why in NEEDS_FLOW:
             if getattr(self, name) and self.output != "flow":
                 raise ConfigError(f"{name} needs output 'flow': {why}")
-        if self.flow_photo_blur and not self.flow_photo_weight:
-            raise ConfigError("flow_photo_blur needs flow_photo_weight > 0: it blurs the frames that term compares")
+        for name in ("flow_photo_blur", "flow_photo_rollout"):
+            if getattr(self, name) and not self.flow_photo_weight:
+                raise ConfigError(f"{name} needs flow_photo_weight > 0: it says how that term compares frames")
         return self
 
 
@@ -330,8 +332,10 @@ class SVG(nn.Module):
             else:
                 pred = self._teacher_forced(x, h, skips, z, cond)
         else:
-            n = self.n_past
-            pred, prior = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z)
+            n, moved = self.n_past, bool(self.cfg.flow_photo_weight and self.cfg.flow_photo_rollout)
+            pred, prior, *rest = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z, moved=moved)
+            if moved:
+                photo = self.cfg.flow_photo_weight * self._photo(*rest[0], x)
         kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
         kl_loss = kld
         if free_bits > 0:
@@ -388,11 +392,13 @@ class SVG(nn.Module):
         return out.view(b, t - 1, *x.shape[2:])
 
     def _photo(self, prev: torch.Tensor, flow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The previous frames the flow head moves [B, T-1, 3, 64, 64] (teacher-forced), moved
+        """The previous frames the flow head moves [B, T-1, 3, 64, 64] (real when teacher-forced), moved
         by its displacements [B, T-1, 2, 64, 64] alone, against the true frames 1..T-1 of ``x``:
         their L1 error on the pixels that move (``moving_mask``), the per-pixel mean summed over
-        the steps, averaged over the batch. With ``flow_photo_blur`` = s > 0 both frames are
-        blurred by a Gaussian of sigma s first and the moving pixels widened by 2 s.
+        the steps, averaged over the batch; its gradient reaches the displacements alone, not the
+        frame moved (on closed-loop steps, ``flow_photo_rollout``, the model's own). With
+        ``flow_photo_blur`` = s > 0 both frames are blurred by a Gaussian of sigma s first and the
+        moving pixels widened by 2 s.
 
         The pixel loss scores only the mix, and where an object is pushed the mask can take
         another source (or the gripper's flow can drag the object along), so nothing asks the
@@ -403,7 +409,7 @@ class SVG(nn.Module):
         within a pixel of its edges; blurred, within about 2 s of them (coarse-to-fine flow's reason)."""
         sigma = self.cfg.flow_photo_blur
         target, mask = x[:, 1:].float(), moving_mask(x[:, 1:], x[:, :-1]).float()
-        moved = warp(gaussian_blur(prev.flatten(0, 1), sigma), flow.flatten(0, 1), self.cfg.flow_resample)
+        moved = warp(gaussian_blur(prev.detach().flatten(0, 1), sigma), flow.flatten(0, 1), self.cfg.flow_resample)
         if sigma:
             target, r = gaussian_blur(target, sigma), math.ceil(2 * sigma)
             mask = F.max_pool2d(mask, 2 * r + 1, stride=1, padding=r)
@@ -544,7 +550,7 @@ class SVG(nn.Module):
     def _rollout(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                  cond: torch.Tensor, t: int,
                  z: torch.Tensor | None = None, noise: torch.Tensor | None = None, calm: int = 0,
-                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+                 moved: bool = False) -> tuple:
         """Steps 1..t-1, feeding back predictions once the context is used up.
 
         ``z`` [B, t-1, latent_dim] gives the latent of every step (training). Otherwise (generation)
@@ -553,7 +559,9 @@ class SVG(nn.Module):
         rows come in groups of this many futures of one scene, the first drawn with zero noise,
         and every future step the others take its pixels where the arm is or has been, before
         they are fed back. Returns the predictions and, with a learned prior, its (mu, logvar)
-        per step.
+        per step (else None); with ``moved`` (flow head), also the previous frames the head moved,
+        the model's own once the context is used up, and their displacements, stacked as the
+        predictions.
         """
         n_past = self.n_past
         if z is None:
@@ -564,7 +572,7 @@ class SVG(nn.Module):
         skip_last = [s[:, n_past - 1] for s in skips_ctx]
         coarse_before = skips_ctx[3][:, 0]  # frame i-2's coarsest skips (frame 0's at step 1), for a learned map prior
         pred_state = prior_state = swept = None
-        preds, prior_mu, prior_logvar = [], [], []
+        preds, prior_mu, prior_logvar, moved_from, flows = [], [], [], [], []
         for i in range(1, t):
             if self.prior is not None:
                 p_mu, p_logvar, prior_state = self.prior(h_prev[:, None], prior_state)
@@ -582,7 +590,11 @@ class SVG(nn.Module):
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None, : self.z_dim], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i)
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i, moved)
+            if moved:
+                x_i, (prev_i, flow_i) = x_i
+                moved_from.append(prev_i)
+                flows.append(flow_i)
             if calm and i >= n_past:
                 swept = self._swept(swept, x_ctx[:, n_past - 1], cond, i)
                 group = x_i.view(-1, calm, *x_i.shape[1:])
@@ -595,6 +607,8 @@ class SVG(nn.Module):
                 h_next, skips_next = self._encode(x_i[:, None])
                 h_prev, skip_prev, x_prev = h_next[:, 0], [s[:, 0] for s in skips_next], x_i
         prior = (torch.stack(prior_mu, 1), torch.stack(prior_logvar, 1)) if self.prior is not None else None
+        if moved:
+            return torch.stack(preds, 1), prior, (torch.stack(moved_from, 1), torch.stack(flows, 1))
         return torch.stack(preds, 1), prior
 
     def set_channels_last(self, on: bool = True) -> SVG:
