@@ -29,8 +29,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Images [..., C, H, W] blurred by a Gaussian of ``sigma`` px (cut at 2 sigma), the border
     repeated past the edge as ``warp`` repeats it; ``sigma`` 0 returns them as they are.
 
-    A weighted sum of shifted slices, not a depthwise ``conv2d``: on this CPU oneDNN spent over
-    8 minutes generating the kernel for a 17-tap one inside a training step (py-spy)."""
+    A weighted sum of shifted slices, not a depthwise ``conv2d``: on this CPU oneDNN never
+    finished generating the kernel for a 17-tap one inside a training step (py-spy; over two
+    hours, deaf to SIGTERM)."""
     if not sigma:
         return x
     r = math.ceil(2 * sigma)
