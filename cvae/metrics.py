@@ -18,10 +18,15 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (10 * torch.log10(1 / mse)).mean(-1)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian(size: int, sigma: float) -> torch.Tensor:
+    """The normalised 1-d Gaussian of ``size`` taps centred on the middle one."""
     x = torch.arange(size, dtype=torch.float32) - size // 2
     g = torch.exp(-x.pow(2) / (2 * sigma**2))
-    g = g / g.sum()
+    return g / g.sum()
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    g = _gaussian(size, sigma)
     return g[:, None] * g[None, :]
 
 
@@ -36,7 +41,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     r = math.ceil(2 * sigma)
     lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
-    g = _gaussian_window(2 * r + 1, sigma).sum(0).tolist()  # the 1-d Gaussian
+    g = _gaussian(2 * r + 1, sigma).tolist()
     v = F.pad(x.float().reshape(-1, c, h, w), (r, r, r, r), mode="replicate")
     v = sum(g[i] * v[..., i : i + w] for i in range(2 * r + 1))
     v = sum(g[i] * v[..., i : i + h, :] for i in range(2 * r + 1))

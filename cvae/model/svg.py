@@ -387,8 +387,9 @@ class SVG(nn.Module):
                            cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
                            self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1), moved)
         if moved:
-            frame, (prev, flow) = out  # -> frames, the previous frames moved and their displacements
-            return tuple(f.reshape(b, t - 1, *x.shape[2:]) for f in (frame, prev)) + (flow.reshape(b, t - 1, 2, *x.shape[3:]),)
+            frame, (prev, flow) = out
+            steps = (b, t - 1)
+            return frame.reshape(*steps, *x.shape[2:]), prev.reshape(*steps, *x.shape[2:]), flow.reshape(*steps, *flow.shape[1:])
         return out.view(b, t - 1, *x.shape[2:])
 
     def _photo(self, prev: torch.Tensor, flow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
