@@ -55,6 +55,9 @@ class Config(ModelConfig):
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
+    # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
+    # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
+    flow_truth_weight: float = 0.0
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -102,7 +105,7 @@ class Config(ModelConfig):
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
                      "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
-                     "edge_weight"):
+                     "edge_weight", "flow_truth_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -122,6 +125,8 @@ class Config(ModelConfig):
         for name, why in NEED_TRUTHS:
             if getattr(self, name) and not self.energy_truths:
                 raise ConfigError(f"{name} needs energy_truths > 0: {why}")
+        if self.flow_truth_weight and self.output != "flow":
+            raise ConfigError("flow_truth_weight needs output 'flow': it trains the flow head's displacements")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
         if self.energy_truths and self.energy_scenes < 1:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from .condition import ACTIONS
-from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resimulate, scene_of, true_futures
+from .data.bair import IMAGE_SIZE
+from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resimulate, scene_of, true_flows, true_futures
 from .data.dataset import BairDataset
 from .errors import DataError
 from .evaluate import batches, progress_bar
@@ -19,6 +21,10 @@ from .metrics import branching, correlation, moving_mask, pixel_std, psnr, ssim
 from .model import SVG
 from .parallel import pool
 
+FLOW_UNIT = 8  # stored true displacements are int8 in 1/8 px: up to 15.9 px a frame
+FLOW_UNKNOWN = -128  # ... and this where the displacement is not known (or longer)
+RERUN_LEVELS = 8  # a re-run's pixel differs from the recorded one by more than this in a channel (of 255)
+RERUN_MISMATCH = 0.01  # the most of a sequence's pixels a re-run may differ on before it is an error
 VISIBLE_STD = 0.25 / 255  # a std map whose largest value is below a quarter grey level shows nothing
 
 
@@ -189,3 +195,66 @@ class TrainingFutures:
         idx = torch.randint(len(self.truths), (self.per_step,), generator=gen)
         return (self.context[idx].to(device), self.cond[idx].to(device),
                 _to_tensor(self.truths[idx.numpy()], device))
+
+
+def _flows(job: tuple[Scene, np.ndarray, str, tuple[int, ...], int]) -> tuple[float, np.ndarray]:
+    """A scene's true flows, int8 [T-1, 64, 64, 2] (``FLOW_UNIT``, ``FLOW_UNKNOWN``), unknown where the
+    re-run's frames differ from the data set's (by more than ``RERUN_LEVELS`` in a channel), and
+    the share of pixels where they do."""
+    scene, actions, path, shape, index = job
+    frames, flow, known = true_flows(scene, actions)
+    stored = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)[index]
+    differ = (np.abs(frames.astype(np.int16) - stored).max(-1) > RERUN_LEVELS)  # [T, H, W]
+    q = np.round(flow * FLOW_UNIT)
+    known = known & (np.abs(q) <= 127).all(-1) & ~differ[1:] & ~differ[:-1]
+    return float(differ.mean()), np.where(known[..., None], q, FLOW_UNKNOWN).astype(np.int8)
+
+
+class TrainingFlows:
+    """Where each pixel of every training frame was a frame before, for ``SVG._flow_truth``: each
+    training sequence re-run under its recorded actions with its own hidden causes (once, at the
+    start of training: about 0.1 s a sequence per worker). The recorded actions are float32, the
+    generator's were float64, so a re-run may part from the recorded frames late in a sequence
+    where contacts are chaotic (a few dozen of its 120,000 pixels); the flows are unknown there,
+    and a sequence whose re-run differs on more than ``RERUN_MISMATCH`` of its pixels is an error
+    (another simulator version made the data). Stored as int8 (``FLOW_UNIT``): half a gigabyte
+    for 2,048 sequences of 30 frames."""
+
+    def __init__(self, dataset: BairDataset, workers: int = 1) -> None:
+        found = scenes(dataset)
+        root = dataset.packed.sequences[0].parent.parent.parent if len(dataset) else "the data"
+        if found is None:
+            raise DataError(f"--flow-truth-weight needs data made by this project's simulator, which knows where "
+                            f"every pixel moved; {root} is not (real video has no such truth)")
+        packed = dataset.packed
+        shape = (packed.n_sequences, packed.n_frames, IMAGE_SIZE, IMAGE_SIZE, 3)
+        jobs = [(scene, cond[:, ACTIONS].astype(np.float64), str(packed.frames_path), shape, i)
+                for i, (scene, cond) in enumerate(zip(found, packed.cond))]
+        self.flows = np.empty((len(found), packed.n_frames - 1, IMAGE_SIZE, IMAGE_SIZE, 2), np.int8)
+        with pool(workers) as workers_pool:
+            for i, (share, flow) in enumerate(workers_pool.imap(_flows, jobs, chunksize=8)):
+                if share > RERUN_MISMATCH:
+                    raise DataError(f"{packed.sequences[i]}: re-simulated under its recorded actions, {share:.1%} of its "
+                                    "pixels differ from the frames on disk (another simulator version made them?), "
+                                    "so the simulator's flows would not be theirs; regenerate the data set")
+                self.flows[i] = flow
+    def window(self, index: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames start+1 .. start+length-1 of sequence ``index``: displacements float [length-1, 2,
+        64, 64] in pixels (0 where unknown) and where they are known, bool [length-1, 64, 64]."""
+        q = torch.from_numpy(self.flows[index, start : start + length - 1]).permute(0, 3, 1, 2)
+        known = q[:, 0] != FLOW_UNKNOWN
+        return torch.where(known[:, None], q.float() / FLOW_UNIT, 0.0), known
+
+
+class WithFlows(Dataset):
+    """A training data set's windows with their true flows: (frames, condition, flow, known)."""
+
+    def __init__(self, dataset: BairDataset, flows: TrainingFlows) -> None:
+        self.dataset, self.flows = dataset, flows
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        index, start = key if isinstance(key, tuple) else (key, 0)
+        return (*self.dataset[key], *self.flows.window(index, start, self.dataset.seq_len))

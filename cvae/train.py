@@ -6,7 +6,9 @@ Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t (or L1_t; moving
 averaged over the batch (SVG's reduction); with ``best_of`` K > 0, plus ``best_of_weight`` times
 the pixel loss of the closest of K futures drawn from the prior (``SVG._best_of``); with
 ``energy_truths`` K > 0, plus ``energy_weight`` times the energy score of K prior futures against K
-re-simulated true futures of a few training scenes (``SVG._energy``, ``TrainingFutures``).
+re-simulated true futures of a few training scenes (``SVG._energy``, ``TrainingFutures``); with
+``flow_truth_weight`` > 0, plus that times the flow head's error against the simulator's true flows
+of the frames trained on (``SVG._flow_truth``, ``TrainingFlows``).
 ``recon_weight`` scales the MSE_t term (0: best of K or the energy score alone).
 
 Artifacts in ``cfg.out``: ``log.jsonl`` (one ``epoch`` record per epoch plus ``step`` records
@@ -38,7 +40,7 @@ from .model import SVG
 from .model.heads import FlowHead
 from .model.svg import INIT_MAY_CHANGE, FutureTerms, ModelConfig
 from .model.vgg64 import grown
-from .physics_eval import TrainingFutures
+from .physics_eval import TrainingFlows, TrainingFutures, WithFlows
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
 
@@ -141,27 +143,30 @@ def bf16_autocast(device: torch.device) -> bool:
 TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", "energy_truths"),
                 ("branch", "branch_loss", "branch_weight"), ("cover", "cover_loss", "cover_weight"),
                 ("spread", "spread_gap", "spread_weight"), ("edges", "edge_gap", "edge_weight"),
-                ("photo", "flow_photo_loss", "flow_photo_weight"))
+                ("photo", "flow_photo_loss", "flow_photo_weight"), ("flow_truth", "flow_truth_loss", "flow_truth_weight"))
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0,
                best_of_weight: float = 1.0, recon_weight: float = 1.0,
                futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-               terms: FutureTerms = FutureTerms()) -> torch.Tensor:
+               terms: FutureTerms = FutureTerms(), true_flow: tuple[torch.Tensor, torch.Tensor] | None = None,
+               flow_truth_weight: float = 0.0) -> torch.Tensor:
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
     closest prior future's pixel loss per true future) (+ ``terms.spread_weight`` * their per-pixel
     spread gap) (+ ``terms.edge_weight`` * their edge gap) (+ the flow head's moved previous frame's
-    error where things move, ``flow_photo_weight``). Returns detached (loss, mse, kld, then
+    error where things move, ``flow_photo_weight``) (+ ``flow_truth_weight`` * its displacements' error
+    against ``true_flow``, the simulator's). Returns detached (loss, mse, kld, then
     each ``TERMS_LOGGED`` term) on the device, so the caller decides when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms)
+        losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms, true_flow)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
             + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
-            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges + losses.photo)
+            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges + losses.photo
+            + flow_truth_weight * losses.flow_truth)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -235,9 +240,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, stop_at_step
     with run.lock() if rt.main else nullcontext():
         train_ds, val_ds = open_data(cfg, rt)
         truths = training_futures(cfg, rt, train_ds)  # before start: a data mistake leaves no run behind
+        flows = training_flows(cfg, rt, train_ds)
         loop = start(cfg, rt, run, train_ds, resume)
         with stop_on_signals() as flag:
-            train_epochs(cfg, rt, run, loop, train_ds, val_ds, flag, progress, stop_at_step, truths)
+            train_epochs(cfg, rt, run, loop, train_ds, val_ds, flag, progress, stop_at_step, truths, flows)
     sync_buffers(loop.model, rt)
     return loop.model
 
@@ -256,6 +262,18 @@ def training_futures(cfg: Config, rt: Runtime, train_ds: BairDataset) -> Trainin
         print(f"note: {len(truths.truths)} training scenes re-simulated {cfg.energy_truths} times each in "
               f"{time.perf_counter() - started:.0f} s; each step scores {per_step} of them")
     return truths
+
+
+def training_flows(cfg: Config, rt: Runtime, train_ds: BairDataset) -> TrainingFlows | None:
+    """The simulator's true flows of every training sequence (None unless ``cfg.flow_truth_weight``)."""
+    if not cfg.flow_truth_weight:
+        return None
+    started = time.perf_counter()
+    flows = TrainingFlows(train_ds, max(1, (os.cpu_count() or 1) // rt.world))
+    if rt.main:
+        print(f"note: the true flows of {len(flows.flows)} training sequences re-simulated in "
+              f"{time.perf_counter() - started:.0f} s")
+    return flows
 
 
 def open_data(cfg: Config, rt: Runtime) -> tuple[BairDataset, BairDataset | None]:
@@ -422,7 +440,7 @@ def diverged(run: RunFolder, where: str) -> TrainingDiverged:
 
 def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds: BairDataset,
                  val_ds: BairDataset | None, flag: dict, progress: bool, stop_at_step: int | None,
-                 truths: TrainingFutures | None = None) -> None:
+                 truths: TrainingFutures | None = None, flows: TrainingFlows | None = None) -> None:
     """The step loop, epoch by epoch, with the checkpoint policy at its two exits: the end of an
     epoch (``last``, and ``best`` when validation improved) and a stop mid-epoch (``last``)."""
     from tqdm import tqdm
@@ -445,20 +463,23 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             # A private generator: creating an iterator must not draw from the global RNG, which the
             # teacher-forcing coin and z use, or a resumed run would diverge from an unbroken one.
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
-            loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
+            data = train_ds if flows is None else WithFlows(train_ds, flows)
+            loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
             sums = torch.zeros(3 + len(TERMS_LOGGED), device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()
-            for x, c in loader:
+            for x, c, *true_flow in loader:
                 x, c = x.to(rt.device, non_blocking=True), c.to(rt.device, non_blocking=True)
+                true_flow = tuple(v.to(rt.device, non_blocking=True) for v in true_flow) or None
                 step = loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch
                 beta = beta_at(cfg, step)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
                 futures = truths.batch(step, rt.device) if truths is not None else None
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
                                    best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight,
-                                   futures=futures, terms=terms)
+                                   futures=futures, terms=terms, true_flow=true_flow,
+                                   flow_truth_weight=cfg.flow_truth_weight)
                 count += 1
                 loop.step_in_epoch += 1
                 bar.update(1)

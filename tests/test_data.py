@@ -287,6 +287,52 @@ def test_true_futures_and_older_data_sets(sim_copy):
     assert np.array_equal(old[0], old[1])
 
 
+def test_true_flow_by_hand_a_square_slid_and_a_point_turned():
+    """One object slid 3 px right between two frames: its pixels came from 3 px left (displacement
+    (-3, 0)); the table it uncovered is unknown (the previous frame shows the object there), the
+    rest of the table known and still, the arm unknown. Turned by 90 degrees about its origin, a
+    pixel 2 px right of the origin came from 2 px below it."""
+    from cvae.data.simulator import ARM_ID, true_flow
+
+    ids = np.zeros((2, 64, 64), np.uint8)
+    ids[0, 20:30, 20:30], ids[1, 20:30, 23:33] = 1, 1
+    ids[:, 50:, :4] = ARM_ID
+    poses = np.array([[[25.0, 25.0, 0.0]], [[28.0, 25.0, 0.0]]])
+    flow, known = true_flow(ids, poses)
+    assert flow.shape == (1, 64, 64, 2) and known.shape == (1, 64, 64)
+    assert np.allclose(flow[0, 20:30, 23:33], (-3, 0)) and known[0, 20:30, 23:33].all()
+    assert not known[0, 20:30, 20:23].any()  # uncovered: the previous frame shows the object there
+    assert not known[0, 50:, :4].any() and known[0, :10].all() and (flow[0, :10] == 0).all()
+    turned = np.array([[[30.0, 30.0, 0.0]], [[30.0, 30.0, np.pi / 2]]])
+    ids = np.zeros((2, 64, 64), np.uint8)
+    ids[:, 25:36, 25:36] = 1
+    flow, known = true_flow(ids, turned)
+    # pixel (col 31, row 30) has its centre at (31.5, 30.5): (1.5, 0.5) from the origin, turned
+    # back by 90 degrees that was (0.5, -1.5) from it, so it came from (30.5, 28.5)
+    assert np.allclose(flow[0, 30, 31], (30.5 - 31.5, 28.5 - 30.5), atol=1e-6) and known[0, 30, 31]
+
+
+def test_true_flows_move_each_frame_onto_the_next():
+    """The simulator's true flows, applied to frame t with the flow head's own warp, redraw frame
+    t + 1 where they are known: on the pixels that move, the error falls to under a quarter of
+    copying frame t; the table stays at 0; the arm is unknown; the frames are those without flows."""
+    from cvae.kinematics import world_to_px
+    from cvae.model.heads import warp
+
+    seq = simulate(0, 5, 0, uncertainty=1.0, flows=True)
+    assert np.array_equal(seq.frames, simulate(0, 5, 0, uncertainty=1.0).frames)
+    frames = torch.from_numpy(seq.frames).permute(0, 3, 1, 2).float() / 255
+    flow, known = torch.from_numpy(seq.flow).permute(0, 3, 1, 2), torch.from_numpy(seq.flow_known)
+    moving = known & (flow.norm(dim=1) > 0.5)
+    assert moving.sum() > 200
+    err = (warp(frames[:-1], flow) - frames[1:]).abs().mean(1)
+    copy = (frames[:-1] - frames[1:]).abs().mean(1)
+    assert err[moving].mean() < 0.25 * copy[moving].mean()
+    assert err[known & ~moving].mean() < 0.002
+    col, row = np.floor(world_to_px(seq.positions[1, :2])).astype(int)
+    assert not known[0, row, col]  # the gripper's pixel in frame 1
+
+
 def test_lifted_gripper_passes_over_objects():
     seq = simulate(2, 0)
     lifted = seq.actions.copy()

@@ -803,6 +803,38 @@ def test_the_flow_photo_loss_on_closed_loop_steps_moves_the_models_own_frames():
         tiny(output="flow", flow_photo_rollout=True)
 
 
+def test_the_flow_truth_loss_by_hand_and_what_it_trains():
+    """``SVG._flow_truth``: Huber per pixel (quadratic within a pixel, then linear), summed over x
+    and y, only where the truth is known, the per-pixel mean summed over the steps. In the
+    training pass it scores the displacements the head applies to the previous frame, on
+    teacher-forced and closed-loop steps alike; teacher-forced, its gradient reaches the decoder's
+    last layer only in the channels of those displacements (not the mask's, nor the other flow's)."""
+    truth, known = torch.zeros(1, 2, 2, 4, 4), torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    truth[0, 0, 0, 1, 1], known[0, 0, 1, 1] = 3.0, True  # one known pixel that moved 3 px
+    truth[0, 1, 1, 2, 2], known[0, 1, 2, 2] = 0.5, True  # and one that moved half a pixel
+    truth[0, 1, 0, 3, 3] = 9.0  # unknown: not scored
+    still = torch.zeros(1, 2, 2, 4, 4)
+    assert SVG._flow_truth(still, truth, known).item() == pytest.approx((3 - 0.5) / 16 + 0.5 * 0.25 / 16)
+    assert SVG._flow_truth(truth, truth, known).item() == 0
+    x, cond = batch(t=5)
+    model = tiny(output="flow", cond_maps=True, ee_maps=True)
+    flow, known = torch.full((2, 4, 2, 64, 64), 2.0), torch.ones(2, 4, 64, 64, dtype=torch.bool)
+    for forced in (True, False):
+        torch.manual_seed(1)
+        losses = model(x, cond, teacher_forcing=forced, true_flow=(flow, known))
+        assert losses.flow_truth.item() > 0
+        last = model.decoder.upc5[1]
+        (grad,) = torch.autograd.grad(losses.flow_truth, last.weight)
+        assert grad[:, 3:5].abs().sum() > 0
+        if forced:  # closed-loop, a later step's displacements also depend on the frames fed back
+            assert grad[:, 5:].abs().sum() == 0
+        assert model(x, cond, teacher_forcing=forced).flow_truth.item() == 0
+    with pytest.raises(ConfigError, match="flow_truth_weight needs output 'flow'"):
+        from cvae.config import preset
+
+        preset("lab", flow_truth_weight=0.1)
+
+
 @pytest.mark.parametrize("deadzone", [0.0, 0.5])
 def test_a_flow_dead_zone_keeps_still_pixels_unresampled(deadzone):
     """A flow head that bleeds a 0.28 px displacement everywhere and takes the moved previous

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import cvae.train as train_mod
@@ -370,6 +371,39 @@ def test_eval_reports_the_squared_edges_where_things_move(square_root):
     assert copy.moving_edges_per_step == pytest.approx(copy.copy_last_moving_edges_per_step)
     assert all(b < 0.5 * c for b, c in zip(blurred.moving_edges_per_step, copy.moving_edges_per_step))
     assert "squared edges on the moving pixels" in blurred.table()
+
+
+def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_root, tmp_path, capsys):
+    """``--flow-truth-weight``: every training sequence is re-run once for its true flows, which a
+    window hands out as the simulator gives them (to 1/8 px); each step logs the flow head's
+    error against them. A sequence whose frames are not the re-run's is refused by name, and so is
+    data the simulator did not make, before anything of a run is written."""
+    from cvae.data.bair import list_sequences
+    from cvae.data.simulator import simulate
+    from cvae.physics_eval import TrainingFlows
+
+    cfg = tiny_cfg(sim_root, tmp_path / "ft", epochs=1, iters_per_epoch=2, flow_truth_weight=0.5)
+    train(cfg, progress=False)
+    assert "the true flows of 8 training sequences re-simulated" in capsys.readouterr().out
+    log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert all(r["flow_truth_loss"] > 0 for r in log if r["kind"] == "step")
+    flows = TrainingFlows(BairDataset(sim_root, "train", seq_len=12))
+    flow, known = flows.window(3, 5, 12)
+    seq = simulate(3, 3, 0, uncertainty=1.0, flows=True)
+    truth = torch.from_numpy(seq.flow[5:16]).permute(0, 3, 1, 2)
+    assert flow.shape == (11, 2, 64, 64) and known.shape == (11, 64, 64) and known.float().mean() > 0.8
+    assert torch.equal(known, torch.from_numpy(seq.flow_known[5:16]))  # this re-run matches its frames
+    assert (flow - truth).abs()[known[:, None].expand_as(flow)].max() <= 1 / 16 + 1e-6
+    bad = list_sequences(sim_copy, "train")[2]
+    png = bad / "0.png"
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(png)
+    with pytest.raises(DataError, match=f"{bad}: re-simulated under its recorded actions, .*differ"):
+        train(tiny_cfg(sim_copy, tmp_path / "bad", flow_truth_weight=0.5), progress=False)
+    assert [f.name for f in (tmp_path / "bad").iterdir()] == [".lock"]
+    with pytest.raises(DataError, match=f"{square_root}.*not .*real video has no such truth"):
+        train(tiny_cfg(square_root, tmp_path / "sq", flow_truth_weight=0.5), progress=False)
+    with pytest.raises(ConfigError, match="flow_truth_weight must be a number >= 0, not -1"):
+        tiny_cfg(sim_root, tmp_path / "neg", flow_truth_weight=-1.0)
 
 
 def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_path, capsys):

@@ -84,6 +84,17 @@ def resimulate(scene: Scene, actions: np.ndarray, draw: int = 0) -> tuple[np.nda
     return seq.frames, np.concatenate([seq.actions, seq.positions], 1)
 
 
+def true_flows(scene: Scene, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``scene`` under ``actions`` [T, 4] with its own hidden causes: frames uint8 [T, 64, 64, 3],
+    where each pixel of frames 1..T-1 was a frame before, float32 [T-1, 64, 64, 2] in pixels, and
+    where that is known, bool [T-1, 64, 64] (``simulator.true_flow``)."""
+    from .simulator import simulate
+
+    seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions,
+                   uncertainty=scene.uncertainty, flows=True)
+    return seq.frames, seq.flow, seq.flow_known
+
+
 def true_futures(scene: Scene, actions: np.ndarray, k: int) -> np.ndarray:
     """Frames uint8 [k, T, 64, 64, 3]: ``scene`` under ``actions`` [T, 4] with its hidden causes
     re-drawn k times (draws 1..k; the recorded sequence is draw 0). All k are equal where the

@@ -48,6 +48,7 @@ MASS_RANGE = (0.3, 3.0)
 COG_SHIFT = 0.35  # of the object's size
 FINGER_FRICTION_RANGE = (0.3, 1.5)
 MAX_OBJECTS = 4
+ARM_ID = 255  # the arm, the gripper and its shadow in an id map (``_draw(..., ids=True)``)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Sequence:
     positions: np.ndarray  # [T, 3]
     contact: bool
     arm_base: np.ndarray  # [2]: (x, y) px where the arm's bar starts, outside the image, fixed per scene
+    flow: np.ndarray | None = None  # [T-1, 64, 64, 2] with ``simulate(flows=True)``: :func:`true_flow`
+    flow_known: np.ndarray | None = None  # [T-1, 64, 64] bool: where ``flow`` is known
 
 
 def _table_texture(rng: np.random.Generator) -> Image.Image:
@@ -191,52 +194,97 @@ def _policy(rng: np.random.Generator, ee_px: np.ndarray, objects: list[dict]) ->
 
 
 def _draw(table: Image.Image, objects: list[dict], ee_px: np.ndarray, lifted: bool, grip: int,
-          arm_base: np.ndarray) -> np.ndarray:
+          arm_base: np.ndarray, ids: bool = False) -> np.ndarray:
+    """The frame uint8 [64, 64, 3]; with ``ids`` the same shapes painted by what they are instead,
+    uint8 [64, 64] at each pixel's centre: 0 the table, k + 1 object k, ``ARM_ID`` the arm, the
+    gripper and its shadow (what :func:`true_flow` does not follow)."""
     s = SUPERSAMPLE
-    img = table.copy()
-    draw = ImageDraw.Draw(img, "RGBA")
+    img = Image.new("L", table.size, 0) if ids else table.copy()
+    draw = ImageDraw.Draw(img, None if ids else "RGBA")
+
+    def paint(colour: tuple, k: int) -> tuple | int:
+        return k if ids else colour
+
     gx, gy = ee_px * s
     if lifted:  # shadow on the table where the gripper would land
         r = GRIPPER_RADIUS_PX * s * 1.3
-        draw.ellipse([gx - r + 3 * s, gy - r + 3 * s, gx + r + 3 * s, gy + r + 3 * s], fill=(0, 0, 0, 90))
-    for obj in objects:
+        draw.ellipse([gx - r + 3 * s, gy - r + 3 * s, gx + r + 3 * s, gy + r + 3 * s], fill=paint((0, 0, 0, 90), ARM_ID))
+    for k, obj in enumerate(objects, 1):
         body = obj["body"]
-        outline = tuple(max(0, c - 60) for c in obj["color"])
+        fill, outline = paint(obj["color"], k), paint(tuple(max(0, c - 60) for c in obj["color"]), k)
         if obj["kind"] == "circle":
             cx, cy = body.position * s
             r = obj["size"] * s
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=obj["color"], outline=outline, width=s)
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=s)
             mark = body.local_to_world((obj["size"] * 0.6, 0)) * s
             draw.line([cx, cy, mark[0], mark[1]], fill=outline, width=s)
         else:
             pts = [tuple(body.local_to_world(v) * s) for v in obj["verts"]]
-            draw.polygon(pts, fill=obj["color"], outline=outline, width=s)
+            draw.polygon(pts, fill=fill, outline=outline, width=s)
     arm_w = (LIFTED_ARM_WIDTH_PX if lifted else ARM_WIDTH_PX) * s
     arm_col = (70, 70, 78) if not lifted else (105, 105, 115)
-    draw.line([tuple(arm_base * s), (gx, gy)], fill=arm_col, width=int(arm_w))
+    draw.line([tuple(arm_base * s), (gx, gy)], fill=paint(arm_col, ARM_ID), width=int(arm_w))
     d = np.array([gx, gy]) - arm_base * s
     d = d / (np.linalg.norm(d) + 1e-6)
     n = np.array([-d[1], d[0]])
     r = GRIPPER_RADIUS_PX * s * (LIFTED_GRIPPER_SCALE if lifted else 1.0)
     body_col = (200, 200, 210) if lifted else (150, 150, 160)
-    draw.ellipse([gx - r, gy - r, gx + r, gy + r], fill=body_col, outline=(40, 40, 45), width=s)
+    draw.ellipse([gx - r, gy - r, gx + r, gy + r], fill=paint(body_col, ARM_ID), outline=paint((40, 40, 45), ARM_ID),
+                 width=s)
     spread = r * (0.5 if grip else 1.0)
     for sign in (-1, 1):
         base = np.array([gx, gy]) + sign * n * spread
         tip = base + d * r * 1.2
-        draw.line([tuple(base), tuple(tip)], fill=(30, 30, 35), width=int(1.2 * s))
+        draw.line([tuple(base), tuple(tip)], fill=paint((30, 30, 35), ARM_ID), width=int(1.2 * s))
+    if ids:
+        return np.asarray(img)[s // 2 :: s, s // 2 :: s]
     return np.asarray(img.resize((SIZE, SIZE), Image.BOX))
 
 
+def true_flow(ids: np.ndarray, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of frame t + 1 was in frame t, from the id maps uint8 [T, 64, 64] and the
+    objects' poses [T, n_objects, 3] (x, y, angle of each body's own origin) -> displacements
+    float32 [T-1, 64, 64, 2] in pixels (x, then y: ``heads.warp``'s backward flow) and whether each
+    is known, bool [T-1, 64, 64].
+
+    Known: a table pixel that is table in both frames (displacement 0), and a pixel of an object
+    whose point lay, one frame before, on a pixel of the same object (the rigid motion of that
+    body between the two poses). Not known: the arm, the gripper and its shadow, and what they or
+    another object covered a frame before (what the previous frame cannot show)."""
+    t_all = len(ids)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    centre = np.stack([xx + 0.5, yy + 0.5], -1)  # [H, W, 2]: pixel centres, as the bodies' coordinates
+    flow = np.zeros((t_all - 1, SIZE, SIZE, 2), np.float32)
+    known = (ids[1:] == 0) & (ids[:-1] == 0)
+    for t in range(t_all - 1):
+        for k in range(poses.shape[1]):
+            here = ids[t + 1] == k + 1
+            if not here.any():
+                continue
+            (x1, y1, a1), (x0, y0, a0) = poses[t + 1, k], poses[t, k]
+            p = centre[here] - (x1, y1)
+            c, s = math.cos(a0 - a1), math.sin(a0 - a1)  # back to the body's frame at t + 1, out at t
+            before = np.stack([c * p[:, 0] - s * p[:, 1] + x0, s * p[:, 0] + c * p[:, 1] + y0], 1)
+            flow[t][here] = before - centre[here]
+            col, row = np.floor(before).astype(int).T
+            inside = (col >= 0) & (col < SIZE) & (row >= 0) & (row < SIZE)
+            same = np.zeros(len(before), bool)
+            same[inside] = ids[t][row[inside], col[inside]] == k + 1
+            known[t][here] = same
+    return flow, known
+
+
 def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
-             actions: np.ndarray | None = None, uncertainty: float = 0.0, draw: int = 0) -> Sequence:
+             actions: np.ndarray | None = None, uncertainty: float = 0.0, draw: int = 0,
+             flows: bool = False) -> Sequence:
     """One sequence, fully determined by (seed, split_id, index), ``uncertainty``, ``draw`` and,
     if given, ``actions``.
 
     With ``actions`` given the scene is the same as without, but the arm follows them instead of
     the scripted policy: that is what makes causality testable. ``draw`` picks the hidden causes
     (a data set's own sequences are draw 0); everything a person sees in the first frame, the
-    scripted actions and the positions are the same for every draw.
+    scripted actions and the positions are the same for every draw. ``flows``: also where each
+    pixel of each frame was a frame before (:func:`true_flow`), which only the simulator knows.
     """
     causes = Causes.draw(seed, split_id, index, draw, uncertainty)
     rng = np.random.default_rng([seed, split_id, index])
@@ -273,9 +321,15 @@ def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
     space.add(gripper, finger)
 
     frames = np.empty((n_frames, SIZE, SIZE, 3), dtype=np.uint8)
+    ids = np.empty((n_frames, SIZE, SIZE), dtype=np.uint8) if flows else None
+    poses = np.empty((n_frames, len(objects), 3)) if flows else None
     for t in range(n_frames):
         lifted = positions[t, 2] > Z_TABLE + 1e-6
-        frames[t] = _draw(table, objects, world_to_px(positions[t, :2]), lifted, int(actions[t, 3]), arm_base)
+        pose = (world_to_px(positions[t, :2]), lifted, int(actions[t, 3]), arm_base)
+        frames[t] = _draw(table, objects, *pose)
+        if flows:
+            ids[t] = _draw(table, objects, *pose, ids=True)
+            poses[t] = [(*o["body"].position, o["body"].angle) for o in objects]
         if t == n_frames - 1:
             break
         goal = world_to_px(positions[t + 1, :2])
@@ -289,5 +343,6 @@ def simulate(seed: int, index: int, split_id: int = 0, n_frames: int = N_FRAMES,
         gripper.velocity = (0, 0)
         gripper.position = tuple(goal)
     moved = max((np.linalg.norm(np.array(o["body"].position) - np.array(o["start"])) for o in objects), default=0.0)
+    flow, known = true_flow(ids, poses) if flows else (None, None)
     return Sequence(frames=frames, actions=actions.astype(np.float32), positions=positions.astype(np.float32),
-                    contact=bool(moved > 0.5), arm_base=arm_base)
+                    contact=bool(moved > 0.5), arm_base=arm_base, flow=flow, flow_known=known)

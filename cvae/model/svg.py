@@ -53,6 +53,7 @@ class StepLosses:
     spread: torch.Tensor  # []: |model std - truth std| per pixel of prior futures against re-simulated ones (``_energy``)
     edges: torch.Tensor  # []: how far prior futures fall short of the re-simulated ones' squared edges where they differ
     photo: torch.Tensor  # []: ``flow_photo_weight`` x the moved previous frame's L1 error where things move (0 when off)
+    flow_truth: torch.Tensor  # []: the flow head's displacements against the simulator's true ones (``_flow_truth``)
 
 
 PRIORS = ("fixed", "learned")
@@ -296,7 +297,8 @@ class SVG(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 free_bits: float = 0.0, best_of: int = 0,
                 futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                terms: FutureTerms = FutureTerms()) -> StepLosses:
+                terms: FutureTerms = FutureTerms(),
+                true_flow: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
 
         ``free_bits`` > 0: the posterior may carry that many nats per step at no cost (Kingma et
@@ -312,6 +314,10 @@ class SVG(nn.Module):
         ``terms.cover_weight`` > 0 also the pixel loss of the closest of those to each; with
         ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
 
+        ``true_flow`` (where each pixel of frames 1..T-1 was a frame before, [B, T-1, 2, 64, 64] in
+        pixels, and where that is known, [B, T-1, 64, 64]: the simulator's) also scores the flow
+        head's displacements of the previous frame against it (see ``_flow_truth``).
+
         With teacher forcing every input is a real frame, so all frames are encoded in one call,
         the LSTMs run over the whole sequence at once, and all predictions are decoded in one
         call. Without it, predictions after the context are fed back step by step.
@@ -320,22 +326,26 @@ class SVG(nn.Module):
         h, skips = self._encode(x)
         mu_q, logvar_q = self._posterior(h, skips[3])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
-        photo = h.new_zeros((), dtype=torch.float32)
+        photo = flow_truth = h.new_zeros((), dtype=torch.float32)
         if teacher_forcing:
             coarse = skips[3]
             prior = (self._with_map_prior(*self.prior(h[:, :-1])[:2], coarse[:, :-1],
                                           torch.cat([coarse[:, :1], coarse[:, :-2]], 1))
                      if self.prior is not None else None)
-            if self.cfg.flow_photo_weight:
-                pred, prev, flow = self._teacher_forced(x, h, skips, z, cond, moved=True)
-                photo = self.cfg.flow_photo_weight * self._photo(prev, flow, x)
+            photo_on = bool(self.cfg.flow_photo_weight)
+            if photo_on or true_flow is not None:
+                pred, *moved = self._teacher_forced(x, h, skips, z, cond, moved=True)
             else:
                 pred = self._teacher_forced(x, h, skips, z, cond)
         else:
-            n, moved = self.n_past, bool(self.cfg.flow_photo_weight and self.cfg.flow_photo_rollout)
-            pred, prior, *rest = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z, moved=moved)
-            if moved:
-                photo = self.cfg.flow_photo_weight * self._photo(*rest[0], x)
+            n, photo_on = self.n_past, bool(self.cfg.flow_photo_weight and self.cfg.flow_photo_rollout)
+            pred, prior, *rest = self._rollout(x[:, :n], h[:, :n], [s[:, :n] for s in skips], cond, t, z=z,
+                                               moved=photo_on or true_flow is not None)
+            moved = rest[0] if rest else ()
+        if photo_on:
+            photo = self.cfg.flow_photo_weight * self._photo(*moved, x)
+        if true_flow is not None:
+            flow_truth = self._flow_truth(moved[1], *true_flow)
         kld = kl_divergence(mu_q, logvar_q, *(prior or ())).mean(0)
         kl_loss = kld
         if free_bits > 0:
@@ -350,7 +360,8 @@ class SVG(nn.Module):
                                         else (recon.new_zeros(()),) * 4)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo)
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo,
+                          flow_truth)
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -416,6 +427,23 @@ class SVG(nn.Module):
             mask = F.max_pool2d(mask, 2 * r + 1, stride=1, padding=r)
         err = (moved.view_as(target) - target).abs() * mask.unsqueeze(-3)
         return err.mean((0, 2, 3, 4)).sum()
+
+    @staticmethod
+    def _flow_truth(flow: torch.Tensor, truth: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The flow head's displacements of the previous frame [B, T-1, 2, 64, 64] against the true
+        ones, shaped alike, where those are known [B, T-1, 64, 64]: the Huber loss (quadratic within
+        a pixel, then linear) of each pixel's displacement, summed over x and y, the per-pixel mean
+        summed over the steps, averaged over the batch.
+
+        The pixel loss scores only what the mix of sources draws, so a flow that drags an object's
+        colour over more of the table than the object covers, or leaves it behind and lets another
+        source draw a haze, costs no more than the haze it makes; and the photometric term
+        (``_photo``) sees a flat-coloured object's motion only near its edges. The simulator knows
+        where every pixel of a rigid object was a frame before, and that the table stays still.
+        With the posterior's z, which saw the frame, the displacement is known, so this asks the
+        head to carry each object whole to where it went."""
+        err = F.smooth_l1_loss(flow.float(), truth.float(), reduction="none", beta=1.0).sum(-3)
+        return (err * known).mean((0, 2, 3)).sum()
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,
                     weight: torch.Tensor | None = None) -> torch.Tensor:
