@@ -204,7 +204,7 @@ def _flows(job: tuple[Scene, np.ndarray, str, tuple[int, ...], int]) -> tuple[fl
     scene, actions, path, shape, index = job
     frames, flow, known = true_flows(scene, actions)
     stored = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)[index]
-    differ = (np.abs(frames.astype(np.int16) - stored).max(-1) > RERUN_LEVELS)  # [T, H, W]
+    differ = np.abs(frames.astype(np.int16) - stored).max(-1) > RERUN_LEVELS  # [T, H, W]
     q = np.round(flow * FLOW_UNIT)
     known = known & (np.abs(q) <= 127).all(-1) & ~differ[1:] & ~differ[:-1]
     return float(differ.mean()), np.where(known[..., None], q, FLOW_UNKNOWN).astype(np.int8)
@@ -238,6 +238,7 @@ class TrainingFlows:
                                     "pixels differ from the frames on disk (another simulator version made them?), "
                                     "so the simulator's flows would not be theirs; regenerate the data set")
                 self.flows[i] = flow
+
     def window(self, index: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames start+1 .. start+length-1 of sequence ``index``: displacements float [length-1, 2,
         64, 64] in pixels (0 where unknown) and where they are known, bool [length-1, 64, 64]."""
