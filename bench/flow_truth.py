@@ -17,10 +17,9 @@ from common import record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import ACTIONS
-from cvae.data.counterfactual import true_flows
 from cvae.data.dataset import BairDataset
 from cvae.model.gaussian import reparameterize
-from cvae.physics_eval import RERUN_LEVELS, scenes
+from cvae.physics_eval import recorded_flows, scenes
 
 
 @torch.no_grad()
@@ -55,11 +54,11 @@ def main() -> None:
     found = scenes(BairDataset(args.data, "test", 12), args.limit)
     if found is None:
         raise SystemExit(f"{args.data} was not made by this project's simulator: it has no true flows")
-    runs = [true_flows(scene, cond[:, ACTIONS].numpy().astype(np.float64)) for scene, cond in zip(found, c)]
+    recorded = (x * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    runs = [recorded_flows(scene, cond[:, ACTIONS].numpy().astype(np.float64), frames)
+            for scene, cond, frames in zip(found, c, recorded)]
     flow = torch.from_numpy(np.stack([r[1] for r in runs])).permute(0, 1, 4, 2, 3)
-    rerun = torch.from_numpy(np.stack([r[0] for r in runs])).permute(0, 1, 4, 2, 3).float()
-    differ = ((rerun - x * 255).abs() > RERUN_LEVELS).any(2)  # where a re-run parts from the frames (TrainingFlows)
-    known = torch.from_numpy(np.stack([r[2] for r in runs])) & ~differ[:, 1:] & ~differ[:, :-1]
+    known = torch.from_numpy(np.stack([r[2] for r in runs]))
     for ckpt in args.ckpt:
         model = checkpoint.load_model(ckpt)[0]
         got = flow_errors(model, x, c, flow, known, args.moving)

@@ -197,17 +197,24 @@ class TrainingFutures:
                 _to_tensor(self.truths[idx.numpy()], device))
 
 
-def _flows(job: tuple[Scene, np.ndarray, str, tuple[int, ...], int]) -> tuple[float, np.ndarray]:
-    """A scene's true flows, int8 [T-1, 64, 64, 2] (``FLOW_UNIT``, ``FLOW_UNKNOWN``), unknown where the
-    re-run's frames differ from the data set's (by more than ``RERUN_LEVELS`` in a channel), and
-    the share of pixels where they do."""
-    scene, actions, path, shape, index = job
+def recorded_flows(scene: Scene, actions: np.ndarray, recorded: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The true flows of ``scene`` under ``actions`` [T, 4] (``counterfactual.true_flows``) for its
+    recorded frames uint8 [T, 64, 64, 3]: the share of pixels where the re-run's frames differ from
+    those (by more than ``RERUN_LEVELS`` in a channel), the displacements [T-1, 64, 64, 2] and
+    where they are known [T-1, 64, 64], not where either frame of a pair differs."""
     frames, flow, known = true_flows(scene, actions)
-    stored = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)[index]
-    differ = np.abs(frames.astype(np.int16) - stored).max(-1) > RERUN_LEVELS  # [T, H, W]
+    differ = np.abs(frames.astype(np.int16) - recorded).max(-1) > RERUN_LEVELS  # [T, H, W]
+    return float(differ.mean()), flow, known & ~differ[1:] & ~differ[:-1]
+
+
+def _flows(job: tuple[Scene, np.ndarray, str, tuple[int, ...], int]) -> tuple[float, np.ndarray]:
+    """:func:`recorded_flows` of one training sequence, its displacements as int8 (``FLOW_UNIT``,
+    ``FLOW_UNKNOWN``)."""
+    scene, actions, path, shape, index = job
+    share, flow, known = recorded_flows(scene, actions, np.memmap(path, dtype=np.uint8, mode="r", shape=shape)[index])
     q = np.round(flow * FLOW_UNIT)
-    known = known & (np.abs(q) <= 127).all(-1) & ~differ[1:] & ~differ[:-1]
-    return float(differ.mean()), np.where(known[..., None], q, FLOW_UNKNOWN).astype(np.int8)
+    known = known & (np.abs(q) <= 127).all(-1)
+    return share, np.where(known[..., None], q, FLOW_UNKNOWN).astype(np.int8)
 
 
 class TrainingFlows:

@@ -248,16 +248,20 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, stop_at_step
     return loop.model
 
 
+def simulator_workers(rt: Runtime) -> int:
+    """Processes each rank re-runs training scenes with: the machine's cores shared among the ranks."""
+    return max(1, (os.cpu_count() or 1) // rt.world)
+
+
 def training_futures(cfg: Config, rt: Runtime, train_ds: BairDataset) -> TrainingFutures | None:
     """``cfg.energy_truths`` re-simulated futures of ``cfg.energy_scenes`` training scenes (None when off);
     each step scores the prior's futures of batch_size / K of them (per process) against theirs."""
     if not cfg.energy_truths:
         return None
     per_step = max(1, cfg.batch_size // rt.world // cfg.energy_truths)
-    workers = max(1, (os.cpu_count() or 1) // rt.world)
     started = time.perf_counter()
     truths = TrainingFutures(train_ds, cfg.n_past, cfg.energy_truths, cfg.energy_scenes, per_step, cfg.seed,
-                             rt.rank, workers)
+                             rt.rank, simulator_workers(rt))
     if rt.main:
         print(f"note: {len(truths.truths)} training scenes re-simulated {cfg.energy_truths} times each in "
               f"{time.perf_counter() - started:.0f} s; each step scores {per_step} of them")
@@ -269,7 +273,7 @@ def training_flows(cfg: Config, rt: Runtime, train_ds: BairDataset) -> TrainingF
     if not cfg.flow_truth_weight:
         return None
     started = time.perf_counter()
-    flows = TrainingFlows(train_ds, max(1, (os.cpu_count() or 1) // rt.world))
+    flows = TrainingFlows(train_ds, simulator_workers(rt))
     if rt.main:
         print(f"note: the true flows of {len(flows.flows)} training sequences re-simulated in "
               f"{time.perf_counter() - started:.0f} s")
