@@ -58,6 +58,9 @@ class Config(ModelConfig):
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
     flow_truth_weight: float = 0.0
+    # ... only on the pixels that truly moved (a pushed object's), not the still table: a smooth flow
+    # cannot step from the table's 0 to the arm's motion, so the table's truth switches the arm's flow off
+    flow_truth_moved: bool = False
     # teacher forcing
     tfr: float = 1.0
     tfr_start_decay_epoch: int = 50
@@ -125,6 +128,8 @@ class Config(ModelConfig):
         for name, why in NEED_TRUTHS:
             if getattr(self, name) and not self.energy_truths:
                 raise ConfigError(f"{name} needs energy_truths > 0: {why}")
+        if self.flow_truth_moved and not self.flow_truth_weight:
+            raise ConfigError("flow_truth_moved needs flow_truth_weight > 0: it says which pixels that term scores")
         if self.flow_truth_weight and self.output != "flow":
             raise ConfigError("flow_truth_weight needs output 'flow': it trains the flow head's displacements")
         if self.cover_branch and not self.cover_weight:

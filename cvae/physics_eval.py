@@ -255,14 +255,18 @@ class TrainingFlows:
 
 
 class WithFlows(Dataset):
-    """A training data set's windows with their true flows: (frames, condition, flow, known)."""
+    """A training data set's windows with their true flows: (frames, condition, flow, known).
+    ``moved_only``: a flow is known only where it is not 0 (the pixels of a pushed object)."""
 
-    def __init__(self, dataset: BairDataset, flows: TrainingFlows) -> None:
-        self.dataset, self.flows = dataset, flows
+    def __init__(self, dataset: BairDataset, flows: TrainingFlows, moved_only: bool = False) -> None:
+        self.dataset, self.flows, self.moved_only = dataset, flows, moved_only
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, start = key if isinstance(key, tuple) else (key, 0)
-        return (*self.dataset[key], *self.flows.window(index, start, self.dataset.seq_len))
+        flow, known = self.flows.window(index, start, self.dataset.seq_len)
+        if self.moved_only:
+            known = known & flow.ne(0).any(1)
+        return (*self.dataset[key], flow, known)

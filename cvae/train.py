@@ -467,7 +467,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             # A private generator: creating an iterator must not draw from the global RNG, which the
             # teacher-forcing coin and z use, or a resumed run would diverge from an unbroken one.
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
-            data = train_ds if flows is None else WithFlows(train_ds, flows)
+            data = train_ds if flows is None else WithFlows(train_ds, flows, cfg.flow_truth_moved)
             loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=seed_worker, generator=loader_rng)
             sums = torch.zeros(3 + len(TERMS_LOGGED), device=rt.device)

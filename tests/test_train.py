@@ -380,7 +380,7 @@ def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_ro
     data the simulator did not make, before anything of a run is written."""
     from cvae.data.bair import list_sequences
     from cvae.data.simulator import simulate
-    from cvae.physics_eval import TrainingFlows
+    from cvae.physics_eval import TrainingFlows, WithFlows
 
     cfg = tiny_cfg(sim_root, tmp_path / "ft", epochs=1, iters_per_epoch=2, flow_truth_weight=0.5)
     train(cfg, progress=False)
@@ -394,6 +394,17 @@ def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_ro
     assert flow.shape == (11, 2, 64, 64) and known.shape == (11, 64, 64) and known.float().mean() > 0.8
     assert torch.equal(known, torch.from_numpy(seq.flow_known[5:16]))  # this re-run matches its frames
     assert (flow - truth).abs()[known[:, None].expand_as(flow)].max() <= 1 / 16 + 1e-6
+    # --flow-truth-moved: the same window, known only on the pixels that moved (the pushed object's)
+    window = BairDataset(sim_root, "train", seq_len=12)
+    *_, all_flow, all_known = WithFlows(window, flows)[(3, 5)]
+    *_, moved_flow, moved_known = WithFlows(window, flows, moved_only=True)[(3, 5)]
+    assert torch.equal(all_flow, flow) and torch.equal(all_known, known) and torch.equal(moved_flow, flow)
+    step = truth.abs().amax(1)  # the larger of a pixel's x and y displacement, stored to 1/8 px
+    assert not (moved_known & ~known).any() and (step[moved_known] >= 1 / 16 - 1e-6).all()
+    assert moved_known[known & (step > 1 / 8)].all()
+    assert 0 < moved_known.sum() < 0.1 * known.sum()
+    with pytest.raises(ConfigError, match="flow_truth_moved needs flow_truth_weight > 0"):
+        tiny_cfg(sim_root, tmp_path / "mv", flow_truth_moved=True)
     bad = list_sequences(sim_copy, "train")[2]
     png = bad / "0.png"
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(png)
