@@ -393,7 +393,8 @@ def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_ro
     assert len(every) == 2 and all(v > 0 for v in every)
     # the same first step (same weights, same batch) scored on the moved pixels only: a part of that sum
     assert 0 <= step_losses("ftm", flow_truth_moved=True)[0] < every[0]
-    flows = TrainingFlows(BairDataset(sim_root, "train", seq_len=12))
+    window = BairDataset(sim_root, "train", seq_len=12)
+    flows = TrainingFlows(window)
     flow, known = flows.window(3, 5, 12)
     seq = simulate(3, 3, 0, uncertainty=1.0, flows=True)
     truth = torch.from_numpy(seq.flow[5:16]).permute(0, 3, 1, 2)
@@ -401,7 +402,6 @@ def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_ro
     assert torch.equal(known, torch.from_numpy(seq.flow_known[5:16]))  # this re-run matches its frames
     assert (flow - truth).abs()[known[:, None].expand_as(flow)].max() <= 1 / 16 + 1e-6
     # --flow-truth-moved: the same window, known only on the pixels that moved (the pushed object's)
-    window = BairDataset(sim_root, "train", seq_len=12)
     *_, all_flow, all_known = WithFlows(window, flows)[(3, 5)]
     *_, moved_flow, moved_known = WithFlows(window, flows, moved_only=True)[(3, 5)]
     assert torch.equal(all_flow, flow) and torch.equal(all_known, known) and torch.equal(moved_flow, flow)
