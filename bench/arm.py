@@ -82,12 +82,12 @@ def main() -> None:
     base_row = {f"{k} shaft psnr": round(float(v.mean()), 2) for k, v in copies.items()}
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        pred, last_layer = predict_capturing(model, x, c, n_future)
+        pred, _, masks = predict_capturing(model, x, c, n_future)
         ours = score(pred)
         print(f"  {ckpt + ', one sample:':26s} {' '.join(f'{s:5.2f}' for s in ours)} (mean {float(ours.mean()):.2f})")
         head, taken = model.decoder.head, {}
         if "arm_copy" in getattr(head, "sources", ()):
-            share = head.masks(last_layer)[:, :, head.sources.index("arm_copy")]  # [N, F, H, W]
+            share = masks[:, :, head.sources.index("arm_copy")]  # [N, F, H, W]
             taken = {"arm copy share on the shaft": round(float(share[shaft].mean()), 3),
                      "arm copy share elsewhere": round(float(share[~shaft].mean()), 3)}
             said = ", ".join(f"{k.removeprefix('arm copy share ')} {v:.1%}" for k, v in taken.items())

@@ -82,20 +82,33 @@ def load_with_deadzone(ckpt: str, deadzone: float | None):
 
 
 def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
-                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One sample (z seed ``seed``) from frames ``x`` and conditions ``c``: the predicted frames
-    [N, n_future, 3, H, W], and the decoder's last layer for each of them [N, n_future, C, H, W]
-    (a flow head's displacements and mask logits: ``FlowHead.masks`` reads the mask). With
-    ``arm_calm`` the decoder also draws each scene's noiseless future first; its layers are left out."""
-    outs = []
-    hook = model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))
+    [N, n_future, 3, H, W], the decoder's last layer for each of them [N, n_future, C, H, W] (a
+    flow head's displacements and mask logits) and a flow head's mask [N, n_future, sources, H,
+    W] (``FlowHead.masks``, its rigid layers' logits moved by their shifts; None for other
+    heads). With ``arm_calm`` the decoder also draws each scene's noiseless future first; its
+    layers are left out."""
+    outs, shifts = [], []
+    hooks = [model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))]
+    if getattr(model.decoder, "rigid", None) is not None:
+        hooks.append(model.decoder.rigid.register_forward_hook(lambda module, args, out: shifts.append(out)))
     try:
         with torch.no_grad():
             pred = model.predict(x[:, : model.n_past], c, n_future, seed=seed)[:, 0]
     finally:
-        hook.remove()
-    layers = torch.stack(outs[-n_future:], 1)
-    return pred, layers.view(len(x), -1, *layers.shape[1:])[:, -1]
+        for hook in hooks:
+            hook.remove()
+
+    def per_frame(v: list[torch.Tensor]) -> torch.Tensor:
+        v = torch.stack(v[-n_future:], 1)
+        return v.view(len(x), -1, *v.shape[1:])[:, -1]
+
+    layers = per_frame(outs)
+    head = model.decoder.head
+    if not hasattr(head, "masks"):
+        return pred, layers, None
+    return pred, layers, head.masks(layers, per_frame(shifts) if shifts else None)
 
 
 def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> torch.Tensor:

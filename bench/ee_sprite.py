@@ -33,12 +33,12 @@ def crop(frame: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
     return padded[:, row : row + SPRITE_PX, col : col + SPRITE_PX]
 
 
-def sprite_share(model, last_layer: torch.Tensor, c: torch.Tensor) -> tuple[float, float]:
-    """The sprite's mean share of the flow head's mask over the predicted frames (``last_layer``
-    [N, F, C, H, W], the decoder's last layer per frame), in the 9x9 window about the end effector
-    and outside it."""
+def sprite_share(model, masks: torch.Tensor, c: torch.Tensor) -> tuple[float, float]:
+    """The sprite's mean share of the flow head's mask over the predicted frames (``masks`` [N,
+    F, sources, H, W], ``predict_capturing``'s), in the 9x9 window about the end effector and
+    outside it."""
     head = model.decoder.head
-    share = head.masks(last_layer)[:, :, head.sources.index("ee_sprite")]  # [N, F, H, W]
+    share = masks[:, :, head.sources.index("ee_sprite")]  # [N, F, H, W]
     centre = torch.from_numpy(world_to_px(c[:, model.n_past :, XY].numpy()))
     window = window_mask(centre, 9)
     return float(share[window].mean()), float(share[~window].mean())
@@ -56,8 +56,8 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt} has no end-effector sprite (train with --ee-sprite true)")
     n_past, n_future = model.n_past, 10
     x, c = test_sequences(args.data, n_past + n_future, args.limit)
-    pred, last_layer = predict_capturing(model, x, c, n_future)
-    inside, outside = sprite_share(model, last_layer, c)
+    pred, _, masks = predict_capturing(model, x, c, n_future)
+    inside, outside = sprite_share(model, masks, c)
     on_table = c[:, :, Z].min()
     lines = []
     for lifted in (False, True):

@@ -52,7 +52,7 @@ def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor,
     conditions ``c``, under z seeds 0..draws-1: the sources' names, their mean share there and
     the std of each share over the draws, averaged over the region [S] each."""
     head = model.decoder.head
-    mask = torch.stack([head.masks(predict_capturing(model, x, c, n_future, seed)[1])
+    mask = torch.stack([predict_capturing(model, x, c, n_future, seed)[2]
                         for seed in range(draws)])  # [D, N, F, S, H, W]
     weight = region[:, :, None].float()
     n = weight.sum().clamp_min(1)

@@ -336,7 +336,7 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 
 # model fields --init may switch on: vgg64.grown adds their weights
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "map_prior")
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "map_prior", "rigid_layers")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
@@ -354,9 +354,9 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
-                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --z-map C and "
-                          "--map-prior true may be added)")
-    sources = list(FlowHead.OPTIONAL)
+                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --z-map C, "
+                          "--map-prior true and --rigid-layers K may be added)")
+    sources = [*FlowHead.OPTIONAL, "rigid_layers"]  # the masks' order: the rigid layers' come last
     kept = [sources.index(n) for n in sources if getattr(theirs, n)]
     late = [n for n in sources if n in grow and kept and sources.index(n) < max(kept)]
     if late:

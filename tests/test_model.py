@@ -9,7 +9,7 @@ import torch
 from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
-from cvae.metrics import branching, edge_gap, pixel_std, spread_gap
+from cvae.metrics import branching, edge_gap, gaussian_blur, pixel_std, spread_gap
 from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
@@ -165,6 +165,74 @@ def test_flow_head_moves_the_frame_farther_than_cdna_can():
     out[:, 8] = 20  # the mask picks the moved previous frame
     frame = head(out, prev, torch.zeros_like(prev), torch.zeros(1, 8))
     torch.testing.assert_close(frame[..., 6:], prev[..., :-6], atol=1e-6, rtol=0)
+
+
+def test_a_rigid_layer_carries_an_object_whole():
+    """A rigid layer moves its pixels and its mask together by one displacement: a square the
+    layer marks where it is in the previous frame lands 3 px to the right, whole (its shape and
+    area kept), while a dense flow that changes from 3 px on the square to 0 off it over a few
+    pixels stretches the square's edge into a ramp."""
+    from cvae.model.heads import FlowHead
+
+    head = FlowHead(g_dim=8, rigid=1)
+    assert head.sources[-1] == "rigid 0"
+    prev = torch.zeros(1, 3, 32, 32)
+    prev[..., 10:16, 10:16] = 1.0
+    out = torch.zeros(1, 3 + head.extra, 32, 32)
+    out[:, :3] = -30  # the generated image is black, as the table here
+    out[:, 7] = 10  # the mask takes it everywhere ...
+    out[:, -1] = torch.where(prev[:, 0] > 0, 30.0, -30.0)  # ... but where the layer marks the square
+    shift = torch.tensor([[[-3.0, 0.0]]])  # backward: each pixel takes the layer from 3 px to its left
+    frame = head(out, prev, torch.zeros_like(prev), torch.zeros(1, 8), rigid=shift)
+    expected = torch.zeros_like(prev)
+    expected[..., 10:16, 13:19] = 1.0
+    torch.testing.assert_close(frame, expected, atol=1e-4, rtol=0)  # the other sources keep e^-10 each
+    dense = torch.zeros(1, 3 + head.extra, 32, 32)
+    blob = gaussian_blur(prev[:, :1], 1.5)
+    dense[:, 3] = -3 * blob[:, 0] / blob.amax()
+    dense[:, 8] = 30  # the moved previous frame everywhere: a smooth flow that peaks at 3 px on the square
+    smeared = head(dense, prev, torch.zeros_like(prev), torch.zeros(1, 8), rigid=shift)
+    assert ((smeared > 0.05) & (smeared < 0.95)).sum() > 12 and ((frame > 0.05) & (frame < 0.95)).sum() == 0
+    with pytest.raises(ValueError, match="1 rigid layers: pass their shifts"):
+        head(out, prev, torch.zeros_like(prev), torch.zeros(1, 8))
+
+
+def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
+    """``grown`` adds the layers' mask channels with zero weights and RIGID_BIAS and their shifts
+    at 0, so the grown model predicts within 0.01 per layer of the old one; raised, a layer's mask
+    changes the frames, and its shift, computed after the spatial latent, differs between two
+    draws of it (the latent's noise alone: ``map_noise_only``)."""
+    from cvae.model.heads import RIGID_BIAS
+    from cvae.model.vgg64 import grown
+
+    kw = dict(output="flow", cond_maps=True, ee_maps=True, ee_copy=True, z_map=2, map_noise_only=True)
+    old = calibrated(tiny(**kw)).eval()
+    big = tiny(**kw, rigid_layers=2).eval()
+    big.load_state_dict(grown(old.state_dict(), big.state_dict()))
+    last = big.decoder.upc5[1]
+    assert last.bias[-2:].tolist() == [RIGID_BIAS] * 2 and last.weight[:, -2:].abs().max() == 0
+    x, cond = batch(t=6)
+    before = old.predict(x[:, :2], cond, n_future=4, seed=3)
+    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() < 0.02
+    with torch.no_grad():
+        last.bias[-1] = 20.0
+        big.decoder.rigid.fc.bias.fill_(2.5)
+        big.decoder.rigid.fc.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        big.decoder.upc2[0][0].weight[:, -2:].normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
+    assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().mean() > 0.01
+
+    def shifts(seed: int) -> torch.Tensor:
+        seen = []
+        hook = big.decoder.rigid.register_forward_hook(lambda module, args, out: seen.append(out))
+        big.predict(x[:, :2], cond, n_future=4, seed=seed)
+        hook.remove()
+        return torch.cat(seen)
+
+    assert torch.equal(shifts(3), shifts(3)) and (shifts(3) - shifts(4)).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="rigid_layers must be a whole number from 0 to 4"):
+        tiny(**kw, rigid_layers=5)
+    with pytest.raises(ConfigError, match="rigid_layers needs output 'flow'"):
+        tiny(output="cdna", rigid_layers=1)
 
 
 def test_end_effector_map_peaks_where_its_location_says():

@@ -38,6 +38,13 @@ class registered by name (``HEADS``); adding a head is one class here.
   edges); bicubic's wider kernel keeps more (0.59 of it, half of them), with a few percent of
   overshoot, clipped to [0, 1]. A lone step edge comes out the same either way (README,
   "Sampling between pixels").
+  ``rigid_layers`` K (a model field, 0 by default) gives the mask K more sources, each the previous
+  frame moved rigidly by one displacement per frame that the decoder computes from its 8 x 8 maps
+  (``RigidShifts``; they read the spatial latent, so a future's noise can choose how far a layer
+  goes), its mask logits moved with it: the decoder marks which pixels of the previous frame
+  belong to layer k, and the layer, pixels and mark together, moves as one piece. A dense flow
+  need not keep an object's area or shape (it stretches where its displacement changes, and
+  copies an object's colour to more places than it covers); a layer cannot.
 """
 from __future__ import annotations
 
@@ -52,6 +59,8 @@ EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to ha
 EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the end effector
 STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
+RIGID_BIAS = -5.0  # each rigid layer's: under 1%, as the copies
+MAX_RIGID = 4  # rigid layers a flow head may have
 
 HEADS: dict[str, type[Head]] = {}
 RESAMPLE = ("bilinear", "bicubic")  # how moved frames are sampled between pixels (``warp``)
@@ -152,7 +161,7 @@ class FlowHead(Head):
     mask per pixel chooses among the generated image and the two moved frames (and, with
     ``ee_copy`` and ``ee_sprite``, the end-effector copy and sprite the decoder passes, with
     ``still_copy`` the latest real frame as it is, and with ``arm_copy`` the arm copy the decoder
-    passes), in that order: ``sources`` names them."""
+    passes), in that order, then ``rigid`` layers: ``sources`` names them."""
 
     name = "flow"
     extra = 4 + 3
@@ -162,18 +171,20 @@ class FlowHead(Head):
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False,
-                 resample: str = "bilinear") -> None:
+                 resample: str = "bilinear", rigid: int = 0) -> None:
         super().__init__(g_dim, nc)
-        self.resample = resample
+        self.resample, self.rigid = resample, rigid
         self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
         self.deadzone = deadzone
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
-        self.sources = ["generated", "moved previous", "moved latest real", *self.optional]
-        self.extra = FlowHead.extra + len(self.optional)
+        self.sources = ["generated", "moved previous", "moved latest real", *self.optional,
+                        *(f"rigid {k}" for k in range(rigid))]
+        self.extra = FlowHead.extra + len(self.optional) + rigid
 
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
-        mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias."""
+        mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias, each rigid
+        layer's at RIGID_BIAS."""
         nc = self.nc
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
@@ -181,6 +192,8 @@ class FlowHead(Head):
             last.bias[nc + 4] = MASK_BIAS
             for i, name in enumerate(self.optional):
                 last.bias[nc + 7 + i] = self.OPTIONAL[name]
+            if self.rigid:
+                last.bias[-self.rigid :] = RIGID_BIAS
 
     def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's last layer [..., nc + extra, H, W] -> the displacements [..., 2, H, W] of
@@ -190,17 +203,27 @@ class FlowHead(Head):
         return (dead_zone(out[..., nc : nc + 2, :, :], self.deadzone),
                 dead_zone(out[..., nc + 2 : nc + 4, :, :], self.deadzone))
 
-    def masks(self, out: torch.Tensor) -> torch.Tensor:
-        """The decoder's last layer [..., nc + extra, H, W] -> the mask [..., len(sources), H, W]."""
-        return out[..., self.nc + 4 :, :, :].float().softmax(-3)
+    def masks(self, out: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's last layer [..., nc + extra, H, W] (and with ``rigid`` layers their
+        displacements [..., rigid, 2], which move their logits) -> the mask [..., len(sources), H, W]."""
+        logits = out[..., self.nc + 4 :, :, :].float()
+        if not self.rigid:
+            return logits.softmax(-3)
+        if shifts is None:
+            raise ValueError(f"this 'flow' head has {self.rigid} rigid layers: pass their shifts")
+        fixed, layered = logits[..., : -self.rigid, :, :], logits[..., -self.rigid :, :, :]
+        moved = translate(layered.reshape(-1, 1, *layered.shape[-2:]), shifts.reshape(-1, 2).float(), "bilinear")
+        return torch.cat([fixed, moved.view(layered.shape)], -3).softmax(-3)
 
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
-                moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                rigid: torch.Tensor | None = None, moved: bool = False,
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The mixed frame; with ``moved``, also the previous frame this head moves and its
         displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
-        previous frame onto the next where things move)."""
+        previous frame onto the next where things move). ``rigid``: the rigid layers' displacements
+        [N, rigid, 2] (``RigidShifts``)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
@@ -211,7 +234,11 @@ class FlowHead(Head):
         moved_prev, moved_anchor = self.flows(out)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
-        frame = (self.masks(out)[:, :, None] * torch.stack(sources, 1)).sum(1)
+        if self.rigid:
+            if rigid is None:
+                raise ValueError(f"this 'flow' head has {self.rigid} rigid layers: pass their shifts")
+            sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]
+        frame = (self.masks(out, rigid)[:, :, None] * torch.stack(sources, 1)).sum(1)
         return (frame, (prev, moved_prev)) if moved else frame
 
 
@@ -220,15 +247,15 @@ OUTPUTS = tuple(HEADS)
 
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
               still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False,
-              flow_resample: str = "bilinear") -> Head:
+              flow_resample: str = "bilinear", rigid_layers: int = 0) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear":
+    if ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear" or rigid_layers:
         if name != FlowHead.name:
-            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone and flow_resample need the "
-                             f"'flow' head, not {name!r}")
+            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample and rigid_layers "
+                             f"need the 'flow' head, not {name!r}")
         return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
-                        arm_copy=arm_copy, resample=flow_resample)
+                        arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers)
     return HEADS[name](g_dim, nc)
 
 
@@ -248,6 +275,24 @@ class CDNAKernels(nn.Module):
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         logits = self.fc(g).float().view(-1, CDNA_KERNELS, CDNA_SIZE * CDNA_SIZE)
         return logits.softmax(-1).view(-1, CDNA_KERNELS, CDNA_SIZE, CDNA_SIZE)
+
+
+class RigidShifts(nn.Module):
+    """The decoder's 8 x 8 maps [N, C, 8, 8] -> one displacement per rigid layer [N, K, 2] (x, y
+    pixels, as ``warp`` takes them). A linear map of the whole grid, so where a thing is and what
+    the spatial latent draws there both bear on how far its layer moves. Starts at 0: every layer
+    starts as the previous frame, unmoved, and its mask logit under 1%."""
+
+    def __init__(self, channels: int, layers: int, side: int = 8) -> None:
+        super().__init__()
+        self.layers = layers
+        self.fc = nn.Linear(channels * side * side, 2 * layers)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.fc(maps.flatten(1)).float().view(-1, self.layers, 2)
 
 
 def move(prev: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
-from .heads import HEADS, RESAMPLE, warp
+from .heads import HEADS, MAX_RIGID, RESAMPLE, warp
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 
@@ -31,7 +31,8 @@ PIXEL_LOSSES = ("mse", "l1")
 # the fields that act on the flow head alone, so need output 'flow', and what each does with it
 NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("flow_deadzone", "it zeroes the flow head's short displacements"),
-              ("flow_photo_weight", "it trains the flow head's moved previous frame"))
+              ("flow_photo_weight", "it trains the flow head's moved previous frame"),
+              ("rigid_layers", "they are sources of the flow head"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
@@ -123,6 +124,7 @@ class ModelConfig:
     flow_photo_weight: float = 0.0  # > 0: the moved previous frame alone must match the next one where things move (``_photo``)
     flow_photo_blur: float = 0.0  # px: that match is made between frames blurred by a Gaussian of this sigma (``_photo``)
     flow_photo_rollout: bool = False  # ... and on closed-loop steps too, moving the model's own previous frame
+    rigid_layers: int = 0  # the flow head's mask may also take this many layers of the previous frame, each moved rigidly
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -170,6 +172,8 @@ class ModelConfig:
         if self.map_prior and not (self.z_map and self.prior == "learned"):
             raise ConfigError("map_prior needs z_map > 0 and prior 'learned': it learns the spatial latent's "
                               "prior beside the vector z's")
+        if not 0 <= self.rigid_layers <= MAX_RIGID or self.rigid_layers != int(self.rigid_layers):
+            raise ConfigError(f"rigid_layers must be a whole number from 0 to {MAX_RIGID}, not {self.rigid_layers}")
         if self.flow_resample != "bilinear" and self.output != "flow":
             raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
         for name, why in NEEDS_FLOW:
@@ -204,7 +208,8 @@ class SVG(nn.Module):
                                ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
-                               arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample)
+                               arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
+                               rigid_layers=cfg.rigid_layers)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from .arm import ArmCopy
 from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
-from .heads import FlowHead, make_head, translate
+from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
 MAP_SIZE = 8  # the side of the coarsest skip grid (64 px / 8): where a spatial latent lives
@@ -61,12 +61,14 @@ class Decoder(nn.Module):
     latest real frame turned about the arm's base (``arm.ArmCopy``) and draws where the arm's
     shaft is at this step into the maps at every scale (last), so the mask knows where to take it.
     ``arm_clear`` takes the arm out of the previous frame and of the latest real frame before the
-    head moves them (``ArmCopy.cleared``): the arm copy alone draws it."""
+    head moves them (``ArmCopy.cleared``): the arm copy alone draws it. ``rigid_layers`` K > 0
+    hands the flow head K displacements computed from the 8 x 8 maps, after the spatial latent
+    (``heads.RigidShifts``), each moving one layer of the previous frame rigidly."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
-                 arm_clear: bool = False, flow_resample: str = "bilinear") -> None:
+                 arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0) -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
@@ -74,7 +76,8 @@ class Decoder(nn.Module):
             raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
-                              flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample)
+                              flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample,
+                              rigid_layers=rigid_layers)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
@@ -84,6 +87,7 @@ class Decoder(nn.Module):
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
         self.upc2 = nn.Sequential(vgg_layer(c3 * 2 + e + z_map, c3), vgg_layer(c3, c3), vgg_layer(c3, c2))
+        self.rigid = RigidShifts(c2, rigid_layers) if rigid_layers else None
         self.upc3 = nn.Sequential(vgg_layer(c2 * 2 + e, c2), vgg_layer(c2, c2), vgg_layer(c2, c1))
         self.upc4 = nn.Sequential(vgg_layer(c1 * 2 + e, c1), vgg_layer(c1, c0))
         self.upc5 = nn.Sequential(vgg_layer(c0 * 2 + e, c0), nn.ConvTranspose2d(c0, nc + self.head.extra, 3, 1, 1))
@@ -145,6 +149,8 @@ class Decoder(nn.Module):
                 head_anchor = self.arm.cleared_anchor(anchor, src)
         d = self.upc1(g[:, :, None, None])
         d = self.upc2(self._with_cond(d, skips[3], cond, shaft, zmap))
+        if self.rigid is not None:
+            extra["rigid"] = self.rigid(d)
         d = self.upc3(self._with_cond(d, skips[2], cond, shaft))
         d = self.upc4(self._with_cond(d, skips[1], cond, shaft))
         out = self.upc5(self._with_cond(d, skips[0], cond, shaft))
@@ -162,13 +168,14 @@ class Decoder(nn.Module):
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
           arm_copy: bool = False) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
-    still copy, arm copy, spatial latent and/or its learned prior (whose fresh weights are
+    still copy, arm copy, spatial latent, its learned prior and/or rigid layers (whose fresh weights are
     ``ours``). Each convolution that reads a scale's maps gets one more input channel for the
     end-effector map and, if ``arm_copy`` grows, one for its shaft map (and the 8 x 8 one a
     channel per latent map channel, ``z_map`` of them; appended last by ``_with_cond``), with
     zero weights; the flow head's last layer gets an output channel for each of the copies and
-    the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
-    (``heads.FlowHead.OPTIONAL``); the map, the sprite and the latent's posterior and prior
+    the sprite and each rigid layer, their mask logits (appended last), with zero weights and
+    ``ours``'s biases (``heads.FlowHead.OPTIONAL``, ``RIGID_BIAS``); the map, the sprite, the
+    rigid layers' shifts (0) and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
     the old one did (exactly, or with the new masks under 1%), and training then teaches it to
     use them. Raises ValueError naming a weight that does not fit."""
@@ -178,12 +185,13 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     out = {}
     for key, mine in ours.items():
         if key not in theirs:
-            if not any(part in f".{key}" for part in (".ee_map.", ".ee_sprite.", ".posterior_map.", ".prior_map.")):
+            if not any(part in f".{key}" for part in (".ee_map.", ".ee_sprite.", ".posterior_map.", ".prior_map.",
+                                                      ".rigid.")):
                 raise ValueError(f"{key} is missing")
             out[key] = mine
             continue
         old = theirs[key]
-        new = (range(1, len(FlowHead.OPTIONAL) + 1) if key.startswith("decoder.upc5.1.")  # masks
+        new = (range(1, len(FlowHead.OPTIONAL) + MAX_RIGID + 1) if key.startswith("decoder.upc5.1.")  # masks
                else range(1, 2 + arm_copy + z_map) if key.startswith("decoder.upc2.0.0.")  # the maps and the latent's
                else range(1, 2 + arm_copy))  # the end-effector map and the shaft's
         if old.shape == mine.shape:
