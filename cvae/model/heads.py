@@ -59,7 +59,11 @@ EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to ha
 EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the end effector
 STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
-RIGID_BIAS = -5.0  # each rigid layer's: under 1%, as the copies
+# each rigid layer's mask logit starts as the moved previous frame's, less this much (e^-2: about an
+# eighth of its share): a layer unmoved is the previous frame, so the mix barely changes where the
+# flow is near 0, while the layer's shift gets a gradient from the start. At -5 with zero weights,
+# as the copies start, two layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
+RIGID_OFFSET = -2.0
 MAX_RIGID = 4  # rigid layers a flow head may have
 
 HEADS: dict[str, type[Head]] = {}
@@ -184,7 +188,7 @@ class FlowHead(Head):
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
         mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias, each rigid
-        layer's at RIGID_BIAS."""
+        layer's as the moved previous frame's (``start_rigid``)."""
         nc = self.nc
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
@@ -192,8 +196,7 @@ class FlowHead(Head):
             last.bias[nc + 4] = MASK_BIAS
             for i, name in enumerate(self.optional):
                 last.bias[nc + 7 + i] = self.OPTIONAL[name]
-            if self.rigid:
-                last.bias[-self.rigid :] = RIGID_BIAS
+        start_rigid(last.weight.data, last.bias.data, self.rigid, nc)
 
     def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's last layer [..., nc + extra, H, W] -> the displacements [..., 2, H, W] of
@@ -275,6 +278,16 @@ class CDNAKernels(nn.Module):
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         logits = self.fc(g).float().view(-1, CDNA_KERNELS, CDNA_SIZE * CDNA_SIZE)
         return logits.softmax(-1).view(-1, CDNA_KERNELS, CDNA_SIZE, CDNA_SIZE)
+
+
+def start_rigid(weight: torch.Tensor, bias: torch.Tensor, rigid: int, nc: int = 3) -> None:
+    """Set a flow head's last layer (a ConvTranspose2d's weight [in, out, k, k] and bias [out]) so
+    that each of its ``rigid`` layers' mask logits, the last outputs, is the moved previous
+    frame's plus RIGID_OFFSET. In place; nothing with ``rigid`` 0."""
+    if rigid:
+        with torch.no_grad():
+            weight[:, -rigid:] = weight[:, nc + 5 : nc + 6]
+            bias[-rigid:] = bias[nc + 5] + RIGID_OFFSET
 
 
 class RigidShifts(nn.Module):

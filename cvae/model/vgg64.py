@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from .arm import ArmCopy
 from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
-from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, translate
+from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, start_rigid, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
 MAP_SIZE = 8  # the side of the coarsest skip grid (64 px / 8): where a spatial latent lives
@@ -173,12 +173,14 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     end-effector map and, if ``arm_copy`` grows, one for its shaft map (and the 8 x 8 one a
     channel per latent map channel, ``z_map`` of them; appended last by ``_with_cond``), with
     zero weights; the flow head's last layer gets an output channel for each of the copies and
-    the sprite and each rigid layer, their mask logits (appended last), with zero weights and
-    ``ours``'s biases (``heads.FlowHead.OPTIONAL``, ``RIGID_BIAS``); the map, the sprite, the
-    rigid layers' shifts (0) and the latent's posterior and prior
+    the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
+    (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
+    previous frame's logit less 2 (``heads.start_rigid``); the map, the sprite, the rigid
+    layers' shifts (0) and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
-    the old one did (exactly, or with the new masks under 1%), and training then teaches it to
-    use them. Raises ValueError naming a weight that does not fit."""
+    the old one did (exactly, or with the new masks under 1%; a rigid layer, unmoved, takes a
+    share of what the previous frame's mask took, the same pixels), and training then teaches
+    it to use them. Raises ValueError naming a weight that does not fit."""
     extra = sorted(set(theirs) - set(ours))
     if extra:
         raise ValueError(f"weights this model lacks: {', '.join(extra)}")
@@ -203,6 +205,9 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
             out[key] = torch.cat([old, mine[len(old):]])
         else:
             raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
+    rigid = "decoder.rigid.fc.bias" in ours and "decoder.rigid.fc.bias" not in theirs
+    if rigid:
+        start_rigid(out["decoder.upc5.1.weight"], out["decoder.upc5.1.bias"], len(ours["decoder.rigid.fc.bias"]) // 2)
     return out
 
 
