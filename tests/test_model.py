@@ -199,10 +199,11 @@ def test_a_rigid_layer_carries_an_object_whole():
 
 def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
     """``grown`` adds each layer's mask channel as a copy of the moved previous frame's, its
-    logit 2 less, and their shifts at 0: an unmoved layer is the previous frame, which the old
-    model's mix mostly took already, so the grown model's frames stay within 0.05 of the old
-    ones; with the layers' shifts set, the frames change, and a shift, computed after the spatial latent, differs between two
-    draws of it (the latent's noise alone: ``map_noise_only``)."""
+    logit 2 less; the layers' shifts start apart (or they would learn alike). Unmoved, a layer
+    is the previous frame, which the old model's mix mostly took already, so the grown model's
+    frames stay within 0.05 of the old ones; with the layers' shifts set, the frames change,
+    and a shift, computed after the spatial latent, differs between two draws of it (the
+    latent's noise alone: ``map_noise_only``)."""
     from cvae.model.heads import RIGID_OFFSET
     from cvae.model.vgg64 import grown
 
@@ -213,13 +214,20 @@ def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
     last, moved_previous = big.decoder.upc5[1], 3 + 5
     assert torch.equal(last.weight[:, -2:], last.weight[:, moved_previous : moved_previous + 1].expand(-1, 2, -1, -1))
     assert torch.equal(last.bias[-2:], (last.bias[moved_previous] + RIGID_OFFSET).expand(2))
-    assert big.decoder.rigid.fc.weight.abs().max() == 0 and big.decoder.rigid.fc.bias.abs().max() == 0
+    fc = big.decoder.rigid.fc
+    assert (fc.weight[:2] - fc.weight[2:]).abs().min() > 0 and fc.bias.abs().max() == 0
     x, cond = batch(t=6)
     before = old.predict(x[:, :2], cond, n_future=4, seed=3)
+    started = big.predict(x[:, :2], cond, n_future=4, seed=3)
+    with torch.no_grad():
+        weight = fc.weight.clone()
+        fc.weight.zero_()
     assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().max() < 0.05
     with torch.no_grad():
-        big.decoder.rigid.fc.bias.fill_(2.5)
-        big.decoder.rigid.fc.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        fc.weight.copy_(weight)
+    assert torch.equal(big.predict(x[:, :2], cond, n_future=4, seed=3), started)
+    with torch.no_grad():
+        fc.bias.fill_(2.5)
         big.decoder.upc2[0][0].weight[:, -2:].normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
     assert (big.predict(x[:, :2], cond, n_future=4, seed=3) - before).abs().mean() > 0.01
 

@@ -171,14 +171,15 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
                    arm_clear=True, **one), progress=False)
     assert seen[0][0].keys() == with_arm.keys() and all(torch.equal(seen[0][0][k], v) for k, v in with_arm.items())
     assert checkpoint.read_meta(tmp_path / "ac" / "last")["config"]["arm_clear"] is True
-    # rigid layers into it: two more mask channels, copies of the moved previous frame's, their shifts 0;
-    # no copy after them
+    # rigid layers into it: two more mask channels, copies of the moved previous frame's, their shifts
+    # apart; no copy after them
     seen.clear()
     train(tiny_cfg(sim_root, tmp_path / "rg", init=str(tmp_path / "r" / "last"), ee_sprite=False, arm_copy=True,
                    rigid_layers=2, **one), progress=False)
     assert torch.equal(seen[0][0][head][:, :-2], with_arm[head])
     assert torch.equal(seen[0][0][head][:, -2:], with_arm[head][:, 8:9].expand(-1, 2, -1, -1))
-    assert seen[0][0]["decoder.rigid.fc.weight"].abs().max() == 0 and seen[0][0]["decoder.rigid.fc.bias"].abs().max() == 0
+    shifts = seen[0][0]["decoder.rigid.fc.weight"]
+    assert (shifts[:2] - shifts[2:]).abs().min() > 0 and seen[0][0]["decoder.rigid.fc.bias"].abs().max() == 0
     with pytest.raises(ConfigError, match="still_copy cannot be added to a model that has rigid_layers"):
         train(tiny_cfg(sim_root, tmp_path / "rs", init=str(tmp_path / "rg" / "last"), ee_sprite=False, arm_copy=True,
                        rigid_layers=2, still_copy=True, **one), progress=False)

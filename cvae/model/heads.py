@@ -60,9 +60,8 @@ EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the en
 STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
 # each rigid layer's mask logit starts as the moved previous frame's, less this much (e^-2: about an
-# eighth of its share): a layer unmoved is the previous frame, so the mix barely changes where the
-# flow is near 0, while the layer's shift gets a gradient from the start. At -5 with zero weights,
-# as the copies start, two layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
+# eighth of its share), so each layer's shift gets a gradient from the start. At -5 with zero
+# weights, as the copies start, two layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
 RIGID_OFFSET = -2.0
 MAX_RIGID = 4  # rigid layers a flow head may have
 
@@ -290,18 +289,24 @@ def start_rigid(weight: torch.Tensor, bias: torch.Tensor, rigid: int, nc: int = 
             bias[-rigid:] = bias[nc + 5] + RIGID_OFFSET
 
 
+RIGID_INIT_SCALE = 10.0  # PyTorch's initial weights give shifts of about 0.1 px; these start at about 1
+
+
 class RigidShifts(nn.Module):
     """The decoder's 8 x 8 maps [N, C, 8, 8] -> one displacement per rigid layer [N, K, 2] (x, y
     pixels, as ``warp`` takes them). A linear map of the whole grid, so where a thing is and what
-    the spatial latent draws there both bear on how far its layer moves. Starts at 0: every layer
-    starts as the previous frame, unmoved, and its mask logit under 1%."""
+    the spatial latent draws there both bear on how far its layer moves. Its weights start random
+    and large enough for shifts of about a pixel: layers that started alike would learn alike
+    (two unmoved layers kept equal shifts through 100 steps), and an unmoved layer, the previous
+    frame as it is, gives the mask no reason to leave the still table, whose pixels then hold
+    the shift at 0 (it fell from ~1 px to 0.07 in those steps)."""
 
     def __init__(self, channels: int, layers: int, side: int = 8) -> None:
         super().__init__()
         self.layers = layers
         self.fc = nn.Linear(channels * side * side, 2 * layers)
         with torch.no_grad():
-            self.fc.weight.zero_()
+            self.fc.weight.mul_(RIGID_INIT_SCALE)
             self.fc.bias.zero_()
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:

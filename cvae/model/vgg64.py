@@ -176,11 +176,11 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
     (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
     previous frame's logit less 2 (``heads.start_rigid``); the map, the sprite, the rigid
-    layers' shifts (0) and the latent's posterior and prior
+    layers' shifts (``heads.RigidShifts``: about a pixel) and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
-    the old one did (exactly, or with the new masks under 1%; a rigid layer, unmoved, takes a
-    share of what the previous frame's mask took, the same pixels), and training then teaches
-    it to use them. Raises ValueError naming a weight that does not fit."""
+    the old one did (exactly, or with the new masks under 1%; a rigid layer takes an eighth of
+    the moved previous frame's share, the previous frame moved by about a pixel), and training
+    then teaches it to use them. Raises ValueError naming a weight that does not fit."""
     extra = sorted(set(theirs) - set(ours))
     if extra:
         raise ValueError(f"weights this model lacks: {', '.join(extra)}")
