@@ -7,8 +7,8 @@ alone costs. The arm and the table it uncovers are fixed by the condition, so sp
 the model's own doubt. And where the truths branch, whether the model's futures are sharp
 alternatives or alternative blurs: the squared edges (``metrics.edge_energy``) of a sample, of the
 model's noiseless future and of the truths' mean, each over a true future's. For a flow head,
-its mask's shares where the arm sweeps and how far it moves the previous frame there and where
-the truths branch off the arm (``flow_reach``). ``--sheet`` also
+its mask's shares where the arm sweeps and where the truths branch off the arm, and how far it
+moves the previous frame in each (``flow_reach``). ``--sheet`` also
 writes, per sequence, the last context frame, a true, a predicted and the noiseless last frame,
 and the truths' and the model's std maps (max over steps, x 4) side by side. Simulated data with
 hidden causes only.
@@ -121,18 +121,22 @@ def main() -> None:
                  (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
         print("  where the truths branch, squared edges over a true future's: "
               + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
-        sources, reach = {}, {}
+        sources, branch_sources, reach = {}, {}, {}
         if model.cfg.output == "flow":
-            names, share, wobble = source_shares(model, x, c, arm_only)
-            sources = {name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)}
-            print("  where the arm sweeps and the truths agree, the mask's mean share / its std over 4 z draws: "
-                  + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in sources.items()))
-            reach = flow_reach(model, x, c, {"branching off the arm": differ & ~swept[:, None], "arm swept": arm_only})
+            off_arm = differ & ~swept[:, None]
+            for where, region, out in (("where the arm sweeps and the truths agree", arm_only, sources),
+                                       ("where the truths branch off the arm", off_arm, branch_sources)):
+                names, share, wobble = source_shares(model, x, c, region)
+                out.update({name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)})
+                print(f"  {where}, the mask's mean share / its std over 4 z draws: "
+                      + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in out.items()))
+            reach = flow_reach(model, x, c, {"branching off the arm": off_arm, "arm swept": arm_only})
             print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
                   + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
-               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources, flow_reach=reach,
+               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
+               sources_branching=branch_sources, flow_reach=reach,
                edges_where_branching=edges)
         if args.sheet:
             from PIL import Image
