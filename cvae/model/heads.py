@@ -284,7 +284,7 @@ def start_rigid(weight: torch.Tensor, bias: torch.Tensor, rigid: int, nc: int = 
     that each of its ``rigid`` layers' mask logits, the last outputs, is the moved previous
     frame's plus RIGID_OFFSET. In place; nothing with ``rigid`` 0."""
     if rigid:
-        with torch.no_grad():
+        with torch.no_grad():  # the mask's logits start at nc + 4: the generated image's, then the moved previous frame's
             weight[:, -rigid:] = weight[:, nc + 5 : nc + 6]
             bias[-rigid:] = bias[nc + 5] + RIGID_OFFSET
 
