@@ -233,14 +233,12 @@ class FlowHead(Head):
         for name in self.optional:
             if given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
+        mask = self.masks(out, rigid)  # first: it refuses a head with rigid layers and no shifts
         moved_prev, moved_anchor = self.flows(out)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
-        if self.rigid:
-            if rigid is None:
-                raise ValueError(f"this 'flow' head has {self.rigid} rigid layers: pass their shifts")
-            sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]
-        frame = (self.masks(out, rigid)[:, :, None] * torch.stack(sources, 1)).sum(1)
+        sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]
+        frame = (mask[:, :, None] * torch.stack(sources, 1)).sum(1)
         return (frame, (prev, moved_prev)) if moved else frame
 
 
