@@ -14,7 +14,8 @@ NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
                ("cover_weight", "it scores prior futures against the re-simulated ones"),
                ("spread_weight", "it compares the prior futures' spread with the re-simulated ones'"),
                ("edge_weight", "it compares the prior futures' edges with the re-simulated ones'"),
-               ("energy_branch", "it gates the energy score's spread term"))
+               ("energy_branch", "it gates the energy score's spread term"),
+               ("adv_weight", "its critic tells prior futures from the re-simulated ones"))
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Config(ModelConfig):
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
+    adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
     flow_truth_weight: float = 0.0
@@ -108,7 +110,7 @@ class Config(ModelConfig):
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
                      "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
-                     "edge_weight", "flow_truth_weight"):
+                     "edge_weight", "flow_truth_weight", "adv_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -132,6 +134,8 @@ class Config(ModelConfig):
             raise ConfigError("flow_truth_moved needs flow_truth_weight > 0: it says which pixels that term scores")
         if self.flow_truth_weight and self.output != "flow":
             raise ConfigError("flow_truth_weight needs output 'flow': it trains the flow head's displacements")
+        if self.adv_weight and not self.critic:
+            raise ConfigError("adv_weight needs critic > 0: the critic (its width) is what judges the futures")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
         if self.energy_truths and self.energy_scenes < 1:

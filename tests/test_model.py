@@ -668,6 +668,114 @@ def test_gap_terms_compare_the_prior_futures_with_the_truths(field, gap, at, nam
                               name, index, 3.0)
 
 
+def test_adversarial_losses_by_hand_and_which_side_each_trains():
+    """Least squares: the model's side is mean((D(fake) - 1)^2), the critic's half of
+    mean((D(real) - 1)^2) + mean(D(fake)^2); the first reaches the futures and not the critic, the
+    second the critic and not the futures. The critic sees each frame beside the one before it and
+    the last context frame."""
+    from cvae.model.critic import Critic, adversarial_losses
+
+    torch.manual_seed(0)
+    critic = Critic(4)
+    ctx, real = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 3, 64, 64)
+    fake = torch.rand(2, 3, 3, 64, 64, requires_grad=True)
+    inputs = Critic.inputs(ctx, fake)
+    assert inputs.shape == (6, 9, 64, 64)
+    torch.testing.assert_close(inputs[4], torch.cat([fake[1, 1], fake[1, 0], ctx[1]]))
+    torch.testing.assert_close(inputs[3], torch.cat([fake[1, 0], ctx[1], ctx[1]]))
+    gen, crit = adversarial_losses(critic, ctx, fake, real)
+    with torch.no_grad():
+        on_fake, on_real = critic(Critic.inputs(ctx, fake)), critic(Critic.inputs(ctx, real))
+    assert on_fake.shape == (6, 8, 8)
+    torch.testing.assert_close(gen, (on_fake - 1).pow(2).mean())
+    torch.testing.assert_close(crit, 0.5 * ((on_real - 1).pow(2).mean() + on_fake.pow(2).mean()))
+    params = list(critic.parameters())
+    assert all(g is None for g in torch.autograd.grad(gen, params, retain_graph=True, allow_unused=True))
+    assert torch.autograd.grad(gen, fake, retain_graph=True)[0].abs().sum() > 0
+    assert all(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(crit, params, retain_graph=True))
+    assert torch.autograd.grad(crit, fake, allow_unused=True)[0] is None
+
+
+def test_a_trained_critic_charges_a_blurred_object_more_than_a_sharp_one():
+    """What the adversarial term is for: trained on sharp squares that move, the critic scores
+    the same squares blurred (the haze an MSE-trained model draws where the world branches) as
+    less real, so the model's side costs more for them (200 steps at training's learning rate)."""
+    from cvae.model.critic import Critic, adversarial_losses
+
+    def squares(n, seed, sigma=0.0):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.full((n, 3, 3, 64, 64), 0.2)
+        for i in range(n):
+            r, c = (int(v) for v in torch.randint(8, 44, (2,), generator=g))
+            for f in range(3):
+                x[i, f, :, r : r + 12, c + 3 * f : c + 3 * f + 12] = 0.9
+        return gaussian_blur(x.flatten(0, 1), sigma).view_as(x) if sigma else x
+
+    torch.manual_seed(0)
+    critic = Critic(8)
+    opt = torch.optim.Adam(critic.parameters(), lr=2e-3)
+    ctx = torch.full((8, 3, 64, 64), 0.2)
+    for step in range(200):
+        _, crit = adversarial_losses(critic, ctx, squares(8, 100 + step, sigma=2.0), squares(8, step))
+        opt.zero_grad()
+        crit.backward()
+        opt.step()
+    with torch.no_grad():
+        sharp = adversarial_losses(critic, ctx, squares(8, 999), squares(8, 998))[0]
+        blurred = adversarial_losses(critic, ctx, squares(8, 999, sigma=2.0), squares(8, 998))[0]
+    assert blurred > sharp + 0.05, (sharp, blurred)
+
+
+def test_the_adversarial_term_on_the_prior_futures_and_how_train_step_weighs_it():
+    """``terms.adv_weight`` with a critic (``critic`` C) adds ``critic.adversarial_losses`` of the
+    K prior futures the energy score draws (by hand, the same rollout) against the true ones,
+    with the last context frame; 0 when off. train_step adds the model's side x the weight and
+    the critic's side x 1; the critic's side does not reach the prior, and nothing else reaches
+    the critic. A model grown a critic predicts exactly as before."""
+    from cvae.model.critic import adversarial_losses
+    from cvae.model.vgg64 import grown
+    from cvae.train import train_step
+
+    model = calibrated(tiny(prior="learned", z_hold=True, critic=4))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    adv, crit = model._energy(ctx, cond, truths, FutureTerms(adv_weight=1.0))[4:]
+    want = adversarial_losses(model.critic, ctx[:, -1].repeat_interleave(3, 0),
+                              _energy_samples(model, ctx, cond).flatten(0, 1), truths.flatten(0, 1))
+    torch.testing.assert_close(adv, want[0])
+    torch.testing.assert_close(crit, want[1])
+    assert all(v == 0 for v in model._energy(ctx, cond, truths)[4:])
+    futures, terms = (ctx, cond, truths), FutureTerms(weight=0.0, adv_weight=3.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(7)
+    got = train_step(model, opt, x, c, 0.5, True, amp=False, futures=futures, terms=terms)
+    torch.manual_seed(7)
+    again = model(x, c, True, futures=futures, terms=terms)
+    torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 3.0 * again.adv
+                                        + again.critic).detach())
+    torch.testing.assert_close(got[11:], torch.stack([again.adv, again.critic]).detach())
+    prior, critic = list(model.prior.parameters()), list(model.critic.parameters())
+    torch.manual_seed(7)
+    parts = model(x, c, True, futures=futures, terms=terms)
+    total = parts.recon.sum() + 0.5 * parts.kl_loss.sum() + 3.0 * parts.adv + parts.critic
+    g_total = torch.autograd.grad(total, prior + critic, retain_graph=True)
+    g_model = torch.autograd.grad(total - parts.critic, prior, retain_graph=True)
+    g_crit = torch.autograd.grad(parts.critic, critic, retain_graph=True)
+    for got_g, want_g in zip(g_total, [*g_model, *g_crit]):
+        torch.testing.assert_close(got_g, want_g)
+    assert any(g.abs().sum() > 0 for g in torch.autograd.grad(parts.adv, prior))
+    old = tiny(prior="learned", z_hold=True)
+    big = tiny(prior="learned", z_hold=True, critic=4)
+    big.load_state_dict(grown(old.state_dict(), big.state_dict()))
+    old.eval(), big.eval()
+    torch.testing.assert_close(big.predict(x[:, :2], c, 4, n_samples=2, seed=3),
+                               old.predict(x[:, :2], c, 4, n_samples=2, seed=3))
+    with pytest.raises(ConfigError, match="critic must be a whole number of channels >= 0, not -1"):
+        tiny(critic=-1)
+
+
 @pytest.mark.parametrize("hold", [False, True])
 def test_z_hold_draws_one_noise_per_future(hold, monkeypatch):
     """With ``z_hold`` every future from the prior, at prediction and in the training terms that

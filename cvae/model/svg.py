@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
 from ..metrics import branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
+from .critic import Critic, adversarial_losses
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS, MAX_RIGID, RESAMPLE, warp
 from .predictor import FramePredictor
@@ -55,6 +56,8 @@ class StepLosses:
     edges: torch.Tensor  # []: how far prior futures fall short of the re-simulated ones' squared edges where they differ
     photo: torch.Tensor  # []: ``flow_photo_weight`` x the moved previous frame's L1 error where things move (0 when off)
     flow_truth: torch.Tensor  # []: the flow head's displacements against the simulator's true ones (``_flow_truth``)
+    adv: torch.Tensor  # []: the adversarial term on prior futures, the model's side (``critic.adversarial_losses``)
+    critic: torch.Tensor  # []: ... the critic's side, which trains only the critic
 
 
 PRIORS = ("fixed", "learned")
@@ -76,6 +79,7 @@ class FutureTerms:
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # the weight of ``metrics.spread_gap`` between those futures and the true ones
     edge_weight: float = 0.0  # the weight of ``metrics.edge_gap`` between those futures and the true ones
+    adv_weight: float = 0.0  # the weight of the adversarial term on those futures against the true ones (``critic``)
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
@@ -83,7 +87,7 @@ class FutureTerms:
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
-                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight)
+                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, adv_weight=cfg.adv_weight)
 
 
 @dataclass
@@ -125,6 +129,7 @@ class ModelConfig:
     flow_photo_blur: float = 0.0  # px: that match is made between frames blurred by a Gaussian of this sigma (``_photo``)
     flow_photo_rollout: bool = False  # ... and on closed-loop steps too, moving the model's own previous frame
     rigid_layers: int = 0  # the flow head's mask may also take this many layers of the previous frame, each moved rigidly
+    critic: int = 0  # > 0: a patch critic this wide (model/critic.py) for training's adversarial term; prediction ignores it
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -174,6 +179,8 @@ class ModelConfig:
                               "prior beside the vector z's")
         if not 0 <= self.rigid_layers <= MAX_RIGID or self.rigid_layers != int(self.rigid_layers):
             raise ConfigError(f"rigid_layers must be a whole number from 0 to {MAX_RIGID}, not {self.rigid_layers}")
+        if not 0 <= self.critic == int(self.critic):
+            raise ConfigError(f"critic must be a whole number of channels >= 0, not {self.critic}")
         if self.flow_resample != "bilinear" and self.output != "flow":
             raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
         for name, why in NEEDS_FLOW:
@@ -217,6 +224,7 @@ class SVG(nn.Module):
                       if cfg.prior == "learned" else None)
         self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
                                         cfg.cond_embed)
+        self.critic = Critic(cfg.critic) if cfg.critic else None
 
     @classmethod
     def from_config(cls, cfg: dict) -> SVG:
@@ -361,12 +369,12 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy, cover, spread, edges = (self._energy(*futures, terms) if futures is not None
-                                        else (recon.new_zeros(()),) * 4)
+        energy, cover, spread, edges, adv, critic = (self._energy(*futures, terms) if futures is not None
+                                                     else (recon.new_zeros(()),) * 6)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
         return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo,
-                          flow_truth)
+                          flow_truth, adv, critic)
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -507,12 +515,13 @@ class SVG(nn.Module):
         return pred[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, calm:].flatten(0, 1)
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
-                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, ...]:
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings; for each true future the pixel loss of the closest of them, summed over
-        the steps; ``metrics.spread_gap`` and ``metrics.edge_gap`` between them), each averaged over
-        the scenes (the last three 0 unless ``terms`` weights them).
+        the steps; ``metrics.spread_gap`` and ``metrics.edge_gap`` between them; the adversarial
+        term's two sides, ``critic.adversarial_losses``), each averaged over the scenes (all but
+        the first 0 unless ``terms`` weights them).
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
@@ -531,8 +540,12 @@ class SVG(nn.Module):
         energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
         edges = edge_gap(samples, truths).mean() if terms.edge_weight else energy.new_zeros(())
+        adv = critic = energy.new_zeros(())
+        if terms.adv_weight and self.critic is not None:
+            adv, critic = adversarial_losses(self.critic, x_ctx[:, -1].repeat_interleave(k, 0), pred,
+                                             truths.flatten(0, 1))
         if not terms.cover_weight:
-            return energy, energy.new_zeros(()), spread, edges
+            return energy, energy.new_zeros(()), spread, edges, adv, critic
         prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
         mask = None
         if terms.cover_branch:
@@ -542,7 +555,7 @@ class SVG(nn.Module):
         pairs = self._pixel_loss(samples[:, :, None].expand(-1, -1, k, -1, -1, -1, -1).flatten(0, 2),
                                  truths[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2),
                                  prev[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2), mask)
-        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges
+        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges, adv, critic
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:

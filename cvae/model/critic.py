@@ -1,0 +1,59 @@
+"""A patch critic for the adversarial term (``critic`` > 0, trained with ``adv_weight``).
+
+Why: every pixel score the model trains on (MSE, L1, the energy score) is minimised where the
+world branches by drawing the mean of its futures, a haze, and each future the model drew was as
+blurred there as the truths' mean (README, "the futures are alternative blurs"). A critic that
+tells a drawn future from a re-simulated one penalises the haze itself, as SAVP's GAN term does:
+a sharp object in one of its places passes, a smear over all of them does not.
+
+It judges one frame at a time, seeing it beside the frame before it and the last context frame
+(9 channels), so it can tell an object that dissolved or jumped from one that moved; its 8 x 8
+output scores overlapping patches of about 40 px.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Critic(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(9, c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * c, 1, 3, 1, 1),
+        )
+
+    @staticmethod
+    def inputs(context: torch.Tensor, futures: torch.Tensor) -> torch.Tensor:
+        """The last context frame [N, 3, H, W] and futures [N, F, 3, H, W] -> each future frame
+        with the one before it (the context frame before the first) and the context frame,
+        [N * F, 9, H, W]."""
+        f = futures.shape[1]
+        before = torch.cat([context[:, None], futures[:, :-1]], 1)
+        ctx = context[:, None].expand(-1, f, -1, -1, -1)
+        return torch.cat([futures, before, ctx], 2).flatten(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`inputs` -> a realness score per patch, [N * F, 8, 8] for 64 x 64 frames."""
+        return self.net(x.float())[:, 0]
+
+
+def adversarial_losses(critic: Critic, context: torch.Tensor, fake: torch.Tensor,
+                       real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares GAN (Mao et al. 2017, as SAVP): futures ``fake`` drawn by the model and
+    ``real`` re-simulated ones [N, F, 3, H, W] of scenes whose last context frame is ``context``
+    [N, 3, H, W] -> (the generator's term, the critic's term).
+
+    The generator's term reaches the model's weights but not the critic's (it reads the critic
+    through detached parameters), and the critic's reaches only the critic (it reads the futures
+    detached), so one optimiser step on their sum trains both sides without a second optimiser."""
+    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+    fooled = torch.func.functional_call(critic, frozen, (Critic.inputs(context, fake),))
+    gen = (fooled - 1).pow(2).mean()
+    on_real = critic(Critic.inputs(context, real))
+    on_fake = critic(Critic.inputs(context, fake.detach()))
+    return gen, 0.5 * ((on_real - 1).pow(2).mean() + on_fake.pow(2).mean())
