@@ -57,6 +57,7 @@ class Config(ModelConfig):
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
     adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
+    critic_lr: float = 5e-4  # the critic's learning rate: at the model's 2e-3 it swung from fitting to chance (stop 47)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
     flow_truth_weight: float = 0.0
@@ -104,8 +105,10 @@ class Config(ModelConfig):
         for name in ("kl_ratio", "width"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a positive number, not {getattr(self, name)}")
-        if not 0 < self.lr <= 1:
-            raise ConfigError(f"lr must be above 0 and at most 1 (Adam diverges at once above that), not {self.lr}")
+        for name in ("lr", "critic_lr"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be above 0 and at most 1 (Adam diverges at once above that), "
+                                  f"not {getattr(self, name)}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",

@@ -121,12 +121,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def prepare(model: SVG, cfg: Config, device: torch.device) -> tuple[SVG, torch.optim.Adam]:
-    """The model on ``device`` in training's memory layout, and training's optimizer (fused on CUDA).
-    The benchmarks use it too, so they time what training runs."""
+    """The model on ``device`` in training's memory layout, and training's optimizer (fused on CUDA;
+    a critic's weights, if the model has one, in a group of their own at ``critic_lr``). The
+    benchmarks use it too, so they time what training runs."""
     model = model.to(device)
     if cfg.channels_last:
         model = model.set_channels_last()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=device.type == "cuda" or None)
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if not n.startswith("critic.")]}]
+    if critic := [p for n, p in named if n.startswith("critic.")]:
+        groups.append({"params": critic, "lr": cfg.critic_lr})
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=device.type == "cuda" or None)
     return model, opt
 
 

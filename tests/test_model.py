@@ -670,15 +670,23 @@ def test_gap_terms_compare_the_prior_futures_with_the_truths(field, gap, at, nam
 
 def test_adversarial_losses_by_hand_and_which_side_each_trains():
     """Least squares: the model's side is mean((D(fake) - 1)^2), the critic's half of
-    mean((D(real) - 1)^2) + mean(D(fake)^2); the first reaches the futures and not the critic, the
-    second the critic and not the futures. The critic sees each frame beside the one before it and
-    the last context frame."""
-    from cvae.model.critic import Critic, adversarial_losses
+    mean((D(real) - 1)^2) + mean(D(fake)^2), each mean over patches weighted by their share of
+    moving pixels (a still patch counts 1e-3); the first reaches the futures and not the critic,
+    the second the critic and not the futures. The critic sees each frame beside the one before
+    it and the last context frame."""
+    from cvae.model.critic import Critic, adversarial_losses, patch_weights
 
     torch.manual_seed(0)
     critic = Critic(4)
-    ctx, real = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 3, 64, 64)
-    fake = torch.rand(2, 3, 3, 64, 64, requires_grad=True)
+    ctx = 0.4 * torch.rand(2, 3, 64, 64)
+    real = ctx[:, None].repeat(1, 3, 1, 1, 1)
+    real[1, :, :, :16, 40:] += 0.5  # things move in one corner (2 x 3 patches) of one scene
+    fake = (real + 0.01 * torch.randn_like(real)).requires_grad_()
+    w = patch_weights(ctx, fake, real, (8, 8))
+    assert w.shape == (6, 8, 8) and torch.all(w[3:, :2, 5:] == 1.001)
+    w_still = w.clone()
+    w_still[3:, :2, 5:] = 1e-3
+    assert torch.all(w_still == 1e-3)
     inputs = Critic.inputs(ctx, fake)
     assert inputs.shape == (6, 9, 64, 64)
     torch.testing.assert_close(inputs[4], torch.cat([fake[1, 1], fake[1, 0], ctx[1]]))
@@ -687,8 +695,8 @@ def test_adversarial_losses_by_hand_and_which_side_each_trains():
     with torch.no_grad():
         on_fake, on_real = critic(Critic.inputs(ctx, fake)), critic(Critic.inputs(ctx, real))
     assert on_fake.shape == (6, 8, 8)
-    torch.testing.assert_close(gen, (on_fake - 1).pow(2).mean())
-    torch.testing.assert_close(crit, 0.5 * ((on_real - 1).pow(2).mean() + on_fake.pow(2).mean()))
+    torch.testing.assert_close(gen, ((on_fake - 1).pow(2) * w).sum() / w.sum())
+    torch.testing.assert_close(crit, 0.5 * (((on_real - 1).pow(2) * w).sum() + (on_fake.pow(2) * w).sum()) / w.sum())
     params = list(critic.parameters())
     assert all(g is None for g in torch.autograd.grad(gen, params, retain_graph=True, allow_unused=True))
     assert torch.autograd.grad(gen, fake, retain_graph=True)[0].abs().sum() > 0
@@ -699,7 +707,7 @@ def test_adversarial_losses_by_hand_and_which_side_each_trains():
 def test_a_trained_critic_charges_a_blurred_object_more_than_a_sharp_one():
     """What the adversarial term is for: trained on sharp squares that move, the critic scores
     the same squares blurred (the haze an MSE-trained model draws where the world branches) as
-    less real, so the model's side costs more for them (200 steps at training's learning rate)."""
+    less real, so the model's side costs more for them (200 steps at the critic's learning rate)."""
     from cvae.model.critic import Critic, adversarial_losses
 
     def squares(n, seed, sigma=0.0):
@@ -713,7 +721,7 @@ def test_a_trained_critic_charges_a_blurred_object_more_than_a_sharp_one():
 
     torch.manual_seed(0)
     critic = Critic(8)
-    opt = torch.optim.Adam(critic.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(critic.parameters(), lr=5e-4)
     ctx = torch.full((8, 3, 64, 64), 0.2)
     for step in range(200):
         _, crit = adversarial_losses(critic, ctx, squares(8, 100 + step, sigma=2.0), squares(8, step))
@@ -774,6 +782,12 @@ def test_the_adversarial_term_on_the_prior_futures_and_how_train_step_weighs_it(
                                old.predict(x[:, :2], c, 4, n_samples=2, seed=3))
     with pytest.raises(ConfigError, match="critic must be a whole number of channels >= 0, not -1"):
         tiny(critic=-1)
+    from cvae.train import prepare
+
+    _, opt = prepare(big, Config(**TINY, critic=4, critic_lr=1e-4), torch.device("cpu"))
+    assert [g["lr"] for g in opt.param_groups] == [0.002, 1e-4]
+    assert opt.param_groups[1]["params"] == list(big.critic.parameters())
+    assert len(prepare(old, Config(**TINY), torch.device("cpu"))[1].param_groups) == 1  # as checkpoints before it
 
 
 @pytest.mark.parametrize("hold", [False, True])
