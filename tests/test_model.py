@@ -697,6 +697,9 @@ def test_adversarial_losses_by_hand_and_which_side_each_trains():
     assert on_fake.shape == (6, 8, 8)
     torch.testing.assert_close(gen, ((on_fake - 1).pow(2) * w).sum() / w.sum())
     torch.testing.assert_close(crit, 0.5 * (((on_real - 1).pow(2) * w).sum() + (on_fake.pow(2) * w).sum()) / w.sum())
+    alike = adversarial_losses(critic, ctx, fake, real, weighted=False)  # as first built: every patch alike
+    torch.testing.assert_close(alike[0], (on_fake - 1).pow(2).mean())
+    torch.testing.assert_close(alike[1], 0.5 * ((on_real - 1).pow(2).mean() + on_fake.pow(2).mean()))
     params = list(critic.parameters())
     assert all(g is None for g in torch.autograd.grad(gen, params, retain_graph=True, allow_unused=True))
     assert torch.autograd.grad(gen, fake, retain_graph=True)[0].abs().sum() > 0

@@ -56,19 +56,20 @@ def patch_weights(context: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
     return F.adaptive_avg_pool2d(moving, size)[:, 0] + 1e-3
 
 
-def adversarial_losses(critic: Critic, context: torch.Tensor, fake: torch.Tensor,
-                       real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def adversarial_losses(critic: Critic, context: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
+                       weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares GAN (Mao et al. 2017, as SAVP): futures ``fake`` drawn by the model and
     ``real`` re-simulated ones [N, F, 3, H, W] of scenes whose last context frame is ``context``
     [N, 3, H, W] -> (the generator's term, the critic's term), each a mean over patches weighted
-    by :func:`patch_weights`.
+    by :func:`patch_weights` (``weighted`` false: every patch alike, as first built; for
+    ``bench/critic_fit.py``).
 
     The generator's term reaches the model's weights but not the critic's (it reads the critic
     through detached parameters), and the critic's reaches only the critic (it reads the futures
     detached), so one optimiser step on their sum trains both sides."""
     frozen = {name: p.detach() for name, p in critic.named_parameters()}
     fooled = torch.func.functional_call(critic, frozen, (Critic.inputs(context, fake),))
-    w = patch_weights(context, fake, real, fooled.shape[-2:])
+    w = patch_weights(context, fake, real, fooled.shape[-2:]) if weighted else torch.ones_like(fooled)
 
     def mean(v: torch.Tensor) -> torch.Tensor:
         return (v * w).sum() / w.sum()
