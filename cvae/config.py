@@ -57,7 +57,7 @@ class Config(ModelConfig):
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
     adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
-    critic_lr: float = 5e-4  # the critic's learning rate: at the model's 2e-3 it swung from fitting to chance (stop 47)
+    critic_lr: float = 5e-4  # the critic's learning rate: fitted offline at the model's 2e-3 it stayed at chance (stop 47)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
     flow_truth_weight: float = 0.0
