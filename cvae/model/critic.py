@@ -74,12 +74,13 @@ def adversarial_losses(critic: Critic, context: torch.Tensor, fake: torch.Tensor
     through detached parameters), and the critic's reaches only the critic (it reads the futures
     detached), so one optimiser step on their sum trains both sides."""
     frozen = {name: p.detach() for name, p in critic.named_parameters()}
-    fooled = torch.func.functional_call(critic, frozen, (Critic.inputs(context, fake),))
+    drawn = Critic.inputs(context, fake)
+    fooled = torch.func.functional_call(critic, frozen, (drawn,))
     w = patch_weights(context, fake, real, fooled.shape[-2:]) if weighted else torch.ones_like(fooled)
 
     def mean(v: torch.Tensor) -> torch.Tensor:
         return (v * w).sum() / w.sum()
 
     on_real = critic(Critic.inputs(context, real))
-    on_fake = critic(Critic.inputs(context, fake.detach()))
+    on_fake = critic(drawn.detach())
     return mean((fooled - 1).pow(2)), 0.5 * (mean((on_real - 1).pow(2)) + mean(on_fake.pow(2)))
