@@ -5,7 +5,8 @@ against that same future is set beside one sample from the prior and the closest
 (coverage) on the same futures. A model whose z carries the world's branching rebuilds the
 future it saw better than a random z does; one that ignores z scores the same. Also on the
 pixels where the K futures differ (``metrics.branching``), which is where z has to act.
-Simulated data with hidden causes only.
+With a world posterior (``model/world.py``) each future is also drawn from the noise it infers
+from that future and from a sibling's. Simulated data with hidden causes only.
 
     python bench/posterior.py --ckpt assets/model --limit 32
 """
@@ -25,6 +26,23 @@ def region_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> 
     """``metrics.masked_psnr`` of futures [..., F, 3, H, W] over ``mask`` [F, H, W] at each step,
     averaged over the steps where the mask holds a pixel, as the whole-frame figure is -> [...]."""
     return masked_psnr(pred, truth, mask).nanmean(-1)
+
+
+def world_rebuilt(model, seqs: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], c: torch.Tensor,
+                  truths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """With a world posterior (``world_posterior`` > 0): the K futures [K, F, 3, H, W] drawn closed
+    loop from the held noise it infers (its mean) from each future itself ("world") and from the
+    next sibling's ("world_sibling"). The same noise, in another order: a posterior and decoder
+    that carry which world a future is in score the first higher."""
+    n, k = model.n_past, truths.shape[0]
+    mu, _ = model.world(seqs[:1, n - 1], truths[None])
+    out = {}
+    for name, held in (("world", mu), ("world_sibling", mu.roll(1, 0))):
+        noise = torch.cat([held.new_zeros(k, model.z_dim), held], -1)[:, None].expand(-1, seqs.shape[1] - 1, -1)
+        drawn, _ = model._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips], c.expand(k, -1, -1),
+                                  seqs.shape[1], noise=noise)
+        out[name] = drawn[:, n - 1:]
+    return out
 
 
 @torch.no_grad()
@@ -57,6 +75,10 @@ def main() -> None:
             differ = branching(truths, 0)  # [F, H, W]
             pair = psnr(samples[:, None], truths[None]).mean(-1)  # [S, K]
             pair_b = region_psnr(samples[:, None], truths[None], differ)
+            if model.world is not None:
+                for name, drawn in world_rebuilt(model, seqs, h, skips, c, truths).items():
+                    rows.setdefault(name, []).append(float(psnr(drawn, truths).mean(-1).mean()))
+                    rows.setdefault(f"{name}_branching", []).append(float(region_psnr(drawn, truths, differ).mean()))
             for name, v in (("posterior", psnr(rebuilt, truths).mean(-1).mean()), ("one_sample", pair[0].mean()),
                             ("coverage", pair.max(0).values.mean()),
                             ("posterior_branching", region_psnr(rebuilt, truths, differ).mean()),
@@ -69,6 +91,10 @@ def main() -> None:
               f"closest of {args.samples} {out['coverage']:.2f} (where the futures differ, "
               f"{100 * out['branching_share']:.1f}% of the pixels: {out['posterior_branching']:.2f} / "
               f"{out['one_sample_branching']:.2f} / {out['coverage_branching']:.2f})")
+        if "world" in out:
+            print(f"  drawn from the noise the world posterior infers from the future itself {out['world']:.2f} dB, "
+                  f"from a sibling's {out['world_sibling']:.2f} (where the futures differ: "
+                  f"{out['world_branching']:.2f} / {out['world_sibling_branching']:.2f})")
         record("posterior", torch.device("cpu"), ckpt=ckpt, sequences=len(found), truths=k, samples=args.samples, **out)
 
 

@@ -15,7 +15,8 @@ NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
                ("spread_weight", "it compares the prior futures' spread with the re-simulated ones'"),
                ("edge_weight", "it compares the prior futures' edges with the re-simulated ones'"),
                ("energy_branch", "it gates the energy score's spread term"),
-               ("adv_weight", "its critic tells prior futures from the re-simulated ones"))
+               ("adv_weight", "its critic tells prior futures from the re-simulated ones"),
+               ("world_weight", "it draws the re-simulated futures from the noise the world posterior infers"))
 
 
 @dataclass
@@ -37,7 +38,8 @@ class Config(ModelConfig):
     kl_cycles: int = 3
     kl_ratio: float = 0.5
     kl_weight: float = 1.0
-    kl_free_bits: float = 0.0  # nats per step the posterior may use at no cost (0: none); the prior still learns
+    # nats per step (per cell for the world posterior) the posterior may use at no cost (0: none); the prior still learns
+    kl_free_bits: float = 0.0
     kl_granularity: str = "epoch"  # step | epoch
     # best of many: also train on the closest of K futures drawn from the prior (0: off), so z is read
     best_of: int = 0
@@ -57,6 +59,7 @@ class Config(ModelConfig):
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
     adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
+    world_weight: float = 0.0  # > 0: also draw those futures from the noise the world posterior infers (--world-posterior C)
     critic_lr: float = 5e-4  # the critic's learning rate: fitted offline at the model's 2e-3 it stayed at chance (stop 47)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
@@ -113,7 +116,7 @@ class Config(ModelConfig):
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
                      "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
-                     "edge_weight", "flow_truth_weight", "adv_weight"):
+                     "edge_weight", "flow_truth_weight", "adv_weight", "world_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -139,6 +142,8 @@ class Config(ModelConfig):
             raise ConfigError("flow_truth_weight needs output 'flow': it trains the flow head's displacements")
         if self.adv_weight and not self.critic:
             raise ConfigError("adv_weight needs critic > 0: the critic (its width) is what judges the futures")
+        if self.world_weight and not self.world_posterior:
+            raise ConfigError("world_weight needs world_posterior > 0: the world posterior (its width) infers the noise")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
         if self.energy_truths and self.energy_scenes < 1:

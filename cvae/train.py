@@ -149,7 +149,8 @@ TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", 
                 ("branch", "branch_loss", "branch_weight"), ("cover", "cover_loss", "cover_weight"),
                 ("spread", "spread_gap", "spread_weight"), ("edges", "edge_gap", "edge_weight"),
                 ("photo", "flow_photo_loss", "flow_photo_weight"), ("flow_truth", "flow_truth_loss", "flow_truth_weight"),
-                ("adv", "adv_loss", "adv_weight"), ("critic", "critic_loss", "adv_weight"))
+                ("adv", "adv_loss", "adv_weight"), ("critic", "critic_loss", "adv_weight"),
+                ("world", "world_loss", "world_weight"), ("world_kl", "world_kl", "world_weight"))
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
@@ -165,15 +166,18 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     spread gap) (+ ``terms.edge_weight`` * their edge gap) (+ the flow head's moved previous frame's
     error where things move, ``flow_photo_weight``) (+ ``flow_truth_weight`` * its displacements' error
     against ``true_flow``, the simulator's) (+ ``terms.adv_weight`` * the adversarial term on the prior
-    futures, plus its critic's side, which trains only the critic). Returns detached (loss, mse, kld, then
-    each ``TERMS_LOGGED`` term) on the device, so the caller decides when to pay for a host sync."""
+    futures, plus its critic's side, which trains only the critic) (+ ``terms.world_weight`` * (the true
+    futures drawn from the noise the world posterior infers, + beta * its KL with free bits)). Returns
+    detached (loss, mse, kld, then each ``TERMS_LOGGED`` term) on the device, so the caller decides
+    when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         losses = net(x, c, teacher_forcing, free_bits, best_of, futures, terms, true_flow)
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
             + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
             + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges + losses.photo
-            + flow_truth_weight * losses.flow_truth + terms.adv_weight * losses.adv + losses.critic)
+            + flow_truth_weight * losses.flow_truth + terms.adv_weight * losses.adv + losses.critic
+            + terms.world_weight * (losses.world + beta * losses.world_kl_loss))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -344,14 +348,14 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 # model fields --init may switch on: vgg64.grown adds their weights
 GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "map_prior", "rigid_layers",
-            "critic")
+            "critic", "world_posterior")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
     field, except that a model without the end-effector map, copy, sprite, still copy, arm copy,
-    spatial latent, its learned prior, rigid layers or critic may grow them (``vgg64.grown``).
+    spatial latent, its learned prior, rigid layers, critic or world posterior may grow them (``vgg64.grown``).
     Returns whether the end-effector map now wants calibrating: it grew the map, the copy or the
     sprite, or the arm copy where neither copy nor sprite placed the map exactly before
     (``cues.EndEffectorMap``)."""
@@ -364,7 +368,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
                           "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --z-map C, "
-                          "--map-prior true, --rigid-layers K and --critic C may be added)")
+                          "--map-prior true, --rigid-layers K, --critic C and --world-posterior C may be added)")
     sources = [*FlowHead.OPTIONAL, "rigid_layers"]  # the masks' order: the rigid layers' come last
     kept = [sources.index(n) for n in sources if getattr(theirs, n)]
     late = [n for n in sources if n in grow and kept and sources.index(n) < max(kept)]

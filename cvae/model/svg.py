@@ -27,6 +27,7 @@ from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS, MAX_RIGID, RESAMPLE, warp
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
+from .world import WorldPosterior
 
 PIXEL_LOSSES = ("mse", "l1")
 # the fields that act on the flow head alone, so need output 'flow', and what each does with it
@@ -58,6 +59,9 @@ class StepLosses:
     flow_truth: torch.Tensor  # []: the flow head's displacements against the simulator's true ones (``_flow_truth``)
     adv: torch.Tensor  # []: the adversarial term on prior futures, the model's side (``critic.adversarial_losses``)
     critic: torch.Tensor  # []: ... the critic's side, which trains only the critic
+    world: torch.Tensor  # []: the re-simulated futures drawn from the noise the world posterior infers (``_world``)
+    world_kl: torch.Tensor  # []: ... that posterior's KL from N(0, I), the prior's noise
+    world_kl_loss: torch.Tensor  # []: ... the KL trained on: each cell's at least ``free_bits`` nats
 
 
 PRIORS = ("fixed", "learned")
@@ -80,6 +84,7 @@ class FutureTerms:
     spread_weight: float = 0.0  # the weight of ``metrics.spread_gap`` between those futures and the true ones
     edge_weight: float = 0.0  # the weight of ``metrics.edge_gap`` between those futures and the true ones
     adv_weight: float = 0.0  # the weight of the adversarial term on those futures against the true ones (``critic``)
+    world_weight: float = 0.0  # the weight of the true futures drawn from the noise the world posterior infers (``_world``)
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
@@ -87,7 +92,8 @@ class FutureTerms:
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
-                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, adv_weight=cfg.adv_weight)
+                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, adv_weight=cfg.adv_weight,
+                   world_weight=cfg.world_weight)
 
 
 @dataclass
@@ -130,6 +136,7 @@ class ModelConfig:
     flow_photo_rollout: bool = False  # ... and on closed-loop steps too, moving the model's own previous frame
     rigid_layers: int = 0  # the flow head's mask may also take this many layers of the previous frame, each moved rigidly
     critic: int = 0  # > 0: a patch critic this wide (model/critic.py) for training's adversarial term; prediction ignores it
+    world_posterior: int = 0  # > 0: a posterior this wide over a true future's held spatial noise (model/world.py); training only
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -181,6 +188,11 @@ class ModelConfig:
             raise ConfigError(f"rigid_layers must be a whole number from 0 to {MAX_RIGID}, not {self.rigid_layers}")
         if not 0 <= self.critic == int(self.critic):
             raise ConfigError(f"critic must be a whole number of channels >= 0, not {self.critic}")
+        if not 0 <= self.world_posterior == int(self.world_posterior):
+            raise ConfigError(f"world_posterior must be a whole number of channels >= 0, not {self.world_posterior}")
+        if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
+            raise ConfigError("world_posterior needs z_map > 0, map_noise_only true and z_hold true: it infers the "
+                              "one draw of the spatial latent's noise that a future holds over its steps")
         if self.flow_resample != "bilinear" and self.output != "flow":
             raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
         for name, why in NEEDS_FLOW:
@@ -225,6 +237,7 @@ class SVG(nn.Module):
         self.predictor = FramePredictor(cfg.g_dim, cfg.z_dim, COND_DIM, cfg.rnn_size, cfg.predictor_layers,
                                         cfg.cond_embed)
         self.critic = Critic(cfg.critic) if cfg.critic else None
+        self.world = WorldPosterior(cfg.world_posterior, cfg.z_map) if cfg.world_posterior else None
 
     @classmethod
     def from_config(cls, cfg: dict) -> SVG:
@@ -373,8 +386,39 @@ class SVG(nn.Module):
                                                      else (recon.new_zeros(()),) * 6)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
+        world, world_kl, world_kl_loss = (self._world(*futures, free_bits)
+                                          if futures is not None and terms.world_weight and self.world is not None
+                                          else (recon.new_zeros(()),) * 3)
         return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo,
-                          flow_truth, adv, critic)
+                          flow_truth, adv, critic, world, world_kl, world_kl_loss)
+
+    def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
+               free_bits: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each of the K true futures of M scenes drawn closed loop, as at prediction, from the held
+        spatial noise the world posterior (``world.WorldPosterior``) infers from what sets it apart
+        from its siblings: (its pixel loss, summed over the steps; the posterior's KL from N(0, I),
+        summed over the cells; the same with each cell's at least ``free_bits`` nats, the one
+        trained on), each averaged over the futures. The first pays the decoder to let that noise
+        move an object where this world took it, and the posterior to say where; the KL keeps the
+        noise one a draw from the prior could have been. Free bits per cell (Kingma et al. 2016):
+        a few pixels of glide are worth little pixel loss, and a KL charged from the first nat
+        switched the posterior off before the decoder learned to read it (a test's two worlds,
+        a square gone left or right, were drawn alike from either's noise)."""
+        m, k, f = truths.shape[:3]
+        t = self.n_past + f
+        mu, logvar = self.world(x_ctx[:, -1], truths)
+        held = reparameterize(mu, logvar, torch.randn_like(mu))
+        noise = torch.cat([held.new_zeros(m * k, self.z_dim), held], -1)[:, None].expand(-1, t - 1, -1)
+        h, skips = self._encode(x_ctx)
+
+        def rep(v: torch.Tensor) -> torch.Tensor:
+            return v.repeat_interleave(k, 0)
+
+        pred, _ = self._rollout(rep(x_ctx), rep(h), [rep(s) for s in skips], rep(cond[:, : t - 1]), t, noise=noise)
+        prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
+        rebuilt = self._pixel_loss(pred[:, self.n_past - 1 :], truths.flatten(0, 1), prev.flatten(0, 1))
+        per_cell = kl_divergence(mu[..., None], logvar[..., None])  # [M * K, cells]
+        return rebuilt.sum(1).mean(), per_cell.sum(1).mean(), per_cell.clamp_min(free_bits).sum(1).mean()
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG

@@ -168,7 +168,7 @@ class Decoder(nn.Module):
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
           arm_copy: bool = False) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
-    still copy, arm copy, spatial latent, its learned prior, rigid layers and/or critic (whose fresh
+    still copy, arm copy, spatial latent, its learned prior, rigid layers, critic and/or world posterior (whose fresh
     weights are ``ours``). Each convolution that reads a scale's maps gets one more input channel for the
     end-effector map and, if ``arm_copy`` grows, one for its shaft map (and the 8 x 8 one a
     channel per latent map channel, ``z_map`` of them; appended last by ``_with_cond``), with
@@ -176,7 +176,7 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
     (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
     previous frame's logit less 2 (``heads.start_rigid``); the map, the sprite, the rigid
-    layers' shifts (``heads.RigidShifts``: about a pixel), the critic and the latent's posterior and prior
+    layers' shifts (``heads.RigidShifts``: about a pixel), the critic, the world posterior and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
     the old one did (exactly, or with the new masks under 1%; a rigid layer takes an eighth of
     the moved previous frame's share, the previous frame moved by about a pixel), and training
@@ -188,7 +188,7 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     for key, mine in ours.items():
         if key not in theirs:
             if not any(part in f".{key}" for part in (".ee_map.", ".ee_sprite.", ".posterior_map.", ".prior_map.",
-                                                      ".rigid.", ".critic.")):
+                                                      ".rigid.", ".critic.", ".world.")):
                 raise ValueError(f"{key} is missing")
             out[key] = mine
             continue
