@@ -60,6 +60,7 @@ class Config(ModelConfig):
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
     adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
     world_weight: float = 0.0  # > 0: also draw those futures from the noise the world posterior infers (--world-posterior C)
+    world_branch_weight: float = 0.0  # ... its pixels where the true futures differ count 1 + this
     critic_lr: float = 5e-4  # the critic's learning rate: fitted offline at the model's 2e-3 it stayed at chance (stop 47)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
@@ -116,7 +117,7 @@ class Config(ModelConfig):
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
                      "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
-                     "edge_weight", "flow_truth_weight", "adv_weight", "world_weight"):
+                     "edge_weight", "flow_truth_weight", "adv_weight", "world_weight", "world_branch_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -142,6 +143,8 @@ class Config(ModelConfig):
             raise ConfigError("flow_truth_weight needs output 'flow': it trains the flow head's displacements")
         if self.adv_weight and not self.critic:
             raise ConfigError("adv_weight needs critic > 0: the critic (its width) is what judges the futures")
+        if self.world_branch_weight and not self.world_weight:
+            raise ConfigError("world_branch_weight needs world_weight > 0: it weights that term's pixels")
         if self.world_weight and not self.world_posterior:
             raise ConfigError("world_weight needs world_posterior > 0: the world posterior (its width) infers the noise")
         if self.cover_branch and not self.cover_weight:

@@ -799,8 +799,9 @@ WORLD = dict(prior="learned", z_hold=True, z_map=2, map_noise_only=True, map_pri
 def test_the_world_term_draws_each_true_future_from_the_noise_inferred_from_it():
     """``terms.world_weight`` with a world posterior (``world_posterior`` C) infers each true
     future's held spatial noise from its difference from its siblings, draws that future closed
-    loop from it (by hand: the same rollout), and scores it against the future it came from,
-    with the posterior's KL from N(0, I); train_step adds weight x (that + beta x KL). Grown in,
+    loop from it (by hand: the same rollout), and scores it against the future it came from
+    (``world_branch_weight`` W: where the futures differ x 1 + W), with the posterior's KL from
+    N(0, I) and each cell's at least the free bits; train_step adds weight x (that + beta x KL). Grown in,
     the posterior is N(0, I) (KL 0) and the model predicts exactly as before; futures that do
     not differ get one posterior."""
     from cvae.model.gaussian import kl_divergence, reparameterize
@@ -834,6 +835,11 @@ def test_the_world_term_draws_each_true_future_from_the_noise_inferred_from_it()
                              noise=noise)
     want = (pred[:, 1:] - truths.flatten(0, 1)).pow(2).mean((2, 3, 4)).sum(1).mean()
     torch.testing.assert_close(rebuilt, want)
+    torch.manual_seed(7)
+    weighted = model._world(ctx, cond, truths, branch_weight=3.0)[0]
+    differ = branching(truths, 1).float().repeat_interleave(3, 0)[:, :, None]  # [M * K, F, 1, H, W]
+    torch.testing.assert_close(weighted, ((pred[:, 1:] - truths.flatten(0, 1)).pow(2) * (1 + 3 * differ))
+                               .mean((2, 3, 4)).sum(1).mean())
     torch.testing.assert_close(kl, kl_divergence(mu, logvar).mean())
     per_cell = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
     torch.testing.assert_close(kl_loss, per_cell.clamp_min(0.01).sum(1).mean())
@@ -854,6 +860,8 @@ def test_the_world_term_draws_each_true_future_from_the_noise_inferred_from_it()
     assert off.world == off.world_kl == 0
     with pytest.raises(ConfigError, match="world_posterior needs z_map > 0, map_noise_only true and z_hold true"):
         tiny(prior="learned", world_posterior=4)
+    with pytest.raises(ConfigError, match="world_branch_weight needs world_weight > 0"):
+        Config(**TINY, **WORLD, world_posterior=4, energy_truths=2, world_branch_weight=1.0).validate()
     with pytest.raises(ConfigError, match="world_weight needs world_posterior > 0"):
         Config(**TINY, energy_truths=2, world_weight=1.0).validate()
     with pytest.raises(ConfigError, match="world_weight needs energy_truths > 0"):

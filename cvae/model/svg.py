@@ -85,6 +85,7 @@ class FutureTerms:
     edge_weight: float = 0.0  # the weight of ``metrics.edge_gap`` between those futures and the true ones
     adv_weight: float = 0.0  # the weight of the adversarial term on those futures against the true ones (``critic``)
     world_weight: float = 0.0  # the weight of the true futures drawn from the noise the world posterior infers (``_world``)
+    world_branch_weight: float = 0.0  # ... whose pixels where the true futures differ count 1 + this
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
@@ -93,7 +94,7 @@ class FutureTerms:
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, adv_weight=cfg.adv_weight,
-                   world_weight=cfg.world_weight)
+                   world_weight=cfg.world_weight, world_branch_weight=cfg.world_branch_weight)
 
 
 @dataclass
@@ -386,17 +387,18 @@ class SVG(nn.Module):
                                                      else (recon.new_zeros(()),) * 6)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
-        world, world_kl, world_kl_loss = (self._world(*futures, free_bits)
+        world, world_kl, world_kl_loss = (self._world(*futures, free_bits, terms.world_branch_weight)
                                           if futures is not None and terms.world_weight and self.world is not None
                                           else (recon.new_zeros(()),) * 3)
         return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo,
                           flow_truth, adv, critic, world, world_kl, world_kl_loss)
 
-    def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
-               free_bits: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, free_bits: float = 0.0,
+               branch_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each of the K true futures of M scenes drawn closed loop, as at prediction, from the held
         spatial noise the world posterior (``world.WorldPosterior``) infers from what sets it apart
-        from its siblings: (its pixel loss, summed over the steps; the posterior's KL from N(0, I),
+        from its siblings: (its pixel loss, summed over the steps, the pixels where the futures differ
+        (``metrics.branching``) counting 1 + ``branch_weight``; the posterior's KL from N(0, I),
         summed over the cells; the same with each cell's at least ``free_bits`` nats, the one
         trained on), each averaged over the futures. The first pays the decoder to let that noise
         move an object where this world took it, and the posterior to say where; the KL keeps the
@@ -416,7 +418,11 @@ class SVG(nn.Module):
 
         pred, _ = self._rollout(rep(x_ctx), rep(h), [rep(s) for s in skips], rep(cond[:, : t - 1]), t, noise=noise)
         prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
-        rebuilt = self._pixel_loss(pred[:, self.n_past - 1 :], truths.flatten(0, 1), prev.flatten(0, 1))
+        weight = None
+        if branch_weight:
+            differ = branching(truths, 1).float()  # [M, F, H, W]
+            weight = (1 + branch_weight * differ).repeat_interleave(k, 0)
+        rebuilt = self._pixel_loss(pred[:, self.n_past - 1 :], truths.flatten(0, 1), prev.flatten(0, 1), weight)
         per_cell = kl_divergence(mu[..., None], logvar[..., None])  # [M * K, cells]
         return rebuilt.sum(1).mean(), per_cell.sum(1).mean(), per_cell.clamp_min(free_bits).sum(1).mean()
 
