@@ -10,6 +10,12 @@ noise of the spatial latent on the 8 x 8 grid, so a cell where an object went fa
 world can say so. The future is then drawn from that noise closed loop, as at prediction, and
 scored against the future it came from: a conditional VAE on sibling worlds, whose KL to N(0, I)
 keeps the noise the prior draws at prediction a noise that chooses worlds. Prediction ignores it.
+
+Measured (README, "A posterior that reads which world"): on a toy of two worlds it learns them
+(a test); fine-tuned 200-400 steps from the bundle's weights on the simulated data, its mean
+differed between a scene's futures by under 0.01 and a future drawn from a sibling's noise scored
+as well as from its own. Its KL went to one offset for all and a smaller variance. The flags stay
+off everywhere.
 """
 from __future__ import annotations
 
