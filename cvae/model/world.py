@@ -3,7 +3,7 @@
 Why: the SVG posterior reads the encoder's 64-d code of each frame, and the bundle's z never said
 which of a scene's re-simulated futures it saw (``bench/posterior.py``: rebuilt from the
 posterior no better than from a random z); a posterior over the held noise that read those codes
-learned nothing either (stop 31). A glide of a few pixels may never reach a 64-d code. This one
+learned nothing either (``b-np`` in the README). A glide of a few pixels may never reach a 64-d code. This one
 reads the pixels: what sets one true future apart from its siblings (its frames minus their mean,
 over the future and at its last step, beside the last context frame), and answers with the held
 noise of the spatial latent on the 8 x 8 grid, so a cell where an object went farther in this
@@ -42,13 +42,13 @@ class WorldPosterior(nn.Module):
         """The last context frame [M, 3, H, W] and K true futures of each scene [M, K, F, 3, H, W] ->
         [M * K, 9, H, W]: each future's difference from its siblings' mean, averaged over its steps
         and at its last step, and the context frame, which says what stands where."""
-        m, k = truths.shape[:2]
+        k = truths.shape[1]
         apart = truths.float() - truths.float().mean(1, keepdim=True)
         return torch.cat([apart.mean(2), apart[:, :, -1], last.float()[:, None].expand(-1, k, -1, -1, -1)],
                          2).flatten(0, 1)
 
     def forward(self, last: torch.Tensor, truths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> mu, logvar of each future's held spatial noise, [M * K, z_map * 8 * 8] (the latent's order:
-        channel, then the cells of the 8 x 8 grid)."""
-        mu, logvar = self.net(self.inputs(last, truths)).chunk(2, 1)
+        channel, then the cells of the 8 x 8 grid), in float32 as the other posteriors' are."""
+        mu, logvar = self.net(self.inputs(last, truths)).float().chunk(2, 1)
         return mu.flatten(1), logvar.flatten(1)
