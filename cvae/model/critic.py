@@ -21,18 +21,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..metrics import moving_mask
+from .vgg64 import frame_reader
 
 
 class Critic(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        c = channels
-        self.net = nn.Sequential(
-            nn.Conv2d(9, c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(4 * c, 1, 3, 1, 1),
-        )
+        self.net = frame_reader((channels, 2 * channels, 4 * channels), 1)
 
     @staticmethod
     def inputs(context: torch.Tensor, futures: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,16 @@ def vgg_layer(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
 
 
+def frame_reader(widths: tuple[int, int, int], out: int) -> nn.Sequential:
+    """Nine channels at 64 x 64 (three frames, or differences beside a frame) down to the 8 x 8
+    grid: three strided 4 x 4 convolutions ``widths`` channels wide, then a 3 x 3 one to ``out``.
+    Without batch norm, so a score or a posterior does not depend on what else is in the batch:
+    the critic's patch scores, the world posterior's mu and logvar."""
+    a, b, c = widths
+    return nn.Sequential(nn.Conv2d(9, a, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.2),
+                         nn.Conv2d(b, c, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(c, out, 3, 1, 1))
+
+
 class Encoder(nn.Module):
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3) -> None:
         super().__init__()

@@ -22,17 +22,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .vgg64 import frame_reader
+
 
 class WorldPosterior(nn.Module):
     def __init__(self, channels: int, z_map: int) -> None:
         super().__init__()
-        c = channels
-        self.net = nn.Sequential(
-            nn.Conv2d(9, c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * c, 2 * z_map, 3, 1, 1),
-        )
+        self.net = frame_reader((channels, 2 * channels, 2 * channels), 2 * z_map)
         last = self.net[-1]
         nn.init.zeros_(last.weight)  # it starts as the prior, N(0, I): no KL, and a draw is a prior draw
         nn.init.zeros_(last.bias)
