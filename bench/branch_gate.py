@@ -16,10 +16,8 @@ the mean future.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import mean_future, record, true_futures_of_each, uncertain_test_set
+from common import checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
 from torch import nn
 from torch.nn import functional as F
 
@@ -97,10 +95,7 @@ def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f
 
 @torch.no_grad()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True)
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=16, help="test sequences")
+    p = checkpoints_parser(__doc__, 16)
     p.add_argument("--truths", type=int, default=10, help="re-simulated futures per scene")
     p.add_argument("--samples", type=int, default=10, help="prior samples per scene")
     p.add_argument("--widen", type=int, nargs="+", default=[0, 2], help="px the oracle gate is widened by")

@@ -1,6 +1,7 @@
 """What every benchmark records beside its numbers: when, where, and how it was run."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -13,6 +14,16 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkpoints_parser(doc: str, limit: int) -> argparse.ArgumentParser:
+    """The arguments of every script here that compares checkpoints on the first test sequences
+    of a data set; each adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", required=True, help="checkpoint folders")
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=limit, help="first test sequences")
+    return p
 
 
 def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:

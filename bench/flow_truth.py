@@ -9,11 +9,9 @@ aims. Simulated data only.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
-from common import record, test_sequences
+from common import checkpoints_parser, record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import ACTIONS
@@ -44,10 +42,7 @@ def flow_errors(model, x: torch.Tensor, c: torch.Tensor, flow: torch.Tensor, kno
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", nargs="+", required=True)
-    ap.add_argument("--data", default="data/sim")
-    ap.add_argument("--limit", type=int, default=32)
+    ap = checkpoints_parser(__doc__, 32)
     ap.add_argument("--moving", type=float, default=0.5, help="px: a true displacement at least this long is a push")
     args = ap.parse_args()
     x, c = test_sequences(args.data, 12, args.limit)

@@ -12,11 +12,9 @@ causes; a model with a spatial latent and ``map_noise_only``.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
-from common import record, true_futures_of, uncertain_test_set
+from common import checkpoints_parser, record, true_futures_of, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.metrics import branching, masked_psnr
@@ -35,10 +33,7 @@ def drawn(model, ctx: torch.Tensor, c: torch.Tensor, held: torch.Tensor, t: int)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True)
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=8, help="test sequences")
+    p = checkpoints_parser(__doc__, 8)
     p.add_argument("--truths", type=int, default=4)
     p.add_argument("--steps", type=int, default=60, help="Adam steps fitting each scene's noises")
     p.add_argument("--lr", type=float, default=0.1)

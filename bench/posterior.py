@@ -12,11 +12,9 @@ from that future and from a sibling's. Simulated data with hidden causes only.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
-from common import record, true_futures_of, uncertain_test_set
+from common import checkpoints_parser, record, true_futures_of, uncertain_test_set
 
 from cvae import checkpoint
 from cvae.metrics import branching, masked_psnr, psnr
@@ -47,10 +45,7 @@ def world_rebuilt(model, seqs: torch.Tensor, h: torch.Tensor, skips: list[torch.
 
 @torch.no_grad()
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True)
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=32, help="test sequences")
+    p = checkpoints_parser(__doc__, 32)
     p.add_argument("--truths", type=int, default=6, help="re-simulated futures per scene")
     p.add_argument("--samples", type=int, default=6, help="prior samples per scene")
     args = p.parse_args()

@@ -17,12 +17,19 @@ hidden causes only.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 from arm import shaft_mask
-from common import arm_bases_of, mean_future, predict_capturing, record, test_sequences, true_futures_of_each, uncertain_test_set
+from common import (
+    arm_bases_of,
+    checkpoints_parser,
+    mean_future,
+    predict_capturing,
+    record,
+    test_sequences,
+    true_futures_of_each,
+    uncertain_test_set,
+)
 
 from cvae import checkpoint
 from cvae.condition import XY
@@ -86,10 +93,7 @@ def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, noiseless
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True)
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=32, help="first test sequences")
+    p = checkpoints_parser(__doc__, 32)
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--truths", type=int, default=10)
     p.add_argument("--sheet", default="", help="a PNG of std maps (one per checkpoint: a suffix is added after the first)")

@@ -10,20 +10,15 @@ vector noise; its vector row says what such noise would do.)
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import record, test_sequences
+from common import checkpoints_parser, record, test_sequences
 
 from cvae import checkpoint
 from cvae.metrics import moving_mask
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True)
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=32, help="test sequences")
+    p = checkpoints_parser(__doc__, 32)
     p.add_argument("--samples", type=int, default=10, help="futures per sequence")
     args = p.parse_args()
     for ckpt in args.ckpt:
