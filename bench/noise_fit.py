@@ -20,18 +20,6 @@ from cvae import checkpoint
 from cvae.metrics import branching, masked_psnr
 
 
-def drawn(model, ctx: torch.Tensor, c: torch.Tensor, held: torch.Tensor, t: int) -> torch.Tensor:
-    """Futures [K, t - n_past, 3, H, W] of one scene's context [1, n_past, ...] and condition [1, t, 7],
-    closed loop from the held map noise ``held`` [K, cells]."""
-    k, n = held.shape[0], model.n_past
-    noise = torch.cat([held.new_zeros(k, model.z_dim), held], -1)[:, None].expand(-1, t - 1, -1)
-    h, skips = model._encode(ctx)
-    pred, _ = model._rollout(ctx.expand(k, -1, -1, -1, -1), h.expand(k, -1, -1),
-                             [s.expand(k, *s.shape[1:]) for s in skips], c[:, : t - 1].expand(k, -1, -1), t,
-                             noise=noise)
-    return pred[:, n - 1:]
-
-
 def main() -> None:
     p = checkpoints_parser(__doc__, 8)
     p.add_argument("--truths", type=int, default=4)
@@ -56,14 +44,14 @@ def main() -> None:
             held = torch.zeros(args.truths, model.latent_dim - model.z_dim, requires_grad=True)
             opt = torch.optim.Adam([held], lr=args.lr)
             for _ in range(args.steps):
-                loss = (drawn(model, ctx, c, held, n + f) - truths).pow(2).mean()
+                loss = (model._held_futures(ctx, c, held, n + f) - truths).pow(2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                fitted = drawn(model, ctx, c, held, n + f)
-                sibling = drawn(model, ctx, c, held.roll(1, 0), n + f)
-                noiseless = drawn(model, ctx, c, torch.zeros_like(held), n + f)
+                fitted = model._held_futures(ctx, c, held, n + f)
+                sibling = model._held_futures(ctx, c, held.roll(1, 0), n + f)
+                noiseless = model._held_futures(ctx, c, torch.zeros_like(held), n + f)
             for name, futures in (("fitted", fitted), ("sibling_fitted", sibling), ("noiseless", noiseless)):
                 rows.setdefault(name, []).append(float(masked_psnr(futures, truths, differ).nanmean()))
             rows.setdefault("fitted_noise_rms", []).append(float(held.detach().pow(2).mean().sqrt()))

@@ -26,21 +26,14 @@ def region_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> 
     return masked_psnr(pred, truth, mask).nanmean(-1)
 
 
-def world_rebuilt(model, seqs: torch.Tensor, h: torch.Tensor, skips: list[torch.Tensor], c: torch.Tensor,
-                  truths: torch.Tensor) -> dict[str, torch.Tensor]:
-    """With a world posterior (``world_posterior`` > 0): the K futures [K, F, 3, H, W] drawn closed
-    loop from the held noise it infers (its mean) from each future itself ("world") and from the
-    next sibling's ("world_sibling"). The same noise, in another order: a posterior and decoder
-    that carry which world a future is in score the first higher."""
-    n, k = model.n_past, truths.shape[0]
-    mu, _ = model.world(seqs[:1, n - 1], truths[None])
-    out = {}
-    for name, held in (("world", mu), ("world_sibling", mu.roll(1, 0))):
-        noise = torch.cat([held.new_zeros(k, model.z_dim), held], -1)[:, None].expand(-1, seqs.shape[1] - 1, -1)
-        drawn, _ = model._rollout(seqs[:, :n], h[:, :n], [s[:, :n] for s in skips], c.expand(k, -1, -1),
-                                  seqs.shape[1], noise=noise)
-        out[name] = drawn[:, n - 1:]
-    return out
+def world_rebuilt(model, ctx: torch.Tensor, c: torch.Tensor, truths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """With a world posterior (``world_posterior`` > 0): the K futures [K, F, 3, H, W] of context
+    [1, n_past, ...] drawn closed loop from the held noise it infers (its mean) from each future
+    itself ("world") and from the next sibling's ("world_sibling"). The same noise, in another
+    order: a posterior and decoder that carry which world a future is in score the first higher."""
+    mu, _ = model.world(ctx[:, -1], truths[None])
+    t = model.n_past + truths.shape[1]
+    return {name: model._held_futures(ctx, c, held, t) for name, held in (("world", mu), ("world_sibling", mu.roll(1, 0)))}
 
 
 @torch.no_grad()
@@ -71,7 +64,7 @@ def main() -> None:
             pair = psnr(samples[:, None], truths[None]).mean(-1)  # [S, K]
             pair_b = region_psnr(samples[:, None], truths[None], differ)
             if model.world is not None:
-                for name, drawn in world_rebuilt(model, seqs, h, skips, c, truths).items():
+                for name, drawn in world_rebuilt(model, x[:, :n], c, truths).items():
                     rows.setdefault(name, []).append(float(psnr(drawn, truths).mean(-1).mean()))
                     rows.setdefault(f"{name}_branching", []).append(float(region_psnr(drawn, truths, differ).mean()))
             for name, v in (("posterior", psnr(rebuilt, truths).mean(-1).mean()), ("one_sample", pair[0].mean()),

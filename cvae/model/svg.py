@@ -213,6 +213,14 @@ def at_rest(cond: torch.Tensor) -> torch.Tensor:
     return rest
 
 
+def _before(x_ctx: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Context [M, n_past, ...] and K true futures of each scene [M, K, F, ...] -> the frame before
+    each future frame, [M, K, F, ...]: the last context frame, then the future's own, for the
+    pixel loss's moving mask."""
+    last = x_ctx[:, None, -1:].expand(-1, truths.shape[1], -1, -1, -1, -1)
+    return torch.cat([last, truths[:, :, :-1]], 2)
+
+
 class SVG(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None, **fields_: object) -> None:
         """``SVG(ModelConfig(...))``, or ``SVG(g_dim=16, ...)`` for the same with keywords."""
@@ -406,25 +414,33 @@ class SVG(nn.Module):
         a few pixels of glide are worth little pixel loss, and a KL charged from the first nat
         switched the posterior off before the decoder learned to read it (a test's two worlds,
         a square gone left or right, were drawn alike from either's noise)."""
-        m, k, f = truths.shape[:3]
-        t = self.n_past + f
+        k = truths.shape[1]
         mu, logvar = self.world(x_ctx[:, -1], truths)
-        held = reparameterize(mu, logvar, torch.randn_like(mu))
-        noise = torch.cat([held.new_zeros(m * k, self.z_dim), held], -1)[:, None].expand(-1, t - 1, -1)
+        pred = self._held_futures(x_ctx, cond, reparameterize(mu, logvar, torch.randn_like(mu)),
+                                  self.n_past + truths.shape[2])
+        weight = None
+        if branch_weight:
+            differ = branching(truths, 1).float()  # [M, F, H, W]
+            weight = (1 + branch_weight * differ).repeat_interleave(k, 0)
+        rebuilt = self._pixel_loss(pred, truths.flatten(0, 1), _before(x_ctx, truths).flatten(0, 1), weight)
+        per_cell = kl_divergence(mu[..., None], logvar[..., None])  # [M * K, cells]
+        return rebuilt.sum(1).mean(), per_cell.sum(1).mean(), per_cell.clamp_min(free_bits).sum(1).mean()
+
+    def _held_futures(self, x_ctx: torch.Tensor, cond: torch.Tensor, held: torch.Tensor, t: int) -> torch.Tensor:
+        """Futures drawn closed loop, as at prediction, from given noise of the spatial latent held
+        over all steps (the vector part 0, as ``map_noise_only`` draws it): context [M, n_past, ...],
+        condition [M, >= t - 1, 7] and noise [M * K, cells], the K of a scene adjacent -> frames
+        n_past..t-1 as [M * K, t - n_past, 3, 64, 64]. The world term's draw, and the benches' that
+        ask what a given noise draws."""
+        k = held.shape[0] // x_ctx.shape[0]
+        noise = torch.cat([held.new_zeros(held.shape[0], self.z_dim), held], -1)[:, None].expand(-1, t - 1, -1)
         h, skips = self._encode(x_ctx)
 
         def rep(v: torch.Tensor) -> torch.Tensor:
             return v.repeat_interleave(k, 0)
 
         pred, _ = self._rollout(rep(x_ctx), rep(h), [rep(s) for s in skips], rep(cond[:, : t - 1]), t, noise=noise)
-        prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
-        weight = None
-        if branch_weight:
-            differ = branching(truths, 1).float()  # [M, F, H, W]
-            weight = (1 + branch_weight * differ).repeat_interleave(k, 0)
-        rebuilt = self._pixel_loss(pred[:, self.n_past - 1 :], truths.flatten(0, 1), prev.flatten(0, 1), weight)
-        per_cell = kl_divergence(mu[..., None], logvar[..., None])  # [M * K, cells]
-        return rebuilt.sum(1).mean(), per_cell.sum(1).mean(), per_cell.clamp_min(free_bits).sum(1).mean()
+        return pred[:, self.n_past - 1 :]
 
     def _branch(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, weight: float) -> torch.Tensor:
         """The K true futures of each scene rebuilt through the posterior, teacher-forced as the SVG
@@ -596,7 +612,7 @@ class SVG(nn.Module):
                                              truths.flatten(0, 1))
         if not terms.cover_weight:
             return energy, energy.new_zeros(()), spread, edges, adv, critic
-        prev = torch.cat([x_ctx[:, None, -1:].expand(-1, k, -1, -1, -1, -1), truths[:, :, :-1]], 2)
+        prev = _before(x_ctx, truths)
         mask = None
         if terms.cover_branch:
             differ = branching(truths, 1).float()  # [M, F, H, W]
