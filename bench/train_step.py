@@ -44,11 +44,15 @@ def fast_losses(model: SVG, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
 
 
 def check_same_loss(model: SVG, x: torch.Tensor, c: torch.Tensor) -> float:
+    """In full fp32: cuDNN's convolutions default to TF32 (10-bit mantissa), whose rounding would
+    differ between two batchings of the same math."""
     model.eval()
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
     torch.manual_seed(0)
     fast = model(x, c, teacher_forcing=True)
     torch.manual_seed(0)
     ref_mse, ref_kld = reference_losses(model, x, c)
+    torch.backends.cudnn.allow_tf32 = tf32
     model.train()
     fast_loss, ref_loss = (fast.mse.sum() + fast.kld.sum()).item(), (ref_mse.sum() + ref_kld.sum()).item()
     rel = abs(fast_loss - ref_loss) / abs(ref_loss)
@@ -78,10 +82,10 @@ def main() -> None:
     x = torch.rand(batch, cfg.n_past + cfg.n_future, 3, 64, 64, device=device)
     c = torch.randn(batch, cfg.n_past + cfg.n_future, 7, device=device)
     rel = check_same_loss(base, x, c)
-    flops = flops_per_sequence(lambda *a: fast_losses(copy.deepcopy(base), *a), x, c)
-    ref_flops = flops_per_sequence(lambda *a: reference_losses(copy.deepcopy(base), *a), x, c)
+    flops = flops_per_sequence(lambda *a: fast_losses(copy.deepcopy(base).to(device), *a), x, c)
+    ref_flops = flops_per_sequence(lambda *a: reference_losses(copy.deepcopy(base).to(device), *a), x, c)
     fast, opt_fast = prepare(copy.deepcopy(base), cfg, device)  # exactly what training runs
-    ref = copy.deepcopy(base)
+    ref = copy.deepcopy(base).to(device)  # .to() packs cuDNN's LSTM weights again, which a deepcopy scatters
     opt_ref = torch.optim.Adam(ref.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     amp = cfg.amp and bf16_autocast(device) and not args.no_amp  # as training decides
     fast_net = torch.compile(fast) if args.compile else fast

@@ -61,7 +61,7 @@ def train_command(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .model.svg import ModelConfig
     from .run import RunFolder
-    from .train import train
+    from .train import end_runtime, train
 
     overrides = config_overrides(args)
     run = RunFolder(overrides.get("out", preset(args.preset).out))
@@ -72,7 +72,10 @@ def train_command(args: argparse.Namespace) -> int:
         cfg = preset(args.preset, **{**shape, **overrides})
     else:
         cfg = preset(args.preset, **overrides)
-    train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+    try:
+        train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+    finally:
+        end_runtime()
     print(f"done: checkpoints and log.jsonl in {cfg.out}")
     return 0
 

@@ -77,6 +77,13 @@ def setup_runtime() -> Runtime:
     return Runtime(dist.get_rank(), dist.get_world_size(), device)
 
 
+def end_runtime() -> None:
+    """End the process group ``setup_runtime`` began, once the process is done with it (NCCL warns
+    of leaked resources at exit otherwise). Not in ``train``: a caller may still use the group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def ensure_data(cfg: Config, rt: Runtime) -> None:
     """Generate the built-in simulated data set when its default location is empty. Any other
     missing path is a mistake to report, not a place to fill with simulated data."""

@@ -338,6 +338,25 @@ def test_two_process_torchrun_ends_with_identical_weights(sim_root, tmp_path):
     assert sum('"kind": "epoch"' in line for line in log) == 2  # rank 0 alone writes
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_train_command_ends_the_process_group_it_trained_in(tmp_path, monkeypatch, fails):
+    """Under torchrun training joins a process group; the command ends it once training is done or
+    has failed (NCCL warned of leaked resources at every exit on an H200, bench/README.md)."""
+    import torch.distributed as dist
+
+    from cvae import cli
+
+    def joins(cfg, **kwargs):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        if fails:
+            raise DataError("no such data")
+
+    monkeypatch.setattr(train_mod, "train", joins)
+    code = cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert code == (2 if fails else 0)
+    assert not dist.is_initialized()
+
+
 def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
     """A small model trained briefly on 8 sequences of an action-driven moving square rises above
     copy-last-frame on them (lab protocol: 2 context frames, 10 predicted, z from the prior)."""
