@@ -26,6 +26,15 @@ def checkpoints_parser(doc: str, limit: int) -> argparse.ArgumentParser:
     return p
 
 
+def predict_inputs(n_past: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timing benches' fixed Predict input: one random context [1, n_past, 3, 64, 64] and the
+    conditions for 10 future frames [1, n_past + 10, 7], drawn on the CPU at seed 0 so that every
+    device and every run gets the same."""
+    g = torch.Generator().manual_seed(0)
+    context = torch.rand(1, n_past, 3, 64, 64, generator=g)
+    return context.to(device), torch.randn(1, n_past + 10, 7, generator=g).to(device)
+
+
 def test_sequences(data: str, length: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``limit`` test sequences of ``data``, ``length`` frames each: frames
     [N, length, 3, 64, 64] and conditions [N, length, 7]."""

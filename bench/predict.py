@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import torch
-from common import record
+from common import predict_inputs, record
 
 from cvae.checkpoint import load_model
 
@@ -36,9 +36,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         models = [load_model(ckpt, device)[0] for ckpt in args.ckpt]
-        g = torch.Generator().manual_seed(0)
-        context = torch.rand(1, models[0].n_past, 3, 64, 64, generator=g).to(device)
-        cond = torch.randn(1, models[0].n_past + 10, 7, generator=g).to(device)
+        context, cond = predict_inputs(models[0].n_past, device)
         for n in args.n:
             for model in models:
                 model.predict(context, cond, 10, n, seed=0)  # warm-up

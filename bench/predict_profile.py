@@ -10,7 +10,7 @@ import argparse
 import time
 
 import torch
-from common import record
+from common import predict_inputs, record
 from torch.profiler import ProfilerActivity, profile
 
 from cvae.checkpoint import load_model
@@ -28,9 +28,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     model = load_model(args.ckpt, device)[0]
-    g = torch.Generator().manual_seed(0)
-    context = torch.rand(1, model.n_past, 3, 64, 64, generator=g).to(device)
-    cond = torch.randn(1, model.n_past + 10, 7, generator=g).to(device)
+    context, cond = predict_inputs(model.n_past, device)
     for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
         model.predict(context, cond, 10, args.n, seed=0)
     if cuda:

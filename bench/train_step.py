@@ -43,6 +43,12 @@ def fast_losses(model: SVG, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Ten
     return out.mse, out.kld
 
 
+def copy_on(model: SVG, device: torch.device) -> SVG:
+    """A copy to time or count apart from ``model``. ``.to()`` packs cuDNN's LSTM weights again,
+    which a deepcopy leaves scattered (cuDNN would compact them at every call)."""
+    return copy.deepcopy(model).to(device)
+
+
 def check_same_loss(model: SVG, x: torch.Tensor, c: torch.Tensor) -> float:
     """In full fp32: cuDNN's convolutions default to TF32 (10-bit mantissa), whose rounding would
     differ between two batchings of the same math."""
@@ -82,10 +88,10 @@ def main() -> None:
     x = torch.rand(batch, cfg.n_past + cfg.n_future, 3, 64, 64, device=device)
     c = torch.randn(batch, cfg.n_past + cfg.n_future, 7, device=device)
     rel = check_same_loss(base, x, c)
-    flops = flops_per_sequence(lambda *a: fast_losses(copy.deepcopy(base).to(device), *a), x, c)
-    ref_flops = flops_per_sequence(lambda *a: reference_losses(copy.deepcopy(base).to(device), *a), x, c)
-    fast, opt_fast = prepare(copy.deepcopy(base), cfg, device)  # exactly what training runs
-    ref = copy.deepcopy(base).to(device)  # .to() packs cuDNN's LSTM weights again, which a deepcopy scatters
+    flops = flops_per_sequence(lambda *a: fast_losses(copy_on(base, device), *a), x, c)
+    ref_flops = flops_per_sequence(lambda *a: reference_losses(copy_on(base, device), *a), x, c)
+    fast, opt_fast = prepare(copy.deepcopy(base), cfg, device)  # exactly what training runs (prepare packs too)
+    ref = copy_on(base, device)
     opt_ref = torch.optim.Adam(ref.parameters(), cfg.lr, betas=(cfg.beta1, 0.999))
     amp = cfg.amp and bf16_autocast(device) and not args.no_amp  # as training decides
     fast_net = torch.compile(fast) if args.compile else fast
