@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .config import Config
-from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, seed_worker
+from .data.dataset import BairDataset, WindowBatchSampler, check_global_batch, init_worker
 from .data.info import read_kinematics
 from .errors import ConfigError, DataError, Interrupted, RunError, TrainingDiverged
 from .evaluate import evaluate
@@ -489,7 +489,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rt.rank * 1009 + loop.epoch)
             data = train_ds if flows is None else WithFlows(train_ds, flows, cfg.flow_truth_moved)
             loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
-                                worker_init_fn=seed_worker, generator=loader_rng)
+                                worker_init_fn=init_worker, generator=loader_rng)
             sums = torch.zeros(3 + len(TERMS_LOGGED), device=rt.device)
             count, window_start, tick = 0, time.perf_counter(), 0
             loop.net.train()

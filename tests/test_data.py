@@ -10,7 +10,7 @@ from PIL import Image
 
 from cvae.data.bair import DataError, list_sequences, read_sequence
 from cvae.data.cache import load_split
-from cvae.data.dataset import BairDataset, WindowBatchSampler, seed_worker
+from cvae.data.dataset import BairDataset, WindowBatchSampler, init_worker
 from cvae.data.simulator import simulate
 from cvae.data.tfrecord import convert, encode_example, read_records, write_records
 from cvae.kinematics import integrate_positions
@@ -193,7 +193,7 @@ def test_dataloader_workers_get_distinct_numpy_streams():
         def __getitem__(self, i):
             return torch.tensor([_numpy_draw(i), torch.utils.data.get_worker_info().id])
 
-    loader = torch.utils.data.DataLoader(Draws(), batch_size=1, num_workers=2, worker_init_fn=seed_worker)
+    loader = torch.utils.data.DataLoader(Draws(), batch_size=1, num_workers=2, worker_init_fn=init_worker)
     draws = {int(w): int(v) for v, w in (b[0].tolist() for b in loader)}
     assert len(draws) == 2 and len(set(draws.values())) == 2
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,8 +80,15 @@ class WindowBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(int(order[i]), int(starts[i])) for i in rows]
 
 
-def seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own numpy and ``random`` streams (torch already differs)."""
+def init_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own numpy and ``random`` streams (torch already differs),
+    and leave SIGINT/SIGTERM to the main process.
+
+    Ctrl-C in a terminal, ``kill -- -PGID`` and a cluster's preemption signal the whole process
+    group. A worker that died of it would make the main process raise before it could save ``last/``.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
