@@ -215,25 +215,33 @@ def test_a_signal_at_an_epoch_boundary_exits_non_zero_and_says_how_to_resume(sim
     assert checkpoint.read_meta(tmp_path / "r" / "last")["epoch"] == 1
 
 
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_whole_process_group_saves_where_the_run_stands(sim_root, tmp_path, signum):
     """Ctrl-C in a terminal and a cluster's preemption signal the DataLoader workers too."""
     out = tmp_path / "r"
     cmd = [sys.executable, str(ROOT / "train_cli.py"), "--data", str(sim_root), "--out", str(out), *TINY_FLAGS,
            "--num-workers", "2", "--iters-per-epoch", "100000", "--logs-per-epoch", "20000"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not ((out / "log.jsonl").exists() and '"kind": "step"' in (out / "log.jsonl").read_text()):
-        assert proc.poll() is None and time.time() < deadline, "the run never logged a step"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signum)
-    _, err = proc.communicate(timeout=120)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: an unread pipe fills and stalls the run
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not ((out / "log.jsonl").exists() and '"kind": "step"' in (out / "log.jsonl").read_text()):
+            assert proc.poll() is None and time.time() < deadline, "the run never logged a step"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signum)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = log.read_text()
     assert proc.returncode == 128 + signum, err[-2000:]
     assert "Traceback" not in err and f"interrupted: {signal.Signals(signum).name}: saved" in err
     meta = checkpoint.read_meta(out / "last")
     assert meta["epoch"] == 0 and meta["step"] >= 5
+
 
 # 10 ------------------------------------------------------------------------------------------
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(sim_root, tmp_path, monkeypatch,
