@@ -51,6 +51,8 @@ class Config(ModelConfig):
     energy_weight: float = 1.0
     energy_scenes: int = 256  # training scenes whose futures are re-simulated once, at the start
     energy_patch: int = 0  # 0: one norm over the whole future; P: the mean score of P x P patches of each frame
+    # > 1: plus the same score of the futures averaged over P x P pixels, which only an object's place moves
+    energy_pool: int = 1
     energy_branch: bool = False  # its spread term only where the true futures differ (metrics.energy_score)
     energy_branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
@@ -134,6 +136,13 @@ class Config(ModelConfig):
         if self.energy_patch < 0 or (self.energy_patch and IMAGE_SIZE % self.energy_patch):
             raise ConfigError(f"energy_patch must be 0 (the whole future) or divide {IMAGE_SIZE}, "
                               f"not {self.energy_patch}")
+        if self.energy_pool < 1 or IMAGE_SIZE % self.energy_pool:
+            raise ConfigError(f"energy_pool must divide {IMAGE_SIZE} (1: off), not {self.energy_pool}")
+        if self.energy_pool > 1 and not self.energy_truths:
+            raise ConfigError("energy_pool needs energy_truths > 0: it scores prior futures against the re-simulated ones")
+        if self.energy_patch and self.energy_pool > 1 and (IMAGE_SIZE // self.energy_pool) % self.energy_patch:
+            raise ConfigError(f"energy_patch {self.energy_patch} does not tile the {IMAGE_SIZE // self.energy_pool}-pixel "
+                              f"frames that energy_pool {self.energy_pool} leaves")
         for name, why in NEED_TRUTHS:
             if getattr(self, name) and not self.energy_truths:
                 raise ConfigError(f"{name} needs energy_truths > 0: {why}")

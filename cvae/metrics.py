@@ -198,7 +198,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, branch: bool = False,
-                 branch_weight: float = 0.0) -> torch.Tensor:
+                 branch_weight: float = 0.0, pool: int = 1) -> torch.Tensor:
     """Model futures [B, S, ...] against true futures [B, K, ...] of the same scenes -> [B]:
     mean over (s, k) of ||x_s - y_k|| minus half the mean over s != s' of ||x_s - x_s'||, with
     ||.|| the root-mean-square over everything after the first two dimensions (S >= 2).
@@ -230,8 +230,20 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, br
     are about 2% of a frame, so the plain mean is nearly all the patches where the world is
     certain, and its pay for spread where it branches is small beside the model's own doubt. A
     weighted mean of proper scores, with weights set by the world's distribution alone, stays
-    proper; the weights sum to 1, so the score's scale stays that of ``energy_weight``."""
+    proper; the weights sum to 1, so the score's scale stays that of ``energy_weight``.
+
+    ``pool`` P > 1: the frames are averaged over P x P pixels first, so ``patch`` counts pooled
+    pixels and ``branch`` asks where the pooled truths differ. Pooling keeps where an object's
+    colour lies and averages away how sharply it is drawn: futures that flicker pixel by pixel, or
+    blur an object over all its places, pool to the same coarse frame, while an object carried
+    whole to another place moves its colour to other pooled pixels. A proper score of the pooled
+    futures asks for spread of that kind only."""
     x, y = samples.float(), truths.float()
+    if pool > 1:
+        h, w = x.shape[-2:]
+        if h % pool or w % pool:
+            raise ValueError(f"energy score pool {pool} does not tile {h}x{w} frames")
+        x, y = (F.avg_pool2d(v.flatten(0, -4), pool).view(*v.shape[:-2], h // pool, w // pool) for v in (x, y))
     s = x.shape[1]
     if s < 2:
         raise ValueError(f"the energy score needs 2 or more samples per scene, not {s}")

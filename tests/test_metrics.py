@@ -285,6 +285,34 @@ def test_patch_energy_score_charges_misplaced_spread_that_the_whole_frame_score_
         energy_score(spread, truths, patch=3)
 
 
+def test_pooled_energy_score_pays_for_an_object_carried_whole_not_for_flicker():
+    """A 4x8 frame; the world puts a 2x2 object in the left or the right 2x2 cell of its top
+    row. Samples that blur it over both places, or flicker pixel by pixel around that blur, pool
+    (2 x 2) to the same coarse frame, so the pooled score cannot tell them apart; samples that
+    carry it whole to one place or the other score 0 there."""
+    truths = torch.zeros(1, 2, 1, 4, 8)
+    truths[0, 0, 0, :2, :2] = truths[0, 1, 0, :2, 2:4] = 1
+    blur = torch.zeros(1, 2, 1, 4, 8)
+    blur[..., :2, :4] = 0.5
+    flicker = blur.clone()
+    flicker[0, 0, 0, :2, :4] = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]])
+    flicker[0, 1, 0, :2, :4] = 1 - flicker[0, 0, 0, :2, :4]
+    carried = truths.clone()
+    # pooled to 2x4: the blur is 0.5 off in two of 8 cells from each truth, sqrt(0.5 / 8) = 0.25, no spread
+    assert energy_score(blur, truths, pool=2).item() == pytest.approx(0.25, abs=1e-5)
+    assert energy_score(flicker, truths, pool=2).item() == pytest.approx(0.25, abs=1e-5)
+    # carried: 0 to its own truth, 0.5 to the other; 0.5 apart -> 0.25 - 0.5 * 0.5
+    assert energy_score(carried, truths, pool=2).item() == pytest.approx(0.0, abs=1e-5)
+    # at full resolution the flicker's spread is paid: it scores below the blur
+    assert energy_score(flicker, truths).item() < energy_score(blur, truths).item() - 0.05
+    # pool 1 is the plain score; patches count pooled pixels (2 x 2 pooled = the whole 2x4 top half)
+    assert energy_score(flicker, truths, pool=1).item() == pytest.approx(energy_score(flicker, truths).item())
+    assert energy_score(blur, truths, patch=2, pool=2).item() == pytest.approx(
+        (0.5**0.5 / 2 + 0) / 2, abs=1e-5)
+    with pytest.raises(ValueError, match="pool 3 does not tile 4x8"):
+        energy_score(blur, truths, pool=3)
+
+
 def test_branch_energy_score_pays_spread_only_where_the_truths_differ():
     """Two 4x4 patches of a 4x8 frame: the truths agree on the left one and branch on the right.
     On the left the samples straddle the truth, each 1 off (a model that cannot hit it): the

@@ -1578,6 +1578,13 @@ def test_energy_term_scores_prior_futures_against_several_truths():
                          terms=FutureTerms(patch=16))
     torch.testing.assert_close(patched[4], energy_score(pred[:, 1:].view(2, 3, 4, 3, 64, 64), truths, 16).mean())
     assert not torch.isclose(patched[4], got[4])
+    # energy_pool reaches it: the patch score plus that of the futures averaged over 4 x 4 pixels
+    torch.manual_seed(7)
+    pooled = train_step(model, opt, x, c, 0.5, True, amp=False, futures=(ctx, cond, truths),
+                        terms=FutureTerms(patch=8, pool=4))
+    scored = pred[:, 1:].view(2, 3, 4, 3, 64, 64)
+    torch.testing.assert_close(pooled[4], energy_score(scored, truths, 8).mean()
+                               + energy_score(scored, truths, 8, pool=4).mean())
     # energy_branch reaches it: against identical truths the spread term drops out
     same = truths[:, :1].expand_as(truths).contiguous()
     torch.manual_seed(7)

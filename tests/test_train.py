@@ -463,7 +463,7 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
 
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
                    energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0, cover_weight=1.0,
-                   spread_weight=2.0, edge_weight=1.0, critic=4, adv_weight=0.1)
+                   spread_weight=2.0, edge_weight=1.0, critic=4, adv_weight=0.1, energy_pool=4)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
@@ -483,6 +483,12 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "twelve", energy_truths=2, energy_patch=12)
     with pytest.raises(ConfigError, match="energy_branch needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "gate", energy_branch=True)
+    with pytest.raises(ConfigError, match="energy_pool needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "pool", energy_pool=4)
+    with pytest.raises(ConfigError, match="energy_pool must divide 64 .*, not 3"):
+        tiny_cfg(sim_root, tmp_path / "pool3", energy_truths=2, energy_pool=3)
+    with pytest.raises(ConfigError, match="energy_patch 32 does not tile the 16-pixel frames that energy_pool 4"):
+        tiny_cfg(sim_root, tmp_path / "pool4", energy_truths=2, energy_patch=32, energy_pool=4)
     with pytest.raises(ConfigError, match="branch_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "rebuild", branch_weight=3.0)
     with pytest.raises(ConfigError, match="spread_weight needs energy_truths > 0"):

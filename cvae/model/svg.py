@@ -76,6 +76,7 @@ class FutureTerms:
 
     weight: float = 1.0  # the energy score's weight in the loss
     patch: int = 0  # 0: one norm over the whole future; P: the mean score of P x P patches of each frame
+    pool: int = 1  # > 1: plus the same score of the frames averaged over this many x this many pixels
     branch: bool = False  # its spread term only where the true futures differ
     branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
     rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
@@ -90,7 +91,7 @@ class FutureTerms:
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
         """Those of a training ``Config``."""
-        return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, branch=cfg.energy_branch,
+        return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, pool=cfg.energy_pool, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, adv_weight=cfg.adv_weight,
@@ -604,6 +605,9 @@ class SVG(nn.Module):
         pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
         samples = pred.view(m, k, *truths.shape[2:])
         energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
+        if terms.pool > 1:
+            energy = energy + energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight,
+                                           terms.pool).mean()
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
         edges = edge_gap(samples, truths).mean() if terms.edge_weight else energy.new_zeros(())
         adv = critic = energy.new_zeros(())
