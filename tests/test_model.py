@@ -197,6 +197,50 @@ def test_a_rigid_layer_carries_an_object_whole():
         head(out, prev, torch.zeros_like(prev), torch.zeros(1, 8))
 
 
+def test_noise_flow_moves_what_moves_farther_and_leaves_still_pixels():
+    """The head multiplies its displacements by the gain after the dead zone: a square moved 2 px
+    lands 3 px over at gain 1.5, while the still half of the frame, inside the dead zone, stays
+    exactly as it was, whatever the gain. The decoder's gain is 1 + S x the spatial latent's
+    first channel, and its other channels do not touch it."""
+    from cvae.model.heads import FlowHead
+
+    head = FlowHead(g_dim=8, deadzone=0.5)
+    prev = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    prev[..., 10:16, 2:8] = 1.0
+    out = torch.zeros(1, 3 + head.extra, 32, 32)
+    out[:, 3, :, :16] = -2.0  # backward: the left half takes the previous frame from 2 px to its left
+    out[:, 3, :, 16:] = 0.3  # the right half's bleed, inside the dead zone
+    out[:, 8] = 30  # the mask takes the moved previous frame everywhere
+    moved = head(out, prev, prev, torch.zeros(1, 8), gain=torch.full((1, 1, 32, 32), 1.5))
+    want = torch.zeros_like(prev)
+    want[..., 10:16, 5:11] = 1.0
+    torch.testing.assert_close(moved[..., 10:16, 5:11], want[..., 10:16, 5:11], atol=1e-4, rtol=0)
+    torch.testing.assert_close(moved[..., 16:], prev[..., 16:], atol=1e-4, rtol=0)  # e^-30 from the others
+
+    model = tiny(output="flow", z_map=2).eval()
+    with torch.no_grad():
+        model.decoder.upc5[1].bias[3:7] = 1.0  # displacements of about a pixel everywhere
+    x, _ = batch()
+    h, skips = model.encoder(x[:, 0])
+    zmap = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def decode(first: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        model.decoder.noise_flow = scale
+        z = zmap.clone()
+        z[:, 0] = first
+        with torch.no_grad():
+            frame, (_, disp) = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=z, moved=True)
+        return frame, disp
+
+    frame, disp = decode(0.4, 0.0)
+    scaled, scaled_disp = decode(0.4, 0.5)
+    torch.testing.assert_close(scaled_disp, 1.2 * disp)
+    assert (scaled - frame).abs().mean() > 1e-3
+    torch.testing.assert_close(decode(0.0, 0.5)[0], decode(0.0, 0.0)[0])  # the first channel at 0: no change
+    with pytest.raises(ConfigError, match="noise_flow needs z_map > 0"):
+        tiny(output="flow", noise_flow=0.5)
+
+
 def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
     """``grown`` adds each layer's mask channel as a copy of the moved previous frame's, its
     logit 2 less; the layers' shifts start apart (or they would learn alike). Unmoved, a layer

@@ -73,15 +73,23 @@ class Decoder(nn.Module):
     ``arm_clear`` takes the arm out of the previous frame and of the latest real frame before the
     head moves them (``ArmCopy.cleared``): the arm copy alone draws it. ``rigid_layers`` K > 0
     hands the flow head K displacements computed from the 8 x 8 maps, after the spatial latent
-    (``heads.RigidShifts``), each moving one layer of the previous frame rigidly."""
+    (``heads.RigidShifts``), each moving one layer of the previous frame rigidly. ``noise_flow`` S
+    > 0 scales the flow head's displacements at each pixel by 1 + S x the spatial latent's first
+    channel there (upsampled bilinearly): a path on which a future's noise moves what moves
+    farther or less, as a low-friction object glides on after a push, with no weights between
+    (the decoder's own reading of the latent did not learn to, README stop 49), while what
+    stands still stays still."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
-                 arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0) -> None:
+                 arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
+                 noise_flow: float = 0.0) -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
+        if noise_flow and not (z_map and output == "flow"):
+            raise ValueError("noise_flow needs z_map and the flow head: the latent scales the head's displacements")
         if (ee_copy or ee_sprite or arm_copy) and not ee_cond_dim:
             raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
@@ -92,7 +100,7 @@ class Decoder(nn.Module):
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
-        self.arm_clear = arm_clear
+        self.arm_clear, self.noise_flow = arm_clear, noise_flow
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
@@ -170,6 +178,9 @@ class Decoder(nn.Module):
             extra["ee_copy"] = self.ee_copy_of(anchor, anchor_cond, cond)
         if self.ee_sprite is not None:
             extra["ee_sprite"] = self.ee_sprite(cond, self.ee_map.location(cond), *out.shape[-2:])
+        if self.noise_flow:
+            extra["gain"] = 1 + self.noise_flow * F.interpolate(zmap[:, :1].float(), size=out.shape[-2:],
+                                                                mode="bilinear", align_corners=False)
         if moved:
             extra["moved"] = True
         return self.head(out, prev, head_anchor, g, **extra)
