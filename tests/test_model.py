@@ -201,7 +201,8 @@ def test_noise_flow_moves_what_moves_farther_and_leaves_still_pixels():
     """The head multiplies its displacements by the gain after the dead zone: a square moved 2 px
     lands 3 px over at gain 1.5, while the still half of the frame, inside the dead zone, stays
     exactly as it was, whatever the gain. The decoder's gain is 1 + S x the spatial latent's
-    first channel, and its other channels do not touch it."""
+    first channel, and its other channels do not touch it. ``noise_shift`` adds S px x the first
+    two channels to the previous frame's displacement instead, still pixels included."""
     from cvae.model.heads import FlowHead
 
     head = FlowHead(g_dim=8, deadzone=0.5)
@@ -239,6 +240,16 @@ def test_noise_flow_moves_what_moves_farther_and_leaves_still_pixels():
     torch.testing.assert_close(decode(0.0, 0.5)[0], decode(0.0, 0.0)[0])  # the first channel at 0: no change
     with pytest.raises(ConfigError, match="noise_flow needs z_map > 0"):
         tiny(output="flow", noise_flow=0.5)
+
+    model.decoder.noise_flow = 0.0
+    with torch.no_grad():
+        _, (_, plain) = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=zmap, moved=True)
+        model.decoder.noise_shift = 2.0
+        _, (_, shifted) = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=zmap, moved=True)
+    up = torch.nn.functional.interpolate(zmap, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(shifted - plain, 2.0 * up)
+    with pytest.raises(ConfigError, match="noise_shift needs z_map >= 2"):
+        tiny(output="flow", z_map=1, noise_shift=1.0)
 
 
 def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():

@@ -220,13 +220,15 @@ class FlowHead(Head):
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
-                rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None, moved: bool = False,
+                rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None, moved: bool = False,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The mixed frame; with ``moved``, also the previous frame this head moves and its
         displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
         previous frame onto the next where things move). ``rigid``: the rigid layers' displacements
         [N, rigid, 2] (``RigidShifts``). ``gain`` [N, 1, H, W]: both displacements are multiplied by
-        it after the dead zone (the decoder's ``noise_flow``), so a still pixel stays unresampled."""
+        it after the dead zone (the decoder's ``noise_flow``), so a still pixel stays unresampled.
+        ``shift`` [N, 2, H, W] is then added to the previous frame's (``noise_shift``)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
@@ -238,6 +240,8 @@ class FlowHead(Head):
         moved_prev, moved_anchor = self.flows(out)
         if gain is not None:
             moved_prev, moved_anchor = moved_prev * gain, moved_anchor * gain
+        if shift is not None:
+            moved_prev = moved_prev + shift
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
         sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]

@@ -35,12 +35,13 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("flow_deadzone", "it zeroes the flow head's short displacements"),
               ("flow_photo_weight", "it trains the flow head's moved previous frame"),
               ("rigid_layers", "they are sources of the flow head"),
-              ("noise_flow", "it scales the flow head's displacements"))
+              ("noise_flow", "it scales the flow head's displacements"),
+              ("noise_shift", "it shifts the flow head's displacements"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
-                   "flow_photo_rollout", "noise_flow", *SAMPLING)
+                   "flow_photo_rollout", "noise_flow", "noise_shift", *SAMPLING)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class ModelConfig:
     critic: int = 0  # > 0: a patch critic this wide (model/critic.py) for training's adversarial term; prediction ignores it
     world_posterior: int = 0  # > 0: a posterior this wide over a true future's held spatial noise (model/world.py); training only
     noise_flow: float = 0.0  # > 0: the spatial latent's first channel scales the flow head's displacements by 1 + this x it
+    noise_shift: float = 0.0  # > 0: px; its first two channels x this are added to the moved previous frame's displacement
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -196,8 +198,11 @@ class ModelConfig:
             raise ConfigError(f"world_posterior must be a whole number of channels >= 0, not {self.world_posterior}")
         if self.noise_flow and not self.z_map:
             raise ConfigError("noise_flow needs z_map > 0: the spatial latent's first channel is what scales the flow")
-        if not 0 <= self.noise_flow < float("inf"):
-            raise ConfigError(f"noise_flow must be a number >= 0, not {self.noise_flow}")
+        if self.noise_shift and self.z_map < 2:
+            raise ConfigError("noise_shift needs z_map >= 2: the spatial latent's first two channels are the shift")
+        for name in ("noise_flow", "noise_shift"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
             raise ConfigError("world_posterior needs z_map > 0, map_noise_only true and z_hold true: it infers the "
                               "one draw of the spatial latent's noise that a future holds over its steps")
@@ -244,7 +249,7 @@ class SVG(nn.Module):
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
-                               rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow)
+                               rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None

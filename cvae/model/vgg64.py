@@ -78,18 +78,21 @@ class Decoder(nn.Module):
     channel there (upsampled bilinearly): a path on which a future's noise moves what moves
     farther or less, as a low-friction object glides on after a push, with no weights between
     (the decoder's own reading of the latent did not learn to, README stop 49), while what
-    stands still stays still."""
+    stands still stays still. ``noise_shift`` S > 0 adds S pixels x the latent's first two
+    channels (x, y) to the moved previous frame's displacement instead: noise that can also pull
+    an object onto table it reaches in some worlds only, where the flow is 0 and no gain moves it."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
-                 noise_flow: float = 0.0) -> None:
+                 noise_flow: float = 0.0, noise_shift: float = 0.0) -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
-        if noise_flow and not (z_map and output == "flow"):
-            raise ValueError("noise_flow needs z_map and the flow head: the latent scales the head's displacements")
+        if (noise_flow or noise_shift) and not (z_map and output == "flow"):
+            raise ValueError("noise_flow and noise_shift need z_map and the flow head: the latent moves the head's "
+                             "displacements")
         if (ee_copy or ee_sprite or arm_copy) and not ee_cond_dim:
             raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
@@ -100,7 +103,7 @@ class Decoder(nn.Module):
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
-        self.arm_clear, self.noise_flow = arm_clear, noise_flow
+        self.arm_clear, self.noise_flow, self.noise_shift = arm_clear, noise_flow, noise_shift
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
@@ -181,6 +184,9 @@ class Decoder(nn.Module):
         if self.noise_flow:
             extra["gain"] = 1 + self.noise_flow * F.interpolate(zmap[:, :1].float(), size=out.shape[-2:],
                                                                 mode="bilinear", align_corners=False)
+        if self.noise_shift:
+            extra["shift"] = self.noise_shift * F.interpolate(zmap[:, :2].float(), size=out.shape[-2:],
+                                                              mode="bilinear", align_corners=False)
         if moved:
             extra["moved"] = True
         return self.head(out, prev, head_anchor, g, **extra)
