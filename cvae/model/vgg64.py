@@ -181,12 +181,12 @@ class Decoder(nn.Module):
             extra["ee_copy"] = self.ee_copy_of(anchor, anchor_cond, cond)
         if self.ee_sprite is not None:
             extra["ee_sprite"] = self.ee_sprite(cond, self.ee_map.location(cond), *out.shape[-2:])
-        if self.noise_flow:
-            extra["gain"] = 1 + self.noise_flow * F.interpolate(zmap[:, :1].float(), size=out.shape[-2:],
-                                                                mode="bilinear", align_corners=False)
-        if self.noise_shift:
-            extra["shift"] = self.noise_shift * F.interpolate(zmap[:, :2].float(), size=out.shape[-2:],
-                                                              mode="bilinear", align_corners=False)
+        if self.noise_flow or self.noise_shift:  # the latent's first two channels, upsampled once for both
+            up = F.interpolate(zmap[:, :2].float(), size=out.shape[-2:], mode="bilinear", align_corners=False)
+            if self.noise_flow:
+                extra["gain"] = 1 + self.noise_flow * up[:, :1]
+            if self.noise_shift:
+                extra["shift"] = self.noise_shift * up
         if moved:
             extra["moved"] = True
         return self.head(out, prev, head_anchor, g, **extra)
