@@ -196,13 +196,13 @@ class ModelConfig:
             raise ConfigError(f"critic must be a whole number of channels >= 0, not {self.critic}")
         if not 0 <= self.world_posterior == int(self.world_posterior):
             raise ConfigError(f"world_posterior must be a whole number of channels >= 0, not {self.world_posterior}")
+        for name in ("noise_flow", "noise_shift"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         if self.noise_flow and not self.z_map:
             raise ConfigError("noise_flow needs z_map > 0: the spatial latent's first channel is what scales the flow")
         if self.noise_shift and self.z_map < 2:
             raise ConfigError("noise_shift needs z_map >= 2: the spatial latent's first two channels are the shift")
-        for name in ("noise_flow", "noise_shift"):
-            if not 0 <= getattr(self, name) < float("inf"):
-                raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
             raise ConfigError("world_posterior needs z_map > 0, map_noise_only true and z_hold true: it infers the "
                               "one draw of the spatial latent's noise that a future holds over its steps")
