@@ -354,15 +354,16 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 
 # model fields --init may switch on: vgg64.grown adds their weights
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "map_prior", "rigid_layers",
-            "critic", "world_posterior")
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "flow_carry", "map_prior",
+            "rigid_layers", "critic", "world_posterior")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
     field, except that a model without the end-effector map, copy, sprite, still copy, arm copy,
-    spatial latent, its learned prior, rigid layers, critic or world posterior may grow them (``vgg64.grown``).
+    spatial latent, its learned prior, carried motion, rigid layers, critic or world posterior may grow them
+    (``vgg64.grown``).
     Returns whether the end-effector map now wants calibrating: it grew the map, the copy or the
     sprite, or the arm copy where neither copy nor sprite placed the map exactly before
     (``cues.EndEffectorMap``)."""
@@ -374,8 +375,8 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
-                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --z-map C, "
-                          "--map-prior true, --rigid-layers K, --critic C and --world-posterior C may be added)")
+                          "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --flow-carry true, "
+                          "--z-map C, --map-prior true, --rigid-layers K, --critic C and --world-posterior C may be added)")
     sources = [*FlowHead.OPTIONAL, "rigid_layers"]  # the masks' order: the rigid layers' come last
     kept = [sources.index(n) for n in sources if getattr(theirs, n)]
     late = [n for n in sources if n in grow and kept and sources.index(n) < max(kept)]
@@ -385,7 +386,8 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
                           "and a grown one is appended last")
     state = weights.state_dict()
     if grow:
-        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow)
+        carry = model.decoder.head.started_as_moved(rigid=False) if "flow_carry" in grow else [None]
+        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, carry[0])
     model.load_state_dict(state)
     newly_exact = "arm_copy" in grow and not (theirs.ee_copy or theirs.ee_sprite)
     return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or newly_exact

@@ -252,6 +252,63 @@ def test_noise_flow_moves_what_moves_farther_and_leaves_still_pixels():
         tiny(output="flow", z_map=1, noise_shift=1.0)
 
 
+def test_carried_motion_glides_an_object_on_and_the_mask_can_stop_it():
+    """``carried`` splats each displacement to where its pixel goes next: a still field stays 0, a
+    wide one stays as it is, and a square the step before moved 2 px right is carried 2 px on,
+    in front of the still table it moves over. The head's carried source moves the previous
+    frame by it, so the square goes on where the mask takes that source, and stays where the mask
+    takes the previous frame unmoved: one choice per pixel between gliding and stopping. In a
+    model the carry is the head's own displacement of the step before, the same teacher-forced
+    (each row from the row before) as rolled out, and 0 at the first step."""
+    from cvae.model.heads import FlowHead, carried, carry_from_row_before, warp
+
+    assert carried(torch.zeros(1, 2, 16, 16)).abs().max() == 0
+    wide = torch.zeros(1, 2, 16, 16)
+    wide[:, 0] = -2.0  # everything moved 2 px right
+    torch.testing.assert_close(carried(wide)[..., 2:], wide[..., 2:])  # the first 2 columns: nothing lands there
+    pushed = torch.zeros(1, 2, 16, 16)
+    pushed[:, 0, 4:10, 4:8] = -2.0  # the square at columns 4-7 took the frame from 2 px left: it moved right
+    on = carried(pushed)
+    assert torch.equal(on[:, 0, 4:10, 6:8], torch.full((6, 2), -2.0)[None])
+    assert (on[:, 0, 4:10, 8:10] < -1.8).all() and on[..., :, :6].abs().max() == 0 and on[..., 10:].abs().max() == 0
+
+    head = FlowHead(g_dim=8, flow_carry=True)
+    carry = head.sources.index("flow_carry")
+    prev = torch.zeros(1, 3, 16, 16)
+    prev[..., 4:10, 4:8] = 1.0
+    out = torch.zeros(1, 3 + head.extra, 16, 16)
+    out[:, 7 + carry] = 30  # the mask takes the carried source everywhere
+    glided = head(out, prev, prev, torch.zeros(1, 8), carry=lambda flow: carried(pushed))
+    assert (glided[..., 4:10, 6:9] > 0.99).all() and glided[..., 10:].abs().max() < 1e-4
+    out[:, 7 + carry, :, 8:] = 0  # ... except where it would glide to: the moved previous frame (not moved) there
+    out[:, 8, :, 8:] = 30
+    stopped = head(out, prev, prev, torch.zeros(1, 8), carry=lambda flow: carried(pushed))
+    assert stopped[..., 8:].abs().max() < 1e-4 and (stopped[..., 4:10, 6:8] > 0.99).all()
+    with pytest.raises(ValueError, match="pass carry"):
+        head(out, prev, prev, torch.zeros(1, 8))
+
+    rows = torch.randn(6, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    before = carry_from_row_before(3)(rows)
+    assert before[0].abs().max() == 0 and before[3].abs().max() == 0
+    torch.testing.assert_close(before[1:3], carried(rows[0:2]))
+    torch.testing.assert_close(before[4:6], carried(rows[3:5]))
+
+    model = tiny(output="flow", flow_carry=True)
+    last = model.decoder.upc5[1]
+    with torch.no_grad():
+        last.weight[:, 3:7] = 0
+        last.bias[3:7] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # the head moves the previous frame 1 px, everywhere
+        last.bias[7 + carry] = 30  # and its mask (logits from channel 3 + 4) takes the carried source
+    x, cond = batch(t=4)
+    one_on = warp(x[:, 1], carried(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(2, 2, 64, 64)))
+    forced = model(x, cond, teacher_forcing=True).pred
+    torch.testing.assert_close(forced[:, 0], x[:, 0], atol=1e-4, rtol=0)  # the first step carries nothing
+    torch.testing.assert_close(forced[:, 1], one_on, atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.predict(x[:, :2], cond, n_future=1)[:, 0, 0], one_on, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="flow_carry needs output 'flow'"):
+        tiny(output="cdna", flow_carry=True)
+
+
 def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
     """``grown`` adds each layer's mask channel as a copy of the moved previous frame's, its
     logit 2 less; the layers' shifts start apart (or they would learn alike). Unmoved, a layer

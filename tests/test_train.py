@@ -183,6 +183,17 @@ def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, mo
     with pytest.raises(ConfigError, match="still_copy cannot be added to a model that has rigid_layers"):
         train(tiny_cfg(sim_root, tmp_path / "rs", init=str(tmp_path / "rg" / "last"), ee_sprite=False, arm_copy=True,
                        rigid_layers=2, still_copy=True, **one), progress=False)
+    with pytest.raises(ConfigError, match="flow_carry cannot be added to a model that has rigid_layers"):
+        train(tiny_cfg(sim_root, tmp_path / "rc", init=str(tmp_path / "rg" / "last"), ee_sprite=False, arm_copy=True,
+                       rigid_layers=2, flow_carry=True, **one), progress=False)
+    # the carried motion into the arm model: one more mask channel, a copy of the moved previous frame's, 2 less
+    seen.clear()
+    train(tiny_cfg(sim_root, tmp_path / "cm", init=str(tmp_path / "r" / "last"), ee_sprite=False, arm_copy=True,
+                   flow_carry=True, **one), progress=False)
+    assert checkpoint.read_meta(tmp_path / "cm" / "last")["config"]["flow_carry"] is True
+    bias = "decoder.upc5.1.bias"
+    assert torch.equal(seen[0][0][head][:, :-1], with_arm[head]) and torch.equal(seen[0][0][bias][:-1], with_arm[bias])
+    assert torch.equal(seen[0][0][head][:, -1], with_arm[head][:, 8]) and seen[0][0][bias][-1] == with_arm[bias][8] - 2
     # but not the sprite into it: the sprite's mask comes before the arm copy's
     with pytest.raises(ConfigError, match="ee_sprite cannot be added to a model that has arm_copy"):
         train(tiny_cfg(sim_root, tmp_path / "t", init=str(tmp_path / "r" / "last"), arm_copy=True, **one), progress=False)

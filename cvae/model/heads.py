@@ -45,8 +45,17 @@ class registered by name (``HEADS``); adding a head is one class here.
   belong to layer k, and the layer, pixels and mark together, moves as one piece. A dense flow
   need not keep an object's area or shape (it stretches where its displacement changes, and
   copies an object's colour to more places than it covers); a layer cannot.
+  ``flow_carry`` (a model field, off by default) gives the mask one more source: the previous
+  frame moved by the head's own displacement of the step before, carried along with what it
+  moved (``carried``). An object the arm has let go of glides on at the speed it was pushed,
+  unless the mask takes the previous frame there and stops it, and the mask reads the spatial
+  latent, so a future's noise can choose which: the simulator's hidden friction, as one choice
+  per pixel between gliding on and stopping, rather than a displacement the decoder must draw
+  again at every step (its own flow where the truths branch off the arm is 0.4-0.5 px, README).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,10 +68,12 @@ EE_COPY_BIAS = -5.0  # the end-effector copy's: under 1%, so a model grown to ha
 EE_SPRITE_BIAS = -6.0  # the sprite's: lower, since it is black away from the end effector
 STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
-# each rigid layer's mask logit starts as the moved previous frame's, less this much (e^-2: about an
-# eighth of its share), so each layer's shift gets a gradient from the start. At -5 with zero
-# weights, as the copies start, two layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
+# each rigid layer's mask logit and the carried motion's start as the moved previous frame's, less this
+# much (e^-2: about an eighth of its share), so each gets a gradient from the start. At -5 with zero
+# weights, as the copies start, two rigid layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
 RIGID_OFFSET = -2.0
+CARRY_FLOOR = 0.1  # px: ``carried``'s priority of a still pixel's displacement, against a moving one's length
+CARRY_BIAS = -5.0  # the carried motion's OPTIONAL entry, overwritten by ``start_as_moved`` wherever it starts
 MAX_RIGID = 4  # rigid layers a flow head may have
 
 HEADS: dict[str, type[Head]] = {}
@@ -170,13 +181,13 @@ class FlowHead(Head):
     extra = 4 + 3
     # the optional mask sources, in their order after the three fixed ones, with their initial logits
     OPTIONAL = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS,
-                "arm_copy": ARM_COPY_BIAS}
+                "arm_copy": ARM_COPY_BIAS, "flow_carry": CARRY_BIAS}
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False,
-                 resample: str = "bilinear", rigid: int = 0) -> None:
+                 resample: str = "bilinear", rigid: int = 0, flow_carry: bool = False) -> None:
         super().__init__(g_dim, nc)
-        self.resample, self.rigid = resample, rigid
+        self.resample, self.rigid, self.flow_carry = resample, rigid, flow_carry
         self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
         self.deadzone = deadzone
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
@@ -186,8 +197,8 @@ class FlowHead(Head):
 
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
-        mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias, each rigid
-        layer's as the moved previous frame's (``start_rigid``)."""
+        mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias, the carried
+        motion's and each rigid layer's as the moved previous frame's (``start_as_moved``)."""
         nc = self.nc
         with torch.no_grad():
             last.weight[:, nc : nc + 4].mul_(0.1)
@@ -195,7 +206,13 @@ class FlowHead(Head):
             last.bias[nc + 4] = MASK_BIAS
             for i, name in enumerate(self.optional):
                 last.bias[nc + 7 + i] = self.OPTIONAL[name]
-        start_rigid(last.weight.data, last.bias.data, self.rigid, nc)
+        start_as_moved(last.weight.data, last.bias.data, self.started_as_moved(), nc)
+
+    def started_as_moved(self, carry: bool = True, rigid: bool = True) -> list[int]:
+        """The last layer's outputs whose mask logits start as the moved previous frame's: the
+        carried motion's (with ``carry``) and the rigid layers' (with ``rigid``)."""
+        out = [self.nc + 7 + self.optional.index("flow_carry")] if carry and self.flow_carry else []
+        return out + [self.nc + self.extra - self.rigid + k for k in range(self.rigid if rigid else 0)]
 
     def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's last layer [..., nc + extra, H, W] -> the displacements [..., 2, H, W] of
@@ -222,19 +239,26 @@ class FlowHead(Head):
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
                 rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None, moved: bool = False,
+                carry: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The mixed frame; with ``moved``, also the previous frame this head moves and its
         displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
         previous frame onto the next where things move). ``rigid``: the rigid layers' displacements
         [N, rigid, 2] (``RigidShifts``). ``gain`` [N, 1, H, W]: both displacements are multiplied by
         it after the dead zone (the decoder's ``noise_flow``), so a still pixel stays unresampled.
-        ``shift`` [N, 2, H, W] is then added to the previous frame's (``noise_shift``)."""
+        ``shift`` [N, 2, H, W] is then added to the previous frame's (``noise_shift``). ``carry``
+        (``flow_carry``): this head's displacement of the previous frame [N, 2, H, W] -> that of
+        the step before, carried along (``carried``; 0 at a first step), by which the carried-motion
+        source moves the previous frame. A function, so that a teacher-forced pass, whose steps are
+        rows of one batch, can take each row's from the row before."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
+        if self.flow_carry and carry is None:
+            raise ValueError("this 'flow' head carries the motion of the step before: pass carry")
         given = {"ee_copy": ee_copy, "ee_sprite": ee_sprite, "still_copy": anchor, "arm_copy": arm_copy}
         for name in self.optional:
-            if given[name] is None:
+            if name != "flow_carry" and given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
         mask = self.masks(out, rigid)  # first: it refuses a head with rigid layers and no shifts
         moved_prev, moved_anchor = self.flows(out)
@@ -242,6 +266,8 @@ class FlowHead(Head):
             moved_prev, moved_anchor = moved_prev * gain, moved_anchor * gain
         if shift is not None:
             moved_prev = moved_prev + shift
+        if self.flow_carry:
+            given["flow_carry"] = warp(prev, carry(moved_prev), self.resample)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
         sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]
@@ -254,15 +280,16 @@ OUTPUTS = tuple(HEADS)
 
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
               still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False,
-              flow_resample: str = "bilinear", rigid_layers: int = 0) -> Head:
+              flow_resample: str = "bilinear", rigid_layers: int = 0, flow_carry: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
-    if ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear" or rigid_layers:
+    if (ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear" or rigid_layers
+            or flow_carry):
         if name != FlowHead.name:
-            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample and rigid_layers "
-                             f"need the 'flow' head, not {name!r}")
+            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample, rigid_layers and "
+                             f"flow_carry need the 'flow' head, not {name!r}")
         return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
-                        arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers)
+                        arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers, flow_carry=flow_carry)
     return HEADS[name](g_dim, nc)
 
 
@@ -284,14 +311,53 @@ class CDNAKernels(nn.Module):
         return logits.softmax(-1).view(-1, CDNA_KERNELS, CDNA_SIZE, CDNA_SIZE)
 
 
-def start_rigid(weight: torch.Tensor, bias: torch.Tensor, rigid: int, nc: int = 3) -> None:
+def start_as_moved(weight: torch.Tensor, bias: torch.Tensor, outputs: list[int], nc: int = 3) -> None:
     """Set a flow head's last layer (a ConvTranspose2d's weight [in, out, k, k] and bias [out]) so
-    that each of its ``rigid`` layers' mask logits, the last outputs, is the moved previous
-    frame's plus RIGID_OFFSET. In place; nothing with ``rigid`` 0."""
-    if rigid:
-        with torch.no_grad():  # the mask's logits start at nc + 4: the generated image's, then the moved previous frame's
-            weight[:, -rigid:] = weight[:, nc + 5 : nc + 6]
-            bias[-rigid:] = bias[nc + 5] + RIGID_OFFSET
+    that the mask logit of each output in ``outputs`` (``FlowHead.started_as_moved``) is the moved
+    previous frame's plus RIGID_OFFSET. In place."""
+    with torch.no_grad():  # the mask's logits start at nc + 4: the generated image's, then the moved previous frame's
+        for k in outputs:
+            weight[:, k] = weight[:, nc + 5]
+            bias[k] = bias[nc + 5] + RIGID_OFFSET
+
+
+def carried(flow: torch.Tensor) -> torch.Tensor:
+    """A step's displacements [N, 2, H, W] (``warp``'s: output pixel p took the frame at p +
+    flow[p], so what it shows moves on by -flow[p]) -> the next step's if everything keeps moving
+    as it did: each displacement splatted bilinearly to p - flow[p], where its pixel goes next.
+    Where several land, the longer ones weigh more (by their length + CARRY_FLOOR px), so an
+    object that moves on over still table stays in front of it; a pixel less than fully reached
+    takes that share of the average (nothing moves on to where nothing lands). Gathering instead
+    (the field sampled at p + flow[p]) never moves a sharp field's front: a pixel the object
+    reaches next holds 0 now."""
+    n, _, h, w = flow.shape
+    flow = flow.float()
+    ys, xs = torch.meshgrid(torch.arange(h, device=flow.device), torch.arange(w, device=flow.device), indexing="ij")
+    to_x, to_y = xs - flow[:, 0], ys - flow[:, 1]  # [N, H, W]
+    x0, y0 = to_x.detach().floor(), to_y.detach().floor()
+    length = flow.detach().pow(2).sum(1).sqrt() + CARRY_FLOOR
+    sums = flow.new_zeros(n, 4, h * w)  # landed: the displacements x priority, the priorities, the weights
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        x, y = x0 + dx, y0 + dy
+        weight = (1 - (to_x - x).abs()) * (1 - (to_y - y).abs()) * ((x >= 0) & (x < w) & (y >= 0) & (y < h))
+        priority = weight * length
+        at = (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).long().flatten(1)[:, None].expand(-1, 4, -1)
+        sums.scatter_add_(2, at, torch.cat([flow * priority[:, None], priority[:, None], weight[:, None]], 1).flatten(2))
+    mean = sums[:, :2] / sums[:, 2:3].clamp_min(1e-6)
+    return (mean * sums[:, 3:].clamp(max=1)).view(n, 2, h, w)
+
+
+def carry_from_row_before(steps: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``FlowHead.forward``'s ``carry`` for a teacher-forced pass, whose rows are runs of ``steps``
+    consecutive steps of one sequence: each row's is the row before's displacement ``carried`` on,
+    a run's first row's 0."""
+
+    def carry(flow: torch.Tensor) -> torch.Tensor:
+        runs = flow.view(-1, steps, *flow.shape[1:])
+        on = carried(runs[:, :-1].flatten(0, 1)).view(runs.shape[0], steps - 1, *flow.shape[1:])
+        return torch.cat([on.new_zeros(runs.shape[0], 1, *flow.shape[1:]), on], 1).flatten(0, 1)
+
+    return carry
 
 
 RIGID_INIT_SCALE = 10.0  # PyTorch's initial weights give shifts of about 0.1 px; these start at about 1

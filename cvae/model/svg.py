@@ -13,6 +13,7 @@ Skips come from the last context frame (SVG), or from the previous frame with
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -24,7 +25,7 @@ from ..errors import ConfigError
 from ..metrics import branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
 from .critic import Critic, adversarial_losses
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
-from .heads import HEADS, MAX_RIGID, RESAMPLE, warp
+from .heads import HEADS, MAX_RIGID, RESAMPLE, carried, carry_from_row_before, warp
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 from .world import WorldPosterior
@@ -36,7 +37,8 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("flow_photo_weight", "it trains the flow head's moved previous frame"),
               ("rigid_layers", "they are sources of the flow head"),
               ("noise_flow", "it scales the flow head's displacements"),
-              ("noise_shift", "it shifts the flow head's displacements"))
+              ("noise_shift", "it shifts the flow head's displacements"),
+              ("flow_carry", "it is a source of the flow head"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
@@ -143,6 +145,7 @@ class ModelConfig:
     world_posterior: int = 0  # > 0: a posterior this wide over a true future's held spatial noise (model/world.py); training only
     noise_flow: float = 0.0  # > 0: the spatial latent's first channel scales the flow head's displacements by 1 + this x it
     noise_shift: float = 0.0  # > 0: px; its first two channels x this are added to the moved previous frame's displacement
+    flow_carry: bool = False  # the flow head's mask may also take the previous frame moved on as the step before moved it
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -249,7 +252,8 @@ class SVG(nn.Module):
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
-                               rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift)
+                               rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift,
+                               flow_carry=cfg.flow_carry)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None
@@ -267,18 +271,20 @@ class SVG(nn.Module):
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
                 cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor,
-                z: torch.Tensor, moved: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                z: torch.Tensor, moved: bool = False, carry: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
         real frames [N, 3, 64, 64], their raw conditions [N, 7] and latents [N, latent_dim] (the
         decoder reads the spatial part) -> frames (with ``moved``, and the previous frames the
-        flow head moves with their displacements [N, 2, 64, 64])."""
+        flow head moves with their displacements [N, 2, 64, 64]). ``carry``: the flow head's
+        (``flow_carry``)."""
         norm = self.predictor.normalize
         zmap = self._map(z)
         if not (self.cfg.ee_copy or self.cfg.arm_copy):
-            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap, moved=moved)
+            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap, moved=moved, carry=carry)
         prev_cond = norm(at_rest(cond)) if self.cfg.arm_clear else None
         return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap,
-                            prev_cond=prev_cond, moved=moved)
+                            prev_cond=prev_cond, moved=moved, carry=carry)
 
     def _map(self, z: torch.Tensor) -> torch.Tensor | None:
         """Latents [..., latent_dim] -> their spatial part [N, z_map, 8, 8] (None without one)."""
@@ -487,7 +493,8 @@ class SVG(nn.Module):
         g, _ = self.predictor(h[:, :-1], z[..., : self.z_dim], cond[:, :-1])
         out = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
                            cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
-                           self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1), moved)
+                           self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1), moved,
+                           carry_from_row_before(t - 1) if self.cfg.flow_carry else None)
         if moved:
             frame, (prev, flow) = out
             steps = (b, t - 1)
@@ -699,7 +706,7 @@ class SVG(nn.Module):
         skip_prev = [s[:, 0] for s in skips_ctx]
         skip_last = [s[:, n_past - 1] for s in skips_ctx]
         coarse_before = skips_ctx[3][:, 0]  # frame i-2's coarsest skips (frame 0's at step 1), for a learned map prior
-        pred_state = prior_state = swept = None
+        pred_state = prior_state = swept = last_flow = None
         preds, prior_mu, prior_logvar, moved_from, flows = [], [], [], [], []
         for i in range(1, t):
             if self.prior is not None:
@@ -718,11 +725,16 @@ class SVG(nn.Module):
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None, : self.z_dim], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i, moved)
+            carry = None
+            if self.cfg.flow_carry:  # the displacement of step i - 1 carried on, none at the first step
+                carry = torch.zeros_like if last_flow is None else lambda _, c=carried(last_flow): c
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i,
+                               moved or self.cfg.flow_carry, carry)
+            if moved or self.cfg.flow_carry:
+                x_i, (prev_i, last_flow) = x_i
             if moved:
-                x_i, (prev_i, flow_i) = x_i
                 moved_from.append(prev_i)
-                flows.append(flow_i)
+                flows.append(last_flow)
             if calm and i >= n_past:
                 swept = self._swept(swept, x_ctx[:, n_past - 1], cond, i)
                 group = x_i.view(-1, calm, *x_i.shape[1:])

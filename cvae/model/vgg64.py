@@ -5,13 +5,15 @@ decoder mirrors it and concatenates those skips. ``width=1`` is the published ar
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .arm import ArmCopy
 from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
-from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, start_rigid, translate
+from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, start_as_moved, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
 MAP_SIZE = 8  # the side of the coarsest skip grid (64 px / 8): where a spatial latent lives
@@ -80,13 +82,15 @@ class Decoder(nn.Module):
     (the decoder's own reading of the latent did not learn to, README stop 49), while what
     stands still stays still. ``noise_shift`` S > 0 adds S pixels x the latent's first two
     channels (x, y) to the moved previous frame's displacement instead: noise that can also pull
-    an object onto table it reaches in some worlds only, where the flow is 0 and no gain moves it."""
+    an object onto table it reaches in some worlds only, where the flow is 0 and no gain moves it.
+    ``flow_carry`` gives the flow head its carried-motion source (``heads.carried``); ``forward``
+    then needs ``carry``."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
-                 noise_flow: float = 0.0, noise_shift: float = 0.0) -> None:
+                 noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False) -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
@@ -98,7 +102,7 @@ class Decoder(nn.Module):
                              "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
                               flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample,
-                              rigid_layers=rigid_layers)
+                              rigid_layers=rigid_layers, flow_carry=flow_carry)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
@@ -143,6 +147,7 @@ class Decoder(nn.Module):
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
                 anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None,
                 prev_cond: torch.Tensor | None = None, moved: bool = False,
+                carry: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
@@ -150,7 +155,8 @@ class Decoder(nn.Module):
         latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
         the latest real frame and its condition at rest too, ``arm_clear`` the previous frame's
         standardised condition at rest (``prev_cond``). ``moved`` (flow head only): also return
-        the previous frame the flow head moves and its displacement."""
+        the previous frame the flow head moves and its displacement. ``carry``: the flow head's
+        (``flow_carry``; ``heads.FlowHead.forward``)."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
         if bool(self.z_map) != (zmap is not None):
@@ -189,11 +195,13 @@ class Decoder(nn.Module):
                 extra["shift"] = self.noise_shift * up
         if moved:
             extra["moved"] = True
+        if carry is not None:
+            extra["carry"] = carry
         return self.head(out, prev, head_anchor, g, **extra)
 
 
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
-          arm_copy: bool = False) -> dict[str, torch.Tensor]:
+          arm_copy: bool = False, carry: int | None = None) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
     still copy, arm copy, spatial latent, its learned prior, rigid layers, critic and/or world posterior (whose fresh
     weights are ``ours``). Each convolution that reads a scale's maps gets one more input channel for the
@@ -202,7 +210,8 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     zero weights; the flow head's last layer gets an output channel for each of the copies and
     the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
     (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
-    previous frame's logit less 2 (``heads.start_rigid``); the map, the sprite, the rigid
+    previous frame's logit less 2 (``heads.start_as_moved``), as is the carried motion's if it
+    grows (``carry``: its output channel, ``FlowHead.started_as_moved``); the map, the sprite, the rigid
     layers' shifts (``heads.RigidShifts``: about a pixel), the critic, the world posterior and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
     the old one did (exactly, or with the new masks under 1%; a rigid layer takes an eighth of
@@ -232,9 +241,11 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
             out[key] = torch.cat([old, mine[len(old):]])
         else:
             raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
-    rigid = "decoder.rigid.fc.bias" in ours and "decoder.rigid.fc.bias" not in theirs
-    if rigid:
-        start_rigid(out["decoder.upc5.1.weight"], out["decoder.upc5.1.bias"], len(ours["decoder.rigid.fc.bias"]) // 2)
+    started = [carry] if carry is not None else []
+    if "decoder.rigid.fc.bias" in ours and "decoder.rigid.fc.bias" not in theirs:
+        rigid = len(ours["decoder.rigid.fc.bias"]) // 2
+        started += range(len(ours["decoder.upc5.1.bias"]) - rigid, len(ours["decoder.upc5.1.bias"]))
+    start_as_moved(out["decoder.upc5.1.weight"], out["decoder.upc5.1.bias"], started)
     return out
 
 
