@@ -309,6 +309,44 @@ def test_carried_motion_glides_an_object_on_and_the_mask_can_stop_it():
         tiny(output="cdna", flow_carry=True)
 
 
+def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
+    """The decoder hands the head S x the spatial latent's first channel, upsampled, and the head
+    adds it to the carried motion's mask logit alone: the same frame as that logit raised by
+    hand, and a different one for another draw of the latent."""
+    from cvae.model.heads import carried
+
+    model = tiny(output="flow", z_map=2, flow_carry=True, carry_noise=1.5).eval()
+    head = model.decoder.head
+    seen = {}
+    forward = head.forward
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return forward(*args, **kw)
+
+    head.forward = spy
+    x, _ = batch()
+    h, skips = model.encoder(x[:, 0])
+    zmap = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    flow = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        frame = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=zmap, carry=lambda _: carried(flow))
+        other = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=-zmap, carry=lambda _: carried(flow))
+    up = torch.nn.functional.interpolate(zmap[:, :1], size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(seen["carry_logit"], -1.5 * up)
+    assert (frame - other).abs().mean() > 1e-4
+    out = torch.randn(1, 3 + head.extra, 16, 16, generator=torch.Generator().manual_seed(3))
+    prev = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    logit = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    raised = out.clone()
+    raised[:, 3 + 4 + head.sources.index("flow_carry")] += logit[:, 0]
+    move = torch.full((1, 2, 16, 16), 1.0)
+    torch.testing.assert_close(forward(out, prev, prev, None, carry=lambda _: move, carry_logit=logit),
+                               forward(raised, prev, prev, None, carry=lambda _: move))
+    with pytest.raises(ConfigError, match="carry_noise needs z_map > 0 and flow_carry true"):
+        tiny(output="flow", z_map=2, carry_noise=1.0)
+
+
 def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
     """``grown`` adds each layer's mask channel as a copy of the moved previous frame's, its
     logit 2 less; the layers' shifts start apart (or they would learn alike). Unmoved, a layer

@@ -239,7 +239,7 @@ class FlowHead(Head):
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
                 rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None, moved: bool = False,
-                carry: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                carry: Callable[[torch.Tensor], torch.Tensor] | None = None, carry_logit: torch.Tensor | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The mixed frame; with ``moved``, also the previous frame this head moves and its
         displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
@@ -250,7 +250,8 @@ class FlowHead(Head):
         (``flow_carry``): this head's displacement of the previous frame [N, 2, H, W] -> that of
         the step before, carried along (``carried``; 0 at a first step), by which the carried-motion
         source moves the previous frame. A function, so that a teacher-forced pass, whose steps are
-        rows of one batch, can take each row's from the row before."""
+        rows of one batch, can take each row's from the row before. ``carry_logit`` [N, 1, H, W] is
+        added to that source's mask logit (the decoder's ``carry_noise``)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
@@ -260,6 +261,9 @@ class FlowHead(Head):
         for name in self.optional:
             if name != "flow_carry" and given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
+        if carry_logit is not None:
+            k = self.nc + 7 + self.optional.index("flow_carry")
+            out = torch.cat([out[:, :k], out[:, k : k + 1] + carry_logit.to(out.dtype), out[:, k + 1 :]], 1)
         mask = self.masks(out, rigid)  # first: it refuses a head with rigid layers and no shifts
         moved_prev, moved_anchor = self.flows(out)
         if gain is not None:

@@ -43,7 +43,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
-                   "flow_photo_rollout", "noise_flow", "noise_shift", *SAMPLING)
+                   "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", *SAMPLING)
 
 
 @dataclass
@@ -146,6 +146,7 @@ class ModelConfig:
     noise_flow: float = 0.0  # > 0: the spatial latent's first channel scales the flow head's displacements by 1 + this x it
     noise_shift: float = 0.0  # > 0: px; its first two channels x this are added to the moved previous frame's displacement
     flow_carry: bool = False  # the flow head's mask may also take the previous frame moved on as the step before moved it
+    carry_noise: float = 0.0  # > 0: the spatial latent's first channel x this is added to that source's mask logit
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -204,6 +205,11 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         if self.noise_flow and not self.z_map:
             raise ConfigError("noise_flow needs z_map > 0: the spatial latent's first channel is what scales the flow")
+        if not 0 <= self.carry_noise < float("inf"):
+            raise ConfigError(f"carry_noise must be a number >= 0, not {self.carry_noise}")
+        if self.carry_noise and not (self.z_map and self.flow_carry):
+            raise ConfigError("carry_noise needs z_map > 0 and flow_carry true: the spatial latent's first channel "
+                              "moves the carried motion's mask logit")
         if self.noise_shift and self.z_map < 2:
             raise ConfigError("noise_shift needs z_map >= 2: the spatial latent's first two channels are the shift")
         if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
@@ -253,7 +259,7 @@ class SVG(nn.Module):
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
                                rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift,
-                               flow_carry=cfg.flow_carry)
+                               flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None

@@ -84,19 +84,23 @@ class Decoder(nn.Module):
     channels (x, y) to the moved previous frame's displacement instead: noise that can also pull
     an object onto table it reaches in some worlds only, where the flow is 0 and no gain moves it.
     ``flow_carry`` gives the flow head its carried-motion source (``heads.carried``); ``forward``
-    then needs ``carry``."""
+    then needs ``carry``. ``carry_noise`` S > 0 adds S x the latent's first channel to that
+    source's mask logit: noise that chooses, pixel by pixel, between gliding on and stopping."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
-                 noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False) -> None:
+                 noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False,
+                 carry_noise: float = 0.0) -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
         if (noise_flow or noise_shift) and not (z_map and output == "flow"):
             raise ValueError("noise_flow and noise_shift need z_map and the flow head: the latent moves the head's "
                              "displacements")
+        if carry_noise and not (z_map and flow_carry):
+            raise ValueError("carry_noise needs z_map and flow_carry: the latent moves the carried motion's mask logit")
         if (ee_copy or ee_sprite or arm_copy) and not ee_cond_dim:
             raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
@@ -107,7 +111,7 @@ class Decoder(nn.Module):
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
-        self.arm_clear, self.noise_flow, self.noise_shift = arm_clear, noise_flow, noise_shift
+        self.arm_clear, self.noise_flow, self.noise_shift, self.carry_noise = arm_clear, noise_flow, noise_shift, carry_noise
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
@@ -187,12 +191,14 @@ class Decoder(nn.Module):
             extra["ee_copy"] = self.ee_copy_of(anchor, anchor_cond, cond)
         if self.ee_sprite is not None:
             extra["ee_sprite"] = self.ee_sprite(cond, self.ee_map.location(cond), *out.shape[-2:])
-        if self.noise_flow or self.noise_shift:  # the latent's first two channels, upsampled once for both
+        if self.noise_flow or self.noise_shift or self.carry_noise:  # the latent's first two channels, upsampled once
             up = F.interpolate(zmap[:, :2].float(), size=out.shape[-2:], mode="bilinear", align_corners=False)
             if self.noise_flow:
                 extra["gain"] = 1 + self.noise_flow * up[:, :1]
             if self.noise_shift:
                 extra["shift"] = self.noise_shift * up
+            if self.carry_noise:
+                extra["carry_logit"] = self.carry_noise * up[:, :1]
         if moved:
             extra["moved"] = True
         if carry is not None:
