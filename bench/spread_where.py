@@ -8,7 +8,8 @@ the model's own doubt. And where the truths branch, whether the model's futures 
 alternatives or alternative blurs: the squared edges (``metrics.edge_energy``) of a sample, of the
 model's noiseless future and of the truths' mean, each over a true future's. For a flow head,
 its mask's shares where the arm sweeps and where the truths branch off the arm, and how far it
-moves the previous frame in each (``flow_reach``). ``--sheet`` also
+moves the previous frame in each (``flow_reach``). For a learned map prior, the noise it lets
+through there and elsewhere (``prior_sigma``). ``--sheet`` also
 writes, per sequence, the last context frame, a true, a predicted and the noiseless last frame,
 and the truths' and the model's std maps (max over steps, x 4) side by side. Simulated data with
 hidden causes only.
@@ -81,6 +82,30 @@ def flow_reach(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch
     return reach
 
 
+def prior_sigma(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch.Tensor],
+                n_future: int = 10) -> dict[str, list[float]]:
+    """How much noise a learned map prior lets through in each of ``regions`` [N, F, H, W] (z seed
+    0): its sigma per cell, spread over the cell's 8 x 8 pixels, averaged there, for the latent's
+    first channel (the one ``noise_flow``, ``noise_shift`` and ``carry_noise`` read) and for the
+    others. A prior that learns to switch a channel's noise off where it costs makes a path for
+    noise through that channel carry nothing."""
+    seen = []
+    hook = model.prior_map.register_forward_hook(lambda module, args, out: seen.append(out[1]))
+    try:
+        with torch.no_grad():
+            model.predict(x[:, : model.n_past], c, n_future, seed=0)
+    finally:
+        hook.remove()
+    logvar = torch.stack(seen[-n_future:], 1).view(-1, len(x), n_future, model.cfg.z_map, 8, 8)[-1]  # the noisy row
+    sigma = (0.5 * logvar).exp().repeat_interleave(8, -2).repeat_interleave(8, -1)  # [N, F, C, H, W]
+    out = {}
+    for name, region in regions.items():
+        n = region.sum().clamp_min(1)
+        per = (sigma * region[:, :, None]).sum((0, 1, 3, 4)) / n
+        out[name] = [round(float(per[0]), 3), round(float(per[1:].mean()), 3) if len(per) > 1 else None]
+    return out
+
+
 def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, noiseless: torch.Tensor,
           t_std: torch.Tensor, m_std: torch.Tensor) -> np.ndarray:
     """One row uint8 [64, 384, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
@@ -137,10 +162,16 @@ def main() -> None:
             reach = flow_reach(model, x, c, {"branching off the arm": off_arm, "arm swept": arm_only})
             print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
                   + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
+        sigma = {}
+        if model.prior_map is not None:
+            sigma = prior_sigma(model, x, c, {"branching off the arm": differ & ~swept[:, None], "arm swept": arm_only,
+                                              "elsewhere": ~differ & ~swept[:, None]})
+            print("  the learned map prior's sigma, the latent's first channel / the others: "
+                  + ", ".join(f"{name} {a:.3f} / {'-' if b is None else f'{b:.3f}'}" for name, (a, b) in sigma.items()))
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
                agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
-               sources_branching=branch_sources, flow_reach=reach,
+               sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma,
                edges_where_branching=edges)
         if args.sheet:
             from PIL import Image

@@ -166,6 +166,37 @@ def test_the_flow_reach_is_the_moved_previous_frames_displacement_over_the_regio
     assert bench.flow_reach(model, x, c, regions, n_future=3)["square"] == {"mean_px": 0.0, "moved_1px": 0.0}
 
 
+def test_the_prior_sigma_is_the_learned_map_priors_noise_per_channel_over_the_region():
+    """``spread_where.prior_sigma``: a map prior whose last layer draws log-variance 2 log 0.5 for
+    the latent's first channel and 0 for its second lets through sigma 0.5 and 1 over any region,
+    and 0.25 of the first where one cell's is lowered to 0.25 and the region is that cell."""
+    import math
+
+    import torch
+
+    from cvae.model import SVG
+
+    bench = _bench("spread_where")
+    model = SVG(g_dim=16, z_dim=4, rnn_size=16, width=0.125, prior="learned", output="flow", ee_maps=True,
+                z_map=2, map_prior=True).eval()
+    last = model.prior_map.net[2]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 2 * math.log(0.5), 0.0]))  # mu of both channels, then their logvar
+    x, c = torch.rand(2, 5, 3, 64, 64), torch.randn(2, 5, 7) * 0.1
+    region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    region[:, :, 10:20, 30:40] = True
+    assert bench.prior_sigma(model, x, c, {"square": region}, n_future=3) == {"square": [0.5, 1.0]}
+    def lower(module, args, out) -> None:
+        out[:, 2, 1, 3] = 2 * math.log(0.25)
+
+    hook = model.prior_map.net.register_forward_hook(lower)
+    cell = torch.zeros_like(region)
+    cell[:, :, 8:16, 24:32] = True  # the cell at row 1, column 3
+    assert bench.prior_sigma(model, x, c, {"cell": cell}, n_future=3)["cell"][0] == 0.25
+    hook.remove()
+
+
 def test_the_rigid_push_probe_scores_only_its_region():
     """``rigid_push.errors`` sums the squared error over the region alone, per prediction, truth
     and step, and ``db`` pools it: off by 0.1 on the region and by 1 outside it is 20 dB."""
