@@ -120,15 +120,19 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
         for hook in hooks:
             hook.remove()
 
-    def per_frame(v: list[torch.Tensor]) -> torch.Tensor:
-        v = torch.stack(v[-n_future:], 1)
-        return v.view(len(x), -1, *v.shape[1:])[:, -1]
-
-    layers = per_frame(outs)
+    layers = noisy_rows(outs, len(x), n_future)
     head = model.decoder.head
     if not hasattr(head, "masks"):
         return pred, layers, None
-    return pred, layers, head.masks(layers, per_frame(shifts) if shifts else None)
+    return pred, layers, head.masks(layers, noisy_rows(shifts, len(x), n_future) if shifts else None)
+
+
+def noisy_rows(seen: list[torch.Tensor], n: int, n_future: int) -> torch.Tensor:
+    """What a hook saw at each step of one ``predict`` of ``n`` scenes, one sample: the last
+    ``n_future`` steps, stacked [n, n_future, ...], each scene's sampled row. With ``arm_calm``
+    each scene's noiseless row comes first, beside it (``SVG.predict``), and is left out."""
+    v = torch.stack(seen[-n_future:], 1)
+    return v.view(n, -1, *v.shape[1:])[:, -1]
 
 
 def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from common import (
     arm_bases_of,
     checkpoints_parser,
     mean_future,
+    noisy_rows,
     predict_capturing,
     record,
     test_sequences,
@@ -96,7 +97,7 @@ def prior_sigma(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torc
             model.predict(x[:, : model.n_past], c, n_future, seed=0)
     finally:
         hook.remove()
-    logvar = torch.stack(seen[-n_future:], 1).view(-1, len(x), n_future, model.cfg.z_map, 8, 8)[-1]  # the noisy row
+    logvar = noisy_rows(seen, len(x), n_future).view(len(x), n_future, model.cfg.z_map, 8, 8)
     sigma = (0.5 * logvar).exp().repeat_interleave(8, -2).repeat_interleave(8, -1)  # [N, F, C, H, W]
     out = {}
     for name, region in regions.items():

@@ -195,6 +195,18 @@ def test_the_prior_sigma_is_the_learned_map_priors_noise_per_channel_over_the_re
     cell[:, :, 8:16, 24:32] = True  # the cell at row 1, column 3
     assert bench.prior_sigma(model, x, c, {"cell": cell}, n_future=3)["cell"][0] == 0.25
     hook.remove()
+    # with arm_calm each scene's noiseless row comes first, beside its sampled one: rows 1 and 3 are read
+    calm = SVG(g_dim=16, z_dim=4, rnn_size=16, width=0.125, prior="learned", output="flow", cond_maps=True,
+               ee_maps=True, arm_copy=True, arm_calm=True, z_map=2, map_prior=True).eval()
+
+    def by_row(module, args, out) -> None:
+        out[:, 2] = 2 * torch.log(0.1 * torch.arange(1.0, len(out) + 1))[:, None, None]
+
+    calm.prior_map.net.register_forward_hook(by_row)
+    scene = torch.zeros_like(region)
+    scene[1] = True
+    sigma = bench.prior_sigma(calm, x, c, {"first": ~scene, "second": scene}, n_future=3)
+    assert sigma["first"][0] == 0.2 and sigma["second"][0] == 0.4
 
 
 def test_the_rigid_push_probe_scores_only_its_region():
