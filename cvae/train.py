@@ -386,8 +386,8 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
                           "and a grown one is appended last")
     state = weights.state_dict()
     if grow:
-        carry = model.decoder.head.started_as_moved(rigid=False) if "flow_carry" in grow else [None]
-        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, carry[0])
+        carry = model.decoder.head.carry_channel if "flow_carry" in grow else None
+        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, carry)
     model.load_state_dict(state)
     newly_exact = "arm_copy" in grow and not (theirs.ee_copy or theirs.ee_sprite)
     return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or newly_exact

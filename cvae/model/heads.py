@@ -208,11 +208,16 @@ class FlowHead(Head):
                 last.bias[nc + 7 + i] = self.OPTIONAL[name]
         start_as_moved(last.weight.data, last.bias.data, self.started_as_moved(), nc)
 
-    def started_as_moved(self, carry: bool = True, rigid: bool = True) -> list[int]:
+    @property
+    def carry_channel(self) -> int | None:
+        """The last layer's output that is the carried motion's mask logit (None without it)."""
+        return self.nc + 7 + self.optional.index("flow_carry") if self.flow_carry else None
+
+    def started_as_moved(self) -> list[int]:
         """The last layer's outputs whose mask logits start as the moved previous frame's: the
-        carried motion's (with ``carry``) and the rigid layers' (with ``rigid``)."""
-        out = [self.nc + 7 + self.optional.index("flow_carry")] if carry and self.flow_carry else []
-        return out + [self.nc + self.extra - self.rigid + k for k in range(self.rigid if rigid else 0)]
+        carried motion's and the rigid layers'."""
+        carry = [self.carry_channel] if self.flow_carry else []
+        return carry + [self.nc + self.extra - self.rigid + k for k in range(self.rigid)]
 
     def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's last layer [..., nc + extra, H, W] -> the displacements [..., 2, H, W] of
@@ -262,7 +267,7 @@ class FlowHead(Head):
             if name != "flow_carry" and given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
         if carry_logit is not None:
-            k = self.nc + 7 + self.optional.index("flow_carry")
+            k = self.carry_channel
             out = torch.cat([out[:, :k], out[:, k : k + 1] + carry_logit.to(out.dtype), out[:, k + 1 :]], 1)
         mask = self.masks(out, rigid)  # first: it refuses a head with rigid layers and no shifts
         moved_prev, moved_anchor = self.flows(out)

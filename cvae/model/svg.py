@@ -200,13 +200,11 @@ class ModelConfig:
             raise ConfigError(f"critic must be a whole number of channels >= 0, not {self.critic}")
         if not 0 <= self.world_posterior == int(self.world_posterior):
             raise ConfigError(f"world_posterior must be a whole number of channels >= 0, not {self.world_posterior}")
-        for name in ("noise_flow", "noise_shift"):
+        for name in ("noise_flow", "noise_shift", "carry_noise"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         if self.noise_flow and not self.z_map:
             raise ConfigError("noise_flow needs z_map > 0: the spatial latent's first channel is what scales the flow")
-        if not 0 <= self.carry_noise < float("inf"):
-            raise ConfigError(f"carry_noise must be a number >= 0, not {self.carry_noise}")
         if self.carry_noise and not (self.z_map and self.flow_carry):
             raise ConfigError("carry_noise needs z_map > 0 and flow_carry true: the spatial latent's first channel "
                               "moves the carried motion's mask logit")

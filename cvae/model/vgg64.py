@@ -217,7 +217,7 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
     (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
     previous frame's logit less 2 (``heads.start_as_moved``), as is the carried motion's if it
-    grows (``carry``: its output channel, ``FlowHead.started_as_moved``); the map, the sprite, the rigid
+    grows (``carry``: its output channel, ``FlowHead.carry_channel``); the map, the sprite, the rigid
     layers' shifts (``heads.RigidShifts``: about a pixel), the critic, the world posterior and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
     the old one did (exactly, or with the new masks under 1%; a rigid layer takes an eighth of
