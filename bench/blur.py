@@ -48,7 +48,7 @@ def main() -> None:
         model = load_with_deadzone(ckpt, args.flow_deadzone)
         n_past, n_future = model.n_past, 10
         x, c = test_sequences(args.data, n_past + n_future, args.limit)
-        pred, last_layer, masks = predict_capturing(model, x, c, n_future)
+        pred, moved_prev, masks = predict_capturing(model, x, c, n_future)
         truth = x[:, n_past:]
         g_true, g_pred = gradient_map(truth), gradient_map(pred)
         total = g_true.sum((0, 2, 3))  # [T]: all the truth's edges per step
@@ -68,7 +68,7 @@ def main() -> None:
         if isinstance(head, FlowHead):
             still = where["still"]
             shares = [float(masks[:, :, k][still].mean()) for k in range(len(head.sources))]
-            moved = head.flows(last_layer)[0].norm(dim=2)[still]
+            moved = moved_prev.norm(dim=2)[still]
             shift, unmoved = float(moved.mean()), float((moved == 0).float().mean())
             print("  still pixels' mask: " + ", ".join(f"{n} {v:.1%}" for n, v in zip(head.sources, shares))
                   + f"; the moved previous frame's displacement there: {shift:.2f} px on average, "

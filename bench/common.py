@@ -102,29 +102,29 @@ def load_with_deadzone(ckpt: str, deadzone: float | None):
 
 
 def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
-                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One sample (z seed ``seed``) from frames ``x`` and conditions ``c``: the predicted frames
-    [N, n_future, 3, H, W], the decoder's last layer for each of them [N, n_future, C, H, W] (a
-    flow head's displacements and mask logits) and a flow head's mask [N, n_future, sources, H,
-    W] (``FlowHead.masks``, its rigid layers' logits moved by their shifts; None for other
-    heads). With ``arm_calm`` the decoder also draws each scene's noiseless future first; its
-    layers are left out."""
-    outs, shifts = [], []
-    hooks = [model.decoder.upc5.register_forward_hook(lambda module, args, out: outs.append(out.float()))]
-    if getattr(model.decoder, "rigid", None) is not None:
-        hooks.append(model.decoder.rigid.register_forward_hook(lambda module, args, out: shifts.append(out)))
+    [N, n_future, 3, H, W] and, for a flow head, what it mixed each of them by
+    (``FlowHead.mixing``, the latent's noise let in): the previous frame's displacement [N,
+    n_future, 2, H, W] and the mask [N, n_future, sources, H, W] (None for other heads). With
+    ``arm_calm`` the decoder also draws each scene's noiseless future first; its rows are left out."""
+    head, seen = model.decoder.head, []
+
+    def grab(module, args, kwargs) -> None:
+        mask, moved_prev, _ = head.mixing(args[0].float(), *(kwargs.get(name) for name in
+                                                             ("rigid", "gain", "shift", "carry_logit")))
+        seen.append(torch.cat([moved_prev, mask], 1))
+    hook = head.register_forward_pre_hook(grab, with_kwargs=True) if hasattr(head, "mixing") else None
     try:
         with torch.no_grad():
             pred = model.predict(x[:, : model.n_past], c, n_future, seed=seed)[:, 0]
     finally:
-        for hook in hooks:
+        if hook is not None:
             hook.remove()
-
-    layers = noisy_rows(outs, len(x), n_future)
-    head = model.decoder.head
-    if not hasattr(head, "masks"):
-        return pred, layers, None
-    return pred, layers, head.masks(layers, noisy_rows(shifts, len(x), n_future) if shifts else None)
+    if hook is None:
+        return pred, None, None
+    mixed = noisy_rows(seen, len(x), n_future)
+    return pred, mixed[:, :, :2], mixed[:, :, 2:]
 
 
 def noisy_rows(seen: list[torch.Tensor], n: int, n_future: int) -> torch.Tensor:

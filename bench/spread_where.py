@@ -9,10 +9,11 @@ alternatives or alternative blurs: the squared edges (``metrics.edge_energy``) o
 model's noiseless future and of the truths' mean, each over a true future's. For a flow head,
 its mask's shares where the arm sweeps and where the truths branch off the arm, and how far it
 moves the previous frame in each (``flow_reach``). For a learned map prior, the noise it lets
-through there and elsewhere (``prior_sigma``). ``--sheet`` also
-writes, per sequence, the last context frame, a true, a predicted and the noiseless last frame,
-and the truths' and the model's std maps (max over steps, x 4) side by side. Simulated data with
-hidden causes only.
+through there and elsewhere (``prior_sigma``). For a carried motion with ``carry_noise``, whether
+the decoder cancels that noise or holds the gate shut where the truths branch (``carry_gate``).
+``--sheet`` also writes, per sequence, the last context frame, a true, a predicted and the
+noiseless last frame, and the truths' and the model's std maps (max over steps, x 4) side by
+side. Simulated data with hidden causes only.
 
     python bench/spread_where.py --ckpt assets/model --limit 32 --sheet docs/spread_where.png --seqs 0,1,4,5,10
 """
@@ -38,6 +39,7 @@ from cvae.condition import XY
 from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, edge_energy, pixel_std
+from cvae.model.heads import warp
 from cvae.physics_eval import std_agreement
 
 
@@ -74,7 +76,7 @@ def flow_reach(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch
     zone applied): the mean displacement length of the moved previous frame there, in pixels, and
     the share of the region it moves by at least 1 px. A pushed object travels up to ~3 px a
     step; a flow that moves it less leaves it for the other sources to redraw or fade."""
-    length = model.decoder.head.flows(predict_capturing(model, x, c, n_future, 0)[1])[0].norm(dim=-3)
+    length = predict_capturing(model, x, c, n_future, 0)[1].norm(dim=-3)
     reach = {}
     for name, region in regions.items():
         n = region.sum().clamp_min(1)
@@ -105,6 +107,50 @@ def prior_sigma(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torc
         per = (sigma * region[:, :, None]).sum((0, 1, 3, 4)) / n
         out[name] = [round(float(per[0]), 3), round(float(per[1:].mean()), 3) if len(per) > 1 else None]
     return out
+
+
+def carry_gate(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
+               n_future: int = 10) -> dict[str, float]:
+    """Why ``carry_noise``'s path may move nothing: over ``draws`` z seeds, in ``region`` [N, F,
+    H, W], the std of the decoder's own logit for the carried motion, of the noise added to it
+    and of their sum, and the slope of the own logit on the noise (-1: the decoder cancels the
+    noise it also reads; 0: it leaves it). ``margin``: that logit less the log-sum-exp of the
+    other sources', whose mean and share below -4 (where a swing of 1 moves the share by under
+    2%) say whether the gate sits shut. ``carried_px``: the carried displacement's length there;
+    ``gap``: how far the carried source's pixels lie from the moved previous frame's it would
+    replace, in grey levels (0 to 255): a swing between two near-equal sources shows nothing."""
+    head = model.decoder.head
+    k, seen = head.carry_channel, []
+
+    def grab(module, args, kwargs) -> None:
+        out = args[0].float()
+        others = torch.cat([out[:, head.nc + 4 : k], out[:, k + 1 :]], 1).logsumexp(1)
+        _, moved_prev, _ = head.mixing(out, *(kwargs.get(name) for name in ("rigid", "gain", "shift", "carry_logit")))
+        carried = kwargs["carry"](moved_prev)
+        prev = head.previous(args[1]).float()
+        gap = (warp(prev, carried, head.resample) - warp(prev, moved_prev, head.resample)).abs().mean(1)
+        seen.append(torch.stack([out[:, k], kwargs["carry_logit"][:, 0].float(), others, carried.norm(dim=1), gap], 1))
+    hook = head.register_forward_pre_hook(grab, with_kwargs=True)
+    rows = []
+    try:
+        with torch.no_grad():
+            for seed in range(draws):
+                seen.clear()
+                model.predict(x[:, : model.n_past], c, n_future, seed=seed)
+                rows.append(noisy_rows(seen, len(x), n_future))  # [N, F, 5, H, W]
+    finally:
+        hook.remove()
+    own, noise, others, length, gap = torch.stack(rows).unbind(3)  # [D, N, F, H, W] each
+    w, n = region.float(), region.sum().clamp_min(1)
+
+    def over(v: torch.Tensor) -> float:
+        return round(float((v * w).sum() / n), 3)
+    d_own, d_noise = own - own.mean(0), noise - noise.mean(0)
+    margin = own + noise - others
+    return {"own_std": over(own.std(0)), "noise_std": over(noise.std(0)), "sum_std": over((own + noise).std(0)),
+            "slope": round(float((d_own * d_noise * w).sum() / (d_noise.square() * w).sum().clamp_min(1e-12)), 3),
+            "margin": over(margin.mean(0)), "shut": over((margin < -4).float().mean(0)),
+            "carried_px": over(length.mean(0)), "gap": over(255 * gap.mean(0))}
 
 
 def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, noiseless: torch.Tensor,
@@ -151,7 +197,7 @@ def main() -> None:
                  (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
         print("  where the truths branch, squared edges over a true future's: "
               + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
-        sources, branch_sources, reach = {}, {}, {}
+        sources, branch_sources, reach, gate = {}, {}, {}, {}
         if model.cfg.output == "flow":
             off_arm = differ & ~swept[:, None]
             for where, region, out in (("where the arm sweeps and the truths agree", arm_only, sources),
@@ -163,6 +209,14 @@ def main() -> None:
             reach = flow_reach(model, x, c, {"branching off the arm": off_arm, "arm swept": arm_only})
             print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
                   + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
+            if model.cfg.carry_noise:
+                gate = carry_gate(model, x, c, off_arm)
+                print("  where the truths branch off the arm, the carried motion's logit over 4 z draws: std of the "
+                      f"decoder's own {gate['own_std']:.3f}, of the noise {gate['noise_std']:.3f}, of their sum "
+                      f"{gate['sum_std']:.3f}; slope of own on noise {gate['slope']:+.2f}; margin over the other "
+                      f"sources {gate['margin']:.2f}, below -4 on {100 * gate['shut']:.0f}%; the carried "
+                      f"displacement {gate['carried_px']:.2f} px, its source {gate['gap']:.1f} grey levels from the "
+                      "moved previous frame's")
         sigma = {}
         if model.prior_map is not None:
             sigma = prior_sigma(model, x, c, {"branching off the arm": differ & ~swept[:, None], "arm swept": arm_only,
@@ -172,7 +226,7 @@ def main() -> None:
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
                agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
-               sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma,
+               sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,
                edges_where_branching=edges)
         if args.sheet:
             from PIL import Image

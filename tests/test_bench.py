@@ -209,6 +209,66 @@ def test_the_prior_sigma_is_the_learned_map_priors_noise_per_channel_over_the_re
     assert sigma["first"][0] == 0.2 and sigma["second"][0] == 0.4
 
 
+def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_and_the_noise():
+    """``spread_where.carry_gate``: a decoder whose own carry logit is constant ignores the noise
+    (slope 0, its std 0, the sum's the noise's); one that writes 1 minus the noise cancels it
+    (slope -1, the sum still), and with every other mask logit 0 its margin is 1 - log(others).
+    ``source_shares`` reads the mask as the head mixed by it, the noise in: the carried share
+    swings over z draws in the first, and in the second is e / (e + others) at every draw. With
+    the previous frame moved (3, 4) px everywhere (from the context on), 5 px are carried, and
+    the carried source is the moved frame itself: no gap, where the random decoder's had one."""
+    import math
+
+    import torch
+
+    from cvae.model import SVG
+
+    bench = _bench("spread_where")
+    model = SVG(g_dim=16, z_dim=4, rnn_size=16, width=0.125, prior="learned", output="flow", ee_maps=True,
+                z_map=2, map_prior=True, flow_carry=True, carry_noise=2.0).eval()
+    head, k = model.decoder.head, model.decoder.head.carry_channel
+    last = model.decoder.upc5[1]
+    with torch.no_grad():
+        last.weight[:, k] = 0
+        last.bias[k] = 0.5
+    x, c = torch.rand(2, 5, 3, 64, 64), torch.randn(2, 5, 7) * 0.1
+    region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
+    region[:, :, 10:20, 30:40] = True
+    ignored = bench.carry_gate(model, x, c, region, draws=3, n_future=3)
+    assert ignored["own_std"] == 0 and ignored["slope"] == 0 and ignored["noise_std"] > 0.1
+    assert ignored["sum_std"] == ignored["noise_std"]
+    carried = head.sources.index("flow_carry")
+
+    def others_zero(module, args, kwargs):
+        out = args[0].clone()
+        out[:, head.nc + 4 : k] = 0
+        out[:, k + 1 :] = 0
+        return (out, *args[1:]), kwargs
+
+    hook = head.register_forward_pre_hook(others_zero, with_kwargs=True)
+    assert bench.source_shares(model, x, c, region, draws=3, n_future=3)[2][carried] > 0.05
+    hook.remove()
+
+    def cancel(module, args, kwargs):
+        out = args[0].clone()
+        out[:, head.nc + 4 :] = 0
+        out[:, k] = 1 - kwargs["carry_logit"][:, 0]
+        return (out, *args[1:]), kwargs
+
+    head.register_forward_pre_hook(cancel, with_kwargs=True)
+    cancelled = bench.carry_gate(model, x, c, region, draws=3, n_future=3)
+    assert cancelled["slope"] == -1 and cancelled["sum_std"] == 0 and cancelled["own_std"] == cancelled["noise_std"]
+    others = len(head.sources) - 1
+    assert cancelled["margin"] == round(1 - math.log(others), 3) and cancelled["shut"] == 0
+    _, share, wobble = bench.source_shares(model, x, c, region, draws=3, n_future=3)
+    assert abs(float(share[carried]) - math.e / (math.e + others)) < 1e-5 and float(wobble[carried]) < 1e-5
+    with torch.no_grad():  # the previous frame moved by (3, 4) px everywhere: carried on from step 2
+        last.weight[:, head.nc : head.nc + 2] = 0
+        last.bias[head.nc : head.nc + 2] = torch.tensor([3.0, 4.0])
+    moved = bench.carry_gate(model, x, c, region, draws=2, n_future=3)
+    assert moved["carried_px"] == 5 and moved["gap"] == 0 < cancelled["gap"]  # carried as moved: the same pixels
+
+
 def test_the_rigid_push_probe_scores_only_its_region():
     """``rigid_push.errors`` sums the squared error over the region alone, per prediction, truth
     and step, and ``db`` pools it: off by 0.1 on the region and by 1 outside it is 20 dB."""

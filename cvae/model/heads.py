@@ -239,6 +239,24 @@ class FlowHead(Head):
         moved = translate(layered.reshape(-1, 1, *layered.shape[-2:]), shifts.reshape(-1, 2).float(), "bilinear")
         return torch.cat([fixed, moved.view(layered.shape)], -3).softmax(-3)
 
+    def mixing(self, out: torch.Tensor, rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None,
+               shift: torch.Tensor | None = None, carry_logit: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder's last layer [N, nc + extra, H, W] with the spatial latent's noise let in
+        (``rigid``, ``gain``, ``shift``, ``carry_logit``: see ``forward``) -> what this head mixes
+        by: the mask [N, sources, H, W] and the displacements [N, 2, H, W] of the previous frame
+        and of the latest real frame. Apart from ``forward`` so that a probe reads them as mixed."""
+        if carry_logit is not None:
+            k = self.carry_channel
+            out = torch.cat([out[:, :k], out[:, k : k + 1] + carry_logit.to(out.dtype), out[:, k + 1 :]], 1)
+        mask = self.masks(out, rigid)  # first: it refuses a head with rigid layers and no shifts
+        moved_prev, moved_anchor = self.flows(out)
+        if gain is not None:
+            moved_prev, moved_anchor = moved_prev * gain, moved_anchor * gain
+        if shift is not None:
+            moved_prev = moved_prev + shift
+        return mask, moved_prev, moved_anchor
+
     def forward(self, out: torch.Tensor, prev: torch.Tensor | None, anchor: torch.Tensor | None,
                 g: torch.Tensor, ee_copy: torch.Tensor | None = None,
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
@@ -266,15 +284,7 @@ class FlowHead(Head):
         for name in self.optional:
             if name != "flow_carry" and given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
-        if carry_logit is not None:
-            k = self.carry_channel
-            out = torch.cat([out[:, :k], out[:, k : k + 1] + carry_logit.to(out.dtype), out[:, k + 1 :]], 1)
-        mask = self.masks(out, rigid)  # first: it refuses a head with rigid layers and no shifts
-        moved_prev, moved_anchor = self.flows(out)
-        if gain is not None:
-            moved_prev, moved_anchor = moved_prev * gain, moved_anchor * gain
-        if shift is not None:
-            moved_prev = moved_prev + shift
+        mask, moved_prev, moved_anchor = self.mixing(out, rigid, gain, shift, carry_logit)
         if self.flow_carry:
             given["flow_carry"] = warp(prev, carry(moved_prev), self.resample)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
