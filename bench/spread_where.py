@@ -10,10 +10,10 @@ model's noiseless future and of the truths' mean, each over a true future's. For
 its mask's shares where the arm sweeps and where the truths branch off the arm, and how far it
 moves the previous frame in each (``flow_reach``). For a learned map prior, the noise it lets
 through there and elsewhere (``prior_sigma``). For a carried motion with ``carry_noise``, whether
-the decoder cancels that noise or holds the gate shut where the truths branch (``carry_gate``).
-``--sheet`` also writes, per sequence, the last context frame, a true, a predicted and the
-noiseless last frame, and the truths' and the model's std maps (max over steps, x 4) side by
-side. Simulated data with hidden causes only.
+the decoder cancels that noise or holds the gate shut where the truths branch, and what a swing
+there can change (``carry_gate``). ``--sheet`` also writes, per sequence, the last context
+frame, a true, a predicted and the noiseless last frame, and the truths' and the model's std
+maps (max over steps, x 4) side by side. Simulated data with hidden causes only.
 
     python bench/spread_where.py --ckpt assets/model --limit 32 --sheet docs/spread_where.png --seqs 0,1,4,5,10
 """
@@ -73,7 +73,7 @@ def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor,
 def flow_reach(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch.Tensor],
                n_future: int = 10) -> dict[str, dict[str, float]]:
     """How far a flow head moves pixels in each of ``regions`` [N, F, H, W] (z seed 0, its dead
-    zone applied): the mean displacement length of the moved previous frame there, in pixels, and
+    zone and the latent's gain or shift applied): the mean displacement length of the moved previous frame there, in pixels, and
     the share of the region it moves by at least 1 px. A pushed object travels up to ~3 px a
     step; a flow that moves it less leaves it for the other sources to redraw or fade."""
     length = predict_capturing(model, x, c, n_future, 0)[1].norm(dim=-3)

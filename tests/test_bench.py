@@ -262,7 +262,7 @@ def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_a
     assert cancelled["margin"] == round(1 - math.log(others), 3) and cancelled["shut"] == 0
     _, share, wobble = bench.source_shares(model, x, c, region, draws=3, n_future=3)
     assert abs(float(share[carried]) - math.e / (math.e + others)) < 1e-5 and float(wobble[carried]) < 1e-5
-    with torch.no_grad():  # the previous frame moved by (3, 4) px everywhere: carried on from step 2
+    with torch.no_grad():  # the previous frame moved by (3, 4) px everywhere, carried on from the context
         last.weight[:, head.nc : head.nc + 2] = 0
         last.bias[head.nc : head.nc + 2] = torch.tensor([3.0, 4.0])
     moved = bench.carry_gate(model, x, c, region, draws=2, n_future=3)
