@@ -111,8 +111,7 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
     head, seen = model.decoder.head, []
 
     def grab(module, args, kwargs) -> None:
-        mask, moved_prev, _ = head.mixing(args[0].float(), *(kwargs.get(name) for name in
-                                                             ("rigid", "gain", "shift", "carry_logit")))
+        mask, moved_prev, _ = mixing_seen(head, args, kwargs)
         seen.append(torch.cat([moved_prev, mask], 1))
     hook = head.register_forward_pre_hook(grab, with_kwargs=True) if hasattr(head, "mixing") else None
     try:
@@ -125,6 +124,12 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
         return pred, None, None
     mixed = noisy_rows(seen, len(x), n_future)
     return pred, mixed[:, :, :2], mixed[:, :, 2:]
+
+
+def mixing_seen(head, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``FlowHead.mixing`` of the call a forward pre-hook (``with_kwargs``) saw on a flow head:
+    its mask and displacements with the latent's noise let in, as the head mixed by them."""
+    return head.mixing(args[0].float(), *(kwargs.get(name) for name in ("rigid", "gain", "shift", "carry_logit")))
 
 
 def noisy_rows(seen: list[torch.Tensor], n: int, n_future: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from common import (
     arm_bases_of,
     checkpoints_parser,
     mean_future,
+    mixing_seen,
     noisy_rows,
     predict_capturing,
     record,
@@ -73,9 +74,10 @@ def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor,
 def flow_reach(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch.Tensor],
                n_future: int = 10) -> dict[str, dict[str, float]]:
     """How far a flow head moves pixels in each of ``regions`` [N, F, H, W] (z seed 0, its dead
-    zone and the latent's gain or shift applied): the mean displacement length of the moved previous frame there, in pixels, and
-    the share of the region it moves by at least 1 px. A pushed object travels up to ~3 px a
-    step; a flow that moves it less leaves it for the other sources to redraw or fade."""
+    zone and the latent's gain or shift applied): the mean displacement length of the moved
+    previous frame there, in pixels, and the share of the region it moves by at least 1 px. A
+    pushed object travels up to ~3 px a step; a flow that moves it less leaves it for the other
+    sources to redraw or fade."""
     length = predict_capturing(model, x, c, n_future, 0)[1].norm(dim=-3)
     reach = {}
     for name, region in regions.items():
@@ -125,7 +127,7 @@ def carry_gate(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, dr
     def grab(module, args, kwargs) -> None:
         out = args[0].float()
         others = torch.cat([out[:, head.nc + 4 : k], out[:, k + 1 :]], 1).logsumexp(1)
-        _, moved_prev, _ = head.mixing(out, *(kwargs.get(name) for name in ("rigid", "gain", "shift", "carry_logit")))
+        _, moved_prev, _ = mixing_seen(head, args, kwargs)
         carried = kwargs["carry"](moved_prev)
         prev = head.previous(args[1]).float()
         gap = (warp(prev, carried, head.resample) - warp(prev, moved_prev, head.resample)).abs().mean(1)
