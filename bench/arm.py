@@ -82,7 +82,7 @@ def main() -> None:
     base_row = {f"{k} shaft psnr": round(float(v.mean()), 2) for k, v in copies.items()}
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        pred, _, masks = predict_capturing(model, x, c, n_future)
+        pred, _, masks, _ = predict_capturing(model, x, c, n_future)
         ours = score(pred)
         print(f"  {ckpt + ', one sample:':26s} {' '.join(f'{s:5.2f}' for s in ours)} (mean {float(ours.mean()):.2f})")
         head, taken = model.decoder.head, {}

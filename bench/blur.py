@@ -48,7 +48,7 @@ def main() -> None:
         model = load_with_deadzone(ckpt, args.flow_deadzone)
         n_past, n_future = model.n_past, 10
         x, c = test_sequences(args.data, n_past + n_future, args.limit)
-        pred, moved_prev, masks = predict_capturing(model, x, c, n_future)
+        pred, moved_prev, masks, _ = predict_capturing(model, x, c, n_future)
         truth = x[:, n_past:]
         g_true, g_pred = gradient_map(truth), gradient_map(pred)
         total = g_true.sum((0, 2, 3))  # [T]: all the truth's edges per step

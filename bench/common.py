@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -101,18 +102,23 @@ def load_with_deadzone(ckpt: str, deadzone: float | None):
     return model
 
 
-def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
-                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int, seed: int = 0,
+                      extra: Callable | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One sample (z seed ``seed``) from frames ``x`` and conditions ``c``: the predicted frames
     [N, n_future, 3, H, W] and, for a flow head, what it mixed each of them by
     (``FlowHead.mixing``, the latent's noise let in): the previous frame's displacement [N,
-    n_future, 2, H, W] and the mask [N, n_future, sources, H, W] (None for other heads). With
-    ``arm_calm`` the decoder also draws each scene's noiseless future first; its rows are left out."""
+    n_future, 2, H, W] and the mask [N, n_future, sources, H, W] (None for other heads). ``extra``
+    (head, the call's args and kwargs, that mask and displacement [N, ..., H, W] -> [N, E, H, W])
+    reads more of each call in the same pass: its rows [N, n_future, E, H, W] come last (else
+    None). With ``arm_calm`` the decoder also draws each scene's noiseless future first; its rows
+    are left out."""
     head, seen = model.decoder.head, []
 
     def grab(module, args, kwargs) -> None:
         mask, moved_prev, _ = mixing_seen(head, args, kwargs)
-        seen.append(torch.cat([moved_prev, mask], 1))
+        more = [extra(head, args, kwargs, mask, moved_prev)] if extra is not None else []
+        seen.append(torch.cat([moved_prev, mask, *more], 1))
     hook = head.register_forward_pre_hook(grab, with_kwargs=True) if hasattr(head, "mixing") else None
     try:
         with torch.no_grad():
@@ -121,9 +127,10 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int,
         if hook is not None:
             hook.remove()
     if hook is None:
-        return pred, None, None
+        return pred, None, None, None
     mixed = noisy_rows(seen, len(x), n_future)
-    return pred, mixed[:, :, :2], mixed[:, :, 2:]
+    s = 2 + len(head.sources)
+    return pred, mixed[:, :, :2], mixed[:, :, 2:s], mixed[:, :, s:] if extra is not None else None
 
 
 def mixing_seen(head, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

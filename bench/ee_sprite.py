@@ -56,7 +56,7 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt} has no end-effector sprite (train with --ee-sprite true)")
     n_past, n_future = model.n_past, 10
     x, c = test_sequences(args.data, n_past + n_future, args.limit)
-    pred, _, masks = predict_capturing(model, x, c, n_future)
+    pred, _, masks, _ = predict_capturing(model, x, c, n_future)
     inside, outside = sprite_share(model, masks, c)
     on_table = c[:, :, Z].min()
     lines = []

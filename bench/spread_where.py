@@ -26,7 +26,6 @@ from common import (
     arm_bases_of,
     checkpoints_parser,
     mean_future,
-    mixing_seen,
     noisy_rows,
     predict_capturing,
     record,
@@ -58,27 +57,34 @@ def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
     return float(std_agreement(t_std, m_std).nanmean())
 
 
-def source_shares(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
-                  n_future: int = 10) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """A flow head's mask over ``region`` [N, F, H, W] of the futures from frames ``x`` and
-    conditions ``c``, under z seeds 0..draws-1: the sources' names, their mean share there and
-    the std of each share over the draws, averaged over the region [S] each."""
-    head = model.decoder.head
-    mask = torch.stack([predict_capturing(model, x, c, n_future, seed)[2]
-                        for seed in range(draws)])  # [D, N, F, S, H, W]
+def captures(model, x: torch.Tensor, c: torch.Tensor, draws: int = 4,
+             n_future: int = 10) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """What a flow head mixed the futures from frames ``x`` and conditions ``c`` by, under z seeds
+    0..draws-1, one predict each, which ``source_shares``, ``flow_reach`` and ``carry_gate`` all
+    read: per draw the previous frame's displacement [N, F, 2, H, W], the mask [N, F, S, H, W]
+    and, with ``carry_noise``, ``gate_reading``'s [N, F, 5, H, W] (else None)."""
+    extra = gate_reading if model.cfg.carry_noise else None
+    return [predict_capturing(model, x, c, n_future, seed, extra)[1:] for seed in range(draws)]
+
+
+def source_shares(model, seen: list, region: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """A flow head's mask over ``region`` [N, F, H, W] in the draws ``seen`` (``captures``): the
+    sources' names, their mean share there and the std of each share over the draws, averaged
+    over the region [S] each."""
+    mask = torch.stack([m for _, m, _ in seen])  # [D, N, F, S, H, W]
     weight = region[:, :, None].float()
     n = weight.sum().clamp_min(1)
-    return head.sources, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n, (mask.std(0) * weight).sum((0, 1, 3, 4)) / n
+    return (model.decoder.head.sources, (mask.mean(0) * weight).sum((0, 1, 3, 4)) / n,
+            (mask.std(0) * weight).sum((0, 1, 3, 4)) / n)
 
 
-def flow_reach(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torch.Tensor],
-               n_future: int = 10) -> dict[str, dict[str, float]]:
-    """How far a flow head moves pixels in each of ``regions`` [N, F, H, W] (z seed 0, its dead
-    zone and the latent's gain or shift applied): the mean displacement length of the moved
-    previous frame there, in pixels, and the share of the region it moves by at least 1 px. A
-    pushed object travels up to ~3 px a step; a flow that moves it less leaves it for the other
-    sources to redraw or fade."""
-    length = predict_capturing(model, x, c, n_future, 0)[1].norm(dim=-3)
+def flow_reach(seen: list, regions: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """How far a flow head moves pixels in each of ``regions`` [N, F, H, W] in the first of the
+    draws ``seen`` (``captures``; z seed 0, its dead zone and the latent's gain or shift
+    applied): the mean displacement length of the moved previous frame there, in pixels, and the
+    share of the region it moves by at least 1 px. A pushed object travels up to ~3 px a step; a
+    flow that moves it less leaves it for the other sources to redraw or fade."""
+    length = seen[0][0].norm(dim=-3)
     reach = {}
     for name, region in regions.items():
         n = region.sum().clamp_min(1)
@@ -111,38 +117,29 @@ def prior_sigma(model, x: torch.Tensor, c: torch.Tensor, regions: dict[str, torc
     return out
 
 
-def carry_gate(model, x: torch.Tensor, c: torch.Tensor, region: torch.Tensor, draws: int = 4,
-               n_future: int = 10) -> dict[str, float]:
-    """Why ``carry_noise``'s path may move nothing: over ``draws`` z seeds, in ``region`` [N, F,
-    H, W], the std of the decoder's own logit for the carried motion, of the noise added to it
-    and of their sum, and the slope of the own logit on the noise (-1: the decoder cancels the
-    noise it also reads; 0: it leaves it). ``margin``: that logit less the log-sum-exp of the
-    other sources', whose mean and share below -4 (where a swing of 1 moves the share by under
-    2%) say whether the gate sits shut. ``carried_px``: the carried displacement's length there;
-    ``gap``: how far the carried source's pixels lie from the moved previous frame's it would
-    replace, in grey levels (0 to 255): a swing between two near-equal sources shows nothing."""
-    head = model.decoder.head
-    k, seen = head.carry_channel, []
+def gate_reading(head, args: tuple, kwargs: dict, mask: torch.Tensor, moved_prev: torch.Tensor) -> torch.Tensor:
+    """``predict_capturing``'s ``extra`` for ``carry_gate``, per call [N, 5, H, W]: the decoder's
+    own logit for the carried motion, the noise added to it, the other sources' log-sum-exp, the
+    carried displacement's length and the carried source's mean gap to the moved previous frame."""
+    out, k = args[0].float(), head.carry_channel
+    others = torch.cat([out[:, head.nc + 4 : k], out[:, k + 1 :]], 1).logsumexp(1)
+    carried = kwargs["carry"](moved_prev)
+    prev = head.previous(args[1]).float()
+    gap = (warp(prev, carried, head.resample) - warp(prev, moved_prev, head.resample)).abs().mean(1)
+    return torch.stack([out[:, k], kwargs["carry_logit"][:, 0].float(), others, carried.norm(dim=1), gap], 1)
 
-    def grab(module, args, kwargs) -> None:
-        out = args[0].float()
-        others = torch.cat([out[:, head.nc + 4 : k], out[:, k + 1 :]], 1).logsumexp(1)
-        _, moved_prev, _ = mixing_seen(head, args, kwargs)
-        carried = kwargs["carry"](moved_prev)
-        prev = head.previous(args[1]).float()
-        gap = (warp(prev, carried, head.resample) - warp(prev, moved_prev, head.resample)).abs().mean(1)
-        seen.append(torch.stack([out[:, k], kwargs["carry_logit"][:, 0].float(), others, carried.norm(dim=1), gap], 1))
-    hook = head.register_forward_pre_hook(grab, with_kwargs=True)
-    rows = []
-    try:
-        with torch.no_grad():
-            for seed in range(draws):
-                seen.clear()
-                model.predict(x[:, : model.n_past], c, n_future, seed=seed)
-                rows.append(noisy_rows(seen, len(x), n_future))  # [N, F, 5, H, W]
-    finally:
-        hook.remove()
-    own, noise, others, length, gap = torch.stack(rows).unbind(3)  # [D, N, F, H, W] each
+
+def carry_gate(seen: list, region: torch.Tensor) -> dict[str, float]:
+    """Why ``carry_noise``'s path may move nothing: over the draws ``seen`` (``captures``), in
+    ``region`` [N, F, H, W], the std of the decoder's own logit for the carried motion, of the
+    noise added to it and of their sum, and the slope of the own logit on the noise (-1: the
+    decoder cancels the noise it also reads; 0: it leaves it). ``margin``: that logit less the
+    log-sum-exp of the other sources', whose mean and share below -4 (where a swing of 1 moves the
+    share by under 2%) say whether the gate sits shut. ``carried_px``: the carried displacement's
+    length there; ``gap``: how far the carried source's pixels lie from the moved previous frame's
+    it would replace, in grey levels (0 to 255): a swing between two near-equal sources shows
+    nothing."""
+    own, noise, others, length, gap = torch.stack([g for _, _, g in seen]).unbind(3)  # [D, N, F, H, W] each
     w, n = region.float(), region.sum().clamp_min(1)
 
     def over(v: torch.Tensor) -> float:
@@ -202,19 +199,20 @@ def main() -> None:
         sources, branch_sources, reach, gate = {}, {}, {}, {}
         if model.cfg.output == "flow":
             off_arm = differ & ~swept[:, None]
+            seen = captures(model, x, c)
             for where, region, out in (("where the arm sweeps and the truths agree", arm_only, sources),
                                        ("where the truths branch off the arm", off_arm, branch_sources)):
-                names, share, wobble = source_shares(model, x, c, region)
+                names, share, wobble = source_shares(model, seen, region)
                 out.update({name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)})
-                print(f"  {where}, the mask's mean share / its std over 4 z draws: "
+                print(f"  {where}, the mask's mean share / its std over {len(seen)} z draws: "
                       + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in out.items()))
-            reach = flow_reach(model, x, c, {"branching off the arm": off_arm, "arm swept": arm_only})
+            reach = flow_reach(seen, {"branching off the arm": off_arm, "arm swept": arm_only})
             print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
                   + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
             if model.cfg.carry_noise:
-                gate = carry_gate(model, x, c, off_arm)
-                print("  where the truths branch off the arm, the carried motion's logit over 4 z draws: std of the "
-                      f"decoder's own {gate['own_std']:.3f}, of the noise {gate['noise_std']:.3f}, of their sum "
+                gate = carry_gate(seen, off_arm)
+                print(f"  where the truths branch off the arm, the carried motion's logit over {len(seen)} z draws: std "
+                      f"of the decoder's own {gate['own_std']:.3f}, of the noise {gate['noise_std']:.3f}, of their sum "
                       f"{gate['sum_std']:.3f}; slope of own on noise {gate['slope']:+.2f}; margin over the other "
                       f"sources {gate['margin']:.2f}, below -4 on {100 * gate['shut']:.0f}%; the carried "
                       f"displacement {gate['carried_px']:.2f} px, its source {gate['gap']:.1f} grey levels from the "

@@ -137,7 +137,7 @@ def test_the_source_shares_are_a_flow_heads_mask_over_the_region():
     x, c = torch.rand(2, 5, 3, 64, 64), torch.randn(2, 5, 7) * 0.1
     region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
     region[:, :, 10:20, 30:40] = True
-    names, share, wobble = bench.source_shares(model, x, c, region, draws=2, n_future=3)
+    names, share, wobble = bench.source_shares(model, bench.captures(model, x, c, draws=2, n_future=3), region)
     assert names[:3] == ["generated", "moved previous", "moved latest real"] and len(names) == len(share)
     assert abs(float(share.sum()) - 1) < 1e-5 and ((share >= 0) & (share <= 1)).all() and (wobble >= 0).all()
 
@@ -160,10 +160,10 @@ def test_the_flow_reach_is_the_moved_previous_frames_displacement_over_the_regio
     region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
     region[:, :, 10:20, 30:40] = True
     regions = {"square": region, "none": torch.zeros_like(region)}
-    assert bench.flow_reach(model, x, c, regions, n_future=3) == {"square": {"mean_px": 5.0, "moved_1px": 1.0},
+    assert bench.flow_reach(bench.captures(model, x, c, 1, 3), regions) == {"square": {"mean_px": 5.0, "moved_1px": 1.0},
                                                                  "none": {"mean_px": 0.0, "moved_1px": 0.0}}
     model.decoder.head.deadzone = 6.0
-    assert bench.flow_reach(model, x, c, regions, n_future=3)["square"] == {"mean_px": 0.0, "moved_1px": 0.0}
+    assert bench.flow_reach(bench.captures(model, x, c, 1, 3), regions)["square"] == {"mean_px": 0.0, "moved_1px": 0.0}
 
 
 def test_the_prior_sigma_is_the_learned_map_priors_noise_per_channel_over_the_region():
@@ -234,7 +234,7 @@ def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_a
     x, c = torch.rand(2, 5, 3, 64, 64), torch.randn(2, 5, 7) * 0.1
     region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
     region[:, :, 10:20, 30:40] = True
-    ignored = bench.carry_gate(model, x, c, region, draws=3, n_future=3)
+    ignored = bench.carry_gate(bench.captures(model, x, c, draws=3, n_future=3), region)
     assert ignored["own_std"] == 0 and ignored["slope"] == 0 and ignored["noise_std"] > 0.1
     assert ignored["sum_std"] == ignored["noise_std"]
     carried = head.sources.index("flow_carry")
@@ -246,7 +246,7 @@ def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_a
         return (out, *args[1:]), kwargs
 
     hook = head.register_forward_pre_hook(others_zero, with_kwargs=True)
-    assert bench.source_shares(model, x, c, region, draws=3, n_future=3)[2][carried] > 0.05
+    assert bench.source_shares(model, bench.captures(model, x, c, draws=3, n_future=3), region)[2][carried] > 0.05
     hook.remove()
 
     def cancel(module, args, kwargs):
@@ -256,16 +256,16 @@ def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_a
         return (out, *args[1:]), kwargs
 
     head.register_forward_pre_hook(cancel, with_kwargs=True)
-    cancelled = bench.carry_gate(model, x, c, region, draws=3, n_future=3)
+    cancelled = bench.carry_gate(bench.captures(model, x, c, draws=3, n_future=3), region)
     assert cancelled["slope"] == -1 and cancelled["sum_std"] == 0 and cancelled["own_std"] == cancelled["noise_std"]
     others = len(head.sources) - 1
     assert cancelled["margin"] == round(1 - math.log(others), 3) and cancelled["shut"] == 0
-    _, share, wobble = bench.source_shares(model, x, c, region, draws=3, n_future=3)
+    _, share, wobble = bench.source_shares(model, bench.captures(model, x, c, draws=3, n_future=3), region)
     assert abs(float(share[carried]) - math.e / (math.e + others)) < 1e-5 and float(wobble[carried]) < 1e-5
     with torch.no_grad():  # the previous frame moved by (3, 4) px everywhere, carried on from the context
         last.weight[:, head.nc : head.nc + 2] = 0
         last.bias[head.nc : head.nc + 2] = torch.tensor([3.0, 4.0])
-    moved = bench.carry_gate(model, x, c, region, draws=2, n_future=3)
+    moved = bench.carry_gate(bench.captures(model, x, c, draws=2, n_future=3), region)
     assert moved["carried_px"] == 5 and moved["gap"] == 0 < cancelled["gap"]  # carried as moved: the same pixels
 
 
