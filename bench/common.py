@@ -116,7 +116,8 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int, se
     head, seen = model.decoder.head, []
 
     def grab(module, args, kwargs) -> None:
-        mask, moved_prev, _ = mixing_seen(head, args, kwargs)
+        mask, moved_prev, _ = head.mixing(args[0].float(), *(kwargs.get(name) for name in
+                                                             ("rigid", "gain", "shift", "carry_logit")))
         more = [extra(head, args, kwargs, mask, moved_prev)] if extra is not None else []
         seen.append(torch.cat([moved_prev, mask, *more], 1))
     hook = head.register_forward_pre_hook(grab, with_kwargs=True) if hasattr(head, "mixing") else None
@@ -131,12 +132,6 @@ def predict_capturing(model, x: torch.Tensor, c: torch.Tensor, n_future: int, se
     mixed = noisy_rows(seen, len(x), n_future)
     s = 2 + len(head.sources)
     return pred, mixed[:, :, :2], mixed[:, :, 2:s], mixed[:, :, s:] if extra is not None else None
-
-
-def mixing_seen(head, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``FlowHead.mixing`` of the call a forward pre-hook (``with_kwargs``) saw on a flow head:
-    its mask and displacements with the latent's noise let in, as the head mixed by them."""
-    return head.mixing(args[0].float(), *(kwargs.get(name) for name in ("rigid", "gain", "shift", "carry_logit")))
 
 
 def noisy_rows(seen: list[torch.Tensor], n: int, n_future: int) -> torch.Tensor:

@@ -160,10 +160,11 @@ def test_the_flow_reach_is_the_moved_previous_frames_displacement_over_the_regio
     region = torch.zeros(2, 3, 64, 64, dtype=torch.bool)
     region[:, :, 10:20, 30:40] = True
     regions = {"square": region, "none": torch.zeros_like(region)}
-    assert bench.flow_reach(bench.captures(model, x, c, 1, 3), regions) == {"square": {"mean_px": 5.0, "moved_1px": 1.0},
-                                                                 "none": {"mean_px": 0.0, "moved_1px": 0.0}}
+    assert bench.flow_reach(bench.captures(model, x, c, draws=1, n_future=3), regions) == {
+        "square": {"mean_px": 5.0, "moved_1px": 1.0}, "none": {"mean_px": 0.0, "moved_1px": 0.0}}
     model.decoder.head.deadzone = 6.0
-    assert bench.flow_reach(bench.captures(model, x, c, 1, 3), regions)["square"] == {"mean_px": 0.0, "moved_1px": 0.0}
+    reach = bench.flow_reach(bench.captures(model, x, c, draws=1, n_future=3), regions)
+    assert reach["square"] == {"mean_px": 0.0, "moved_1px": 0.0}
 
 
 def test_the_prior_sigma_is_the_learned_map_priors_noise_per_channel_over_the_region():
