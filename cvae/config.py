@@ -14,6 +14,7 @@ NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
                ("cover_weight", "it scores prior futures against the re-simulated ones"),
                ("spread_weight", "it compares the prior futures' spread with the re-simulated ones'"),
                ("edge_weight", "it compares the prior futures' edges with the re-simulated ones'"),
+               ("agree_weight", "it compares where the prior futures spread with where the re-simulated ones do"),
                ("energy_branch", "it gates the energy score's spread term"),
                ("adv_weight", "its critic tells prior futures from the re-simulated ones"),
                ("world_weight", "it draws the re-simulated futures from the noise the world posterior infers"))
@@ -60,6 +61,7 @@ class Config(ModelConfig):
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
+    agree_weight: float = 0.0  # > 0: also 1 - the correlation of those futures' std map with the truths', x this
     adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
     world_weight: float = 0.0  # > 0: also draw those futures from the noise the world posterior infers (--world-posterior C)
     world_branch_weight: float = 0.0  # ... its pixels where the true futures differ count 1 + this
@@ -119,7 +121,7 @@ class Config(ModelConfig):
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
                      "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
-                     "edge_weight", "flow_truth_weight", "adv_weight", "world_weight", "world_branch_weight"):
+                     "edge_weight", "agree_weight", "flow_truth_weight", "adv_weight", "world_weight", "world_branch_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):

@@ -169,6 +169,24 @@ def spread_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     return (std(samples) - std(truths)).abs().flatten(1).mean(1)
 
 
+def agreement_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
+    """Model futures [B, S, F, C, H, W] against true futures [B, K, F, C, H, W] -> [B]: 1 minus the
+    correlation of their std maps (:func:`pixel_std` over the futures, 1e-6 added to each variance
+    as in :func:`spread_gap`) over every future pixel, eval's uncertainty agreement as a loss; 0
+    for a scene whose truths agree everywhere (:func:`branching`), which says nothing of where.
+
+    Unlike :func:`spread_gap` it is blind to how much the futures spread, only where: it moves
+    spread from where the truths agree to where they differ without asking for less of it, and
+    leaves the amount to the proper score beside it."""
+    def std(v: torch.Tensor) -> torch.Tensor:
+        return (v.float().var(1, correction=0) + 1e-6).sqrt().mean(-3).flatten(1)
+    a, b = std(samples), std(truths)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.pow(2).sum(1) * b.pow(2).sum(1)).clamp_min(1e-24).sqrt()  # no inf slope at 0
+    differ = branching(truths, 1).flatten(1).any(1)
+    return torch.where(differ, 1 - corr, torch.zeros_like(corr))
+
+
 def edge_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     """Model futures [B, S, F, C, H, W] against true futures [B, K, F, C, H, W] -> [B]: how far
     each model future falls short of a true future's crispness where the truths differ

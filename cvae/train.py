@@ -155,6 +155,7 @@ def bf16_autocast(device: torch.device) -> bool:
 TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", "energy_truths"),
                 ("branch", "branch_loss", "branch_weight"), ("cover", "cover_loss", "cover_weight"),
                 ("spread", "spread_gap", "spread_weight"), ("edges", "edge_gap", "edge_weight"),
+                ("agree", "agreement_gap", "agree_weight"),
                 ("photo", "flow_photo_loss", "flow_photo_weight"), ("flow_truth", "flow_truth_loss", "flow_truth_weight"),
                 ("adv", "adv_loss", "adv_weight"), ("critic", "critic_loss", "adv_weight"),
                 ("world", "world_loss", "world_weight"), ("world_kl", "world_kl", "world_weight"))
@@ -170,7 +171,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     of K prior futures' pixel loss) (+ ``terms.weight`` * the energy score against ``futures``) (+ those
     futures rebuilt through the posterior, ``terms.rebuild_weight``) (+ ``terms.cover_weight`` * the
     closest prior future's pixel loss per true future) (+ ``terms.spread_weight`` * their per-pixel
-    spread gap) (+ ``terms.edge_weight`` * their edge gap) (+ the flow head's moved previous frame's
+    spread gap) (+ ``terms.edge_weight`` * their edge gap) (+ ``terms.agree_weight`` * 1 - the
+    correlation of their std maps) (+ the flow head's moved previous frame's
     error where things move, ``flow_photo_weight``) (+ ``flow_truth_weight`` * its displacements' error
     against ``true_flow``, the simulator's) (+ ``terms.adv_weight`` * the adversarial term on the prior
     futures, plus its critic's side, which trains only the critic) (+ ``terms.world_weight`` * (the true
@@ -182,7 +184,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     mse, kld = losses.mse.sum(), losses.kld.sum()
     loss = (recon_weight * losses.recon.sum() + beta * losses.kl_loss.sum() + best_of_weight * losses.best
             + terms.weight * losses.energy + terms.cover_weight * losses.cover + losses.branch
-            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges + losses.photo
+            + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges
+            + terms.agree_weight * losses.agree + losses.photo
             + flow_truth_weight * losses.flow_truth + terms.adv_weight * losses.adv + losses.critic
             + terms.world_weight * (losses.world + beta * losses.world_kl_loss))
     opt.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cvae.metrics import (
+    agreement_gap,
     branching,
     correlation,
     energy_score,
@@ -161,6 +162,38 @@ def test_spread_gap_by_hand_and_where_every_future_agrees():
     gap.sum().backward()
     assert torch.isfinite(samples.grad).all()
     assert spread_gap(truths, truths).item() == 0
+
+
+def test_agreement_gap_by_hand_sees_where_not_how_much():
+    """Truths [B=1, K=2, F=1, 3, 1, 3] that differ by 0.4 on pixel 0 (std 0.2) and agree on pixels
+    1 and 2. Samples that spread on pixel 1 instead: std maps (0.2, e, e) and (e, 0.2, e) centre
+    to (2, -1, -1) and (-1, 2, -1) x (0.2 - e) / 3, correlation -3 / 6, gap 1.5. Samples that
+    spread on pixel 0 twice as much as the truths: the gap is 0, where spread_gap's is not; a
+    scene whose truths agree everywhere scores 0. Samples that spread a little on pixel 0 and
+    much on pixel 1: the gradient is finite where they agree (pixel 2), and a step down it
+    moves spread from pixel 1 to pixel 0. Futures that agree everywhere, truths and samples
+    alike, have a finite gradient too (a 0 under the root's would be NaN)."""
+    truths = torch.zeros(1, 2, 1, 3, 1, 3)
+    truths[0, 1, ..., 0] = 0.4
+    elsewhere = torch.zeros_like(truths)
+    elsewhere[0, 1, ..., 1] = 0.4
+    assert agreement_gap(elsewhere, truths).item() == pytest.approx(1.5, abs=1e-3)
+    assert agreement_gap(truths, truths).item() == pytest.approx(0.0, abs=1e-6)
+    wider = truths * 2
+    assert agreement_gap(wider, truths).item() == pytest.approx(0.0, abs=1e-4)
+    assert spread_gap(wider, truths).item() == pytest.approx(0.2 / 3, abs=1e-3)
+    assert agreement_gap(elsewhere, torch.zeros_like(truths)).item() == 0
+    samples = (truths * 0.25 + elsewhere).requires_grad_()
+    gap = agreement_gap(samples, truths)
+    gap.sum().backward()
+    assert torch.isfinite(samples.grad).all()
+    stepped = (samples - 0.05 * samples.grad).detach()
+    assert agreement_gap(stepped, truths).item() < gap.item()
+    spread = (stepped[0, 1] - stepped[0, 0]).abs().mean((0, 1, 2))  # per pixel
+    assert spread[0] > 0.1 and spread[1] < 0.4
+    flat = torch.zeros_like(truths, requires_grad=True)  # neither spreads: 0, and no NaN in the gradient
+    agreement_gap(flat, torch.zeros_like(truths)).sum().backward()
+    assert torch.isfinite(flat.grad).all()
 
 
 def test_edge_gap_asks_each_future_for_the_truths_edges_where_they_differ():

@@ -9,7 +9,7 @@ import torch
 from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
-from cvae.metrics import branching, edge_gap, gaussian_blur, pixel_std, spread_gap
+from cvae.metrics import agreement_gap, branching, edge_gap, gaussian_blur, pixel_std, spread_gap
 from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
@@ -799,11 +799,13 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
 
 
 @pytest.mark.parametrize("field, gap, at, name, index", [("spread_weight", spread_gap, 2, "spread", 7),
-                                                        ("edge_weight", edge_gap, 3, "edges", 8)])
+                                                        ("edge_weight", edge_gap, 3, "edges", 8),
+                                                        ("agree_weight", agreement_gap, 4, "agree", 9)])
 def test_gap_terms_compare_the_prior_futures_with_the_truths(field, gap, at, name, index):
-    """``terms.spread_weight`` / ``edge_weight`` add ``metrics.spread_gap`` / ``edge_gap`` of the K
-    prior futures the energy score draws against the true ones (by hand, the same rollout), 0 when
-    off; train_step weighs the term and returns it, and its gradient reaches the prior."""
+    """``terms.spread_weight`` / ``edge_weight`` / ``agree_weight`` add ``metrics.spread_gap`` /
+    ``edge_gap`` / ``agreement_gap`` of the K prior futures the energy score draws against the
+    true ones (by hand, the same rollout), 0 when off; train_step weighs the term and returns it,
+    and its gradient reaches the prior."""
     model = calibrated(tiny(prior="learned", z_hold=True))
     x, c = batch(b=4, t=6)
     ctx, cond = x[:2, :2], c[:2]
@@ -902,12 +904,12 @@ def test_the_adversarial_term_on_the_prior_futures_and_how_train_step_weighs_it(
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    adv, crit = model._energy(ctx, cond, truths, FutureTerms(adv_weight=1.0))[4:]
+    adv, crit = model._energy(ctx, cond, truths, FutureTerms(adv_weight=1.0))[5:]
     want = adversarial_losses(model.critic, ctx[:, -1].repeat_interleave(3, 0),
                               _energy_samples(model, ctx, cond).flatten(0, 1), truths.flatten(0, 1))
     torch.testing.assert_close(adv, want[0])
     torch.testing.assert_close(crit, want[1])
-    assert all(v == 0 for v in model._energy(ctx, cond, truths)[4:])
+    assert all(v == 0 for v in model._energy(ctx, cond, truths)[5:])
     futures, terms = (ctx, cond, truths), FutureTerms(weight=0.0, adv_weight=3.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     torch.manual_seed(7)
@@ -916,7 +918,7 @@ def test_the_adversarial_term_on_the_prior_futures_and_how_train_step_weighs_it(
     again = model(x, c, True, futures=futures, terms=terms)
     torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum() + 3.0 * again.adv
                                         + again.critic).detach())
-    torch.testing.assert_close(got[11:13], torch.stack([again.adv, again.critic]).detach())
+    torch.testing.assert_close(got[12:14], torch.stack([again.adv, again.critic]).detach())
     prior, critic = list(model.prior.parameters()), list(model.critic.parameters())
     torch.manual_seed(7)
     parts = model(x, c, True, futures=futures, terms=terms)
@@ -1003,7 +1005,7 @@ def test_the_world_term_draws_each_true_future_from_the_noise_inferred_from_it()
     again = model(x, c, True, free_bits=0.01, futures=futures, terms=terms)
     torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum()
                                         + 2.0 * (again.world + 0.5 * again.world_kl_loss)).detach())
-    torch.testing.assert_close(got[13:], torch.stack([again.world, again.world_kl]).detach())
+    torch.testing.assert_close(got[14:], torch.stack([again.world, again.world_kl]).detach())
     grads = torch.autograd.grad(again.world, [model.world.net[0].weight, model.decoder.upc5[1].weight])
     assert all(g.abs().sum() > 0 for g in grads)  # the posterior learns to say where, the decoder to draw it
     off = model(x, c, True, futures=futures, terms=FutureTerms(weight=0.0))

@@ -474,12 +474,13 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
 
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
                    energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0, cover_weight=1.0,
-                   spread_weight=2.0, edge_weight=1.0, critic=4, adv_weight=0.1, energy_pool=4)
+                   spread_weight=2.0, edge_weight=1.0, agree_weight=1.0, critic=4, adv_weight=0.1, energy_pool=4)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
     assert all(r["energy_score"] > 0 and r["branch_loss"] > 0 and r["cover_loss"] > 0 and r["spread_gap"] > 0
-               and r["edge_gap"] >= 0 and r["adv_loss"] > 0 and r["critic_loss"] > 0 for r in log if r["kind"] == "step")
+               and r["edge_gap"] >= 0 and 0 <= r["agreement_gap"] <= 2 and r["adv_loss"] > 0 and r["critic_loss"] > 0
+               for r in log if r["kind"] == "step")
     futures = TrainingFutures(BairDataset(sim_root, "train", seq_len=12), 2, 2, 3, per_step=2, seed=1)
     ctx, cond, truths = futures.batch(5)
     assert ctx.shape == (2, 2, 3, 64, 64) and cond.shape == (2, 12, 7) and truths.shape == (2, 2, 10, 3, 64, 64)
@@ -506,6 +507,8 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "spread", spread_weight=3.0)
     with pytest.raises(ConfigError, match="edge_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "edges", edge_weight=1.0)
+    with pytest.raises(ConfigError, match="agree_weight needs energy_truths > 0: it compares where"):
+        tiny_cfg(sim_root, tmp_path / "agree", agree_weight=1.0)
     with pytest.raises(ConfigError, match="adv_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "adv", critic=4, adv_weight=1.0)
     with pytest.raises(ConfigError, match="adv_weight needs critic > 0: the critic"):

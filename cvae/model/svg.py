@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
-from ..metrics import branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
+from ..metrics import agreement_gap, branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
 from .critic import Critic, adversarial_losses
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS, MAX_RIGID, RESAMPLE, carried, carry_from_row_before, warp
@@ -59,6 +59,7 @@ class StepLosses:
     branch: torch.Tensor  # []: the re-simulated futures rebuilt through the posterior, branching pixels weighted
     spread: torch.Tensor  # []: |model std - truth std| per pixel of prior futures against re-simulated ones (``_energy``)
     edges: torch.Tensor  # []: how far prior futures fall short of the re-simulated ones' squared edges where they differ
+    agree: torch.Tensor  # []: 1 - the correlation of prior futures' std map with the re-simulated ones' (``_energy``)
     photo: torch.Tensor  # []: ``flow_photo_weight`` x the moved previous frame's L1 error where things move (0 when off)
     flow_truth: torch.Tensor  # []: the flow head's displacements against the simulator's true ones (``_flow_truth``)
     adv: torch.Tensor  # []: the adversarial term on prior futures, the model's side (``critic.adversarial_losses``)
@@ -88,6 +89,7 @@ class FutureTerms:
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
     spread_weight: float = 0.0  # the weight of ``metrics.spread_gap`` between those futures and the true ones
     edge_weight: float = 0.0  # the weight of ``metrics.edge_gap`` between those futures and the true ones
+    agree_weight: float = 0.0  # the weight of ``metrics.agreement_gap`` between those futures and the true ones
     adv_weight: float = 0.0  # the weight of the adversarial term on those futures against the true ones (``critic``)
     world_weight: float = 0.0  # the weight of the true futures drawn from the noise the world posterior infers (``_world``)
     world_branch_weight: float = 0.0  # ... whose pixels where the true futures differ count 1 + this
@@ -98,7 +100,8 @@ class FutureTerms:
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, pool=cfg.energy_pool, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
-                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, adv_weight=cfg.adv_weight,
+                   spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
+                   adv_weight=cfg.adv_weight,
                    world_weight=cfg.world_weight, world_branch_weight=cfg.world_branch_weight)
 
 
@@ -413,15 +416,15 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy, cover, spread, edges, adv, critic = (self._energy(*futures, terms) if futures is not None
-                                                     else (recon.new_zeros(()),) * 6)
+        energy, cover, spread, edges, agree, adv, critic = (self._energy(*futures, terms) if futures is not None
+                                                            else (recon.new_zeros(()),) * 7)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
         world, world_kl, world_kl_loss = (self._world(*futures, free_bits, terms.world_branch_weight)
                                           if futures is not None and terms.world_weight and self.world is not None
                                           else (recon.new_zeros(()),) * 3)
-        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, photo,
-                          flow_truth, adv, critic, world, world_kl, world_kl_loss)
+        return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, agree,
+                          photo, flow_truth, adv, critic, world, world_kl, world_kl_loss)
 
     def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, free_bits: float = 0.0,
                branch_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -608,7 +611,7 @@ class SVG(nn.Module):
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings; for each true future the pixel loss of the closest of them, summed over
-        the steps; ``metrics.spread_gap`` and ``metrics.edge_gap`` between them; the adversarial
+        the steps; ``metrics.spread_gap``, ``metrics.edge_gap`` and ``metrics.agreement_gap`` between them; the adversarial
         term's two sides, ``critic.adversarial_losses``), each averaged over the scenes (all but
         the first 0 unless ``terms`` weights them).
 
@@ -632,12 +635,13 @@ class SVG(nn.Module):
                                            terms.pool).mean()
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
         edges = edge_gap(samples, truths).mean() if terms.edge_weight else energy.new_zeros(())
+        agree = agreement_gap(samples, truths).mean() if terms.agree_weight else energy.new_zeros(())
         adv = critic = energy.new_zeros(())
         if terms.adv_weight and self.critic is not None:
             adv, critic = adversarial_losses(self.critic, x_ctx[:, -1].repeat_interleave(k, 0), pred,
                                              truths.flatten(0, 1))
         if not terms.cover_weight:
-            return energy, energy.new_zeros(()), spread, edges, adv, critic
+            return energy, energy.new_zeros(()), spread, edges, agree, adv, critic
         prev = _before(x_ctx, truths)
         mask = None
         if terms.cover_branch:
@@ -647,7 +651,7 @@ class SVG(nn.Module):
         pairs = self._pixel_loss(samples[:, :, None].expand(-1, -1, k, -1, -1, -1, -1).flatten(0, 2),
                                  truths[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2),
                                  prev[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2), mask)
-        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges, adv, critic
+        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges, agree, adv, critic
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
