@@ -9,20 +9,31 @@ Two gates a model could compute itself, probed before building one: ``--moving W
 mean future differs from the last context frame (``metrics.moving_mask``, widened by W px), and
 ``--learn N``, the probability of branching that a small CNN fitted on N training scenes reads
 off the mean future (``fit_classifier``); each sample keeps that share of its difference from
-the mean future.
+the mean future. And one that gates by size, not place: ``--deviation G``, each sample keeps a
+pixel only where it differs from the mean future by more than G grey levels (its largest
+channel), so the faint haze a sample spreads over the still table goes and an object drawn in
+another place stays. ``--swept``: each sample takes the mean future's pixels wherever the arm
+sweeps over the sequence (``spread_where.swept_mask``, from the condition's end-effector places
+and the arm's base, here the simulator's), after the rollout rather than fed back as
+``arm_calm`` does.
 
     python bench/branch_gate.py --ckpt assets/model --limit 16
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384
+    python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --deviation 4 8 16 --swept
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
-from common import checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
+from common import arm_bases_of, checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
+from spread_where import swept_mask
 from torch import nn
 from torch.nn import functional as F
 
 from cvae import checkpoint
+from cvae.condition import XY
 from cvae.evaluate import batches
+from cvae.kinematics import world_to_px
 from cvae.metrics import branching, moving_mask, psnr
 from cvae.physics_eval import spread_scores, summarize
 
@@ -45,6 +56,12 @@ def gate(samples: torch.Tensor, mean: torch.Tensor, truths: torch.Tensor, widen:
     """Samples [B, S, F, 3, H, W] kept where the truths [B, K, F, 3, H, W] branch (widened by
     ``widen`` px), the mean future [B, 1, F, 3, H, W] elsewhere."""
     return mix(samples, mean, widened(branching(truths, 1), widen))
+
+
+def departed(samples: torch.Tensor, mean: torch.Tensor, grey: float) -> torch.Tensor:
+    """Where each sample [B, S, F, 3, H, W] differs from the mean future [B, 1, F, 3, H, W] by
+    more than ``grey`` grey levels in some channel, as float [B, S, F, H, W]."""
+    return ((samples - mean).abs().amax(3) > grey / 255).float()
 
 
 def features(last: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -85,12 +102,16 @@ def fit_classifier(feats: torch.Tensor, branch: torch.Tensor, steps: int, seed: 
 
 
 def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int):
-    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W]) of the first
-    ``limit`` scenes of ``split``, ``n_past + f`` frames each."""
+    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W], the pixels the
+    arm sweeps over each sequence [B, H, W]) of the first ``limit`` scenes of ``split``,
+    ``n_past + f`` frames each."""
     ds, found = uncertain_test_set(data, limit, n_past + f, split)
     for idx in batches(len(found), 16):
         x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
-        yield idx, x, c, true_futures_of_each(found[idx.start : idx.stop], c, k)[:, :, n_past:]
+        some = found[idx.start : idx.stop]
+        ee = world_to_px(c[..., XY].numpy().astype(np.float64))
+        swept = torch.from_numpy(np.stack([swept_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(some))]))
+        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], swept
 
 
 @torch.no_grad()
@@ -100,6 +121,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=10, help="prior samples per scene")
     p.add_argument("--widen", type=int, nargs="+", default=[0, 2], help="px the oracle gate is widened by")
     p.add_argument("--moving", type=int, nargs="*", default=[], help="px the mean future's moving pixels are widened by")
+    p.add_argument("--deviation", type=float, nargs="*", default=[],
+                   help="grey levels a sample's pixel must differ from the mean future's by to be kept")
+    p.add_argument("--swept", action="store_true", help="also the samples calmed where the arm sweeps")
     p.add_argument("--learn", type=int, default=0, help="training scenes to fit the learned gate on (0: none)")
     p.add_argument("--learn-steps", type=int, default=1500)
     args = p.parse_args()
@@ -110,18 +134,19 @@ def main() -> None:
         net = None
         if args.learn:
             feats, branch = [], []
-            for idx, x, c, truths in scenes_with_truths(args.data, "train", args.learn, args.truths, n, f):
+            for idx, x, c, truths, _ in scenes_with_truths(args.data, "train", args.learn, args.truths, n, f):
                 feats.append(features(x[:, n - 1], mean_future(model, x, c, f, idx.start)).flatten(0, 1))
                 branch.append(branching(truths, 1).flatten(0, 1))
             with torch.enable_grad():
                 net = fit_classifier(torch.cat(feats), torch.cat(branch), args.learn_steps)
         variants = ["ungated", *(f"gate{w}" for w in args.widen), *(f"moving{w}" for w in args.moving),
+                    *(f"deviation{g:g}" for g in args.deviation), *(["swept"] if args.swept else []),
                     *(["learned"] if net is not None else [])]
         per: dict[str, dict[str, list[torch.Tensor]]] = {v: {} for v in variants}
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         seen = 0
-        for idx, x, c, truths in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f):
+        for idx, x, c, truths, swept in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             mean = mean_future(model, x, c, f, idx.start)
@@ -133,6 +158,10 @@ def main() -> None:
                     out = gate(samples, mean, truths, int(v[4:]))
                 elif v.startswith("moving"):
                     out = mix(samples, mean, widened(moving_mask(mean[:, 0], last[:, None]), int(v[6:])))
+                elif v == "swept":
+                    out = mix(samples, mean, (~swept[:, None]).float().expand(-1, f, -1, -1))
+                elif v.startswith("deviation"):
+                    out = mean + departed(samples, mean, float(v[9:]))[:, :, :, None] * (samples - mean)
                 else:
                     g = torch.sigmoid(net(features(last, mean).flatten(0, 1))).view(len(x), f, *x.shape[-2:])
                     out = mix(samples, mean, g)
