@@ -611,9 +611,9 @@ class SVG(nn.Module):
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings; for each true future the pixel loss of the closest of them, summed over
-        the steps; ``metrics.spread_gap``, ``metrics.edge_gap`` and ``metrics.agreement_gap`` between them; the adversarial
-        term's two sides, ``critic.adversarial_losses``), each averaged over the scenes (all but
-        the first 0 unless ``terms`` weights them).
+        the steps; ``metrics.spread_gap``, ``metrics.edge_gap`` and ``metrics.agreement_gap``
+        between them; the adversarial term's two sides, ``critic.adversarial_losses``), each
+        averaged over the scenes (all but the first 0 unless ``terms`` weights them).
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
