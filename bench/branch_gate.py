@@ -13,7 +13,7 @@ the mean future. And one that gates by size, not place: ``--deviation G``, each 
 pixel only where it differs from the mean future by more than G grey levels (its largest
 channel), so the faint haze a sample spreads over the still table goes and an object drawn in
 another place stays. ``--swept``: each sample takes the mean future's pixels wherever the arm
-sweeps over the sequence (``spread_where.swept_mask``, from the condition's end-effector places
+sweeps over the sequence (``spread_where.swept_masks``, from the condition's end-effector places
 and the arm's base, here the simulator's), after the rollout rather than fed back as
 ``arm_calm`` does.
 
@@ -23,17 +23,14 @@ and the arm's base, here the simulator's), after the rollout rather than fed bac
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
-from common import arm_bases_of, checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
-from spread_where import swept_mask
+from common import checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
+from spread_where import swept_masks
 from torch import nn
 from torch.nn import functional as F
 
 from cvae import checkpoint
-from cvae.condition import XY
 from cvae.evaluate import batches
-from cvae.kinematics import world_to_px
 from cvae.metrics import branching, moving_mask, psnr
 from cvae.physics_eval import spread_scores, summarize
 
@@ -109,9 +106,7 @@ def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f
     for idx in batches(len(found), 16):
         x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
         some = found[idx.start : idx.stop]
-        ee = world_to_px(c[..., XY].numpy().astype(np.float64))
-        swept = torch.from_numpy(np.stack([swept_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(some))]))
-        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], swept
+        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], swept_masks(some, c)
 
 
 @torch.no_grad()

@@ -55,6 +55,13 @@ def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
     return (shaft_mask(base, ee, hw) | (grip <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2)).any(0)
 
 
+def swept_masks(found, c: torch.Tensor) -> torch.Tensor:
+    """:func:`swept_mask` of each simulated scene of ``found`` under its row of conditions ``c``
+    [N, T, 7] (the end effector's places), with the arm's base the simulator's: bool [N, H, W]."""
+    ee = world_to_px(c[..., XY].numpy().astype(np.float64))
+    return torch.from_numpy(np.stack([swept_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(found))]))
+
+
 def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
     """eval's agreement (``physics_eval.std_agreement``) of std maps [B, F, H, W], averaged over
     the sequences whose truths differ somewhere."""
@@ -177,8 +184,7 @@ def main() -> None:
     x, c = test_sequences(args.data, 12, args.limit)
     _, found = uncertain_test_set(args.data, args.limit)
     n, n_past = len(found), 2
-    ee = world_to_px(c[..., XY].numpy().astype(np.float64))
-    swept = torch.from_numpy(np.stack([swept_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(found))]))
+    swept = swept_masks(found, c)
     truths = true_futures_of_each(found, c, args.truths)[:, :, n_past:]
     t_std, differ = pixel_std(truths, 1), branching(truths, 1)  # [N, F, H, W]
     arm_only = swept[:, None] & ~differ

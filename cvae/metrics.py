@@ -156,34 +156,33 @@ def branching(futures: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return pixel_std(futures, dim) >= CERTAIN_STD
 
 
+def _soft_std(futures: torch.Tensor) -> torch.Tensor:
+    """:func:`pixel_std` over dim 1 with 1e-6 added to the variance, for the training terms: a
+    pixel where every future agrees then has a gradient, not NaN."""
+    return (futures.float().var(1, correction=0) + 1e-6).sqrt().mean(-3)
+
+
 def spread_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     """Model futures [B, S, F, C, H, W] against true futures [B, K, F, C, H, W] -> [B]: the mean
-    over pixels of |model std - truth std| (:func:`pixel_std` over the futures, each with 1e-6
-    added to the variance, so a pixel where every future agrees has a gradient, not NaN).
+    over pixels of |model std - truth std| (:func:`_soft_std` over the futures).
 
     What eval's spread ratio and agreement compare, as a training term: it costs spread where the
     truths agree, first order, where the energy score's cost there is about a third of that, and asks
     for it where they differ. Not a proper score (the mean is free), so it rides beside one."""
-    def std(v: torch.Tensor) -> torch.Tensor:
-        return (v.float().var(1, correction=0) + 1e-6).sqrt().mean(-3)
-    return (std(samples) - std(truths)).abs().flatten(1).mean(1)
+    return (_soft_std(samples) - _soft_std(truths)).abs().flatten(1).mean(1)
 
 
 def agreement_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     """Model futures [B, S, F, C, H, W] against true futures [B, K, F, C, H, W] -> [B]: 1 minus the
-    correlation of their std maps (:func:`pixel_std` over the futures, 1e-6 added to each variance
-    as in :func:`spread_gap`) over every future pixel, eval's uncertainty agreement as a loss; 0
-    for a scene whose truths agree everywhere (:func:`branching`), which says nothing of where.
+    :func:`correlation` of their std maps (:func:`_soft_std` over the futures) over every future
+    pixel, eval's uncertainty agreement as a loss; 0 for a scene whose truths agree everywhere
+    (:func:`branching`), which says nothing of where.
 
     Unlike :func:`spread_gap` it is blind to how much the futures spread, only where: it asks to
     move spread from where the truths agree to where they differ, not for less of it, and leaves
     the amount to the proper score beside it. Trained, the spread it took off the arm did not come
     back on the objects (README, stop 57)."""
-    def std(v: torch.Tensor) -> torch.Tensor:
-        return (v.float().var(1, correction=0) + 1e-6).sqrt().mean(-3).flatten(1)
-    a, b = std(samples), std(truths)
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    corr = (a * b).sum(1) / (a.pow(2).sum(1) * b.pow(2).sum(1)).clamp_min(1e-24).sqrt()  # no inf slope at 0
+    corr = correlation(_soft_std(samples).flatten(1, 2), _soft_std(truths).flatten(1, 2)).nan_to_num(0.0)
     differ = branching(truths, 1).flatten(1).any(1)
     return torch.where(differ, 1 - corr, torch.zeros_like(corr))
 
@@ -208,12 +207,15 @@ def edge_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of two maps over their last two dims: [..., H, W] -> [...]. NaN where
-    either map is constant (a correlation is undefined there)."""
+    either map is constant (a correlation is undefined there), with a finite gradient there too:
+    the product of the norms is clamped before its root, whose slope at 0 is infinite and would
+    reach the inputs as NaN through the ``where`` (``agreement_gap`` trains on it)."""
     a = a.float().flatten(-2)
     b = b.float().flatten(-2)
     a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
-    den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
-    return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-30), torch.full_like(den, float("nan")))
+    den2 = a.pow(2).sum(-1) * b.pow(2).sum(-1)
+    corr = (a * b).sum(-1) / den2.clamp_min(torch.finfo(den2.dtype).tiny).sqrt()
+    return torch.where(den2 > 0, corr, torch.full_like(corr, float("nan")))
 
 
 def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, branch: bool = False,
