@@ -98,15 +98,15 @@ def fit_classifier(feats: torch.Tensor, branch: torch.Tensor, steps: int, seed: 
     return net.eval()
 
 
-def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int):
+def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int, swept: bool = False):
     """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W], the pixels the
-    arm sweeps over each sequence [B, H, W]) of the first ``limit`` scenes of ``split``,
-    ``n_past + f`` frames each."""
+    arm sweeps over each sequence [B, H, W] or None unless ``swept``) of the first ``limit``
+    scenes of ``split``, ``n_past + f`` frames each."""
     ds, found = uncertain_test_set(data, limit, n_past + f, split)
     for idx in batches(len(found), 16):
         x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
         some = found[idx.start : idx.stop]
-        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], swept_masks(some, c)
+        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], swept_masks(some, c) if swept else None
 
 
 @torch.no_grad()
@@ -141,7 +141,7 @@ def main() -> None:
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         seen = 0
-        for idx, x, c, truths, swept in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f):
+        for idx, x, c, truths, swept in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f, args.swept):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             mean = mean_future(model, x, c, f, idx.start)
