@@ -134,7 +134,7 @@ def gate_reading(head, args: tuple, kwargs: dict, mask: torch.Tensor, moved_prev
     carried displacement's length and the carried source's mean gap to the moved previous frame."""
     out, k = args[0].float(), head.carry_channel
     others = torch.cat([out[:, head.nc + 4 : k], out[:, k + 1 :]], 1).logsumexp(1)
-    carried = kwargs["carry"](moved_prev)
+    carried = kwargs["carry"](moved_prev, head.carry_share(mask))
     prev = head.previous(args[1]).float()
     gap = (warp(prev, carried, head.resample) - warp(prev, moved_prev, head.resample)).abs().mean(1)
     return torch.stack([out[:, k], kwargs["carry_logit"][:, 0].float(), others, carried.norm(dim=1), gap], 1)

@@ -278,11 +278,11 @@ def test_carried_motion_glides_an_object_on_and_the_mask_can_stop_it():
     prev[..., 4:10, 4:8] = 1.0
     out = torch.zeros(1, 3 + head.extra, 16, 16)
     out[:, 7 + carry] = 30  # the mask takes the carried source everywhere
-    glided = head(out, prev, prev, torch.zeros(1, 8), carry=lambda flow: carried(pushed))
+    glided = head(out, prev, prev, torch.zeros(1, 8), carry=lambda *_: carried(pushed))
     assert (glided[..., 4:10, 6:9] > 0.99).all() and glided[..., 10:].abs().max() < 1e-4
     out[:, 7 + carry, :, 8:] = 0  # ... except where it would glide to: the moved previous frame (not moved) there
     out[:, 8, :, 8:] = 30
-    stopped = head(out, prev, prev, torch.zeros(1, 8), carry=lambda flow: carried(pushed))
+    stopped = head(out, prev, prev, torch.zeros(1, 8), carry=lambda *_: carried(pushed))
     assert stopped[..., 8:].abs().max() < 1e-4 and (stopped[..., 4:10, 6:8] > 0.99).all()
     with pytest.raises(ValueError, match="pass carry"):
         head(out, prev, prev, torch.zeros(1, 8))
@@ -309,6 +309,61 @@ def test_carried_motion_glides_an_object_on_and_the_mask_can_stop_it():
         tiny(output="cdna", flow_carry=True)
 
 
+
+def test_carry_shown_carries_on_the_glide_the_mask_chose():
+    """Without ``carry_shown`` the carried motion is the head's own displacement of the step
+    before, so where the mask took a glide once and the head's own flow is 0, the glide stops
+    after one step; with it, what the frame showed is carried on and the square keeps gliding.
+    The teacher-forced rows and the closed-loop steps carry the same, and the share is the
+    carried source's of the two sources from the previous frame."""
+    from cvae.model.heads import FlowHead, StepCarry, carried, carry_from_row_before, shown, warp
+
+    push = torch.zeros(1, 2, 16, 16)
+    push[:, 0, 4:10, 2:6] = -2.0  # the square moved 2 px right; then the head's own flow is 0
+    rows = torch.cat([push, torch.zeros(3, 2, 16, 16)])
+    share = torch.tensor([0.0, 1.0, 1.0, 1.0]).view(4, 1, 1, 1).expand(4, 1, 16, 16)  # then the glide is taken
+    own = carry_from_row_before(4)(rows)
+    assert own[2:].abs().max() == 0  # the head's own flow of step 1 is 0: nothing left to carry
+    on = carry_from_row_before(4)(rows, share)
+    torch.testing.assert_close(on[1], carried(push)[0])
+    torch.testing.assert_close(on[2], carried(carried(push))[0])
+    assert (on[3, 0, 4:10, 8:12] < -1.6).all() and on[3, 0, :, :8].abs().max() == 0  # 3 steps on: 6 px farther
+    steps, before = [], None
+    for r in range(4):  # the closed loop, one step at a time
+        step = StepCarry(before)
+        steps.append(step(rows[r : r + 1], share[r : r + 1]))
+        before = step.shown
+    torch.testing.assert_close(torch.cat(steps), on)
+    half = torch.full((1, 1, 16, 16), 0.5)
+    torch.testing.assert_close(shown(push, torch.ones_like(push), half), 0.5 * push + 0.5)
+    assert shown(push, torch.ones_like(push), None) is push
+
+    head = FlowHead(g_dim=8, flow_carry=True, carry_shown=True)
+    k = head.sources.index("flow_carry")
+    mask = torch.rand(2, len(head.sources), 16, 16, generator=torch.Generator().manual_seed(0)).softmax(1)
+    torch.testing.assert_close(head.carry_share(mask), mask[:, k : k + 1] / (mask[:, 1:2] + mask[:, k : k + 1]))
+    assert FlowHead(g_dim=8, flow_carry=True).carry_share(mask) is None
+    with pytest.raises(ConfigError, match="carry_shown needs flow_carry true"):
+        tiny(output="flow", carry_shown=True)
+
+    model = tiny(output="flow", flow_carry=True, carry_shown=True)
+    last = model.decoder.upc5[1]
+    with torch.no_grad():
+        last.weight[:, 3:] = 0
+        last.bias[3:7] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # the head moves the previous frame 1 px, everywhere
+        last.bias[7:] = -30
+        last.bias[8] = last.bias[7 + k] = 0  # and its mask takes that and the carried source, half each
+    x, cond = batch(t=5)
+    forced = model(x, cond, teacher_forcing=True).pred
+    shift = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(2, 2, 64, 64)
+    third_on = carried(0.5 * shift + 0.5 * carried(0.5 * shift))  # steps shown: 0.5 px (0 carried), then 0.75
+    torch.testing.assert_close(forced[:, 2], 0.5 * warp(x[:, 2], shift) + 0.5 * warp(x[:, 2], third_on),
+                               atol=1e-4, rtol=0)
+    rolled = model.predict(x[:, :2], cond, n_future=2)[:, 0]  # the closed loop carries the same on its own frames
+    torch.testing.assert_close(rolled[:, 0], forced[:, 1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(rolled[:, 1], 0.5 * warp(rolled[:, 0], shift) + 0.5 * warp(rolled[:, 0], third_on),
+                               atol=1e-4, rtol=0)
+
 def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
     """The decoder hands the head S x the spatial latent's first channel, upsampled, and the head
     adds it to the carried motion's mask logit alone: the same frame as that logit raised by
@@ -330,8 +385,8 @@ def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
     zmap = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     flow = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        frame = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=zmap, carry=lambda _: carried(flow))
-        other = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=-zmap, carry=lambda _: carried(flow))
+        frame = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=zmap, carry=lambda *_: carried(flow))
+        other = model.decoder(h, skips, x[:, 1], None, x[:, 1], zmap=-zmap, carry=lambda *_: carried(flow))
     up = torch.nn.functional.interpolate(zmap[:, :1], size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(seen["carry_logit"], -1.5 * up)
     assert (frame - other).abs().mean() > 1e-4
@@ -341,8 +396,8 @@ def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
     raised = out.clone()
     raised[:, 3 + 4 + head.sources.index("flow_carry")] += logit[:, 0]
     move = torch.full((1, 2, 16, 16), 1.0)
-    torch.testing.assert_close(forward(out, prev, prev, None, carry=lambda _: move, carry_logit=logit),
-                               forward(raised, prev, prev, None, carry=lambda _: move))
+    torch.testing.assert_close(forward(out, prev, prev, None, carry=lambda *_: move, carry_logit=logit),
+                               forward(raised, prev, prev, None, carry=lambda *_: move))
     with pytest.raises(ConfigError, match="carry_noise needs z_map > 0 and flow_carry true"):
         tiny(output="flow", z_map=2, carry_noise=1.0)
 

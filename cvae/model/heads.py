@@ -52,6 +52,11 @@ class registered by name (``HEADS``); adding a head is one class here.
   latent, so a future's noise can choose which: the simulator's hidden friction, as one choice
   per pixel between gliding on and stopping, rather than a displacement the decoder must draw
   again at every step (its own flow where the truths branch off the arm is 0.4-0.5 px, README).
+  ``carry_shown`` (a model field, off by default) changes what is carried on: not the head's own
+  displacement of the previous frame but the one the frame showed, where the mask took the
+  carried source that source's (``shown``). Without it a future whose noise took the gliding
+  object at one step carries on the head's own short flow at the next, so the glide it chose
+  stops after one step; with it the glide it chose goes on until the mask stops it.
 """
 from __future__ import annotations
 
@@ -185,9 +190,12 @@ class FlowHead(Head):
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False,
-                 resample: str = "bilinear", rigid: int = 0, flow_carry: bool = False) -> None:
+                 resample: str = "bilinear", rigid: int = 0, flow_carry: bool = False,
+                 carry_shown: bool = False) -> None:
         super().__init__(g_dim, nc)
-        self.resample, self.rigid, self.flow_carry = resample, rigid, flow_carry
+        if carry_shown and not flow_carry:
+            raise ValueError("carry_shown needs flow_carry: it says which displacement the carried motion carries on")
+        self.resample, self.rigid, self.flow_carry, self.carry_shown = resample, rigid, flow_carry, carry_shown
         self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
         self.deadzone = deadzone
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
@@ -212,6 +220,15 @@ class FlowHead(Head):
     def carry_channel(self) -> int | None:
         """The last layer's output that is the carried motion's mask logit (None without it)."""
         return self.nc + 7 + self.optional.index("flow_carry") if self.flow_carry else None
+
+    def carry_share(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """The mask [N, sources, H, W] -> the carried source's share of what the two sources from
+        the previous frame take, [N, 1, H, W], by which ``shown`` mixes their displacements (None
+        without ``carry_shown``: the head's own displacement is carried on)."""
+        if not self.carry_shown:
+            return None
+        k = self.sources.index("flow_carry")
+        return mask[:, k : k + 1] / (mask[:, 1:2] + mask[:, k : k + 1]).clamp_min(1e-6)
 
     def started_as_moved(self) -> list[int]:
         """The last layer's outputs whose mask logits start as the moved previous frame's: the
@@ -262,7 +279,7 @@ class FlowHead(Head):
                 ee_sprite: torch.Tensor | None = None, arm_copy: torch.Tensor | None = None,
                 rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None, moved: bool = False,
-                carry: Callable[[torch.Tensor], torch.Tensor] | None = None, carry_logit: torch.Tensor | None = None,
+                carry: Callable[..., torch.Tensor] | None = None, carry_logit: torch.Tensor | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The mixed frame; with ``moved``, also the previous frame this head moves and its
         displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
@@ -273,8 +290,9 @@ class FlowHead(Head):
         (``flow_carry``): this head's displacement of the previous frame [N, 2, H, W] -> that of
         the step before, carried along (``carried``; 0 at a first step), by which the carried-motion
         source moves the previous frame. A function, so that a teacher-forced pass, whose steps are
-        rows of one batch, can take each row's from the row before. ``carry_logit`` [N, 1, H, W] is
-        added to that source's mask logit (the decoder's ``carry_noise``)."""
+        rows of one batch, can take each row's from the row before; it is also passed the carried
+        source's share (``carry_share``), so that with ``carry_shown`` it carries on what was shown.
+        ``carry_logit`` [N, 1, H, W] is added to that source's mask logit (the decoder's ``carry_noise``)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
@@ -286,7 +304,7 @@ class FlowHead(Head):
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
         mask, moved_prev, moved_anchor = self.mixing(out, rigid, gain, shift, carry_logit)
         if self.flow_carry:
-            given["flow_carry"] = warp(prev, carry(moved_prev), self.resample)
+            given["flow_carry"] = warp(prev, carry(moved_prev, self.carry_share(mask)), self.resample)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
         sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]
@@ -299,7 +317,8 @@ OUTPUTS = tuple(HEADS)
 
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
               still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False,
-              flow_resample: str = "bilinear", rigid_layers: int = 0, flow_carry: bool = False) -> Head:
+              flow_resample: str = "bilinear", rigid_layers: int = 0, flow_carry: bool = False,
+              carry_shown: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
     if (ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear" or rigid_layers
@@ -308,7 +327,8 @@ def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_spri
             raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample, rigid_layers and "
                              f"flow_carry need the 'flow' head, not {name!r}")
         return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
-                        arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers, flow_carry=flow_carry)
+                        arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers, flow_carry=flow_carry,
+                        carry_shown=carry_shown)
     return HEADS[name](g_dim, nc)
 
 
@@ -366,17 +386,46 @@ def carried(flow: torch.Tensor) -> torch.Tensor:
     return (mean * sums[:, 3:].clamp(max=1)).view(n, 2, h, w)
 
 
-def carry_from_row_before(steps: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def shown(flow: torch.Tensor, on: torch.Tensor, share: torch.Tensor | None) -> torch.Tensor:
+    """A step's own displacement of the previous frame and the carried one [N, 2, H, W], and the
+    carried source's share of the two (``FlowHead.carry_share``) -> the displacement the frame
+    showed, which the next step carries on (the own one where ``share`` is None)."""
+    return flow if share is None else flow + share * (on.to(flow.dtype) - flow)
+
+
+def carry_from_row_before(steps: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """``FlowHead.forward``'s ``carry`` for a teacher-forced pass, whose rows are runs of ``steps``
     consecutive steps of one sequence: each row's is the row before's displacement ``carried`` on,
-    a run's first row's 0."""
+    a run's first row's 0. With a share (``carry_shown``) the row before's is the one it
+    ``shown``, which needs the row before that's, so the rows are carried one after another."""
 
-    def carry(flow: torch.Tensor) -> torch.Tensor:
+    def carry(flow: torch.Tensor, share: torch.Tensor | None = None) -> torch.Tensor:
         runs = flow.view(-1, steps, *flow.shape[1:])
-        on = carried(runs[:, :-1].flatten(0, 1)).view(runs.shape[0], steps - 1, *flow.shape[1:])
-        return torch.cat([on.new_zeros(runs.shape[0], 1, *flow.shape[1:]), on], 1).flatten(0, 1)
+        if share is None:
+            on = carried(runs[:, :-1].flatten(0, 1)).view(runs.shape[0], steps - 1, *flow.shape[1:])
+            return torch.cat([on.new_zeros(runs.shape[0], 1, *flow.shape[1:]), on], 1).flatten(0, 1)
+        shares = share.view(-1, steps, *share.shape[1:])
+        ons = [runs.new_zeros(runs[:, 0].shape, dtype=torch.float32)]
+        for r in range(1, steps):
+            ons.append(carried(shown(runs[:, r - 1], ons[-1], shares[:, r - 1])))
+        return torch.stack(ons, 1).flatten(0, 1)
 
     return carry
+
+
+class StepCarry:
+    """``FlowHead.forward``'s ``carry`` for one closed-loop step: the displacement the step before
+    showed (``before``; None at a first step), ``carried`` on. It keeps the displacement this
+    step shows (``shown``) for the next step's."""
+
+    def __init__(self, before: torch.Tensor | None) -> None:
+        self.on = None if before is None else carried(before)
+        self.shown: torch.Tensor | None = None
+
+    def __call__(self, flow: torch.Tensor, share: torch.Tensor | None = None) -> torch.Tensor:
+        on = torch.zeros_like(flow) if self.on is None else self.on
+        self.shown = shown(flow, on, share)
+        return on
 
 
 RIGID_INIT_SCALE = 10.0  # PyTorch's initial weights give shifts of about 0.1 px; these start at about 1

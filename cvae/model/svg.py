@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..metrics import agreement_gap, branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
 from .critic import Critic, adversarial_losses
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
-from .heads import HEADS, MAX_RIGID, RESAMPLE, carried, carry_from_row_before, warp
+from .heads import HEADS, MAX_RIGID, RESAMPLE, StepCarry, carry_from_row_before, warp
 from .predictor import FramePredictor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 from .world import WorldPosterior
@@ -43,7 +43,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
-                   "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", *SAMPLING)
+                   "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", "carry_shown", *SAMPLING)
 
 
 @dataclass
@@ -150,6 +150,7 @@ class ModelConfig:
     noise_shift: float = 0.0  # > 0: px; its first two channels x this are added to the moved previous frame's displacement
     flow_carry: bool = False  # the flow head's mask may also take the previous frame moved on as the step before moved it
     carry_noise: float = 0.0  # > 0: the spatial latent's first channel x this is added to that source's mask logit
+    carry_shown: bool = False  # that source carries on the displacement the frame showed, not the head's own (heads.shown)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -211,6 +212,8 @@ class ModelConfig:
         if self.carry_noise and not (self.z_map and self.flow_carry):
             raise ConfigError("carry_noise needs z_map > 0 and flow_carry true: the spatial latent's first channel "
                               "moves the carried motion's mask logit")
+        if self.carry_shown and not self.flow_carry:
+            raise ConfigError("carry_shown needs flow_carry true: it says what the carried motion carries on")
         if self.noise_shift and self.z_map < 2:
             raise ConfigError("noise_shift needs z_map >= 2: the spatial latent's first two channels are the shift")
         if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
@@ -260,7 +263,7 @@ class SVG(nn.Module):
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
                                rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift,
-                               flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise)
+                               flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise, carry_shown=cfg.carry_shown)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None
@@ -278,7 +281,7 @@ class SVG(nn.Module):
 
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
                 cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor,
-                z: torch.Tensor, moved: bool = False, carry: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                z: torch.Tensor, moved: bool = False, carry: Callable[..., torch.Tensor] | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
         real frames [N, 3, 64, 64], their raw conditions [N, 7] and latents [N, latent_dim] (the
@@ -714,7 +717,7 @@ class SVG(nn.Module):
         skip_prev = [s[:, 0] for s in skips_ctx]
         skip_last = [s[:, n_past - 1] for s in skips_ctx]
         coarse_before = skips_ctx[3][:, 0]  # frame i-2's coarsest skips (frame 0's at step 1), for a learned map prior
-        pred_state = prior_state = swept = last_flow = None
+        pred_state = prior_state = swept = last_shown = None
         preds, prior_mu, prior_logvar, moved_from, flows = [], [], [], [], []
         for i in range(1, t):
             if self.prior is not None:
@@ -733,16 +736,14 @@ class SVG(nn.Module):
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None, : self.z_dim], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
-            carry = None
-            if self.cfg.flow_carry:  # the displacement of step i - 1 carried on, none at the first step
-                carry = torch.zeros_like if last_flow is None else lambda _, c=carried(last_flow): c
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i,
-                               moved or self.cfg.flow_carry, carry)
-            if moved or self.cfg.flow_carry:
-                x_i, (prev_i, last_flow) = x_i
+            carry = StepCarry(last_shown) if self.cfg.flow_carry else None  # step i - 1's carried on
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i, moved, carry)
             if moved:
+                x_i, (prev_i, flow_i) = x_i
                 moved_from.append(prev_i)
-                flows.append(last_flow)
+                flows.append(flow_i)
+            if carry is not None:
+                last_shown = carry.shown
             if calm and i >= n_past:
                 swept = self._swept(swept, x_ctx[:, n_past - 1], cond, i)
                 group = x_i.view(-1, calm, *x_i.shape[1:])

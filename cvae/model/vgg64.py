@@ -85,14 +85,16 @@ class Decoder(nn.Module):
     an object onto table it reaches in some worlds only, where the flow is 0 and no gain moves it.
     ``flow_carry`` gives the flow head its carried-motion source (``heads.carried``); ``forward``
     then needs ``carry``. ``carry_noise`` S > 0 adds S x the latent's first channel to that
-    source's mask logit: noise that chooses, pixel by pixel, between gliding on and stopping."""
+    source's mask logit: noise that chooses, pixel by pixel, between gliding on and stopping.
+    ``carry_shown``: what that source carries on is the displacement the frame showed
+    (``heads.shown``), so a glide the noise chose goes on."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
                  noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False,
-                 carry_noise: float = 0.0) -> None:
+                 carry_noise: float = 0.0, carry_shown: bool = False) -> None:
         super().__init__()
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
@@ -106,7 +108,7 @@ class Decoder(nn.Module):
                              "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
                               flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample,
-                              rigid_layers=rigid_layers, flow_carry=flow_carry)
+                              rigid_layers=rigid_layers, flow_carry=flow_carry, carry_shown=carry_shown)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
@@ -151,7 +153,7 @@ class Decoder(nn.Module):
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
                 anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None,
                 prev_cond: torch.Tensor | None = None, moved: bool = False,
-                carry: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                carry: Callable[..., torch.Tensor] | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
