@@ -309,7 +309,6 @@ def test_carried_motion_glides_an_object_on_and_the_mask_can_stop_it():
         tiny(output="cdna", flow_carry=True)
 
 
-
 def test_carry_shown_carries_on_the_glide_the_mask_chose():
     """Without ``carry_shown`` the carried motion is the head's own displacement of the step
     before, so where the mask took a glide once and the head's own flow is 0, the glide stops

@@ -397,17 +397,19 @@ def carry_from_row_before(steps: int) -> Callable[[torch.Tensor, torch.Tensor | 
     """``FlowHead.forward``'s ``carry`` for a teacher-forced pass, whose rows are runs of ``steps``
     consecutive steps of one sequence: each row's is the row before's displacement ``carried`` on,
     a run's first row's 0. With a share (``carry_shown``) the row before's is the one it
-    ``shown``, which needs the row before that's, so the rows are carried one after another."""
+    ``shown``, which needs the row before that's, so the rows are carried one after another
+    (``StepCarry``, as the closed loop does)."""
 
     def carry(flow: torch.Tensor, share: torch.Tensor | None = None) -> torch.Tensor:
         runs = flow.view(-1, steps, *flow.shape[1:])
         if share is None:
             on = carried(runs[:, :-1].flatten(0, 1)).view(runs.shape[0], steps - 1, *flow.shape[1:])
             return torch.cat([on.new_zeros(runs.shape[0], 1, *flow.shape[1:]), on], 1).flatten(0, 1)
-        shares = share.view(-1, steps, *share.shape[1:])
-        ons = [runs.new_zeros(runs[:, 0].shape, dtype=torch.float32)]
-        for r in range(1, steps):
-            ons.append(carried(shown(runs[:, r - 1], ons[-1], shares[:, r - 1])))
+        shares, ons, before = share.view(-1, steps, *share.shape[1:]), [], None
+        for r in range(steps):  # as the closed loop carries, one step at a time
+            step = StepCarry(before)
+            ons.append(step(runs[:, r], shares[:, r]))
+            before = step.shown
         return torch.stack(ons, 1).flatten(0, 1)
 
     return carry
@@ -423,7 +425,7 @@ class StepCarry:
         self.shown: torch.Tensor | None = None
 
     def __call__(self, flow: torch.Tensor, share: torch.Tensor | None = None) -> torch.Tensor:
-        on = torch.zeros_like(flow) if self.on is None else self.on
+        on = torch.zeros_like(flow, dtype=torch.float32) if self.on is None else self.on  # float, as ``carried``'s
         self.shown = shown(flow, on, share)
         return on
 
