@@ -12,6 +12,7 @@ from .model.svg import ModelConfig
 NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
                ("energy_branch_weight", "it weights the energy score's patches"),
                ("cover_weight", "it scores prior futures against the re-simulated ones"),
+               ("cover_flow_weight", "it scores prior futures' flows against the re-simulated ones'"),
                ("spread_weight", "it compares the prior futures' spread with the re-simulated ones'"),
                ("edge_weight", "it compares the prior futures' edges with the re-simulated ones'"),
                ("agree_weight", "it compares where the prior futures spread with where the re-simulated ones do"),
@@ -59,6 +60,9 @@ class Config(ModelConfig):
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
+    # > 0: also, per true future, the flow error of the prior future whose flow head moves pixels
+    # most as that future's objects truly moved (simulated data: its re-runs' true flows), x this
+    cover_flow_weight: float = 0.0
     spread_weight: float = 0.0  # > 0: also |model std - truth std| per pixel over those futures, x this
     edge_weight: float = 0.0  # > 0: also how far those futures fall short of the truths' squared edges where they differ
     agree_weight: float = 0.0  # > 0: also 1 - the correlation of those futures' std map with the truths', x this
@@ -120,8 +124,9 @@ class Config(ModelConfig):
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
-                     "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight", "spread_weight",
-                     "edge_weight", "agree_weight", "flow_truth_weight", "adv_weight", "world_weight", "world_branch_weight"):
+                     "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight",
+                     "cover_flow_weight", "spread_weight", "edge_weight", "agree_weight", "flow_truth_weight", "adv_weight",
+                     "world_weight", "world_branch_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -150,8 +155,9 @@ class Config(ModelConfig):
                 raise ConfigError(f"{name} needs energy_truths > 0: {why}")
         if self.flow_truth_moved and not self.flow_truth_weight:
             raise ConfigError("flow_truth_moved needs flow_truth_weight > 0: it says which pixels that term scores")
-        if self.flow_truth_weight and self.output != "flow":
-            raise ConfigError("flow_truth_weight needs output 'flow': it trains the flow head's displacements")
+        for name in ("flow_truth_weight", "cover_flow_weight"):
+            if getattr(self, name) and self.output != "flow":
+                raise ConfigError(f"{name} needs output 'flow': it trains the flow head's displacements")
         if self.adv_weight and not self.critic:
             raise ConfigError("adv_weight needs critic > 0: the critic (its width) is what judges the futures")
         if self.world_branch_weight and not self.world_weight:

@@ -13,7 +13,16 @@ from torch.utils.data import Dataset
 
 from .condition import ACTIONS
 from .data.bair import IMAGE_SIZE
-from .data.counterfactual import ALTERNATIVES, Scene, alternative_actions, resimulate, scene_of, true_flows, true_futures
+from .data.counterfactual import (
+    ALTERNATIVES,
+    Scene,
+    alternative_actions,
+    resimulate,
+    scene_of,
+    true_flows,
+    true_futures,
+    true_futures_flows,
+)
 from .data.dataset import BairDataset
 from .errors import DataError
 from .evaluate import batches, progress_bar
@@ -80,6 +89,28 @@ def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: i
 
 def _futures(job: tuple[Scene, np.ndarray, int]) -> np.ndarray:
     return true_futures(*job)
+
+
+def _futures_flows(job: tuple[Scene, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`true_futures_flows` of one scene: frames and displacements as int8 (:func:`_quantize`)."""
+    frames, flow, known = true_futures_flows(*job)
+    return frames, _quantize(flow, known)
+
+
+def _quantize(flow: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Displacements float [..., 2] in pixels and where they are known [...] -> int8 [..., 2] in
+    ``FLOW_UNIT``ths of a pixel, ``FLOW_UNKNOWN`` where unknown or too long to store."""
+    q = np.round(flow * FLOW_UNIT)
+    known = known & (np.abs(q) <= 127).all(-1)
+    return np.where(known[..., None], q, FLOW_UNKNOWN).astype(np.int8)
+
+
+def _dequantize(q: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_quantize`'s int8 [..., H, W, 2] -> displacements float [..., 2, H, W] in pixels (0
+    where unknown) and where they are known, bool [..., H, W]."""
+    q = torch.from_numpy(np.ascontiguousarray(q)).movedim(-1, -3)
+    known = q[..., 0, :, :] != FLOW_UNKNOWN
+    return torch.where(known.unsqueeze(-3), q.float() / FLOW_UNIT, 0.0), known
 
 
 def std_agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> torch.Tensor:
@@ -169,10 +200,11 @@ class TrainingFutures:
     ``n_scenes`` sequences (from frame 0, where every future shares the recorded context) re-run
     ``k`` times under its recorded actions with the hidden causes re-drawn. Simulated once, at
     the start of training (a few seconds per hundred scenes); ``batch(step)`` then draws
-    ``per_step`` of them by a generator seeded with the step, so a resumed run draws the same."""
+    ``per_step`` of them by a generator seeded with the step, so a resumed run draws the same.
+    With ``flows`` also each future's true flows, from the same runs (``SVG._cover_flow``)."""
 
     def __init__(self, dataset: BairDataset, n_past: int, k: int, n_scenes: int, per_step: int,
-                 seed: int = 0, rank: int = 0, workers: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, workers: int = 1, flows: bool = False) -> None:
         found = scenes(dataset, n_scenes)
         root = dataset.packed.sequences[0].parent.parent.parent if len(dataset) else "the data"
         if found is None:
@@ -185,16 +217,25 @@ class TrainingFutures:
         self.context = torch.stack(ctx)[:, :n_past]
         self.cond = torch.stack(cond)
         jobs = [(scene, c[:, ACTIONS].numpy().astype(np.float64), k) for scene, c in zip(found, self.cond)]
+        self.flows = None  # int8 [N, K, F, H, W, 2] (``_quantize``): how each future frame moved from the one before
         with pool(workers) as workers_pool:
-            self.truths = np.stack(workers_pool.map(_futures, jobs))[:, :, n_past:]  # uint8 [N, K, F, H, W, 3]
+            if flows:
+                frames, moved = zip(*workers_pool.map(_futures_flows, jobs))
+                self.flows = np.stack(moved)[:, :, n_past - 1 :]
+            else:
+                frames = workers_pool.map(_futures, jobs)
+            self.truths = np.stack(frames)[:, :, n_past:]  # uint8 [N, K, F, H, W, 3]
         self.per_step, self.seed, self.rank = per_step, seed, rank
 
-    def batch(self, step: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Context [M, n_past, 3, H, W], condition [M, T, 7] and true futures [M, K, F, 3, H, W]."""
+    def batch(self, step: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """Context [M, n_past, 3, H, W], condition [M, T, 7] and true futures [M, K, F, 3, H, W]; with
+        flows, then their displacements [M, K, F, 2, H, W] in pixels and where known [M, K, F, H, W]."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step)
         idx = torch.randint(len(self.truths), (self.per_step,), generator=gen)
-        return (self.context[idx].to(device), self.cond[idx].to(device),
-                _to_tensor(self.truths[idx.numpy()], device))
+        out = (self.context[idx].to(device), self.cond[idx].to(device), _to_tensor(self.truths[idx.numpy()], device))
+        if self.flows is None:
+            return out
+        return out + tuple(v.to(device) for v in _dequantize(self.flows[idx.numpy()]))
 
 
 def recorded_flows(scene: Scene, actions: np.ndarray, recorded: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -212,9 +253,7 @@ def _flows(job: tuple[Scene, np.ndarray, str, tuple[int, ...], int]) -> tuple[fl
     ``FLOW_UNKNOWN``)."""
     scene, actions, path, shape, index = job
     share, flow, known = recorded_flows(scene, actions, np.memmap(path, dtype=np.uint8, mode="r", shape=shape)[index])
-    q = np.round(flow * FLOW_UNIT)
-    known = known & (np.abs(q) <= 127).all(-1)
-    return share, np.where(known[..., None], q, FLOW_UNKNOWN).astype(np.int8)
+    return share, _quantize(flow, known)
 
 
 class TrainingFlows:
@@ -249,9 +288,7 @@ class TrainingFlows:
     def window(self, index: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames start+1 .. start+length-1 of sequence ``index``: displacements float [length-1, 2,
         64, 64] in pixels (0 where unknown) and where they are known, bool [length-1, 64, 64]."""
-        q = torch.from_numpy(self.flows[index, start : start + length - 1]).permute(0, 3, 1, 2)
-        known = q[:, 0] != FLOW_UNKNOWN
-        return torch.where(known[:, None], q.float() / FLOW_UNIT, 0.0), known
+        return _dequantize(self.flows[index, start : start + length - 1])
 
 
 class WithFlows(Dataset):

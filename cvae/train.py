@@ -6,7 +6,8 @@ Loss = sum over steps t of [ MSE_t + beta * KL_t ], where MSE_t (or L1_t; moving
 averaged over the batch (SVG's reduction); with ``best_of`` K > 0, plus ``best_of_weight`` times
 the pixel loss of the closest of K futures drawn from the prior (``SVG._best_of``); with
 ``energy_truths`` K > 0, plus ``energy_weight`` times the energy score of K prior futures against K
-re-simulated true futures of a few training scenes (``SVG._energy``, ``TrainingFutures``); with
+re-simulated true futures of a few training scenes (``SVG._energy``, ``TrainingFutures``; with
+``cover_flow_weight`` > 0 also their true flows, ``SVG._cover_flow``); with
 ``flow_truth_weight`` > 0, plus that times the flow head's error against the simulator's true flows
 of the frames trained on (``SVG._flow_truth``, ``TrainingFlows``).
 ``recon_weight`` scales the MSE_t term (0: best of K or the energy score alone).
@@ -158,13 +159,14 @@ TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", 
                 ("agree", "agreement_gap", "agree_weight"),
                 ("photo", "flow_photo_loss", "flow_photo_weight"), ("flow_truth", "flow_truth_loss", "flow_truth_weight"),
                 ("adv", "adv_loss", "adv_weight"), ("critic", "critic_loss", "adv_weight"),
-                ("world", "world_loss", "world_weight"), ("world_kl", "world_kl", "world_weight"))
+                ("world", "world_loss", "world_weight"), ("world_kl", "world_kl", "world_weight"),
+                ("cover_flow", "cover_flow_loss", "cover_flow_weight"))
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
                teacher_forcing: bool, amp: bool, free_bits: float = 0.0, best_of: int = 0,
                best_of_weight: float = 1.0, recon_weight: float = 1.0,
-               futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               futures: tuple[torch.Tensor, ...] | None = None,
                terms: FutureTerms = FutureTerms(), true_flow: tuple[torch.Tensor, torch.Tensor] | None = None,
                flow_truth_weight: float = 0.0) -> torch.Tensor:
     """One optimiser step on loss = recon_weight * pixel loss (MSE or L1) + beta * KL (+ the best
@@ -176,7 +178,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     error where things move, ``flow_photo_weight``) (+ ``flow_truth_weight`` * its displacements' error
     against ``true_flow``, the simulator's) (+ ``terms.adv_weight`` * the adversarial term on the prior
     futures, plus its critic's side, which trains only the critic) (+ ``terms.world_weight`` * (the true
-    futures drawn from the noise the world posterior infers, + beta * its KL with free bits)). Returns
+    futures drawn from the noise the world posterior infers, + beta * its KL with free bits)) (+
+    ``terms.cover_flow_weight`` * the closest prior future's flow error per true future). Returns
     detached (loss, mse, kld, then each ``TERMS_LOGGED`` term) on the device, so the caller decides
     when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -187,7 +190,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
             + terms.spread_weight * losses.spread + terms.edge_weight * losses.edges
             + terms.agree_weight * losses.agree + losses.photo
             + flow_truth_weight * losses.flow_truth + terms.adv_weight * losses.adv + losses.critic
-            + terms.world_weight * (losses.world + beta * losses.world_kl_loss))
+            + terms.world_weight * (losses.world + beta * losses.world_kl_loss)
+            + terms.cover_flow_weight * losses.cover_flow)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -282,7 +286,7 @@ def training_futures(cfg: Config, rt: Runtime, train_ds: BairDataset) -> Trainin
     per_step = max(1, cfg.batch_size // rt.world // cfg.energy_truths)
     started = time.perf_counter()
     truths = TrainingFutures(train_ds, cfg.n_past, cfg.energy_truths, cfg.energy_scenes, per_step, cfg.seed,
-                             rt.rank, simulator_workers(rt))
+                             rt.rank, simulator_workers(rt), flows=bool(cfg.cover_flow_weight))
     if rt.main:
         print(f"note: {len(truths.truths)} training scenes re-simulated {cfg.energy_truths} times each in "
               f"{time.perf_counter() - started:.0f} s; each step scores {per_step} of them")

@@ -852,6 +852,50 @@ def test_cover_term_trains_the_closest_prior_future_to_each_true_one():
                               "cover", 6, 2.0)
 
 
+def test_cover_flow_term_asks_each_world_only_of_the_prior_future_nearest_it():
+    """``SVG._cover_flow`` by hand: per true future, the ``_flow_truth`` error of the prior future
+    closest to it, scored where the displacement is known and some true future moved the pixel;
+    in the training pass, the displacements the flow head gave the prior futures the energy score
+    draws (the same rollout, by hand), weighed by train_step, its gradient reaching the head's
+    displacement channels."""
+    truth, known = torch.zeros(1, 2, 1, 2, 4, 4), torch.ones(1, 2, 1, 4, 4, dtype=torch.bool)
+    truth[0, 0, 0, 0, :2, :2] = 2.0  # world 0: a 2 x 2 object glides 2 px; world 1: it stays
+    known[0, :, 0, 3, 3] = False
+    glide, still = truth[:, :1].clone(), torch.zeros(1, 1, 1, 2, 4, 4)
+    assert SVG._cover_flow(torch.cat([still, glide], 1), truth, known) == 0  # each world has its future
+    # both still: world 0 costs 4 pixels x Huber(2) = 1.5 over 16; both glide: world 1 costs the same
+    assert SVG._cover_flow(torch.cat([still, still], 1), truth, known).item() == pytest.approx(4 * 1.5 / 16 / 2)
+    assert SVG._cover_flow(torch.cat([glide, glide], 1), truth, known).item() == pytest.approx(4 * 1.5 / 16 / 2)
+    elsewhere = torch.cat([still, glide], 1)
+    elsewhere[..., 3, 0] = 5.0  # the table where no world moved anything
+    elsewhere[..., 3, 3] = 9.0  # a pixel whose displacement is unknown
+    assert SVG._cover_flow(elsewhere, truth, known) == 0
+
+    model = calibrated(tiny(output="flow", cond_maps=True, ee_maps=True, prior="learned", z_hold=True))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    flows = (torch.randn(2, 3, 4, 2, 64, 64, generator=torch.Generator().manual_seed(2)),
+             torch.rand(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(3)) > 0.5)
+    torch.manual_seed(7)
+    term = model._energy(ctx, cond, truths, FutureTerms(cover_flow_weight=1.0), flows)[7]
+    torch.manual_seed(7)
+    noise = model._noise(6, 5, "cpu")
+    h, skips = model._encode(ctx)
+    *_, (_, flow) = model._rollout(ctx.repeat_interleave(3, 0), h.repeat_interleave(3, 0),
+                                   [s.repeat_interleave(3, 0) for s in skips], cond[:, :5].repeat_interleave(3, 0), 6,
+                                   noise=noise, moved=True)
+    torch.testing.assert_close(term, SVG._cover_flow(flow[:, 1:].view(2, 3, 4, 2, 64, 64), *flows))
+    assert term > 0
+    torch.manual_seed(7)
+    assert model._energy(ctx, cond, truths, FutureTerms(), flows)[7] == 0  # off by default
+    assert model._energy(ctx, cond, truths, FutureTerms(cover_flow_weight=1.0))[7] == 0  # no flows given
+    (grad,) = torch.autograd.grad(term, model.decoder.upc5[1].weight)
+    assert grad[:, 3:5].abs().sum() > 0
+    _assert_train_step_weighs(model, x, c, (ctx, cond, truths, *flows),
+                              FutureTerms(weight=0.0, cover_flow_weight=2.0), "cover_flow", 16, 2.0)
+
+
 @pytest.mark.parametrize("field, gap, at, name, index", [("spread_weight", spread_gap, 2, "spread", 7),
                                                         ("edge_weight", edge_gap, 3, "edges", 8),
                                                         ("agree_weight", agreement_gap, 4, "agree", 9)])
@@ -958,7 +1002,7 @@ def test_the_adversarial_term_on_the_prior_futures_and_how_train_step_weighs_it(
     ctx, cond = x[:2, :2], c[:2]
     truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    adv, crit = model._energy(ctx, cond, truths, FutureTerms(adv_weight=1.0))[5:]
+    adv, crit = model._energy(ctx, cond, truths, FutureTerms(adv_weight=1.0))[5:7]
     want = adversarial_losses(model.critic, ctx[:, -1].repeat_interleave(3, 0),
                               _energy_samples(model, ctx, cond).flatten(0, 1), truths.flatten(0, 1))
     torch.testing.assert_close(adv, want[0])
@@ -1059,7 +1103,7 @@ def test_the_world_term_draws_each_true_future_from_the_noise_inferred_from_it()
     again = model(x, c, True, free_bits=0.01, futures=futures, terms=terms)
     torch.testing.assert_close(got[0], (again.recon.sum() + 0.5 * again.kl_loss.sum()
                                         + 2.0 * (again.world + 0.5 * again.world_kl_loss)).detach())
-    torch.testing.assert_close(got[14:], torch.stack([again.world, again.world_kl]).detach())
+    torch.testing.assert_close(got[14:16], torch.stack([again.world, again.world_kl]).detach())
     grads = torch.autograd.grad(again.world, [model.world.net[0].weight, model.decoder.upc5[1].weight])
     assert all(g.abs().sum() > 0 for g in grads)  # the posterior learns to say where, the decoder to draw it
     off = model(x, c, True, futures=futures, terms=FutureTerms(weight=0.0))

@@ -465,6 +465,38 @@ def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_ro
         tiny_cfg(sim_root, tmp_path / "neg", flow_truth_weight=-1.0)
 
 
+def test_cover_flow_trains_on_the_re_simulated_futures_true_flows(sim_root, tmp_path):
+    """``--cover-flow-weight``: the re-simulated futures come with their true flows, from the same
+    runs (as the simulator gives them, to 1/8 px; the frames as without flows), and each step logs
+    the term; it needs those futures and the flow head."""
+    from cvae.data.counterfactual import scene_of
+    from cvae.data.simulator import simulate
+    from cvae.physics_eval import TrainingFutures
+
+    train(tiny_cfg(sim_root, tmp_path / "cf", epochs=1, iters_per_epoch=2, logs_per_epoch=2, energy_truths=2,
+                   energy_scenes=3, cover_flow_weight=1.0), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "cf" / "log.jsonl").read_text().splitlines()]
+    assert [r["cover_flow_loss"] > 0 for r in log if r["kind"] == "step"] == [True, True]
+    window = BairDataset(sim_root, "train", seq_len=12)
+    with_flows = TrainingFutures(window, 2, 2, 3, per_step=2, seed=1, flows=True)
+    ctx, cond, truths, flow, known = with_flows.batch(5)
+    assert flow.shape == (2, 2, 10, 2, 64, 64) and known.shape == (2, 2, 10, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(TrainingFutures(window, 2, 2, 3, per_step=2, seed=1).batch(5),
+                                                 (ctx, cond, truths)))
+    index = int(torch.randint(3, (2,), generator=torch.Generator().manual_seed(1 * 1_000_003 + 5))[1])
+    scene = scene_of(window.packed.sequences[index])
+    seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=12, actions=cond[1, :, :4].double().numpy(),
+                   uncertainty=scene.uncertainty, draw=2, flows=True)
+    assert torch.equal(known[1, 1], torch.from_numpy(seq.flow_known[1:]))  # the second draw, frames 2..11
+    truth = torch.from_numpy(seq.flow[1:]).permute(0, 3, 1, 2)
+    assert (flow[1, 1] - truth).abs()[known[1, 1, :, None].expand_as(truth)].max() <= 1 / 16 + 1e-6
+    assert flow[1, 1].abs().amax() > 0.5  # something moved
+    with pytest.raises(ConfigError, match="cover_flow_weight needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "none", cover_flow_weight=1.0)
+    with pytest.raises(ConfigError, match="cover_flow_weight needs output 'flow'"):
+        preset("lab", energy_truths=2, cover_flow_weight=1.0)
+
+
 def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_path, capsys):
     """``--energy-truths K`` re-simulates training scenes K times once, then each step scores the
     prior's futures against a few of them (logged as energy_score; here with ``--energy-branch``,

@@ -100,3 +100,14 @@ def true_futures(scene: Scene, actions: np.ndarray, k: int) -> np.ndarray:
     re-drawn k times (draws 1..k; the recorded sequence is draw 0). All k are equal where the
     data set has no hidden causes (uncertainty 0)."""
     return np.stack([resimulate(scene, actions, draw)[0] for draw in range(1, k + 1)])
+
+
+def true_futures_flows(scene: Scene, actions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`true_futures` with each one's true flows: frames uint8 [k, T, 64, 64, 3],
+    displacements float32 [k, T-1, 64, 64, 2] and where they are known, bool [k, T-1, 64, 64]
+    (``simulator.true_flow``), from the same runs."""
+    from .simulator import simulate
+
+    runs = [simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions,
+                     uncertainty=scene.uncertainty, draw=draw, flows=True) for draw in range(1, k + 1)]
+    return tuple(np.stack([getattr(r, name) for r in runs]) for name in ("frames", "flow", "flow_known"))

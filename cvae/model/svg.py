@@ -67,6 +67,7 @@ class StepLosses:
     world: torch.Tensor  # []: the re-simulated futures drawn from the noise the world posterior infers (``_world``)
     world_kl: torch.Tensor  # []: ... that posterior's KL from N(0, I), the prior's noise
     world_kl_loss: torch.Tensor  # []: ... the KL trained on: each cell's at least ``free_bits`` nats
+    cover_flow: torch.Tensor  # []: per re-simulated future, the flow error of the prior future closest in flow (``_cover_flow``)
 
 
 PRIORS = ("fixed", "learned")
@@ -93,6 +94,7 @@ class FutureTerms:
     adv_weight: float = 0.0  # the weight of the adversarial term on those futures against the true ones (``critic``)
     world_weight: float = 0.0  # the weight of the true futures drawn from the noise the world posterior infers (``_world``)
     world_branch_weight: float = 0.0  # ... whose pixels where the true futures differ count 1 + this
+    cover_flow_weight: float = 0.0  # the weight of the closest prior future's flow error, per true future (``_cover_flow``)
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
@@ -102,7 +104,8 @@ class FutureTerms:
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
                    adv_weight=cfg.adv_weight,
-                   world_weight=cfg.world_weight, world_branch_weight=cfg.world_branch_weight)
+                   world_weight=cfg.world_weight, world_branch_weight=cfg.world_branch_weight,
+                   cover_flow_weight=cfg.cover_flow_weight)
 
 
 @dataclass
@@ -246,6 +249,14 @@ def _before(x_ctx: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     return torch.cat([last, truths[:, :, :-1]], 2)
 
 
+def _flow_error(flow: torch.Tensor, truth: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Displacements [..., F, 2, H, W] against true ones, shaped alike, where those are known [...,
+    F, H, W] -> [...]: the Huber loss (quadratic within a pixel, then linear) of each pixel's
+    displacement, summed over x and y, the per-pixel mean (unknown pixels count 0) summed over the steps."""
+    err = F.smooth_l1_loss(flow.float(), truth.float(), reduction="none", beta=1.0).sum(-3)
+    return (err * known).mean((-2, -1)).sum(-1)
+
+
 class SVG(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None, **fields_: object) -> None:
         """``SVG(ModelConfig(...))``, or ``SVG(g_dim=16, ...)`` for the same with keywords."""
@@ -359,7 +370,7 @@ class SVG(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 free_bits: float = 0.0, best_of: int = 0,
-                futures: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                futures: tuple[torch.Tensor, ...] | None = None,
                 terms: FutureTerms = FutureTerms(),
                 true_flow: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepLosses:
         """Training pass over frames [B, T, 3, 64, 64] with condition [B, T, 7].
@@ -376,6 +387,9 @@ class SVG(nn.Module):
         futures from the prior against them (see ``_energy``) as ``terms`` say, with
         ``terms.cover_weight`` > 0 also the pixel loss of the closest of those to each; with
         ``terms.rebuild_weight`` > 0 it also rebuilds them through the posterior (see ``_branch``).
+        Two more, the true futures' flows [M, K, T - n_past, 2, 64, 64] and where those are known
+        [M, K, T - n_past, 64, 64], let ``terms.cover_flow_weight`` score the prior futures' flows
+        against them (see ``_cover_flow``).
 
         ``true_flow`` (where each pixel of frames 1..T-1 was a frame before, [B, T-1, 2, 64, 64] in
         pixels, and where that is known, [B, T-1, 64, 64]: the simulator's) also scores the flow
@@ -386,6 +400,9 @@ class SVG(nn.Module):
         call. Without it, predictions after the context are fed back step by step.
         """
         b, t = x.shape[:2]
+        future_flows = None
+        if futures is not None:
+            futures, future_flows = futures[:3], futures[3:] or None
         h, skips = self._encode(x)
         mu_q, logvar_q = self._posterior(h, skips[3])
         z = reparameterize(mu_q, logvar_q, torch.randn_like(mu_q))
@@ -419,15 +436,15 @@ class SVG(nn.Module):
         plain = self.pixel_loss == "mse" and not self.motion_weight
         recon = mse if plain else self._pixel_loss(pred, x[:, 1:], x[:, :-1]).mean(0)
         best = self._best_of(x, h, skips, cond, best_of) if best_of > 0 else recon.new_zeros(())
-        energy, cover, spread, edges, agree, adv, critic = (self._energy(*futures, terms) if futures is not None
-                                                            else (recon.new_zeros(()),) * 7)
+        energy, cover, spread, edges, agree, adv, critic, cover_flow = (
+            self._energy(*futures, terms, future_flows) if futures is not None else (recon.new_zeros(()),) * 8)
         branch = (self._branch(*futures, terms.rebuild_weight) if futures is not None and terms.rebuild_weight > 0
                   else recon.new_zeros(()))
         world, world_kl, world_kl_loss = (self._world(*futures, free_bits, terms.world_branch_weight)
                                           if futures is not None and terms.world_weight and self.world is not None
                                           else (recon.new_zeros(()),) * 3)
         return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, agree,
-                          photo, flow_truth, adv, critic, world, world_kl, world_kl_loss)
+                          photo, flow_truth, adv, critic, world, world_kl, world_kl_loss, cover_flow)
 
     def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, free_bits: float = 0.0,
                branch_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -550,8 +567,30 @@ class SVG(nn.Module):
         where every pixel of a rigid object was a frame before, and that the table stays still.
         With the posterior's z, which saw the frame, the displacement is known, so this asks the
         head to carry each object whole to where it went."""
-        err = F.smooth_l1_loss(flow.float(), truth.float(), reduction="none", beta=1.0).sum(-3)
-        return (err * known).mean((0, 2, 3)).sum()
+        return _flow_error(flow, truth, known).mean()
+
+    @staticmethod
+    def _cover_flow(flow: torch.Tensor, truth: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The flow head's displacements in K prior futures of M scenes [M, K, F, 2, 64, 64] against
+        the true ones of K re-simulated futures, shaped alike, known [M, K, F, 64, 64]: for each
+        true future the ``_flow_truth`` error of the prior future closest to it by that error,
+        averaged over the true futures and the scenes. Scored where the pixel's displacement is
+        known and some true future moved it (a pushed object in one world, still in another; the
+        still table is left out, as ``flow_truth_moved`` leaves it).
+
+        The energy score pulls every prior future towards all the true ones at once, and where an
+        object glides in some worlds and stops in others the cheapest answer is a short glide in
+        every future: stop 59's heads moved a pushed object 0.17-0.36 px a step where the truths
+        branch, where those move it 2.37 px (README). The true flow with the posterior's z
+        (``_flow_truth``) is known; with the prior's noise it is not. Each world asking only the
+        future nearest it (best of K turned around, as ``cover_weight`` does for pixels) lets
+        different noise take different glides, each its own world's whole length."""
+        moved = known & (truth.ne(0).any(-3).any(1, keepdim=True))  # [M, K, F, H, W]
+        m, k = truth.shape[:2]
+        pairs = _flow_error(flow[:, :, None].expand(-1, -1, k, *flow.shape[2:]),
+                            truth[:, None].expand(-1, k, *truth.shape[1:]),
+                            moved[:, None].expand(-1, k, *moved.shape[1:]))  # [M, K futures, K truths]
+        return pairs.min(1).values.mean()
 
     def _pixel_loss(self, pred: torch.Tensor, target: torch.Tensor, prev: torch.Tensor,
                     weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -589,13 +628,15 @@ class SVG(nn.Module):
         return err.sum(1).view(m, k).min(1).values.mean()
 
     def _prior_futures(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
-                       cond: torch.Tensor, t: int, k: int) -> torch.Tensor:
+                       cond: torch.Tensor, t: int, k: int, moved: bool = False,
+                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """K futures of each of M sequences drawn from the prior, predictions fed back as at test
         time, for the training terms that score samples (best of K, the energy score): context
         [M, n_past, ...] and its encoding -> frames n_past..t-1 as [M * K, t - n_past, 3, 64, 64],
         the K of a sequence adjacent. With ``arm_calm`` they are drawn as ``predict`` draws them,
         beside a noiseless future whose pixels they take where the arm is or has been: a score
-        on them can then ask for spread only where the arm is not."""
+        on them can then ask for spread only where the arm is not. With ``moved`` (flow head),
+        also the displacements the head moved the previous frame by, [M * K, t - n_past, 2, 64, 64]."""
         calm = int(self.cfg.arm_calm)
         group = k + calm
 
@@ -605,18 +646,25 @@ class SVG(nn.Module):
         noise = self._noise(x_ctx.shape[0] * group, t - 1, x_ctx.device)
         if calm:  # each scene's first future is the noiseless one
             noise = noise * (torch.arange(noise.shape[0], device=noise.device) % group > 0)[:, None, None]
-        pred, _ = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
-                                noise=noise, calm=group if calm else 0)
-        return pred[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, calm:].flatten(0, 1)
+        pred, _, *rest = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
+                                       noise=noise, calm=group if calm else 0, moved=moved)
+
+        def futures(v: torch.Tensor) -> torch.Tensor:
+            return v[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, calm:].flatten(0, 1)
+
+        return (futures(pred), futures(rest[0][1])) if moved else futures(pred)
 
     def _energy(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor,
-                terms: FutureTerms = FutureTerms()) -> tuple[torch.Tensor, ...]:
+                terms: FutureTerms = FutureTerms(),
+                flows: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings; for each true future the pixel loss of the closest of them, summed over
         the steps; ``metrics.spread_gap``, ``metrics.edge_gap`` and ``metrics.agreement_gap``
-        between them; the adversarial term's two sides, ``critic.adversarial_losses``), each
-        averaged over the scenes (all but the first 0 unless ``terms`` weights them).
+        between them; the adversarial term's two sides, ``critic.adversarial_losses``; with the
+        true futures' ``flows`` (displacements [M, K, F, 2, 64, 64], where known [M, K, F, 64, 64]),
+        ``_cover_flow`` of the prior futures' own), each averaged over the scenes (all but the first
+        0 unless ``terms`` weights them).
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
@@ -630,7 +678,13 @@ class SVG(nn.Module):
         own errors elsewhere (the arm) decide which sample is closest, not the world."""
         m, k = truths.shape[:2]
         h, skips = self._encode(x_ctx)
-        pred = self._prior_futures(x_ctx, h, skips, cond, self.n_past + truths.shape[2], k)
+        t = self.n_past + truths.shape[2]
+        if terms.cover_flow_weight and flows is not None:
+            pred, flow = self._prior_futures(x_ctx, h, skips, cond, t, k, moved=True)
+            cover_flow = self._cover_flow(flow.view(m, k, *flow.shape[1:]), *flows)
+        else:
+            pred = self._prior_futures(x_ctx, h, skips, cond, t, k)
+            cover_flow = pred.new_zeros((), dtype=torch.float32)
         samples = pred.view(m, k, *truths.shape[2:])
         energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
         if terms.pool > 1:
@@ -644,7 +698,7 @@ class SVG(nn.Module):
             adv, critic = adversarial_losses(self.critic, x_ctx[:, -1].repeat_interleave(k, 0), pred,
                                              truths.flatten(0, 1))
         if not terms.cover_weight:
-            return energy, energy.new_zeros(()), spread, edges, agree, adv, critic
+            return energy, energy.new_zeros(()), spread, edges, agree, adv, critic, cover_flow
         prev = _before(x_ctx, truths)
         mask = None
         if terms.cover_branch:
@@ -654,7 +708,7 @@ class SVG(nn.Module):
         pairs = self._pixel_loss(samples[:, :, None].expand(-1, -1, k, -1, -1, -1, -1).flatten(0, 2),
                                  truths[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2),
                                  prev[:, None].expand(-1, k, -1, -1, -1, -1, -1).flatten(0, 2), mask)
-        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges, agree, adv, critic
+        return energy, pairs.sum(1).view(m, k, k).min(1).values.mean(), spread, edges, agree, adv, critic, cover_flow
 
     def _noise(self, n: int, steps: int, device: torch.device | str,
                generator: torch.Generator | None = None) -> torch.Tensor:
