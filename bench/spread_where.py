@@ -8,9 +8,13 @@ choose which swept pixels to clear, and nearly half the pixels where they branch
 arm sweeps (45% on the first 32 test sequences: it pushes the objects there), so a model that
 calmed every swept pixel would lose those too (``branch_gate.py --swept``). The arm and the
 table it uncovers are fixed by the condition, so spread there where the truths agree is the
-model's own doubt. And where the truths branch, whether the model's futures are sharp
-alternatives or alternative blurs: the squared edges (``metrics.edge_energy``) of a sample, of the
-model's noiseless future and of the truths' mean, each over a true future's. For a flow head,
+model's own doubt. That spread split by where the arm is at each step, was, or comes later
+(``arm_phases``), with the agreement each part's removal gives, and a gate the condition alone
+sets (the shaft now and the uncovered table); and what taking each sample's shaft from the
+noiseless future afterwards does to coverage and the spread ratio. And where the truths
+branch, whether the model's futures are sharp alternatives or alternative blurs: the squared
+edges (``metrics.edge_energy``) of a sample, of the model's noiseless future and of the truths'
+mean, each over a true future's. For a flow head,
 its mask's shares where the arm sweeps and where the truths branch off the arm, and how far it
 moves the previous frame in each (``flow_reach``). For a learned map prior, the noise it lets
 through there and elsewhere (``prior_sigma``). For a carried motion with ``carry_noise``, whether
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from arm import shaft_mask
 from common import (
     arm_bases_of,
@@ -44,7 +49,7 @@ from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, edge_energy, pixel_std
 from cvae.model.heads import warp
-from cvae.physics_eval import std_agreement
+from cvae.physics_eval import spread_scores, std_agreement, summarize
 
 
 def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
@@ -53,6 +58,28 @@ def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
     yy, xx = np.mgrid[0:hw, 0:hw] + 0.5
     grip = np.hypot(xx[None] - ee[:, None, None, 0], yy[None] - ee[:, None, None, 1])
     return (shaft_mask(base, ee, hw) | (grip <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2)).any(0)
+
+
+def arm_phases(found, c: torch.Tensor, n_past: int) -> dict[str, torch.Tensor]:
+    """Per future step, bool [N, F, H, W]: where the arm (shaft and gripper, 1 px wider, as
+    :func:`swept_mask`) is ``now``, where it was at an earlier step and is not now (``past``: the
+    table it uncovered), where it comes later only (``future``); and ``shaft`` + 1: its shaft now,
+    1 px wider, away from the gripper (where objects are pushed). Each is set by the condition alone."""
+    ee = world_to_px(c[..., XY].numpy().astype(np.float64))  # [N, T, 2]
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+    now, shaft = [], []
+    for i, base in enumerate(arm_bases_of(found)):
+        grip = np.hypot(xx[None] - ee[i, :, None, None, 0], yy[None] - ee[i, :, None, None, 1])  # [T, H, W]
+        arm = shaft_mask(base, ee[i], 64)
+        now.append(arm | (grip <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2))
+        wider = F.max_pool2d(torch.from_numpy(arm).float(), 3, stride=1, padding=1).bool().numpy()
+        shaft.append(wider & (grip > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 3))
+    now, shaft = torch.from_numpy(np.stack(now)), torch.from_numpy(np.stack(shaft))  # [N, T, H, W]
+    t = now.shape[1]
+    before = torch.stack([now[:, :i].any(1) for i in range(n_past, t)], 1)
+    later = torch.stack([now[:, i + 1 :].any(1) if i + 1 < t else torch.zeros_like(now[:, 0]) for i in range(n_past, t)], 1)
+    now, shaft = now[:, n_past:], shaft[:, n_past:]
+    return {"now": now, "past": before & ~now, "future": later & ~now & ~before, "shaft": shaft}
 
 
 def swept_masks(found, c: torch.Tensor) -> torch.Tensor:
@@ -188,6 +215,7 @@ def main() -> None:
     truths = true_futures_of_each(found, c, args.truths)[:, :, n_past:]
     t_std, differ = pixel_std(truths, 1), branching(truths, 1)  # [N, F, H, W]
     arm_only = swept[:, None] & ~differ
+    phases = arm_phases(found, c, n_past)
     print(f"{100 * float((differ & swept[:, None]).sum() / differ.sum().clamp_min(1)):.0f}% of the pixels where "
           "the truths branch lie where the arm sweeps")
     for k, ckpt in enumerate(args.ckpt):
@@ -203,7 +231,28 @@ def main() -> None:
               f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
               f"{agree_off:.3f} without the spread where the arm sweeps and the truths agree (the truths "
               "choose those pixels: calming every swept pixel is bench/branch_gate.py --swept)")
+        agree_mask = {name: m & ~differ for name, m in phases.items() if name != "shaft"}
+        phase = {name: [round(float((m_std * m).sum() / total), 3), round(agreement(t_std, m_std * ~m), 3)]
+                 for name, m in agree_mask.items()}
+        anywhere = agree_mask["now"] | agree_mask["past"] | agree_mask["future"]  # disjoint: the shares add
+        phase["all three"] = [round(sum(v[0] for v in phase.values()), 3), round(agreement(t_std, m_std * ~anywhere), 3)]
+        gated = phases["shaft"] | phases["past"]
+        phase["shaft now or past, truths or not"] = [round(float((m_std * gated).sum() / total), 3),
+                                                     round(agreement(t_std, m_std * ~gated), 3)]
+        print("  where the truths agree and the arm is now / has been / comes later / any of these: share of its "
+              "spread, agreement without it: " + ", ".join(f"{a:.2f}, {b:.3f}" for a, b in list(phase.values())[:4])
+              + "; without all its spread on the shaft now (1 px wider, off the gripper) or where the arm has been, "
+              f"which the condition alone says: {phase['shaft now or past, truths or not'][0]:.2f}, "
+              f"{phase['shaft now or past, truths or not'][1]:.3f}")
         noiseless = mean_future(model, x, c, 10, 0)
+        calmed = {}
+        for name, gate in (("as drawn", None), ("shaft calmed", phases["shaft"])):
+            drawn = pred if gate is None else torch.where(gate[:, None, :, None], noiseless, pred)
+            scores = summarize({key: [v] for key, v in spread_scores(drawn, truths, x[:, n_past - 1]).items()})
+            calmed[name] = [round(scores["coverage_psnr"] - scores["one_sample_psnr"], 3), round(scores["spread_ratio"], 3)]
+        print("  coverage - one sample and the spread ratio, as drawn / with each sample's shaft now (as above) "
+              "taken from the noiseless future afterwards: " + " / ".join(f"{a:+.2f}, {b:.2f}" for a, b in calmed.values()))
+        phase["coverage, ratio"] = calmed
         truth_edges = edge_energy(truths, differ[:, None]).mean(1).sum().clamp_min(1e-12)
         edges = {name: round(float(edge_energy(f, differ[:, None]).mean(1).sum() / truth_edges), 3) for name, f in
                  (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
@@ -240,7 +289,7 @@ def main() -> None:
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
                agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
                sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,
-               edges_where_branching=edges)
+               edges_where_branching=edges, arm_phases=phase)
         if args.sheet:
             from PIL import Image
 
