@@ -84,14 +84,14 @@ def resimulate(scene: Scene, actions: np.ndarray, draw: int = 0) -> tuple[np.nda
     return seq.frames, np.concatenate([seq.actions, seq.positions], 1)
 
 
-def true_flows(scene: Scene, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``scene`` under ``actions`` [T, 4] with its own hidden causes: frames uint8 [T, 64, 64, 3],
-    where each pixel of frames 1..T-1 was a frame before, float32 [T-1, 64, 64, 2] in pixels, and
-    where that is known, bool [T-1, 64, 64] (``simulator.true_flow``)."""
+def true_flows(scene: Scene, actions: np.ndarray, draw: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``scene`` under ``actions`` [T, 4] with hidden causes of ``draw`` (0: its own): frames uint8
+    [T, 64, 64, 3], where each pixel of frames 1..T-1 was a frame before, float32 [T-1, 64, 64, 2]
+    in pixels, and where that is known, bool [T-1, 64, 64] (``simulator.true_flow``)."""
     from .simulator import simulate
 
     seq = simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions,
-                   uncertainty=scene.uncertainty, flows=True)
+                   uncertainty=scene.uncertainty, draw=draw, flows=True)
     return seq.frames, seq.flow, seq.flow_known
 
 
@@ -105,9 +105,6 @@ def true_futures(scene: Scene, actions: np.ndarray, k: int) -> np.ndarray:
 def true_futures_flows(scene: Scene, actions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`true_futures` with each one's true flows: frames uint8 [k, T, 64, 64, 3],
     displacements float32 [k, T-1, 64, 64, 2] and where they are known, bool [k, T-1, 64, 64]
-    (``simulator.true_flow``), from the same runs."""
-    from .simulator import simulate
-
-    runs = [simulate(scene.seed, scene.index, scene.split_id, n_frames=len(actions), actions=actions,
-                     uncertainty=scene.uncertainty, draw=draw, flows=True) for draw in range(1, k + 1)]
-    return tuple(np.stack([getattr(r, name) for r in runs]) for name in ("frames", "flow", "flow_known"))
+    (:func:`true_flows` of draws 1..k), from the same runs."""
+    runs = [true_flows(scene, actions, draw) for draw in range(1, k + 1)]
+    return tuple(np.stack(parts) for parts in zip(*runs))
