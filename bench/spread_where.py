@@ -52,41 +52,52 @@ from cvae.model.heads import warp
 from cvae.physics_eval import spread_scores, std_agreement, summarize
 
 
-def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
-    """Bool [H, W]: every pixel the arm covers at some step, the shaft from ``base`` [2] to each
-    end-effector place ``ee`` [T, 2] (simulator coordinates) and the gripper there, 1 px wider."""
+def grip_distance(ee: np.ndarray, hw: int = 64) -> np.ndarray:
+    """Float [T, H, W]: each pixel centre's distance from the end-effector place ``ee`` [T, 2]
+    (simulator coordinates) of each step."""
     yy, xx = np.mgrid[0:hw, 0:hw] + 0.5
-    grip = np.hypot(xx[None] - ee[:, None, None, 0], yy[None] - ee[:, None, None, 1])
-    return (shaft_mask(base, ee, hw) | (grip <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2)).any(0)
+    return np.hypot(xx[None] - ee[:, None, None, 0], yy[None] - ee[:, None, None, 1])
 
 
-def arm_phases(found, c: torch.Tensor, n_past: int) -> dict[str, torch.Tensor]:
-    """Per future step, bool [N, F, H, W]: where the arm (shaft and gripper, 1 px wider, as
-    :func:`swept_mask`) is ``now``, where it was at an earlier step and is not now (``past``: the
-    table it uncovered), where it comes later only (``future``); and ``shaft`` + 1: its shaft now,
-    1 px wider, away from the gripper (where objects are pushed). Each is set by the condition alone."""
-    ee = world_to_px(c[..., XY].numpy().astype(np.float64))  # [N, T, 2]
-    yy, xx = np.mgrid[0:64, 0:64] + 0.5
-    now, shaft = [], []
-    for i, base in enumerate(arm_bases_of(found)):
-        grip = np.hypot(xx[None] - ee[i, :, None, None, 0], yy[None] - ee[i, :, None, None, 1])  # [T, H, W]
-        arm = shaft_mask(base, ee[i], 64)
-        now.append(arm | (grip <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2))
-        wider = F.max_pool2d(torch.from_numpy(arm).float(), 3, stride=1, padding=1).bool().numpy()
-        shaft.append(wider & (grip > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 3))
-    now, shaft = torch.from_numpy(np.stack(now)), torch.from_numpy(np.stack(shaft))  # [N, T, H, W]
-    t = now.shape[1]
-    before = torch.stack([now[:, :i].any(1) for i in range(n_past, t)], 1)
-    later = torch.stack([now[:, i + 1 :].any(1) if i + 1 < t else torch.zeros_like(now[:, 0]) for i in range(n_past, t)], 1)
-    now, shaft = now[:, n_past:], shaft[:, n_past:]
-    return {"now": now, "past": before & ~now, "future": later & ~now & ~before, "shaft": shaft}
+def arm_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
+    """Bool [T, H, W]: the pixels the arm covers at each step, the shaft from ``base`` [2] to the
+    end-effector place ``ee`` [T, 2] (simulator coordinates) and the gripper there, 1 px wider."""
+    return shaft_mask(base, ee, hw) | (grip_distance(ee, hw) <= GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 2)
+
+
+def swept_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
+    """Bool [H, W]: every pixel the arm covers at some step (:func:`arm_mask`)."""
+    return arm_mask(base, ee, hw).any(0)
+
+
+def arm_masks(found, c: torch.Tensor) -> torch.Tensor:
+    """:func:`arm_mask` of each simulated scene of ``found`` under its row of conditions ``c``
+    [N, T, 7] (the end effector's places), with the arm's base the simulator's: bool [N, T, H, W]."""
+    ee = world_to_px(c[..., XY].numpy().astype(np.float64))
+    return torch.from_numpy(np.stack([arm_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(found))]))
 
 
 def swept_masks(found, c: torch.Tensor) -> torch.Tensor:
-    """:func:`swept_mask` of each simulated scene of ``found`` under its row of conditions ``c``
-    [N, T, 7] (the end effector's places), with the arm's base the simulator's: bool [N, H, W]."""
-    ee = world_to_px(c[..., XY].numpy().astype(np.float64))
-    return torch.from_numpy(np.stack([swept_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(found))]))
+    """:func:`swept_mask` of each simulated scene of ``found`` under its row of conditions ``c``: bool [N, H, W]."""
+    return arm_masks(found, c).any(1)
+
+
+def arm_phases(arm: torch.Tensor, found, c: torch.Tensor, n_past: int) -> dict[str, torch.Tensor]:
+    """The arm's place at every step [N, T, H, W] (:func:`arm_masks` of ``found`` under ``c``) ->
+    per future step, bool [N, F, H, W]: where the arm is ``now``, where it was at an earlier step
+    and is not now (``past``: the table it uncovered), where it comes later only (``future``); and
+    ``shaft`` + 1: its shaft now, 1 px wider, away from the gripper (where objects are pushed).
+    Each is set by the condition alone."""
+    ee = world_to_px(c[..., XY].numpy().astype(np.float64))  # [N, T, 2]
+    shaft = []
+    for i, base in enumerate(arm_bases_of(found)):
+        wider = F.max_pool2d(torch.from_numpy(shaft_mask(base, ee[i])).float(), 3, stride=1, padding=1).bool()
+        shaft.append(wider & torch.from_numpy(grip_distance(ee[i]) > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 3))
+    t = arm.shape[1]
+    before = torch.stack([arm[:, :i].any(1) for i in range(n_past, t)], 1)
+    later = torch.stack([arm[:, i + 1 :].any(1) if i + 1 < t else torch.zeros_like(arm[:, 0]) for i in range(n_past, t)], 1)
+    now = arm[:, n_past:]
+    return {"now": now, "past": before & ~now, "future": later & ~now & ~before, "shaft": torch.stack(shaft)[:, n_past:]}
 
 
 def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
@@ -211,11 +222,12 @@ def main() -> None:
     x, c = test_sequences(args.data, 12, args.limit)
     _, found = uncertain_test_set(args.data, args.limit)
     n, n_past = len(found), 2
-    swept = swept_masks(found, c)
+    arm = arm_masks(found, c)
+    swept = arm.any(1)
     truths = true_futures_of_each(found, c, args.truths)[:, :, n_past:]
     t_std, differ = pixel_std(truths, 1), branching(truths, 1)  # [N, F, H, W]
     arm_only = swept[:, None] & ~differ
-    phases = arm_phases(found, c, n_past)
+    phases = arm_phases(arm, found, c, n_past)
     print(f"{100 * float((differ & swept[:, None]).sum() / differ.sum().clamp_min(1)):.0f}% of the pixels where "
           "the truths branch lie where the arm sweeps")
     for k, ckpt in enumerate(args.ckpt):
