@@ -110,6 +110,9 @@ class EvalResult:
                          f"{self.n_samples} model samples):")
             lines.append(f"  spread in the moving region: truth {d['truth_spread']:.4f}, model {d['model_spread']:.4f}, "
                          f"ratio {d['spread_ratio']:.2f}")
+            if "branch_spread_ratio" in d:
+                lines.append(f"  spread where the true futures differ (the world's own): truth {d['branch_truth_spread']:.4f}, "
+                             f"model {d['branch_model_spread']:.4f}, ratio {d['branch_spread_ratio']:.2f}")
             lines.append(f"  uncertainty agreement (correlation of std maps): {d['agreement']:.2f} "
                          f"over {d['agreement_sequences']} sequences")
             if "misplaced_share" in d:

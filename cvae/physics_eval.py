@@ -131,6 +131,9 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     - ``truth_spread``, ``model_spread``: the per-pixel std over the K truths and over the S
       samples, averaged over the moving region (pixels where any true future differs from the
       last context frame by more than 0.1; NaN where nothing moves);
+    - ``branch_truth_spread``, ``branch_model_spread``: the same two averaged where the truths
+      differ (``metrics.branching``; NaN where they never do): how much of the world's own
+      spread the model draws there, which spread elsewhere cannot make up;
     - ``agreement``: :func:`std_agreement` of the two std maps;
     - ``misplaced``: the share of the model's spread (its std map summed over future pixels) that
       lies where the truths agree (``metrics.branching`` false; NaN where the model's map shows
@@ -148,11 +151,16 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     model_spread = torch.where(n > 0, (m_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
     agreement = std_agreement(t_std, m_std)
     model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
-    certain = (~branching(truths, 1)).float()
+    differ = branching(truths, 1)
+    nb = differ.float().sum((1, 2, 3))
+    branch_truth = torch.where(nb > 0, (t_std * differ).sum((1, 2, 3)) / nb.clamp_min(1), nan)
+    branch_model = torch.where(nb > 0, (m_std * differ).sum((1, 2, 3)) / nb.clamp_min(1), nan)
+    certain = (~differ).float()
     misplaced = (m_std * certain).flatten(1).sum(1) / m_std.flatten(1).sum(1).clamp_min(1e-12)
     misplaced = torch.where(model_flat, nan, misplaced)
     pair = psnr(samples[:, :, None], truths[:, None]).mean(-1)  # [B, S, K]
-    return {"truth_spread": truth_spread, "model_spread": model_spread, "agreement": agreement,
+    return {"truth_spread": truth_spread, "model_spread": model_spread,
+            "branch_truth_spread": branch_truth, "branch_model_spread": branch_model, "agreement": agreement,
             "misplaced": misplaced, "certain": certain.mean((1, 2, 3)),
             "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1)}
 
@@ -184,11 +192,18 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
 
 def summarize(per_seq: dict[str, list[torch.Tensor]]) -> dict:
     """Batches of :func:`spread_scores` -> the figures ``eval`` reports: each averaged over the
-    sequences (NaN ones left out), the spread ratio model over truth of those averages."""
+    sequences (NaN ones left out), each spread ratio model over truth of those averages."""
     s = {name: torch.cat(v) for name, v in per_seq.items()}
-    truth_spread, model_spread = s["truth_spread"].nanmean().item(), s["model_spread"].nanmean().item()
-    return {"truth_spread": truth_spread, "model_spread": model_spread,
-            "spread_ratio": model_spread / truth_spread if truth_spread > 0 else float("nan"),
+
+    def ratio(truth: str, model: str) -> tuple[float, float, float]:
+        t, m = s[truth].nanmean().item(), s[model].nanmean().item()
+        return t, m, m / t if t > 0 else float("nan")
+
+    truth_spread, model_spread, spread_ratio = ratio("truth_spread", "model_spread")
+    branch_truth, branch_model, branch_ratio = ratio("branch_truth_spread", "branch_model_spread")
+    return {"truth_spread": truth_spread, "model_spread": model_spread, "spread_ratio": spread_ratio,
+            "branch_truth_spread": branch_truth, "branch_model_spread": branch_model,
+            "branch_spread_ratio": branch_ratio,
             "agreement": s["agreement"].nanmean().item(),
             "agreement_sequences": int((~s["agreement"].isnan()).sum()),
             "misplaced_share": s["misplaced"].nanmean().item(), "certain_share": s["certain"].mean().item(),

@@ -22,7 +22,7 @@ from cvae.metrics import (
     window_mask,
     z_change,
 )
-from cvae.physics_eval import VISIBLE_STD, spread_scores
+from cvae.physics_eval import VISIBLE_STD, spread_scores, summarize
 
 
 def test_psnr_and_ssim():
@@ -252,6 +252,22 @@ def test_spread_scores_by_hand():
     half[0, :, 0, :, 1, 1] = torch.tensor([0.3, 0.7])[:, None]  # as wide a spread where the world agrees
     assert spread_scores(half, truths, last)["misplaced"].item() == pytest.approx(0.5)
     assert same["certain"].item() == pytest.approx(15 / 16)  # an even spread would be 15/16 misplaced
+    # where the truths differ (pixel (0, 0) alone): the world's std 0.2 there; a model that draws it
+    # draws 0.2, a collapsed one 0, and spread where the world agrees adds nothing there
+    assert same["branch_truth_spread"].item() == pytest.approx(0.2)
+    assert same["branch_model_spread"].item() == pytest.approx(0.2)
+    assert collapsed["branch_model_spread"].item() == 0
+    widened = spread_scores(half, truths, last)
+    assert widened["model_spread"].item() == pytest.approx(0.2)  # (0.2 + 0.2) / 2 moving pixels
+    assert widened["branch_model_spread"].item() == pytest.approx(0.2)
+    # summarized: each ratio is model over truth of the sequences' means, NaN ones left out (a
+    # scene whose truths agree everywhere has no place where they differ)
+    agreeing = spread_scores(truths, _futures([0.2, 0.2]), last)
+    assert agreeing["branch_truth_spread"].isnan() and agreeing["branch_model_spread"].isnan()
+    summary = summarize({k: [same[k], collapsed[k], agreeing[k]] for k in same})
+    assert summary["spread_ratio"] == pytest.approx((0.1 + 0 + 0.1) / (0.1 + 0.1 + 0))
+    assert summary["branch_truth_spread"] == pytest.approx(0.2)
+    assert summary["branch_spread_ratio"] == pytest.approx((0.2 + 0) / 2 / 0.2)
     # truths that agree everywhere: agreement is undefined (NaN), not counted
     assert spread_scores(truths, _futures([0.2, 0.2]), last)["agreement"].isnan()
 
@@ -273,6 +289,9 @@ def test_spread_scores_tell_the_worlds_spread_from_a_models_own_doubt():
     wrong = spread_scores(doubt[None], truths[None], last[None])
     assert honest["agreement"].item() > 0.5 and honest["misplaced"].item() < 0.3
     assert wrong["agreement"].item() < 0.2 and wrong["misplaced"].item() > 0.9
+    # where the world branches, more of its draws spread about as much as it does; the doubt not at all
+    assert 0.6 < (honest["branch_model_spread"] / honest["branch_truth_spread"]).item() < 1.6
+    assert wrong["branch_model_spread"].item() < 0.1 * wrong["branch_truth_spread"].item()
 
 
 def test_energy_score_by_hand():
