@@ -214,6 +214,8 @@ def test_physics_futures_redraw_the_hidden_causes(bundled):
     assert "(z seed 0)" in text  # which z the futures came from
     assert f"ratio **{s['ratio']:.2f}**" in text and f"**{s['agreement']:.2f}**" in text
     assert f"**{100 * s['misplaced']:.0f}%** of the model's spread lies where the world's futures agree" in text
+    assert s["branch_ratio"] == pytest.approx(s["branch_model_spread"] / s["branch_truth_spread"])
+    assert f"it draws **{100 * s['branch_ratio']:.0f}%** of the world's own uncertainty there" in text
     same = dataclasses.replace(p, edited=p.edited[:1].expand_as(p.edited))
     assert math.isnan(same.spread()["misplaced"]) and same.spread()["agreement"] == 0
     text = views.summary(same, 4)

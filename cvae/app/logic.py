@@ -394,13 +394,15 @@ class Prediction:
     def spread(self) -> dict[str, float] | None:
         """Model against physics futures for this sequence, as ``eval`` scores them
         (``physics_eval.spread_scores``): truth and model spread in the moving region, their
-        ratio, and the agreement of the two std maps. None for real data or a single future."""
+        ratio, the same where the world's futures differ (``branch_ratio``), and the agreement of
+        the two std maps. None for real data or a single future."""
         if self.physics_futures is None or len(self.edited) < 2 or len(self.physics_futures) < 2:
             return None
         n_past = len(self.truth) - self.edited.shape[1]
         s = {k: v.item() for k, v in spread_scores(self.edited[None], self.physics_futures[None],
                                                     self.truth[None, n_past - 1]).items()}
         s["ratio"] = s["model_spread"] / s["truth_spread"] if s["truth_spread"] > 0 else math.nan
+        s["branch_ratio"] = s["branch_model_spread"] / s["branch_truth_spread"]  # NaN where the world never branches
         return s
 
 

@@ -174,6 +174,11 @@ def summary(p: logic.Prediction, n_future: int) -> str:
             else:
                 text += (f" **{100 * spread['misplaced']:.0f}%** of the model's spread lies where the world's "
                          "futures agree: there it is the model's own doubt, not the world's.")
+            if not math.isnan(spread["branch_ratio"]):
+                text += (f" Where the world's futures differ, the model's spread "
+                         f"**{spread['branch_model_spread'] * 255:.1f}** grey levels against the world's "
+                         f"**{spread['branch_truth_spread'] * 255:.1f}**: it draws "
+                         f"**{100 * spread['branch_ratio']:.0f}%** of the world's own uncertainty there.")
         else:
             text += (": under these actions the world is certain (nothing is pushed, or every push "
                      "ends alike), so there is no spread to match; a good model's futures agree too.")
