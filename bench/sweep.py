@@ -81,7 +81,8 @@ def report(paths: list[str]) -> str:
     """One markdown row per eval.json: the figures of issue 13's targets, each as the margin the
     target is stated in."""
     head = ("| eval | PSNR (copy-last) | shuffled cost | counterfactual - copy | best10 - one | coverage - one "
-            "| spread ratio | agreement | misplaced spread | sharpness min-max | EE - copy | moving best10 - copy |")
+            "| spread ratio | where the truths differ | agreement | misplaced spread | sharpness min-max | EE - copy "
+            "| moving best10 - copy |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for path in paths:
         r = json.loads(Path(path).read_text())
@@ -96,7 +97,8 @@ def report(paths: list[str]) -> str:
             f(cf["psnr"] - cf["copy_last_psnr"]) if cf else "-",
             f(r["best_of_n_psnr"] - r["psnr"]) if r.get("best_of_n_psnr") is not None else "-",
             f(d["coverage_psnr"] - d["one_sample_psnr"]) if d else "-",
-            f(d.get("spread_ratio"), ".2f"), f(d.get("agreement"), ".2f"), f(d.get("misplaced_share"), ".0%"),
+            f(d.get("spread_ratio"), ".2f"), f(d.get("branch_spread_ratio"), ".2f"), f(d.get("agreement"), ".2f"),
+            f(d.get("misplaced_share"), ".0%"),
             f"{min(sharp):.2f}-{max(sharp):.2f}" if sharp else "-",
             f(r["ee_psnr"] - r["copy_last_ee_psnr"]) if r.get("ee_psnr") is not None else "-",
             f(r["moving_best_of_n_psnr"] - r["copy_last_moving_psnr"]) if r.get("moving_best_of_n_psnr") else "-",
