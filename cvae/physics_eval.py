@@ -124,6 +124,12 @@ def std_agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> torch.Tensor:
     return torch.where(truth_flat, torch.full_like(agreement, float("nan")), agreement)
 
 
+def _mean_where(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Maps [B, F, H, W] -> [B]: each sequence's mean of ``v`` over the pixels ``mask`` picks, NaN where it picks none."""
+    n = mask.float().sum((1, 2, 3))
+    return torch.where(n > 0, (v * mask).sum((1, 2, 3)) / n.clamp_min(1), torch.full_like(n, float("nan")))
+
+
 def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tensor) -> dict[str, torch.Tensor]:
     """Model futures [B, S, F, 3, H, W] against true futures [B, K, F, 3, H, W] of the same scenes
     and actions, with last context frames [B, 3, H, W] -> per-sequence scores [B]:
@@ -145,22 +151,15 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
     """
     region = moving_mask(truths, last[:, None, None]).any(1)  # [B, F, H, W]
     t_std, m_std = pixel_std(truths, 1), pixel_std(samples, 1)  # [B, F, H, W]
-    n = region.float().sum((1, 2, 3))
-    nan = torch.full_like(n, float("nan"))
-    truth_spread = torch.where(n > 0, (t_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
-    model_spread = torch.where(n > 0, (m_std * region).sum((1, 2, 3)) / n.clamp_min(1), nan)
-    agreement = std_agreement(t_std, m_std)
-    model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
     differ = branching(truths, 1)
-    nb = differ.float().sum((1, 2, 3))
-    branch_truth = torch.where(nb > 0, (t_std * differ).sum((1, 2, 3)) / nb.clamp_min(1), nan)
-    branch_model = torch.where(nb > 0, (m_std * differ).sum((1, 2, 3)) / nb.clamp_min(1), nan)
+    model_flat = m_std.flatten(1).amax(1) < VISIBLE_STD
     certain = (~differ).float()
     misplaced = (m_std * certain).flatten(1).sum(1) / m_std.flatten(1).sum(1).clamp_min(1e-12)
-    misplaced = torch.where(model_flat, nan, misplaced)
+    misplaced = torch.where(model_flat, torch.full_like(misplaced, float("nan")), misplaced)
     pair = psnr(samples[:, :, None], truths[:, None]).mean(-1)  # [B, S, K]
-    return {"truth_spread": truth_spread, "model_spread": model_spread,
-            "branch_truth_spread": branch_truth, "branch_model_spread": branch_model, "agreement": agreement,
+    return {"truth_spread": _mean_where(t_std, region), "model_spread": _mean_where(m_std, region),
+            "branch_truth_spread": _mean_where(t_std, differ), "branch_model_spread": _mean_where(m_std, differ),
+            "agreement": std_agreement(t_std, m_std),
             "misplaced": misplaced, "certain": certain.mean((1, 2, 3)),
             "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1)}
 
