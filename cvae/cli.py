@@ -204,6 +204,12 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--arm-calm", type=_bool, default=None, metavar="BOOL",
                    help="set the copy's arm_calm (every future takes a noiseless future's pixels where the arm "
                         "is or has been; no weight changes)")
+    x.add_argument("--carry-pool", type=whole(0), default=None, metavar="PX",
+                   help="set the copy's carry_pool (the carried motion evened over each moving piece and PX round "
+                        "it; no weight changes)")
+    x.add_argument("--glide-noise-only", type=_bool, default=None, metavar="BOOL",
+                   help="set the copy's glide_noise_only (a future's noise reaches only the carried motion's mask "
+                        "logit; no weight changes)")
     x.add_argument("--map-noise-block", type=whole(1), default=None, metavar="B",
                    help="set the copy's map_noise_block (the spatial latent's noise one draw per B x B cells; "
                         "no weight changes)")

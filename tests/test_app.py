@@ -171,6 +171,9 @@ def test_model_quality_is_stated(tmp_path):
     assert logic.sampling({"z_map": 4, "map_noise_only": True}) == "Sampling: noise on the spatial latent alone. "
     assert "one noise draw per 8 x 8 cells of the spatial latent" in logic.sampling({"z_map": 4, "map_noise_block": 8})
     assert "cells" not in logic.sampling({"z_map": 4, "map_noise_block": 1})
+    assert "evened over each moving piece and 3 px" in logic.sampling({"carry_pool": 3})
+    assert "only what glides on" in logic.sampling({"glide_noise_only": True})
+    assert logic.sampling({"carry_pool": 0, "glide_noise_only": False}) == ""
     assert logic.sampling({"flow_resample": "bicubic"}) == "Sampling: moved frames sampled bicubic between pixels. "
     assert logic.sampling({"flow_resample": "bilinear"}) == ""
     shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))

@@ -363,6 +363,56 @@ def test_carry_shown_carries_on_the_glide_the_mask_chose():
     torch.testing.assert_close(rolled[:, 1], 0.5 * warp(rolled[:, 0], shift) + 0.5 * warp(rolled[:, 0], third_on),
                                atol=1e-4, rtol=0)
 
+
+def test_carry_pool_glides_an_object_on_whole():
+    """The bilinear splats of ``carried`` leave a glide's edge shorter than its middle, so the
+    dense field stretches the square it carries by a pixel; ``pooled`` evens it over the moving
+    piece and a margin, and the square moves on with its own area. Far from anything moving and
+    where nothing moves more than CARRY_MOVING the field is 0. A model with ``carry_pool``
+    carries the same teacher-forced as rolled out, and export may set it (it changes no weight)."""
+    from cvae.model.heads import CARRY_MOVING, carried, pooled, warp
+
+    prev = torch.zeros(1, 3, 32, 32)
+    prev[..., 10:16, 8:14] = 1.0
+    push = torch.zeros(1, 2, 32, 32)
+    push[:, 0, 10:16, 8:14] = -2.0  # the square moved 2 px right, its edges' pixels (as a splat leaves them) 1
+    push[:, 0, 10:16, 8] = push[:, 0, 10:16, 13] = -1.0
+    on = carried(push)
+    dense, even = warp(prev, on), warp(prev, pooled(on, 3))
+    assert dense.sum() > 1.1 * prev.sum()  # stretched
+    assert abs(even.sum() - prev.sum()) < 0.03 * prev.sum()  # whole
+    cols = torch.arange(32.0)
+    shift = (even[0, 0] * cols).sum() / even[0, 0].sum() - (prev[0, 0] * cols).sum() / prev[0, 0].sum()
+    assert 1.5 < shift < 2.1
+    assert pooled(on, 3)[..., :, 22:].abs().max() == 0 and pooled(on, 3)[..., :5, :].abs().max() == 0
+    assert pooled(torch.full((1, 2, 8, 8), CARRY_MOVING / 2), 2).abs().max() == 0
+    assert torch.equal(pooled(on, 0), on)
+
+    x, cond = batch(t=5)
+    runs = {}
+    for pool in (0, 2):
+        model = tiny(output="flow", flow_carry=True, carry_shown=True, carry_pool=pool)
+        k = model.decoder.head.sources.index("flow_carry")
+        last = model.decoder.upc5[1]
+        with torch.no_grad():
+            last.weight[:, 3:] = 0
+            last.bias[3:7] = torch.tensor([2.0, 0.0, 0.0, 0.0])  # the head moves the previous frame 2 px, everywhere
+            last.bias[7:] = -30
+            last.bias[8] = last.bias[7 + k] = 0  # and its mask takes that and the carried source, half each
+        forced = model(x, cond, teacher_forcing=True).pred
+        rolled = model.predict(x[:, :2], cond, n_future=2)[:, 0]
+        torch.testing.assert_close(rolled[:, 0], forced[:, 1], atol=1e-4, rtol=0)
+        runs[pool] = forced
+    # the uniform field is evened to itself; only near the right edge, where the carried motion
+    # leaves columns nothing lands on, does the evening differ (by a few px a step)
+    torch.testing.assert_close(runs[2][:, 2, ..., :40], runs[0][:, 2, ..., :40], atol=1e-4, rtol=0)
+    assert not torch.allclose(runs[2][:, 2], runs[0][:, 2], atol=1e-3)
+    with pytest.raises(ConfigError, match="carry_pool needs flow_carry"):
+        tiny(output="flow", carry_pool=2)
+    with pytest.raises(ConfigError, match="carry_pool must be a whole number"):
+        tiny(output="flow", flow_carry=True, carry_pool=1.5)
+
+
 def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
     """The decoder hands the head S x the spatial latent's first channel, upsampled, and the head
     adds it to the carried motion's mask logit alone: the same frame as that logit raised by
@@ -399,6 +449,29 @@ def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
                                forward(raised, prev, prev, None, carry=lambda *_: move))
     with pytest.raises(ConfigError, match="carry_noise needs z_map > 0 and flow_carry true"):
         tiny(output="flow", z_map=2, carry_noise=1.0)
+
+
+@pytest.mark.parametrize("prior", ["fixed", "learned"])
+def test_glide_noise_only_lets_a_future_differ_only_where_it_glides(prior):
+    """With ``glide_noise_only`` a prior future's noise reaches the frames through the carried
+    motion's mask logit alone: where the mask cannot take the carried source (its logit held far
+    down) every future is the same, which they are not when the noise reaches the decoder's
+    features too; where it can, futures still differ. The context steps are untouched."""
+    x, cond = batch(t=5)
+    futures = {}
+    for only, closed in itertools.product((False, True), (False, True)):
+        model = tiny(output="flow", z_map=2, flow_carry=True, carry_noise=1.5, prior=prior, glide_noise_only=only)
+        k = model.decoder.head.sources.index("flow_carry")
+        if closed:
+            with torch.no_grad():
+                model.decoder.upc5[1].bias[7 + k] = -1e4
+        futures[only, closed] = calibrated(model).eval().predict(x[:, :2], cond, n_future=3, n_samples=3, seed=0)
+    for only, closed in futures:
+        f = futures[only, closed]
+        spread = (f - f[:, :1]).abs().amax()
+        assert (spread < 1e-4) == (only and closed), (only, closed, spread)
+    with pytest.raises(ConfigError, match="glide_noise_only needs carry_noise > 0"):
+        tiny(output="flow", z_map=2, flow_carry=True, glide_noise_only=True)
 
 
 def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():

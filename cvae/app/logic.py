@@ -159,6 +159,10 @@ def sampling(cfg: dict) -> str:
         said.append(f"flow displacements of {cfg['flow_deadzone']:g} px or less set to 0")
     if cfg.get("flow_resample", "bilinear") != "bilinear":
         said.append(f"moved frames sampled {cfg['flow_resample']} between pixels")
+    if cfg.get("carry_pool"):
+        said.append(f"carried motion evened over each moving piece and {cfg['carry_pool']} px round it")
+    if cfg.get("glide_noise_only"):
+        said.append("the noise chooses only what glides on and what stops")
     return f"Sampling: {', '.join(said)}. " if said else ""
 
 

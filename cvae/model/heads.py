@@ -57,6 +57,8 @@ class registered by name (``HEADS``); adding a head is one class here.
   carried source that source's (``shown``). Without it a future whose noise took the gliding
   object at one step carries on the head's own short flow at the next, so the glide it chose
   stops after one step; with it the glide it chose goes on until the mask stops it.
+  ``carry_pool`` PX (a model field, 0 by default) evens the carried displacement over each moving
+  piece and PX round it (``pooled``), so a glide moves an object as one piece.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
 # weights, as the copies start, two rigid layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
 RIGID_OFFSET = -2.0
 CARRY_FLOOR = 0.1  # px: ``carried``'s priority of a still pixel's displacement, against a moving one's length
+CARRY_MOVING = 0.5  # px: ``pooled`` averages the carried displacements longer than this, and zeroes those far from one
 CARRY_BIAS = -5.0  # the carried motion's OPTIONAL entry, overwritten by ``start_as_moved`` wherever it starts
 MAX_RIGID = 4  # rigid layers a flow head may have
 
@@ -386,6 +389,23 @@ def carried(flow: torch.Tensor) -> torch.Tensor:
     return (mean * sums[:, 3:].clamp(max=1)).view(n, 2, h, w)
 
 
+def pooled(flow: torch.Tensor, radius: int) -> torch.Tensor:
+    """Carried displacements [N, 2, H, W] made one per moving piece: each pixel within ``radius``
+    px of a displacement longer than CARRY_MOVING takes the length-weighted mean of those within
+    ``radius`` px of it, every other pixel 0. A dense field stretches an object where its
+    displacement falls from the object's to the table's 0, and bilinear splats leave a glide's
+    edge shorter than its middle; an even field over the object and a margin round it moves the
+    pixels there as one piece, so a glide carries the object whole. ``radius`` 0: as given."""
+    if not radius:
+        return flow
+    length = flow.detach().float().pow(2).sum(1, keepdim=True).sqrt()
+    weight = length * (length > CARRY_MOVING)
+    k = 2 * radius + 1
+    total = F.avg_pool2d(weight, k, 1, radius)
+    mean = F.avg_pool2d(flow.float() * weight, k, 1, radius) / total.clamp_min(1e-12)
+    return mean * (total > 0)
+
+
 def shown(flow: torch.Tensor, on: torch.Tensor, share: torch.Tensor | None) -> torch.Tensor:
     """A step's own displacement of the previous frame and the carried one [N, 2, H, W], and the
     carried source's share of the two (``FlowHead.carry_share``) -> the displacement the frame
@@ -393,21 +413,21 @@ def shown(flow: torch.Tensor, on: torch.Tensor, share: torch.Tensor | None) -> t
     return flow if share is None else flow + share * (on.to(flow.dtype) - flow)
 
 
-def carry_from_row_before(steps: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+def carry_from_row_before(steps: int, pool: int = 0) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """``FlowHead.forward``'s ``carry`` for a teacher-forced pass, whose rows are runs of ``steps``
-    consecutive steps of one sequence: each row's is the row before's displacement ``carried`` on,
-    a run's first row's 0. With a share (``carry_shown``) the row before's is the one it
-    ``shown``, which needs the row before that's, so the rows are carried one after another
-    (``StepCarry``, as the closed loop does)."""
+    consecutive steps of one sequence: each row's is the row before's displacement ``carried`` on
+    (and ``pooled`` over ``pool`` px), a run's first row's 0. With a share (``carry_shown``) the
+    row before's is the one it ``shown``, which needs the row before that's, so the rows are
+    carried one after another (``StepCarry``, as the closed loop does)."""
 
     def carry(flow: torch.Tensor, share: torch.Tensor | None = None) -> torch.Tensor:
         runs = flow.view(-1, steps, *flow.shape[1:])
         if share is None:
-            on = carried(runs[:, :-1].flatten(0, 1)).view(runs.shape[0], steps - 1, *flow.shape[1:])
+            on = pooled(carried(runs[:, :-1].flatten(0, 1)), pool).view(runs.shape[0], steps - 1, *flow.shape[1:])
             return torch.cat([on.new_zeros(runs.shape[0], 1, *flow.shape[1:]), on], 1).flatten(0, 1)
         shares, ons, before = share.view(-1, steps, *share.shape[1:]), [], None
         for r in range(steps):  # as the closed loop carries, one step at a time
-            step = StepCarry(before)
+            step = StepCarry(before, pool)
             ons.append(step(runs[:, r], shares[:, r]))
             before = step.shown
         return torch.stack(ons, 1).flatten(0, 1)
@@ -417,11 +437,11 @@ def carry_from_row_before(steps: int) -> Callable[[torch.Tensor, torch.Tensor | 
 
 class StepCarry:
     """``FlowHead.forward``'s ``carry`` for one closed-loop step: the displacement the step before
-    showed (``before``; None at a first step), ``carried`` on. It keeps the displacement this
-    step shows (``shown``) for the next step's."""
+    showed (``before``; None at a first step), ``carried`` on and ``pooled`` over ``pool`` px. It
+    keeps the displacement this step shows (``shown``) for the next step's."""
 
-    def __init__(self, before: torch.Tensor | None) -> None:
-        self.on = None if before is None else carried(before)
+    def __init__(self, before: torch.Tensor | None, pool: int = 0) -> None:
+        self.on = None if before is None else pooled(carried(before), pool)
         self.shown: torch.Tensor | None = None
 
     def __call__(self, flow: torch.Tensor, share: torch.Tensor | None = None) -> torch.Tensor:

@@ -40,7 +40,8 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("noise_shift", "it shifts the flow head's displacements"),
               ("flow_carry", "it is a source of the flow head"))
 # how the weights are used, not their shapes: export may set them
-SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample")
+SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
+            "glide_noise_only")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
                    "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", "carry_shown", *SAMPLING)
@@ -154,6 +155,8 @@ class ModelConfig:
     flow_carry: bool = False  # the flow head's mask may also take the previous frame moved on as the step before moved it
     carry_noise: float = 0.0  # > 0: the spatial latent's first channel x this is added to that source's mask logit
     carry_shown: bool = False  # that source carries on the displacement the frame showed, not the head's own (heads.shown)
+    carry_pool: int = 0  # > 0: px; the carried displacement is evened over each moving piece and this margin (heads.pooled)
+    glide_noise_only: bool = False  # a prior future's noise reaches only the carried motion's mask logit (glide or stop)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -217,6 +220,13 @@ class ModelConfig:
                               "moves the carried motion's mask logit")
         if self.carry_shown and not self.flow_carry:
             raise ConfigError("carry_shown needs flow_carry true: it says what the carried motion carries on")
+        if not 0 <= self.carry_pool == int(self.carry_pool):
+            raise ConfigError(f"carry_pool must be a whole number of pixels >= 0, not {self.carry_pool}")
+        if self.carry_pool and not self.flow_carry:
+            raise ConfigError("carry_pool needs flow_carry true: it evens the carried motion over each moving piece")
+        if self.glide_noise_only and not self.carry_noise:
+            raise ConfigError("glide_noise_only needs carry_noise > 0: the carried motion's mask logit is what the "
+                              "noise would still reach")
         if self.noise_shift and self.z_map < 2:
             raise ConfigError("noise_shift needs z_map >= 2: the spatial latent's first two channels are the shift")
         if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
@@ -293,19 +303,22 @@ class SVG(nn.Module):
     def _decode(self, g: torch.Tensor, skips: list[torch.Tensor], prev: torch.Tensor,
                 cond: torch.Tensor, anchor: torch.Tensor, anchor_cond: torch.Tensor,
                 z: torch.Tensor, moved: bool = False, carry: Callable[..., torch.Tensor] | None = None,
+                glide: torch.Tensor | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Codes [N, g], skips, previous frames [N, 3, 64, 64], raw conditions [N, 7], the latest
         real frames [N, 3, 64, 64], their raw conditions [N, 7] and latents [N, latent_dim] (the
         decoder reads the spatial part) -> frames (with ``moved``, and the previous frames the
         flow head moves with their displacements [N, 2, 64, 64]). ``carry``: the flow head's
-        (``flow_carry``)."""
+        (``flow_carry``). ``glide`` [N, latent_dim] (``glide_noise_only``): the latent whose
+        spatial part sets the carried motion's mask logit in place of ``z``'s."""
         norm = self.predictor.normalize
-        zmap = self._map(z)
+        zmap, glide_map = self._map(z), None if glide is None else self._map(glide)
         if not (self.cfg.ee_copy or self.cfg.arm_copy):
-            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap, moved=moved, carry=carry)
+            return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap, moved=moved, carry=carry,
+                                glide=glide_map)
         prev_cond = norm(at_rest(cond)) if self.cfg.arm_clear else None
         return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap,
-                            prev_cond=prev_cond, moved=moved, carry=carry)
+                            prev_cond=prev_cond, moved=moved, carry=carry, glide=glide_map)
 
     def _map(self, z: torch.Tensor) -> torch.Tensor | None:
         """Latents [..., latent_dim] -> their spatial part [N, z_map, 8, 8] (None without one)."""
@@ -521,7 +534,7 @@ class SVG(nn.Module):
         out = self._decode(g.flatten(0, 1), self._step_skips(skips, t), self._images(x[:, :-1]),
                            cond[:, :-1].flatten(0, 1), self._images(self._latest_real(x, t)),
                            self._latest_real(cond, t).flatten(0, 1), z.flatten(0, 1), moved,
-                           carry_from_row_before(t - 1) if self.cfg.flow_carry else None)
+                           carry_from_row_before(t - 1, self.cfg.carry_pool) if self.cfg.flow_carry else None)
         if moved:
             frame, (prev, flow) = out
             steps = (b, t - 1)
@@ -787,11 +800,16 @@ class SVG(nn.Module):
                 z_i = reparameterize(prior_mu[-1], prior_logvar[-1], noise[:, i - 1])
             else:
                 z_i = noise[:, i - 1]
+            glide = None
+            if self.cfg.glide_noise_only and z is None:  # the features read the noiseless latent, its draw the glide
+                glide = z_i
+                z_i = mu[:, i - 1] if i < n_past else prior_mu[-1] if self.prior is not None else torch.zeros_like(z_i)
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None, : self.z_dim], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context
-            carry = StepCarry(last_shown) if self.cfg.flow_carry else None  # step i - 1's carried on
-            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i, moved, carry)
+            carry = StepCarry(last_shown, self.cfg.carry_pool) if self.cfg.flow_carry else None  # step i - 1's carried on
+            x_i = self._decode(g[:, 0], skip, x_prev, cond[:, i - 1], x_ctx[:, latest], cond[:, latest], z_i, moved, carry,
+                               glide)
             if moved:
                 x_i, (prev_i, flow_i) = x_i
                 moved_from.append(prev_i)

@@ -153,7 +153,7 @@ class Decoder(nn.Module):
                 cond: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
                 anchor_cond: torch.Tensor | None = None, zmap: torch.Tensor | None = None,
                 prev_cond: torch.Tensor | None = None, moved: bool = False,
-                carry: Callable[..., torch.Tensor] | None = None,
+                carry: Callable[..., torch.Tensor] | None = None, glide: torch.Tensor | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Code [N, g_dim], the encoder's skips, the previous frame [N, 3, 64, 64] (compose, cdna,
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
@@ -162,7 +162,8 @@ class Decoder(nn.Module):
         the latest real frame and its condition at rest too, ``arm_clear`` the previous frame's
         standardised condition at rest (``prev_cond``). ``moved`` (flow head only): also return
         the previous frame the flow head moves and its displacement. ``carry``: the flow head's
-        (``flow_carry``; ``heads.FlowHead.forward``)."""
+        (``flow_carry``; ``heads.FlowHead.forward``). ``glide`` [N, z_map, 8, 8]: the spatial latent
+        whose first channel sets the carried motion's mask logit, in place of ``zmap``'s."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
         if bool(self.z_map) != (zmap is not None):
@@ -200,7 +201,9 @@ class Decoder(nn.Module):
             if self.noise_shift:
                 extra["shift"] = self.noise_shift * up
             if self.carry_noise:
-                extra["carry_logit"] = self.carry_noise * up[:, :1]
+                src = up[:, :1] if glide is None else F.interpolate(glide[:, :1].float(), size=out.shape[-2:],
+                                                                      mode="bilinear", align_corners=False)
+                extra["carry_logit"] = self.carry_noise * src
         if moved:
             extra["moved"] = True
         if carry is not None:
