@@ -210,6 +210,8 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--glide-noise-only", type=_bool, default=None, metavar="BOOL",
                    help="set the copy's glide_noise_only (a future's noise reaches only the carried motion's mask "
                         "logit; no weight changes)")
+    x.add_argument("--carry-off-arm", type=_bool, default=None, metavar="BOOL",
+                   help="set the copy's carry_off_arm (the carried motion shut where the arm is; no weight changes)")
     x.add_argument("--map-noise-block", type=whole(1), default=None, metavar="B",
                    help="set the copy's map_noise_block (the spatial latent's noise one draw per B x B cells; "
                         "no weight changes)")

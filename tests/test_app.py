@@ -173,7 +173,8 @@ def test_model_quality_is_stated(tmp_path):
     assert "cells" not in logic.sampling({"z_map": 4, "map_noise_block": 1})
     assert "evened over each moving piece and 3 px" in logic.sampling({"carry_pool": 3})
     assert "only what glides on" in logic.sampling({"glide_noise_only": True})
-    assert logic.sampling({"carry_pool": 0, "glide_noise_only": False}) == ""
+    assert "nothing glides on where the arm is" in logic.sampling({"carry_off_arm": True})
+    assert logic.sampling({"carry_pool": 0, "glide_noise_only": False, "carry_off_arm": False}) == ""
     assert logic.sampling({"flow_resample": "bicubic"}) == "Sampling: moved frames sampled bicubic between pixels. "
     assert logic.sampling({"flow_resample": "bilinear"}) == ""
     shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))

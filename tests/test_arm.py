@@ -235,3 +235,37 @@ def test_the_training_terms_draw_calmed_futures_as_predict_does():
     assert spread[swept].max() == 0 and spread[~swept].max() > 0.01
     futures.square().mean().backward()
     assert model.decoder.upc5[1].weight.grad.abs().sum() > 0
+
+
+def test_carry_off_arm_shuts_the_carried_motion_where_the_arm_is():
+    """``carry_off_arm``: the carried motion's mask logit is the noise's everywhere but where the
+    arm stands at this step (``arm_region`` about the base the latest real frame shows), where it
+    is 30 lower, so the arm's own motion is never carried on past where the condition puts it."""
+    from cvae.model.heads import carried
+    from cvae.model.svg import at_rest
+
+    x, c = batch(b=2, t=3)
+    flow = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(2))
+    seen = {}
+    for off in (False, True):
+        model = tiny(output="flow", cond_maps=True, ee_maps=True, arm_copy=True, z_map=2, flow_carry=True,
+                     carry_noise=1.5, carry_off_arm=off).eval()
+        forward = model.decoder.head.forward
+
+        def spy(*args, _forward=forward, _off=off, **kw):
+            seen[_off] = kw["carry_logit"]
+            return _forward(*args, **kw)
+
+        model.decoder.head.forward = spy
+        h, skips = model.encoder(x[:, 0])
+        z = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            model._decode(h, skips, x[:, 1], c[:, 2], x[:, 1], c[:, 1], z, carry=lambda *_: carried(flow))
+    norm, dec = model.predictor.normalize, model.decoder
+    region = dec.arm.region(x[:, 1], dec.ee_map.pixels(norm(at_rest(c[:, 1])), 64, 64),
+                            dec.ee_map.pixels(norm(c[:, 2]), 64, 64))
+    assert 50 < region.sum() < region.numel() / 2
+    torch.testing.assert_close(seen[True][~region], seen[False][~region])
+    torch.testing.assert_close(seen[True][region], seen[False][region] - 30)
+    with pytest.raises(ConfigError, match="carry_off_arm needs flow_carry true and arm_copy true"):
+        tiny(output="flow", ee_maps=True, z_map=2, flow_carry=True, carry_noise=1.0, carry_off_arm=True)

@@ -163,6 +163,8 @@ def sampling(cfg: dict) -> str:
         said.append(f"carried motion evened over each moving piece and {cfg['carry_pool']} px round it")
     if cfg.get("glide_noise_only"):
         said.append("the noise chooses only what glides on and what stops")
+    if cfg.get("carry_off_arm"):
+        said.append("nothing glides on where the arm is")
     return f"Sampling: {', '.join(said)}. " if said else ""
 
 

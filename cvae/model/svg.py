@@ -41,7 +41,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("flow_carry", "it is a source of the flow head"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
-            "glide_noise_only")
+            "glide_noise_only", "carry_off_arm")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
                    "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", "carry_shown", *SAMPLING)
@@ -157,6 +157,7 @@ class ModelConfig:
     carry_shown: bool = False  # that source carries on the displacement the frame showed, not the head's own (heads.shown)
     carry_pool: int = 0  # > 0: px; the carried displacement is evened over each moving piece and this margin (heads.pooled)
     glide_noise_only: bool = False  # a prior future's noise reaches only the carried motion's mask logit (glide or stop)
+    carry_off_arm: bool = False  # the carried motion's source is shut where the arm is at each step (vgg64.Decoder)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -224,6 +225,9 @@ class ModelConfig:
             raise ConfigError(f"carry_pool must be a whole number of pixels >= 0, not {self.carry_pool}")
         if self.carry_pool and not self.flow_carry:
             raise ConfigError("carry_pool needs flow_carry true: it evens the carried motion over each moving piece")
+        if self.carry_off_arm and not (self.flow_carry and self.arm_copy):
+            raise ConfigError("carry_off_arm needs flow_carry true and arm_copy true: it shuts the carried motion "
+                              "where the arm copy's arm is")
         if self.glide_noise_only and not self.carry_noise:
             raise ConfigError("glide_noise_only needs carry_noise > 0: the carried motion's mask logit is what the "
                               "noise would still reach")
@@ -284,7 +288,8 @@ class SVG(nn.Module):
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
                                rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift,
-                               flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise, carry_shown=cfg.carry_shown)
+                               flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise, carry_shown=cfg.carry_shown,
+                               carry_off_arm=cfg.carry_off_arm)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None

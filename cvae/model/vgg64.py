@@ -17,6 +17,7 @@ from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, start_as_moved, 
 
 BASE_CHANNELS = (64, 128, 256, 512)
 MAP_SIZE = 8  # the side of the coarsest skip grid (64 px / 8): where a spatial latent lives
+CARRY_SHUT = 30.0  # ``carry_off_arm``: taken off the carried motion's mask logit where the arm is (e^-30: never)
 
 
 def channels(width: float) -> list[int]:
@@ -87,15 +88,19 @@ class Decoder(nn.Module):
     then needs ``carry``. ``carry_noise`` S > 0 adds S x the latent's first channel to that
     source's mask logit: noise that chooses, pixel by pixel, between gliding on and stopping.
     ``carry_shown``: what that source carries on is the displacement the frame showed
-    (``heads.shown``), so a glide the noise chose goes on."""
+    (``heads.shown``), so a glide the noise chose goes on. ``carry_off_arm`` shuts that source
+    where the arm is at this step (``arm.arm_region``; with ``arm_copy``): the arm's own motion,
+    carried on, draws it past where the condition puts it, a ghost no world has."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
                  noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False,
-                 carry_noise: float = 0.0, carry_shown: bool = False) -> None:
+                 carry_noise: float = 0.0, carry_shown: bool = False, carry_off_arm: bool = False) -> None:
         super().__init__()
+        if carry_off_arm and not (flow_carry and arm_copy):
+            raise ValueError("carry_off_arm needs flow_carry and arm_copy: it shuts the carried motion where the arm is")
         if arm_clear and not arm_copy:
             raise ValueError("arm_clear needs arm_copy: the arm copy finds the base it clears the bar from")
         if (noise_flow or noise_shift) and not (z_map and output == "flow"):
@@ -114,6 +119,7 @@ class Decoder(nn.Module):
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
         self.arm_clear, self.noise_flow, self.noise_shift, self.carry_noise = arm_clear, noise_flow, noise_shift, carry_noise
+        self.carry_off_arm = carry_off_arm
         e = (cond_dim + 2 if cond_dim else 0) + (1 if ee_cond_dim else 0) + (1 if arm_copy else 0)
         c0, c1, c2, c3 = channels(width)
         self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c3, 4, 1, 0), nn.BatchNorm2d(c3), nn.LeakyReLU(0.2, inplace=True))
@@ -175,7 +181,10 @@ class Decoder(nn.Module):
                 raise ValueError("this decoder turns the latest real frame with the arm: pass anchor and anchor_cond")
             h, w = anchor.shape[-2:]
             src = self.ee_map.pixels(anchor_cond, h, w)
-            extra["arm_copy"], shaft = self.arm(anchor, src, self.ee_map.pixels(cond, h, w), self.head.resample)
+            at = self.ee_map.pixels(cond, h, w)
+            extra["arm_copy"], shaft = self.arm(anchor, src, at, self.head.resample)
+            if self.carry_off_arm:
+                extra["carry_logit"] = -CARRY_SHUT * self.arm.region(anchor, src, at).float()
             if self.arm_clear:
                 if prev_cond is None:
                     raise ValueError("this decoder clears the arm from the previous frame: pass prev_cond")
@@ -201,9 +210,9 @@ class Decoder(nn.Module):
             if self.noise_shift:
                 extra["shift"] = self.noise_shift * up
             if self.carry_noise:
-                src = up[:, :1] if glide is None else F.interpolate(glide[:, :1].float(), size=out.shape[-2:],
-                                                                      mode="bilinear", align_corners=False)
-                extra["carry_logit"] = self.carry_noise * src
+                drawn = up[:, :1] if glide is None else F.interpolate(glide[:, :1].float(), size=out.shape[-2:],
+                                                                        mode="bilinear", align_corners=False)
+                extra["carry_logit"] = extra.get("carry_logit", 0) + self.carry_noise * drawn
         if moved:
             extra["moved"] = True
         if carry is not None:
