@@ -18,7 +18,8 @@ NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
                ("agree_weight", "it compares where the prior futures spread with where the re-simulated ones do"),
                ("energy_branch", "it gates the energy score's spread term"),
                ("adv_weight", "its critic tells prior futures from the re-simulated ones"),
-               ("world_weight", "it draws the re-simulated futures from the noise the world posterior infers"))
+               ("world_weight", "it draws the re-simulated futures from the noise the world posterior infers"),
+               ("noise_weight", "only the energy score against them says where the noise pays"))
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Config(ModelConfig):
     adv_weight: float = 0.0  # > 0: also an adversarial term on those futures, judged by the model's critic (--critic C)
     world_weight: float = 0.0  # > 0: also draw those futures from the noise the world posterior infers (--world-posterior C)
     world_branch_weight: float = 0.0  # ... its pixels where the true futures differ count 1 + this
+    # > 0: also the learned map prior's std, averaged over the future steps' cells, x this: noise has to pay
+    # for itself in the energy score, so it is kept where the world branches and shut elsewhere (--map-prior)
+    noise_weight: float = 0.0
     critic_lr: float = 5e-4  # the critic's learning rate: fitted offline at the model's 2e-3 it stayed at chance (stop 47)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this
     # (``SVG._flow_truth``; simulated data only: the simulator re-runs every training scene for them)
@@ -126,7 +130,7 @@ class Config(ModelConfig):
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",
                      "energy_weight", "branch_weight", "energy_branch_weight", "cover_weight",
                      "cover_flow_weight", "spread_weight", "edge_weight", "agree_weight", "flow_truth_weight", "adv_weight",
-                     "world_weight", "world_branch_weight"):
+                     "world_weight", "world_branch_weight", "noise_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be a number >= 0, not {getattr(self, name)}")
         for name in ("kl_cycles", "logs_per_epoch"):
@@ -164,6 +168,8 @@ class Config(ModelConfig):
             raise ConfigError("world_branch_weight needs world_weight > 0: it weights that term's pixels")
         if self.world_weight and not self.world_posterior:
             raise ConfigError("world_weight needs world_posterior > 0: the world posterior (its width) infers the noise")
+        if self.noise_weight and not self.map_prior:
+            raise ConfigError("noise_weight needs map_prior true: it charges the learned map prior's std")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
         if self.energy_truths and self.energy_scenes < 1:

@@ -160,7 +160,7 @@ TERMS_LOGGED = (("best", "best_of_loss", "best_of"), ("energy", "energy_score", 
                 ("photo", "flow_photo_loss", "flow_photo_weight"), ("flow_truth", "flow_truth_loss", "flow_truth_weight"),
                 ("adv", "adv_loss", "adv_weight"), ("critic", "critic_loss", "adv_weight"),
                 ("world", "world_loss", "world_weight"), ("world_kl", "world_kl", "world_weight"),
-                ("cover_flow", "cover_flow_loss", "cover_flow_weight"))
+                ("cover_flow", "cover_flow_loss", "cover_flow_weight"), ("noise", "prior_noise", "noise_weight"))
 
 
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, beta: float,
@@ -179,7 +179,8 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     against ``true_flow``, the simulator's) (+ ``terms.adv_weight`` * the adversarial term on the prior
     futures, plus its critic's side, which trains only the critic) (+ ``terms.world_weight`` * (the true
     futures drawn from the noise the world posterior infers, + beta * its KL with free bits)) (+
-    ``terms.cover_flow_weight`` * the closest prior future's flow error per true future). Returns
+    ``terms.cover_flow_weight`` * the closest prior future's flow error per true future) (+
+    ``terms.noise_weight`` * the learned map prior's mean std). Returns
     detached (loss, mse, kld, then each ``TERMS_LOGGED`` term) on the device, so the caller decides
     when to pay for a host sync."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -191,7 +192,7 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
             + terms.agree_weight * losses.agree + losses.photo
             + flow_truth_weight * losses.flow_truth + terms.adv_weight * losses.adv + losses.critic
             + terms.world_weight * (losses.world + beta * losses.world_kl_loss)
-            + terms.cover_flow_weight * losses.cover_flow)
+            + terms.cover_flow_weight * losses.cover_flow + terms.noise_weight * losses.noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

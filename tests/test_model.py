@@ -1924,3 +1924,23 @@ def test_energy_term_scores_prior_futures_against_several_truths():
                           terms=FutureTerms(patch=16, branch_weight=4.0))
     torch.testing.assert_close(weighted[4], energy_score(scored, corner, 16, branch_weight=4.0).mean())
     assert not torch.isclose(weighted[4], energy_score(scored, corner, 16).mean())
+
+
+def test_noise_weight_charges_the_map_priors_std():
+    """``noise_weight``: the step's ``noise`` is the learned map prior's std averaged over the
+    future steps' cells (1 as the prior starts, N(0, I)), 0 when not asked for, and charging it
+    alone lowers that std; it needs a learned map prior and true futures to pay for the noise."""
+    model = tiny(prior="learned", output="flow", z_map=2, map_prior=True)
+    x, cond = batch(t=5)
+    assert model(x, cond).noise == 0
+    torch.testing.assert_close(model(x, cond, terms=FutureTerms(noise_weight=1.0)).noise, torch.tensor(1.0))
+    opt = torch.optim.Adam(model.prior_map.parameters(), lr=0.02)
+    for _ in range(20):
+        opt.zero_grad()
+        model(x, cond, terms=FutureTerms(noise_weight=1.0)).noise.backward()
+        opt.step()
+    assert model(x, cond, terms=FutureTerms(noise_weight=1.0)).noise < 0.8
+    with pytest.raises(ConfigError, match="noise_weight needs map_prior true"):
+        Config(**TINY, prior="learned", z_map=2, energy_truths=2, noise_weight=0.1).validate()
+    with pytest.raises(ConfigError, match="noise_weight needs energy_truths > 0"):
+        Config(**TINY, prior="learned", z_map=2, map_prior=True, noise_weight=0.1).validate()

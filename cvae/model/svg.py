@@ -69,6 +69,7 @@ class StepLosses:
     world_kl: torch.Tensor  # []: ... that posterior's KL from N(0, I), the prior's noise
     world_kl_loss: torch.Tensor  # []: ... the KL trained on: each cell's at least ``free_bits`` nats
     cover_flow: torch.Tensor  # []: per re-simulated future, the flow error of the prior future closest in flow (``_cover_flow``)
+    noise: torch.Tensor  # []: the learned map prior's std, averaged over the future steps' cells (``_noise_cost``)
 
 
 PRIORS = ("fixed", "learned")
@@ -96,6 +97,7 @@ class FutureTerms:
     world_weight: float = 0.0  # the weight of the true futures drawn from the noise the world posterior infers (``_world``)
     world_branch_weight: float = 0.0  # ... whose pixels where the true futures differ count 1 + this
     cover_flow_weight: float = 0.0  # the weight of the closest prior future's flow error, per true future (``_cover_flow``)
+    noise_weight: float = 0.0  # the weight of the learned map prior's mean std over the future steps (``_noise_cost``)
 
     @classmethod
     def of(cls, cfg: object) -> FutureTerms:
@@ -106,7 +108,7 @@ class FutureTerms:
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
                    adv_weight=cfg.adv_weight,
                    world_weight=cfg.world_weight, world_branch_weight=cfg.world_branch_weight,
-                   cover_flow_weight=cfg.cover_flow_weight)
+                   cover_flow_weight=cfg.cover_flow_weight, noise_weight=cfg.noise_weight)
 
 
 @dataclass
@@ -461,8 +463,17 @@ class SVG(nn.Module):
         world, world_kl, world_kl_loss = (self._world(*futures, free_bits, terms.world_branch_weight)
                                           if futures is not None and terms.world_weight and self.world is not None
                                           else (recon.new_zeros(()),) * 3)
+        noise = self._noise_cost(prior[1]) if terms.noise_weight and prior is not None else recon.new_zeros(())
         return StepLosses(pred, mse, kld, recon, kl_loss, best, energy, cover, branch, spread, edges, agree,
-                          photo, flow_truth, adv, critic, world, world_kl, world_kl_loss, cover_flow)
+                          photo, flow_truth, adv, critic, world, world_kl, world_kl_loss, cover_flow, noise)
+
+    def _noise_cost(self, logvar: torch.Tensor) -> torch.Tensor:
+        """The learned prior's log-variances [B, T-1, latent_dim] -> the std of its spatial part,
+        averaged over the cells of the steps a prediction draws from it (n_past onwards). The
+        map prior's std stayed near 1 on every cell (1.05-1.10 on the bundle, README stop 62), so
+        the decoder alone had to learn to ignore noise where nothing branches, and did not over
+        the arm's track; charged, the std falls wherever the energy score does not pay for it."""
+        return logvar[:, self.n_past - 1 :, self.z_dim :].float().mul(0.5).exp().mean()
 
     def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, free_bits: float = 0.0,
                branch_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
