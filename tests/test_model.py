@@ -309,6 +309,19 @@ def test_carried_motion_glides_an_object_on_and_the_mask_can_stop_it():
         tiny(output="cdna", flow_carry=True)
 
 
+def half_carried(model: SVG, px: float) -> SVG:
+    """``model`` whose flow head moves the previous frame ``px`` to the right everywhere and whose
+    mask takes that and the carried source, half each."""
+    k = model.decoder.head.sources.index("flow_carry")
+    last = model.decoder.upc5[1]
+    with torch.no_grad():
+        last.weight[:, 3:] = 0
+        last.bias[3:7] = torch.tensor([px, 0.0, 0.0, 0.0])
+        last.bias[7:] = -30
+        last.bias[8] = last.bias[7 + k] = 0
+    return model
+
+
 def test_carry_shown_carries_on_the_glide_the_mask_chose():
     """Without ``carry_shown`` the carried motion is the head's own displacement of the step
     before, so where the mask took a glide once and the head's own flow is 0, the glide stops
@@ -345,13 +358,7 @@ def test_carry_shown_carries_on_the_glide_the_mask_chose():
     with pytest.raises(ConfigError, match="carry_shown needs flow_carry true"):
         tiny(output="flow", carry_shown=True)
 
-    model = tiny(output="flow", flow_carry=True, carry_shown=True)
-    last = model.decoder.upc5[1]
-    with torch.no_grad():
-        last.weight[:, 3:] = 0
-        last.bias[3:7] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # the head moves the previous frame 1 px, everywhere
-        last.bias[7:] = -30
-        last.bias[8] = last.bias[7 + k] = 0  # and its mask takes that and the carried source, half each
+    model = half_carried(tiny(output="flow", flow_carry=True, carry_shown=True), 1.0)
     x, cond = batch(t=5)
     forced = model(x, cond, teacher_forcing=True).pred
     shift = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(2, 2, 64, 64)
@@ -391,14 +398,7 @@ def test_carry_pool_glides_an_object_on_whole():
     x, cond = batch(t=5)
     runs = {}
     for pool in (0, 2):
-        model = tiny(output="flow", flow_carry=True, carry_shown=True, carry_pool=pool)
-        k = model.decoder.head.sources.index("flow_carry")
-        last = model.decoder.upc5[1]
-        with torch.no_grad():
-            last.weight[:, 3:] = 0
-            last.bias[3:7] = torch.tensor([2.0, 0.0, 0.0, 0.0])  # the head moves the previous frame 2 px, everywhere
-            last.bias[7:] = -30
-            last.bias[8] = last.bias[7 + k] = 0  # and its mask takes that and the carried source, half each
+        model = half_carried(tiny(output="flow", flow_carry=True, carry_shown=True, carry_pool=pool), 2.0)
         forced = model(x, cond, teacher_forcing=True).pred
         rolled = model.predict(x[:, :2], cond, n_future=2)[:, 0]
         torch.testing.assert_close(rolled[:, 0], forced[:, 1], atol=1e-4, rtol=0)
