@@ -470,9 +470,10 @@ class SVG(nn.Module):
     def _noise_cost(self, logvar: torch.Tensor) -> torch.Tensor:
         """The learned prior's log-variances [B, T-1, latent_dim] -> the std of its spatial part,
         averaged over the cells of the steps a prediction draws from it (n_past onwards). The
-        map prior's std stayed near 1 on every cell (1.05-1.10 on the bundle, README stop 62), so
-        the decoder alone had to learn to ignore noise where nothing branches, and did not over
-        the arm's track; charged, the std falls wherever the energy score does not pay for it."""
+        map prior's std stayed near 1 on every cell (1.05-1.10 on stop 59's ``bcs``), so the
+        decoder alone had to learn to ignore noise where nothing branches, and did not over the
+        arm's track. Charged, the std should fall where the energy score does not pay for it; at
+        0.01 it fell about evenly everywhere (README, stop 62)."""
         return logvar[:, self.n_past - 1 :, self.z_dim :].float().mul(0.5).exp().mean()
 
     def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, free_bits: float = 0.0,
