@@ -320,8 +320,14 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert cli.main(["export", "--ckpt", str(narrow), "--out", str(cubic), "--flow-resample", "bicubic"]) == 0
     model, meta = checkpoint.load_model(cubic)
     assert meta["config"]["flow_resample"] == "bicubic" and model.decoder.head.resample == "bicubic"
+    for flag, why in (("--carry-pool", "carry_pool needs flow_carry true"),  # the carried motion's options
+                      ("--glide-noise-only", "glide_noise_only needs carry_noise > 0"),
+                      ("--carry-off-arm", "carry_off_arm needs flow_carry true and arm_copy true")):
+        value = "3" if flag == "--carry-pool" else "true"
+        assert cli.main(["export", "--ckpt", str(narrow), "--out", str(tmp_path / "carry"), flag, value]) == 2
+        assert why in capsys.readouterr().err
     with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, map_noise_block, "
-                                          "flow_resample, not z_dim"):
+                                          "flow_resample, carry_pool, glide_noise_only, carry_off_arm, not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 
