@@ -809,18 +809,19 @@ class SVG(nn.Module):
                 p_mu, p_logvar = self._with_map_prior(p_mu, p_logvar, skip_prev[3][:, None], coarse_before[:, None])
                 prior_mu.append(p_mu[:, 0])
                 prior_logvar.append(p_logvar[:, 0])
+            mean_i = None  # the mean of the latent drawn here (generation only)
             if z is not None:
                 z_i = z[:, i - 1]
             elif i < n_past:
-                z_i = z_ctx[:, i - 1]
+                z_i, mean_i = z_ctx[:, i - 1], mu[:, i - 1]
             elif self.prior is not None:
-                z_i = reparameterize(prior_mu[-1], prior_logvar[-1], noise[:, i - 1])
+                z_i, mean_i = reparameterize(prior_mu[-1], prior_logvar[-1], noise[:, i - 1]), prior_mu[-1]
             else:
                 z_i = noise[:, i - 1]
+                mean_i = torch.zeros_like(z_i)
             glide = None
-            if self.cfg.glide_noise_only and z is None:  # the features read the noiseless latent, its draw the glide
-                glide = z_i
-                z_i = mu[:, i - 1] if i < n_past else prior_mu[-1] if self.prior is not None else torch.zeros_like(z_i)
+            if self.cfg.glide_noise_only and mean_i is not None:  # the features read the noiseless latent, its draw the glide
+                glide, z_i = z_i, mean_i
             g, pred_state = self.predictor(h_prev[:, None], z_i[:, None, : self.z_dim], cond[:, i - 1, None], pred_state)
             skip = skip_prev if self.last_frame_skip or i < n_past else skip_last
             latest = min(i - 1, n_past - 1)  # the latest real frame: the previous one during the context

@@ -20,6 +20,11 @@ MAP_SIZE = 8  # the side of the coarsest skip grid (64 px / 8): where a spatial 
 CARRY_SHUT = 30.0  # ``carry_off_arm``: taken off the carried motion's mask logit where the arm is (e^-30: never)
 
 
+def upsampled(cells: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """A spatial latent's channels [N, C, 8, 8] -> [N, C, *size], bilinearly, in float32."""
+    return F.interpolate(cells.float(), size=size, mode="bilinear", align_corners=False)
+
+
 def channels(width: float) -> list[int]:
     return [max(8, round(c * width)) for c in BASE_CHANNELS]
 
@@ -204,14 +209,13 @@ class Decoder(nn.Module):
         if self.ee_sprite is not None:
             extra["ee_sprite"] = self.ee_sprite(cond, self.ee_map.location(cond), *out.shape[-2:])
         if self.noise_flow or self.noise_shift or self.carry_noise:  # the latent's first two channels, upsampled once
-            up = F.interpolate(zmap[:, :2].float(), size=out.shape[-2:], mode="bilinear", align_corners=False)
+            up = upsampled(zmap[:, :2], out.shape[-2:])
             if self.noise_flow:
                 extra["gain"] = 1 + self.noise_flow * up[:, :1]
             if self.noise_shift:
                 extra["shift"] = self.noise_shift * up
             if self.carry_noise:
-                drawn = up[:, :1] if glide is None else F.interpolate(glide[:, :1].float(), size=out.shape[-2:],
-                                                                        mode="bilinear", align_corners=False)
+                drawn = up[:, :1] if glide is None else upsampled(glide[:, :1], out.shape[-2:])
                 extra["carry_logit"] = extra.get("carry_logit", 0) + self.carry_noise * drawn
         if moved:
             extra["moved"] = True
