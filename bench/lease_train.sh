@@ -34,7 +34,7 @@ copies() {
       d=runs/lease/$n/s$s
       [ -d "$d" ] && continue
       mkdir -p "$d.tmp" && cp runs/lease/$n/last/meta.json runs/lease/$n/last/model.safetensors runs/lease/$n/log.jsonl \
-        "$d.tmp/" 2>/dev/null; mv "$d.tmp" "$d"
+        "$d.tmp/" 2>/dev/null && mv "$d.tmp" "$d"  # a copy that failed is tried again on the next pass
     done
     sleep 2
   done
