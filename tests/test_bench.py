@@ -284,3 +284,25 @@ def test_the_rigid_push_probe_scores_only_its_region():
     assert err.shape == (1, 1, 2, 3) and torch.allclose(err, torch.full_like(err, 8 * 0.01))
     count = region.float().sum((-2, -1))[:, None].expand(-1, 2, -1)
     assert rigid.db(err[:, 0], count) == 20.0
+
+
+def test_the_carry_gain_probe_lengthens_every_carried_displacement_and_refuses_a_model_without(tmp_path):
+    """``carry_gain.gained``: inside it ``heads.carried`` gives G times the plain field, after it
+    the plain field again; the script refuses, by name, a checkpoint whose flow head carries no
+    motion on (the bundle's), before copying anything."""
+    import torch
+
+    from cvae.model import heads
+
+    bench = _bench("carry_gain")
+    flow = torch.zeros(1, 2, 8, 8)
+    flow[:, 0, 2:4, 2:4] = 1.5
+    plain = heads.carried(flow)
+    assert plain.abs().sum() > 0
+    with bench.gained(3.0):
+        torch.testing.assert_close(heads.carried(flow), 3.0 * plain)
+    torch.testing.assert_close(heads.carried(flow), plain)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "carry_gain.py"), "--ckpt", str(ROOT / "assets" / "model"),
+                          "--gain", "2", "--out", str(tmp_path / "copy")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "carries no motion on (flow_carry false)" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "copy").exists()

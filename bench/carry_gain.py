@@ -1,0 +1,66 @@
+"""Would a longer glide draw the world's alternatives? Where the true futures branch off the arm
+the carried displacement is 0.45-0.64 px while a pushed object moves about 2.4 px (stop 62,
+``spread_where.py``), so gliding or stopping there changes an object by a few grey levels. This
+probe multiplies the carried displacement (``heads.carried``) by G in a trained model with
+``flow_carry``, no training, and runs ``eval`` on the copy in OUT: if the glide were merely too
+short, agreement and the spread where the truths differ would rise with G.
+
+    python bench/carry_gain.py --ckpt runs/c11/x/bcs-z0.85 --gain 3 --out runs/c13/x/bcs-G3 --limit 64
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from common import record
+
+import cvae.model.heads as heads
+from cvae import checkpoint
+from cvae.cli import main as cvae_main
+
+
+@contextlib.contextmanager
+def gained(gain: float) -> Iterator[None]:
+    """Inside, every carried displacement (``heads.carried``, which the teacher-forced and the
+    closed-loop carry both call) is ``gain`` times as long; restored on the way out."""
+    plain = heads.carried
+    heads.carried = lambda flow: plain(flow) * gain
+    try:
+        yield
+    finally:
+        heads.carried = plain
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder of a model with flow_carry")
+    p.add_argument("--gain", type=float, required=True, help="the carried displacement x this")
+    p.add_argument("--out", required=True, help="where the copy and its eval go")
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64, help="first test sequences")
+    args = p.parse_args()
+    model, _ = checkpoint.load_model(args.ckpt, "cpu")
+    if not model.cfg.flow_carry:
+        raise SystemExit(f"{args.ckpt}: its flow head carries no motion on (flow_carry false)")
+    shutil.copytree(args.ckpt, args.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval"))
+    with gained(args.gain):
+        code = cvae_main(["eval", "--ckpt", args.out, "--data", args.data, "--limit", str(args.limit),
+                          "--samples", "10", "--truths", "10", "--workers", "1"])
+    if code:
+        raise SystemExit(code)
+    d = json.loads((Path(args.out) / "eval" / "eval.json").read_text())
+    dist = d["distribution"]
+    print(json.dumps(record("carry_gain", torch.device("cpu"), ckpt=args.ckpt, gain=args.gain, limit=args.limit,
+                            psnr=round(d["psnr"], 2), best_of_10=round(d["best_of_n_psnr"] - d["psnr"], 2),
+                            spread_ratio=round(dist["spread_ratio"], 2), agreement=round(dist["agreement"], 2),
+                            misplaced=round(dist["misplaced_share"], 3),
+                            sharpness=[round(min(d["sharpness_per_step"]), 2), round(max(d["sharpness_per_step"]), 2)])))
+
+
+if __name__ == "__main__":
+    main()
