@@ -15,11 +15,16 @@ channel), so the faint haze a sample spreads over the still table goes and an ob
 another place stays. ``--swept``: each sample takes the mean future's pixels wherever the arm
 sweeps over the sequence (``spread_where.swept_masks``, from the condition's end-effector places
 and the arm's base, here the simulator's), after the rollout rather than fed back as
-``arm_calm`` does.
+``arm_calm`` does. ``--ensemble CKPT --agree G``: each sample keeps its difference from the mean
+future only where CKPT's mean future (another run of the same recipe) agrees with it within G
+grey levels (the largest channel, over a 3 x 3 square): where two runs disagree on the one
+future they would draw is the models' own ignorance (the arm, the table it uncovers), which the
+world's truths do not share; where they agree and the samples still differ is the noise's.
 
     python bench/branch_gate.py --ckpt assets/model --limit 16
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --deviation 4 8 16 --swept
+    python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --ensemble CKPT2 --agree 4 8 16
 """
 from __future__ import annotations
 
@@ -59,6 +64,14 @@ def departed(samples: torch.Tensor, mean: torch.Tensor, grey: float) -> torch.Te
     """Where each sample [B, S, F, 3, H, W] differs from the mean future [B, 1, F, 3, H, W] by
     more than ``grey`` grey levels in some channel, as float [B, S, F, H, W]."""
     return ((samples - mean).abs().amax(3) > grey / 255).float()
+
+
+def agreed(mean: torch.Tensor, other: torch.Tensor, grey: float) -> torch.Tensor:
+    """Where two models' mean futures [B, 1, F, 3, H, W] agree within ``grey`` grey levels in
+    every channel, over the 3 x 3 square round each pixel, as float [B, F, H, W]."""
+    gap = (mean - other)[:, 0].abs().amax(2)  # [B, F, H, W]
+    gap = F.max_pool2d(gap.flatten(0, 1)[:, None], 3, 1, 1).view_as(gap)
+    return (gap <= grey / 255).float()
 
 
 def features(last: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -121,7 +134,11 @@ def main() -> None:
     p.add_argument("--swept", action="store_true", help="also the samples calmed where the arm sweeps")
     p.add_argument("--learn", type=int, default=0, help="training scenes to fit the learned gate on (0: none)")
     p.add_argument("--learn-steps", type=int, default=1500)
+    p.add_argument("--ensemble", default=None, help="another run's checkpoint, whose mean future gates by --agree")
+    p.add_argument("--agree", type=float, nargs="*", default=[8.0],
+                   help="grey levels within which the two mean futures must agree for a sample to differ there")
     args = p.parse_args()
+    other = checkpoint.load_model(args.ensemble, "cpu")[0] if args.ensemble else None
     f = 10
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
@@ -136,7 +153,8 @@ def main() -> None:
                 net = fit_classifier(torch.cat(feats), torch.cat(branch), args.learn_steps)
         variants = ["ungated", *(f"gate{w}" for w in args.widen), *(f"moving{w}" for w in args.moving),
                     *(f"deviation{g:g}" for g in args.deviation), *(["swept"] if args.swept else []),
-                    *(["learned"] if net is not None else [])]
+                    *(["learned"] if net is not None else []),
+                    *(f"ensemble{g:g}" for g in (args.agree if other is not None else []))]
         per: dict[str, dict[str, list[torch.Tensor]]] = {v: {} for v in variants}
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
@@ -145,6 +163,7 @@ def main() -> None:
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             mean = mean_future(model, x, c, f, idx.start)
+            second = mean_future(other, x, c, f, idx.start) if other is not None else None
             last = x[:, n - 1]
             for v in variants:
                 if v == "ungated":
@@ -155,6 +174,8 @@ def main() -> None:
                     out = mix(samples, mean, widened(moving_mask(mean[:, 0], last[:, None]), int(v[6:])))
                 elif v == "swept":
                     out = mix(samples, mean, (~swept[:, None]).float().expand(-1, f, -1, -1))
+                elif v.startswith("ensemble"):
+                    out = mix(samples, mean, agreed(mean, second, float(v[8:])))
                 elif v.startswith("deviation"):
                     out = mean + departed(samples, mean, float(v[9:]))[:, :, :, None] * (samples - mean)
                 else:
@@ -177,7 +198,7 @@ def main() -> None:
                   f"coverage {r['coverage_minus_one']:+.2f}, spread ratio {r['spread_ratio']:.2f}, "
                   f"agreement {r['agreement']:.2f}, misplaced {r['misplaced']:.0%}")
         record("branch_gate", torch.device("cpu"), ckpt=ckpt, sequences=seen, truths=args.truths,
-               samples=args.samples, learn_scenes=args.learn, **rows)
+               samples=args.samples, learn_scenes=args.learn, ensemble=args.ensemble, **rows)
 
 
 if __name__ == "__main__":
