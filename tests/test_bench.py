@@ -44,6 +44,21 @@ def test_the_branch_gate_keeps_samples_only_where_the_truths_differ():
     assert torch.equal(wide[..., 3:6, 3:6], samples[..., 3:6, 3:6]) and wide[..., 2, 2].eq(0.5).all()
 
 
+def test_the_ensemble_gate_keeps_samples_only_where_two_runs_mean_futures_agree():
+    """Two mean futures 10 grey levels apart in one channel of one pixel: within 8 grey levels
+    they agree everywhere but that pixel's 3 x 3 square, within 16 everywhere."""
+    import torch
+
+    mean = torch.full((1, 1, 2, 3, 8, 8), 0.5)
+    other = mean.clone()
+    other[0, 0, 1, 2, 4, 4] += 10 / 255
+    agreed = _bench("branch_gate").agreed
+    near = agreed(mean, other, 8)
+    assert near.shape == (1, 2, 8, 8) and near[0, 0].eq(1).all()
+    assert near[0, 1, 3:6, 3:6].eq(0).all() and near[0, 1].sum() == 64 - 9
+    assert agreed(mean, other, 16).eq(1).all()
+
+
 def test_the_learned_gate_finds_branching_it_can_see():
     """Frames where the truths branch exactly where the mean future moves off the last context
     frame: after 150 steps the fitted classifier says so, near 1 there and near 0 elsewhere, on
