@@ -358,6 +358,10 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
         if not (Path(cfg.data) / "validate").is_dir():
             print(f"note: {cfg.data} has no validate/ split, so best/ is chosen by the test split's score "
                   "(which is then not held out)")
+        if cfg.glide_noise_only:
+            print("note: glide_noise_only is unstable in training: three of four 400-step runs ran away by step "
+                  "150-300, the spatial latent's means to about 20 (README, stop 63); it is safer set at export "
+                  "(cvae export --glide-noise-only true)")
     return loop
 
 

@@ -261,6 +261,17 @@ def test_log_records_hold_the_documented_fields(sim_root, tmp_path):
     assert (tmp_path / "r" / "best" / "model.safetensors").exists()
 
 
+def test_training_with_glide_noise_only_warns_that_it_runs_away(sim_root, tmp_path, capsys):
+    """Three of four 400-step glide-only runs ran away (README, stop 63): a run with it says so at
+    the start and points to export; the same run without it does not."""
+    glide = dict(output="flow", z_map=2, flow_carry=True, carry_noise=2.0, epochs=1, iters_per_epoch=1)
+    train(tiny_cfg(sim_root, tmp_path / "a", **glide), progress=False)
+    assert "glide_noise_only" not in capsys.readouterr().out
+    train(tiny_cfg(sim_root, tmp_path / "b", glide_noise_only=True, **glide), progress=False)
+    out = capsys.readouterr().out
+    assert "note: glide_noise_only is unstable in training" in out and "cvae export --glide-noise-only true" in out
+
+
 def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     """``eval`` refuses a bad --seq before the long evaluation; ``export`` keeps the run's log,
     so evaluating the exported copy still draws the training curves."""
