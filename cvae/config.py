@@ -17,6 +17,7 @@ NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
                ("edge_weight", "it compares the prior futures' edges with the re-simulated ones'"),
                ("agree_weight", "it compares where the prior futures spread with where the re-simulated ones do"),
                ("energy_branch", "it gates the energy score's spread term"),
+               ("energy_residual", "it scores how the prior futures differ against how the re-simulated ones do"),
                ("adv_weight", "its critic tells prior futures from the re-simulated ones"),
                ("world_weight", "it draws the re-simulated futures from the noise the world posterior infers"),
                ("noise_weight", "only the energy score against them says where the noise pays"))
@@ -58,6 +59,9 @@ class Config(ModelConfig):
     energy_pool: int = 1
     energy_branch: bool = False  # its spread term only where the true futures differ (metrics.energy_score)
     energy_branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
+    # the score of the prior futures' deviations from the noiseless one against the truths' from their
+    # mean, plus the noiseless one against that mean (metrics.residual_energy_score), not of the futures
+    energy_residual: bool = False
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ

@@ -205,6 +205,28 @@ def edge_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     return torch.where(truth > 0, short, torch.zeros_like(short))
 
 
+def residual_energy_score(samples: torch.Tensor, center: torch.Tensor, truths: torch.Tensor, patch: int = 0,
+                          branch: bool = False, branch_weight: float = 0.0, pool: int = 1) -> torch.Tensor:
+    """Model futures [B, S, ...] and the model's noiseless future [B, ...] against true futures
+    [B, K, ...] -> [B]: :func:`energy_score` of the samples' deviations from the noiseless future
+    against the truths' deviations from their mean (times sqrt(K / (K - 1)), so that their
+    variance is not the K-sample mean's underestimate), plus its fit term alone (one future has
+    no spread) of the noiseless future against the truths' mean.
+
+    The plain score pays a model to spread wherever its one prediction is wrong, the world's
+    doubt and its own alike: with the two split, what z changes is scored only against how the
+    world's futures differ from one another, so the model's own errors (the arm's region, where
+    the truths agree: README, stop 57) land on the noiseless future and ask z for nothing."""
+    k = truths.shape[1]
+    if k < 2:
+        raise ValueError(f"the residual energy score needs 2 or more true futures per scene, not {k}")
+    mean = truths.float().mean(1, keepdim=True)
+    deviations = (truths.float() - mean) * math.sqrt(k / (k - 1))
+    spread = energy_score(samples.float() - center.float()[:, None], deviations, patch, branch, branch_weight, pool)
+    fit = energy_score(center.float()[:, None].expand(-1, 2, *center.shape[1:]), mean, patch, pool=pool)
+    return spread + fit
+
+
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of two maps over their last two dims: [..., H, W] -> [...]. NaN where
     either map is constant (a correlation is undefined there), with a finite gradient there too:

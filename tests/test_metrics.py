@@ -16,6 +16,7 @@ from cvae.metrics import (
     moving_mask,
     pixel_std,
     psnr,
+    residual_energy_score,
     sharpness,
     spread_gap,
     ssim,
@@ -393,6 +394,35 @@ def test_branch_energy_score_pays_spread_only_where_the_truths_differ():
     # truths identical everywhere: the mean distance to them alone, sqrt(16 / 32) and 1
     same = torch.zeros(1, 2, 1, 4, 8)
     assert energy_score(samples, same, branch=True).item() == pytest.approx((0.5**0.5 + 1) / 2, abs=1e-5)
+
+
+def test_residual_energy_score_asks_z_for_the_worlds_spread_not_the_models_own_error():
+    """Two pixels; the truths branch to 0 or 2 on the first and agree on 0 on the second. A model
+    whose noiseless future is off by 1 on the second pixel: the plain score pays its samples to
+    straddle that error, the residual one charges it, and a noiseless future at the truths' mean
+    with deviations as the world's scores 0 (by hand)."""
+    def score(samples, center, truths):
+        s, c, t = (torch.tensor(v, dtype=torch.float)[None] for v in (samples, center, truths))
+        return residual_energy_score(s, c, t).item()
+
+    truths = [[0.0, 0.0], [2.0, 0.0]]  # mean (1, 0); deviations +-1, x sqrt(2 / 1)
+    r2 = 2**0.5
+    assert score([[1 - r2, 0.0], [1 + r2, 0.0]], [1.0, 0.0], truths) == pytest.approx(0, abs=1e-5)
+    # collapsed at the mean: the deviations' fit alone, mean of |0 - (+-sqrt 2)| over RMS of 2 pixels
+    assert score([[1.0, 0.0], [1.0, 0.0]], [1.0, 0.0], truths) == pytest.approx(r2 / 2**0.5, abs=1e-5)
+    # the noiseless future off by 1 on the still pixel: its fit term, RMS (0, 1) = sqrt(1 / 2)
+    biased = [1.0, 1.0]
+    honest = [[1 - r2, 1.0], [1 + r2, 1.0]]
+    straddle = [[1 - r2, 0.0], [1 + r2, 2.0]]  # the samples spread about that error on the still pixel
+    assert score(honest, biased, truths) == pytest.approx(0.5**0.5, abs=1e-5)
+    assert score(straddle, biased, truths) > score(honest, biased, truths) + 0.1
+    plain = [energy_score(torch.tensor(v)[None], torch.tensor(truths)[None]).item() for v in (honest, straddle)]
+    assert plain[1] < plain[0]  # the plain score prefers the straddle: its own doubt put into z
+    # a constant added to every future changes nothing
+    shifted = score([[4 - r2, 3.0], [4 + r2, 3.0]], [4.0, 3.0], [[3.0, 3.0], [5.0, 3.0]])
+    assert shifted == pytest.approx(0, abs=1e-5)
+    with pytest.raises(ValueError, match="2 or more true futures"):
+        residual_energy_score(torch.zeros(1, 2, 3), torch.zeros(1, 3), torch.zeros(1, 1, 3))
 
 
 def test_energy_score_prefers_the_worlds_own_spread():

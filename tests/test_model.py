@@ -9,7 +9,15 @@ import torch
 from cvae import checkpoint
 from cvae.config import Config, preset
 from cvae.errors import ConfigError
-from cvae.metrics import agreement_gap, branching, edge_gap, gaussian_blur, pixel_std, spread_gap
+from cvae.metrics import (
+    agreement_gap,
+    branching,
+    edge_gap,
+    gaussian_blur,
+    pixel_std,
+    residual_energy_score,
+    spread_gap,
+)
 from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
@@ -967,6 +975,35 @@ def test_cover_flow_term_asks_each_world_only_of_the_prior_future_nearest_it():
     assert grad[:, 3:5].abs().sum() > 0
     _assert_train_step_weighs(model, x, c, (ctx, cond, truths, *flows),
                               FutureTerms(weight=0.0, cover_flow_weight=2.0), "cover_flow", 16, 2.0)
+
+
+def test_the_residual_energy_score_draws_the_noiseless_future_beside_the_samples():
+    """``terms.residual``: ``_energy`` draws each scene's noiseless future first, then K futures
+    from the prior's noise, all in one rollout, and scores them with
+    ``metrics.residual_energy_score`` (by hand, one rollout); train_step weighs it as the energy
+    score and its gradient reaches the prior."""
+    model = calibrated(tiny(prior="learned", z_hold=True))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    terms = FutureTerms(residual=True, patch=16, branch_weight=4.0)
+    torch.manual_seed(7)
+    term = model._energy(ctx, cond, truths, terms)[0]
+    torch.manual_seed(7)
+    noise = model._noise(2 * 4, 5, "cpu") * (torch.arange(8) % 4 > 0)[:, None, None]
+    h, skips = model._encode(ctx)
+    pred, _ = model._rollout(ctx.repeat_interleave(4, 0), h.repeat_interleave(4, 0),
+                             [s.repeat_interleave(4, 0) for s in skips], cond[:, :5].repeat_interleave(4, 0), 6,
+                             noise=noise)
+    grouped = pred[:, 1:].view(2, 4, 4, 3, 64, 64)
+    torch.testing.assert_close(term, residual_energy_score(grouped[:, 1:], grouped[:, 0], truths, 16, False, 4.0).mean())
+    assert not torch.equal(grouped[:, 0], grouped[:, 1])  # the noise reaches the samples, not the first
+    torch.manual_seed(7)
+    assert not torch.isclose(term, model._energy(ctx, cond, truths, FutureTerms(patch=16, branch_weight=4.0))[0])
+    grads = torch.autograd.grad(term, list(model.prior.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=2.0, residual=True),
+                              "energy", 4, 2.0)
 
 
 @pytest.mark.parametrize("field, gap, at, name, index", [("spread_weight", spread_gap, 2, "spread", 7),

@@ -22,7 +22,16 @@ from torch.nn import functional as F
 
 from ..condition import ACTIONS, COND_DIM
 from ..errors import ConfigError
-from ..metrics import agreement_gap, branching, edge_gap, energy_score, gaussian_blur, moving_mask, spread_gap
+from ..metrics import (
+    agreement_gap,
+    branching,
+    edge_gap,
+    energy_score,
+    gaussian_blur,
+    moving_mask,
+    residual_energy_score,
+    spread_gap,
+)
 from .critic import Critic, adversarial_losses
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS, MAX_RIGID, RESAMPLE, StepCarry, carry_from_row_before, warp
@@ -87,6 +96,7 @@ class FutureTerms:
     pool: int = 1  # > 1: plus the same score of the frames averaged over this many x this many pixels
     branch: bool = False  # its spread term only where the true futures differ
     branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
+    residual: bool = False  # scored as deviations from the noiseless future (``metrics.residual_energy_score``)
     rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
@@ -103,7 +113,8 @@ class FutureTerms:
     def of(cls, cfg: object) -> FutureTerms:
         """Those of a training ``Config``."""
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, pool=cfg.energy_pool, branch=cfg.energy_branch,
-                   branch_weight=cfg.energy_branch_weight, rebuild_weight=cfg.branch_weight,
+                   branch_weight=cfg.energy_branch_weight, residual=cfg.energy_residual,
+                   rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
                    adv_weight=cfg.adv_weight,
@@ -658,7 +669,7 @@ class SVG(nn.Module):
         return err.sum(1).view(m, k).min(1).values.mean()
 
     def _prior_futures(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
-                       cond: torch.Tensor, t: int, k: int, moved: bool = False,
+                       cond: torch.Tensor, t: int, k: int, moved: bool = False, noiseless: bool = False,
                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """K futures of each of M sequences drawn from the prior, predictions fed back as at test
         time, for the training terms that score samples (best of K, the energy score): context
@@ -666,21 +677,23 @@ class SVG(nn.Module):
         the K of a sequence adjacent. With ``arm_calm`` they are drawn as ``predict`` draws them,
         beside a noiseless future whose pixels they take where the arm is or has been: a score
         on them can then ask for spread only where the arm is not. With ``moved`` (flow head),
-        also the displacements the head moved the previous frame by, [M * K, t - n_past, 2, 64, 64]."""
+        also the displacements the head moved the previous frame by, [M * K, t - n_past, 2, 64, 64].
+        With ``noiseless``, each sequence's K futures follow its noiseless one: K + 1 of them."""
         calm = int(self.cfg.arm_calm)
-        group = k + calm
+        lead = int(self.cfg.arm_calm or noiseless)  # a noiseless future first in each group
+        group = k + lead
 
         def rep(v: torch.Tensor) -> torch.Tensor:
             return v.repeat_interleave(group, 0)
 
         noise = self._noise(x_ctx.shape[0] * group, t - 1, x_ctx.device)
-        if calm:  # each scene's first future is the noiseless one
+        if lead:  # each scene's first future is the noiseless one
             noise = noise * (torch.arange(noise.shape[0], device=noise.device) % group > 0)[:, None, None]
         pred, _, *rest = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
                                        noise=noise, calm=group if calm else 0, moved=moved)
 
         def futures(v: torch.Tensor) -> torch.Tensor:
-            return v[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, calm:].flatten(0, 1)
+            return v[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, lead - int(noiseless):].flatten(0, 1)
 
         return (futures(pred), futures(rest[0][1])) if moved else futures(pred)
 
@@ -689,7 +702,8 @@ class SVG(nn.Module):
                 flows: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
-        branch settings; for each true future the pixel loss of the closest of them, summed over
+        branch settings, or with ``terms.residual`` ``metrics.residual_energy_score`` of them beside
+        each scene's noiseless future, drawn first in the same rollout; for each true future the pixel loss of the closest of them, summed over
         the steps; ``metrics.spread_gap``, ``metrics.edge_gap`` and ``metrics.agreement_gap``
         between them; the adversarial term's two sides, ``critic.adversarial_losses``; with the
         true futures' ``flows`` (displacements [M, K, F, 2, 64, 64], where known [M, K, F, 64, 64]),
@@ -709,17 +723,25 @@ class SVG(nn.Module):
         m, k = truths.shape[:2]
         h, skips = self._encode(x_ctx)
         t = self.n_past + truths.shape[2]
+        lead = int(terms.residual)
         if terms.cover_flow_weight and flows is not None:
-            pred, flow = self._prior_futures(x_ctx, h, skips, cond, t, k, moved=True)
-            cover_flow = self._cover_flow(flow.view(m, k, *flow.shape[1:]), *flows)
+            pred, flow = self._prior_futures(x_ctx, h, skips, cond, t, k, moved=True, noiseless=terms.residual)
+            flow = flow.view(m, k + lead, *flow.shape[1:])[:, lead:]
+            cover_flow = self._cover_flow(flow, *flows)
         else:
-            pred = self._prior_futures(x_ctx, h, skips, cond, t, k)
+            pred = self._prior_futures(x_ctx, h, skips, cond, t, k, noiseless=terms.residual)
             cover_flow = pred.new_zeros((), dtype=torch.float32)
-        samples = pred.view(m, k, *truths.shape[2:])
-        energy = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight).mean()
-        if terms.pool > 1:
-            energy = energy + energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight,
-                                           terms.pool).mean()
+        grouped = pred.view(m, k + lead, *truths.shape[2:])
+        samples = grouped[:, lead:]
+        pred = samples.flatten(0, 1)
+
+        def score(pool: int) -> torch.Tensor:
+            if terms.residual:
+                return residual_energy_score(samples, grouped[:, 0], truths, terms.patch, terms.branch,
+                                             terms.branch_weight, pool).mean()
+            return energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight, pool).mean()
+
+        energy = score(1) + (score(terms.pool) if terms.pool > 1 else 0)
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
         edges = edge_gap(samples, truths).mean() if terms.edge_weight else energy.new_zeros(())
         agree = agreement_gap(samples, truths).mean() if terms.agree_weight else energy.new_zeros(())
