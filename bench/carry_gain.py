@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
-from common import record
+from common import eval_copy, record
 
 import cvae.model.heads as heads
 from cvae import checkpoint
-from cvae.cli import main as cvae_main
 
 
 @contextlib.contextmanager
@@ -47,19 +44,10 @@ def main() -> None:
     model, _ = checkpoint.load_model(args.ckpt, "cpu")
     if not model.cfg.flow_carry:
         raise SystemExit(f"{args.ckpt}: its flow head carries no motion on (flow_carry false)")
-    shutil.copytree(args.ckpt, args.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval"))
     with gained(args.gain):
-        code = cvae_main(["eval", "--ckpt", args.out, "--data", args.data, "--limit", str(args.limit),
-                          "--samples", "10", "--truths", "10", "--workers", "1"])
-    if code:
-        raise SystemExit(code)
-    d = json.loads((Path(args.out) / "eval" / "eval.json").read_text())
-    dist = d["distribution"]
+        figures = eval_copy(args.ckpt, args.out, args.data, args.limit)
     print(json.dumps(record("carry_gain", torch.device("cpu"), ckpt=args.ckpt, gain=args.gain, limit=args.limit,
-                            psnr=round(d["psnr"], 2), best_of_10=round(d["best_of_n_psnr"] - d["psnr"], 2),
-                            spread_ratio=round(dist["spread_ratio"], 2), agreement=round(dist["agreement"], 2),
-                            misplaced=round(dist["misplaced_share"], 3),
-                            sharpness=[round(min(d["sharpness_per_step"]), 2), round(max(d["sharpness_per_step"]), 2)])))
+                            **figures)))
 
 
 if __name__ == "__main__":

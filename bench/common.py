@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -165,3 +166,23 @@ def record(name: str, device: torch.device, **numbers: object) -> dict:
     with open(RESULTS, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+def eval_copy(ckpt: str, out: str, data: str, limit: int) -> dict:
+    """Copy a checkpoint folder to ``out`` (without its eval), run ``eval`` on the copy as the
+    README's tables do (10 samples, 10 truths, the first ``limit`` test sequences) inside whatever
+    patch the caller holds, and return the figures of its eval.json that the probes report."""
+    from cvae.cli import main as cvae_main
+
+    shutil.copytree(ckpt, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval"))
+    code = cvae_main(["eval", "--ckpt", out, "--data", data, "--limit", str(limit),
+                      "--samples", "10", "--truths", "10", "--workers", "1"])
+    if code:
+        raise SystemExit(code)
+    d = json.loads((Path(out) / "eval" / "eval.json").read_text())
+    dist = d["distribution"]
+    return {"psnr": round(d["psnr"], 2), "best_of_10": round(d["best_of_n_psnr"] - d["psnr"], 2),
+            "spread_ratio": round(dist["spread_ratio"], 2), "agreement": round(dist["agreement"], 2),
+            "misplaced": round(dist["misplaced_share"], 3),
+            "sharpness": [round(min(d["sharpness_per_step"]), 2), round(max(d["sharpness_per_step"]), 2)],
+            "moving_edges": [round(min(d["moving_edges_per_step"]), 2), round(max(d["moving_edges_per_step"]), 2)]}

@@ -1,0 +1,60 @@
+"""Are the model's futures where the world branches alternative blurs because its flow head's
+mask blends sources? Where the truths differ a sample keeps 0.34-0.48 of a true future's squared
+edges (README, "Why the last two targets stay missed"), and a mask that mixes an object moved
+with it left behind draws a ghost of both. This probe multiplies the mask's logits by T at
+prediction (T > 1: each pixel nearer one source, whole), no training, and runs ``eval`` on the
+copy in OUT: if blending were what keeps the futures from being the world's alternatives,
+agreement would rise with the squared edges.
+
+    python bench/mask_temperature.py --ckpt runs/c11/x/bcs-z0.85 --temperature 4 --out runs/c14/x/bcs-T4 --limit 64
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import Iterator
+
+import torch
+from common import eval_copy, record
+
+from cvae import checkpoint
+from cvae.model.heads import FlowHead
+
+
+@contextlib.contextmanager
+def sharpened(t: float) -> Iterator[None]:
+    """Inside, every flow head's mask logits are ``t`` times as large (the softmax over sources
+    sharper: ``t`` -> infinity picks one source per pixel); restored on the way out."""
+    plain = FlowHead.masks
+
+    def masks(self: FlowHead, out: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        k = self.nc + 4  # the logits follow the image and the two displacements
+        return plain(self, torch.cat([out[..., :k, :, :], out[..., k:, :, :] * t], -3), shifts)
+
+    FlowHead.masks = masks
+    try:
+        yield
+    finally:
+        FlowHead.masks = plain
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder of a model with the flow head")
+    p.add_argument("--temperature", type=float, required=True, help="the mask logits x this")
+    p.add_argument("--out", required=True, help="where the copy and its eval go")
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64, help="first test sequences")
+    args = p.parse_args()
+    model, _ = checkpoint.load_model(args.ckpt, "cpu")
+    if model.cfg.output != "flow":
+        raise SystemExit(f"{args.ckpt}: its head is '{model.cfg.output}', not 'flow': it has no source mask to sharpen")
+    with sharpened(args.temperature):
+        figures = eval_copy(args.ckpt, args.out, args.data, args.limit)
+    print(json.dumps(record("mask_temperature", torch.device("cpu"), ckpt=args.ckpt, temperature=args.temperature,
+                            limit=args.limit, **figures)))
+
+
+if __name__ == "__main__":
+    main()
