@@ -703,12 +703,12 @@ class SVG(nn.Module):
         """K futures drawn from the prior, predictions fed back as at test time, against K true
         futures of each scene: (their energy score, ``metrics.energy_score`` by ``terms``' patch and
         branch settings, or with ``terms.residual`` ``metrics.residual_energy_score`` of them beside
-        each scene's noiseless future, drawn first in the same rollout; for each true future the pixel loss of the closest of them, summed over
-        the steps; ``metrics.spread_gap``, ``metrics.edge_gap`` and ``metrics.agreement_gap``
-        between them; the adversarial term's two sides, ``critic.adversarial_losses``; with the
-        true futures' ``flows`` (displacements [M, K, F, 2, 64, 64], where known [M, K, F, 64, 64]),
-        ``_cover_flow`` of the prior futures' own), each averaged over the scenes (all but the first
-        0 unless ``terms`` weights them).
+        each scene's noiseless future, drawn first in the same rollout; for each true future the
+        pixel loss of the closest of them, summed over the steps; ``metrics.spread_gap``,
+        ``metrics.edge_gap`` and ``metrics.agreement_gap`` between them; the adversarial term's two
+        sides, ``critic.adversarial_losses``; with the true futures' ``flows`` (displacements
+        [M, K, F, 2, 64, 64], where known [M, K, F, 64, 64]), ``_cover_flow`` of the prior futures'
+        own), each averaged over the scenes (all but the first 0 unless ``terms`` weights them).
 
         With one recorded future per scene nothing tells the model where the world branches, so
         z either collapses or (under best of K) spreads where it is cheapest, mostly along the
