@@ -9,37 +9,26 @@ short, agreement and the spread where the truths differ would rise with G.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-from collections.abc import Iterator
 
 import torch
-from common import eval_copy, record
+from common import eval_copy, eval_copy_parser, patched, record
 
 import cvae.model.heads as heads
 from cvae import checkpoint
 
 
-@contextlib.contextmanager
-def gained(gain: float) -> Iterator[None]:
+def gained(gain: float) -> contextlib.AbstractContextManager[None]:
     """Inside, every carried displacement (``heads.carried``, which the teacher-forced and the
     closed-loop carry both call) is ``gain`` times as long; restored on the way out."""
     plain = heads.carried
-    heads.carried = lambda flow: plain(flow) * gain
-    try:
-        yield
-    finally:
-        heads.carried = plain
+    return patched(heads, "carried", lambda flow: plain(flow) * gain)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint folder of a model with flow_carry")
+    p = eval_copy_parser(__doc__, "a checkpoint folder of a model with flow_carry")
     p.add_argument("--gain", type=float, required=True, help="the carried displacement x this")
-    p.add_argument("--out", required=True, help="where the copy and its eval go")
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=64, help="first test sequences")
     args = p.parse_args()
     model, _ = checkpoint.load_model(args.ckpt, "cpu")
     if not model.cfg.flow_carry:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -9,7 +10,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -166,6 +167,29 @@ def record(name: str, device: torch.device, **numbers: object) -> dict:
     with open(RESULTS, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
+
+
+@contextlib.contextmanager
+def patched(owner: object, name: str, value: object) -> Iterator[None]:
+    """Inside, ``owner.name`` is ``value`` (a probe's change to a model's code at prediction);
+    restored on the way out, so nothing else in the process sees it."""
+    plain = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, plain)
+
+
+def eval_copy_parser(doc: str, ckpt_help: str) -> argparse.ArgumentParser:
+    """The arguments every probe that patches a model and scores a copy (``eval_copy``) takes;
+    the probe adds its own knob."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--out", required=True, help="where the copy and its eval go")
+    p.add_argument("--data", default="data/sim")
+    p.add_argument("--limit", type=int, default=64, help="first test sequences")
+    return p
 
 
 def eval_copy(ckpt: str, out: str, data: str, limit: int) -> dict:

@@ -10,20 +10,17 @@ agreement would rise with the squared edges.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-from collections.abc import Iterator
 
 import torch
-from common import eval_copy, record
+from common import eval_copy, eval_copy_parser, patched, record
 
 from cvae import checkpoint
 from cvae.model.heads import FlowHead
 
 
-@contextlib.contextmanager
-def sharpened(t: float) -> Iterator[None]:
+def sharpened(t: float) -> contextlib.AbstractContextManager[None]:
     """Inside, every flow head's mask logits are ``t`` times as large (the softmax over sources
     sharper: ``t`` -> infinity picks one source per pixel); restored on the way out."""
     plain = FlowHead.masks
@@ -32,20 +29,12 @@ def sharpened(t: float) -> Iterator[None]:
         k = self.nc + 4  # the logits follow the image and the two displacements
         return plain(self, torch.cat([out[..., :k, :, :], out[..., k:, :, :] * t], -3), shifts)
 
-    FlowHead.masks = masks
-    try:
-        yield
-    finally:
-        FlowHead.masks = plain
+    return patched(FlowHead, "masks", masks)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint folder of a model with the flow head")
+    p = eval_copy_parser(__doc__, "a checkpoint folder of a model with the flow head")
     p.add_argument("--temperature", type=float, required=True, help="the mask logits x this")
-    p.add_argument("--out", required=True, help="where the copy and its eval go")
-    p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=64, help="first test sequences")
     args = p.parse_args()
     model, _ = checkpoint.load_model(args.ckpt, "cpu")
     if model.cfg.output != "flow":
