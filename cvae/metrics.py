@@ -211,7 +211,8 @@ def residual_energy_score(samples: torch.Tensor, center: torch.Tensor, truths: t
     [B, K, ...] -> [B]: :func:`energy_score` of the samples' deviations from the noiseless future
     against the truths' deviations from their mean (times sqrt(K / (K - 1)), so that their
     variance is not the K-sample mean's underestimate), plus its fit term alone (one future has
-    no spread) of the noiseless future against the truths' mean.
+    no spread) of the noiseless future against the truths' mean, every patch counted alike (the
+    mean is one future: it does not branch).
 
     The plain score pays a model to spread wherever its one prediction is wrong, the world's
     doubt and its own alike: with the two split, what z changes is scored only against how the

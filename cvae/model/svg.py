@@ -692,8 +692,10 @@ class SVG(nn.Module):
         pred, _, *rest = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
                                        noise=noise, calm=group if calm else 0, moved=moved)
 
+        drop = lead - int(noiseless)  # arm_calm's noiseless future is dropped unless asked for
+
         def futures(v: torch.Tensor) -> torch.Tensor:
-            return v[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, lead - int(noiseless):].flatten(0, 1)
+            return v[:, self.n_past - 1 :].unflatten(0, (-1, group))[:, drop:].flatten(0, 1)
 
         return (futures(pred), futures(rest[0][1])) if moved else futures(pred)
 
