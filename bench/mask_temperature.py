@@ -28,7 +28,7 @@ def sharpened(t: float) -> contextlib.AbstractContextManager[None]:
     plain = FlowHead.masks
 
     def masks(self: FlowHead, out: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
-        k = self.nc + 4  # the logits follow the image and the two displacements
+        k = self.mask_start
         return plain(self, torch.cat([out[..., :k, :, :], out[..., k:, :, :] * t], -3), shifts)
 
     return patched(FlowHead, "masks", masks)

@@ -172,7 +172,7 @@ def gate_reading(head, args: tuple, kwargs: dict, mask: torch.Tensor, moved_prev
     own logit for the carried motion, the noise added to it, the other sources' log-sum-exp, the
     carried displacement's length and the carried source's mean gap to the moved previous frame."""
     out, k = args[0].float(), head.carry_channel
-    others = torch.cat([out[:, head.nc + 4 : k], out[:, k + 1 :]], 1).logsumexp(1)
+    others = torch.cat([out[:, head.mask_start : k], out[:, k + 1 :]], 1).logsumexp(1)
     carried = kwargs["carry"](moved_prev, head.carry_share(mask))
     prev = head.previous(args[1]).float()
     gap = (warp(prev, carried, head.resample) - warp(prev, moved_prev, head.resample)).abs().mean(1)

@@ -257,7 +257,7 @@ def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_a
 
     def others_zero(module, args, kwargs):
         out = args[0].clone()
-        out[:, head.nc + 4 : k] = 0
+        out[:, head.mask_start : k] = 0
         out[:, k + 1 :] = 0
         return (out, *args[1:]), kwargs
 
@@ -267,7 +267,7 @@ def test_the_carry_gate_splits_the_carried_motions_logit_into_the_decoders_own_a
 
     def cancel(module, args, kwargs):
         out = args[0].clone()
-        out[:, head.nc + 4 :] = 0
+        out[:, head.mask_start :] = 0
         out[:, k] = 1 - kwargs["carry_logit"][:, 0]
         return (out, *args[1:]), kwargs
 

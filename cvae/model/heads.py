@@ -210,19 +210,25 @@ class FlowHead(Head):
         """Flows start at zero (both moved frames start as plain copies), the generated image's
         mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias, the carried
         motion's and each rigid layer's as the moved previous frame's (``start_as_moved``)."""
-        nc = self.nc
+        nc, m = self.nc, self.mask_start
         with torch.no_grad():
-            last.weight[:, nc : nc + 4].mul_(0.1)
-            last.bias[nc : nc + 4] = 0
-            last.bias[nc + 4] = MASK_BIAS
-            for i, name in enumerate(self.optional):
-                last.bias[nc + 7 + i] = self.OPTIONAL[name]
+            last.weight[:, nc:m].mul_(0.1)
+            last.bias[nc:m] = 0
+            last.bias[m] = MASK_BIAS
+            for name in self.optional:
+                last.bias[m + self.sources.index(name)] = self.OPTIONAL[name]
         start_as_moved(last.weight.data, last.bias.data, self.started_as_moved(), nc)
+
+    @property
+    def mask_start(self) -> int:
+        """The last layer's first mask logit: its outputs are the generated image, the two
+        displacements, then one mask logit per source, in ``sources``' order."""
+        return self.nc + 4
 
     @property
     def carry_channel(self) -> int | None:
         """The last layer's output that is the carried motion's mask logit (None without it)."""
-        return self.nc + 7 + self.optional.index("flow_carry") if self.flow_carry else None
+        return self.mask_start + self.sources.index("flow_carry") if self.flow_carry else None
 
     def carry_share(self, mask: torch.Tensor) -> torch.Tensor | None:
         """The mask [N, sources, H, W] -> the carried source's share of what the two sources from
@@ -250,7 +256,7 @@ class FlowHead(Head):
     def masks(self, out: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's last layer [..., nc + extra, H, W] (and with ``rigid`` layers their
         displacements [..., rigid, 2], which move their logits) -> the mask [..., len(sources), H, W]."""
-        logits = out[..., self.nc + 4 :, :, :].float()
+        logits = out[..., self.mask_start :, :, :].float()
         if not self.rigid:
             return logits.softmax(-3)
         if shifts is None:
