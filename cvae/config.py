@@ -62,6 +62,7 @@ class Config(ModelConfig):
     # the score of the prior futures' deviations from the noiseless one against the truths' from their
     # mean, plus the noiseless one against that mean (metrics.residual_energy_score), not of the futures
     energy_residual: bool = False
+    energy_residual_share: float = 1.0  # with energy_residual, that score's share of the term; the plain score takes the rest
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
@@ -176,6 +177,10 @@ class Config(ModelConfig):
             raise ConfigError("noise_weight needs map_prior true: it charges the learned map prior's std")
         if self.cover_branch and not self.cover_weight:
             raise ConfigError("cover_branch needs cover_weight > 0: it restricts that term to where the futures differ")
+        if not 0 < self.energy_residual_share <= 1:
+            raise ConfigError(f"energy_residual_share must be above 0 and at most 1, not {self.energy_residual_share}")
+        if self.energy_residual_share != 1 and not self.energy_residual:
+            raise ConfigError("energy_residual_share needs energy_residual true: it is the residual score's share")
         if self.energy_truths and self.energy_scenes < 1:
             raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
         if self.flow_deadzone and not self.init:

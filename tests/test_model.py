@@ -13,6 +13,7 @@ from cvae.metrics import (
     agreement_gap,
     branching,
     edge_gap,
+    energy_score,
     gaussian_blur,
     pixel_std,
     residual_energy_score,
@@ -980,8 +981,9 @@ def test_cover_flow_term_asks_each_world_only_of_the_prior_future_nearest_it():
 def test_the_residual_energy_score_draws_the_noiseless_future_beside_the_samples():
     """``terms.residual``: ``_energy`` draws each scene's noiseless future first, then K futures
     from the prior's noise, all in one rollout, and scores them with
-    ``metrics.residual_energy_score`` (by hand, one rollout); train_step weighs it as the energy
-    score and its gradient reaches the prior."""
+    ``metrics.residual_energy_score`` (by hand, one rollout), or with ``residual_share`` below 1
+    that share of it and the rest of the plain score of the same samples; train_step weighs it
+    as the energy score and its gradient reaches the prior."""
     model = calibrated(tiny(prior="learned", z_hold=True))
     x, c = batch(b=4, t=6)
     ctx, cond = x[:2, :2], c[:2]
@@ -996,8 +998,13 @@ def test_the_residual_energy_score_draws_the_noiseless_future_beside_the_samples
                              [s.repeat_interleave(4, 0) for s in skips], cond[:, :5].repeat_interleave(4, 0), 6,
                              noise=noise)
     grouped = pred[:, 1:].view(2, 4, 4, 3, 64, 64)
-    torch.testing.assert_close(term, residual_energy_score(grouped[:, 1:], grouped[:, 0], truths, 16, False, 4.0).mean())
+    residual = residual_energy_score(grouped[:, 1:], grouped[:, 0], truths, 16, False, 4.0).mean()
+    torch.testing.assert_close(term, residual)
     assert not torch.equal(grouped[:, 0], grouped[:, 1])  # the noise reaches the samples, not the first
+    torch.manual_seed(7)  # a share of it: the plain score of the same samples takes the rest
+    mixed = model._energy(ctx, cond, truths, FutureTerms(residual=True, residual_share=0.25, patch=16, branch_weight=4.0))
+    plain = energy_score(grouped[:, 1:], truths, 16, False, 4.0).mean()
+    torch.testing.assert_close(mixed[0], 0.25 * residual + 0.75 * plain)
     torch.manual_seed(7)
     assert not torch.isclose(term, model._energy(ctx, cond, truths, FutureTerms(patch=16, branch_weight=4.0))[0])
     grads = torch.autograd.grad(term, list(model.prior.parameters()), allow_unused=True)

@@ -97,6 +97,7 @@ class FutureTerms:
     branch: bool = False  # its spread term only where the true futures differ
     branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
     residual: bool = False  # scored as deviations from the noiseless future (``metrics.residual_energy_score``)
+    residual_share: float = 1.0  # ... that score's share of the term, the plain score's the rest
     rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
@@ -114,6 +115,7 @@ class FutureTerms:
         """Those of a training ``Config``."""
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, pool=cfg.energy_pool, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, residual=cfg.energy_residual,
+                   residual_share=cfg.energy_residual_share,
                    rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
@@ -738,10 +740,14 @@ class SVG(nn.Module):
         pred = samples.flatten(0, 1)
 
         def score(pool: int) -> torch.Tensor:
-            if terms.residual:
-                return residual_energy_score(samples, grouped[:, 0], truths, terms.patch, terms.branch,
+            plain = 0.0
+            if not terms.residual or terms.residual_share < 1:
+                plain = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight, pool).mean()
+            if not terms.residual:
+                return plain
+            residual = residual_energy_score(samples, grouped[:, 0], truths, terms.patch, terms.branch,
                                              terms.branch_weight, pool).mean()
-            return energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight, pool).mean()
+            return terms.residual_share * residual + (1 - terms.residual_share) * plain
 
         energy = score(1) + (score(terms.pool) if terms.pool > 1 else 0)
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
