@@ -232,6 +232,22 @@ def describe_schedules(cfg: Config) -> str:
             f"\n  teacher forcing: {runs(tfrs)}")
 
 
+KL_JUMP, KL_JUMP_NATS = 10.0, 20.0  # a logged KL this many times the one before, and this much larger, blew up
+
+
+def kl_jump(before: dict | None, now: dict) -> str | None:
+    """Two consecutive step records of log.jsonl (each the epoch's running mean) -> a note when the
+    KL blew up between them, else None. It is no divergence (the loss stays finite) but it
+    matters: in README stop 65 a run's logged KL went from 4.7 to 230 nats in 25 steps (681 a
+    step on average over them), and validation fell 2 dB by the epoch's end."""
+    if before is None or not (now["kld"] > KL_JUMP * before["kld"] and now["kld"] - before["kld"] > KL_JUMP_NATS):
+        return None
+    return (f"note: the KL (the epoch's running mean) jumped from {before['kld']:.1f} to {now['kld']:.1f} nats "
+            f"between steps {before['step']} "
+            f"and {now['step']}: the posterior has left the prior, so futures drawn from the prior may stop looking "
+            "like the frames it was trained on; best/ keeps the best validated weights")
+
+
 def weights_finite(model: torch.nn.Module) -> bool:
     """One host sync: whether every weight is finite (a blow-up in a step's update shows here
     before it shows in any loss)."""
@@ -492,7 +508,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
     terms = FutureTerms.of(cfg)
     bar = tqdm(total=total_steps, initial=loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch,
                disable=not (rt.main and progress), desc="training", dynamic_ncols=True)
-    last_val = None
+    last_val = last_step = None
     try:
         while loop.epoch < cfg.epochs:
             tfr = tfr_at(cfg, loop.epoch)
@@ -541,6 +557,9 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                                    if getattr(cfg, switch)})
                     if rt.main:
                         run.append(record)
+                        if note := kl_jump(last_step, record):
+                            bar.write(note)
+                    last_step = record
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")
                     window_start, tick = time.perf_counter(), count
                 asked_stop = stop_at_step is not None and step + 1 >= stop_at_step

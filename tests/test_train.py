@@ -272,6 +272,26 @@ def test_training_with_glide_noise_only_warns_that_it_runs_away(sim_root, tmp_pa
     assert "note: glide_noise_only is unstable in training" in out and "cvae export --glide-noise-only true" in out
 
 
+def test_a_kl_that_blows_up_in_training_is_reported_with_its_steps(sim_root, tmp_path, capsys, monkeypatch):
+    """A logged KL (the epoch's running mean) ten times the one before and 20 nats larger gets a
+    note naming the two steps (README, stop 65: 4.7 -> 230 nats); the rise before it, 4 -> 6.5,
+    does not. The steps' losses are set by hand, so the note's wiring is what is tested."""
+    from cvae import train as train_module
+
+    klds = iter([4.0, 9.0, 230.0, 240.0])
+
+    def step(*args, **kwargs) -> torch.Tensor:
+        return torch.tensor([0.1, 0.01, next(klds), *[0.0] * len(train_module.TERMS_LOGGED)])
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    train(tiny_cfg(sim_root, tmp_path / "r", epochs=1, iters_per_epoch=4, logs_per_epoch=4), progress=False)
+    out = capsys.readouterr().out
+    assert out.count("note: the KL (the epoch's running mean) jumped") == 1
+    assert "from 6.5 to 81.0 nats between steps 2 and 3" in out
+    logged = [json.loads(line)["kld"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert logged[:4] == [4.0, 6.5, 81.0, 120.75]
+
+
 def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     """``eval`` refuses a bad --seq before the long evaluation; ``export`` keeps the run's log,
     so evaluating the exported copy still draws the training curves."""
