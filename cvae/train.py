@@ -243,9 +243,9 @@ def kl_jump(before: dict | None, now: dict) -> str | None:
     if before is None or not (now["kld"] > KL_JUMP * before["kld"] and now["kld"] - before["kld"] > KL_JUMP_NATS):
         return None
     return (f"note: the KL (the epoch's running mean) jumped from {before['kld']:.1f} to {now['kld']:.1f} nats "
-            f"between steps {before['step']} "
-            f"and {now['step']}: the posterior has left the prior, so futures drawn from the prior may stop looking "
-            "like the frames it was trained on; best/ keeps the best validated weights")
+            f"between steps {before['step']} and {now['step']}: the posterior has left the prior, so futures "
+            "drawn from the prior may stop looking like the frames it was trained on; best/ keeps the best "
+            "validated weights")
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
