@@ -739,15 +739,17 @@ class SVG(nn.Module):
         samples = grouped[:, lead:]
         pred = samples.flatten(0, 1)
 
+        share = terms.residual_share if terms.residual else 0.0  # the residual score's; the plain one's the rest
+
         def score(pool: int) -> torch.Tensor:
-            plain = 0.0
-            if not terms.residual or terms.residual_share < 1:
-                plain = energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight, pool).mean()
-            if not terms.residual:
-                return plain
-            residual = residual_energy_score(samples, grouped[:, 0], truths, terms.patch, terms.branch,
-                                             terms.branch_weight, pool).mean()
-            return terms.residual_share * residual + (1 - terms.residual_share) * plain
+            total = 0.0
+            if share < 1:
+                total = (1 - share) * energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight,
+                                                   pool).mean()
+            if share > 0:
+                total = total + share * residual_energy_score(samples, grouped[:, 0], truths, terms.patch,
+                                                              terms.branch, terms.branch_weight, pool).mean()
+            return total
 
         energy = score(1) + (score(terms.pool) if terms.pool > 1 else 0)
         spread = spread_gap(samples, truths).mean() if terms.spread_weight else energy.new_zeros(())
