@@ -301,10 +301,11 @@ def test_the_rigid_push_probe_scores_only_its_region():
     assert rigid.db(err[:, 0], count) == 20.0
 
 
-def test_the_carry_gain_probe_lengthens_every_carried_displacement_and_refuses_a_model_without(tmp_path):
+def test_the_carry_gain_probe_lengthens_every_carried_displacement_and_refuses_a_model_without(
+        tmp_path, responsive_runs):
     """``carry_gain.gained``: inside it ``heads.carried`` gives G times the plain field, after it
     the plain field again; the script refuses, by name, a checkpoint whose flow head carries no
-    motion on (the bundle's), before copying anything."""
+    motion on (the `cpu` preset's), before copying anything."""
     import torch
 
     from cvae.model import heads
@@ -317,7 +318,8 @@ def test_the_carry_gain_probe_lengthens_every_carried_displacement_and_refuses_a
     with bench.gained(3.0):
         torch.testing.assert_close(heads.carried(flow), 3.0 * plain)
     torch.testing.assert_close(heads.carried(flow), plain)
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "carry_gain.py"), "--ckpt", str(ROOT / "assets" / "model"),
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "carry_gain.py"),
+                          "--ckpt", str(responsive_runs / "responsive" / "best"),
                           "--gain", "2", "--out", str(tmp_path / "copy")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and "carries no motion on (flow_carry false)" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "copy").exists()
