@@ -232,20 +232,22 @@ def describe_schedules(cfg: Config) -> str:
             f"\n  teacher forcing: {runs(tfrs)}")
 
 
-KL_JUMP, KL_JUMP_NATS = 10.0, 20.0  # a logged KL this many times the one before, and this much larger, blew up
+KL_JUMP, KL_JUMP_NATS = 10.0, 20.0  # a window's KL this many times the window's before, and this much larger, blew up
 
 
-def kl_jump(before: dict | None, now: dict) -> str | None:
-    """Two consecutive step records of log.jsonl (each the epoch's running mean) -> a note when the
-    KL blew up between them, else None. It is no divergence (the loss stays finite) but it
-    matters: in README stop 65 a run's logged KL went from 4.7 to 230 nats in 25 steps (681 a
-    step on average over them), and validation fell 2 dB by the epoch's end."""
-    if before is None or not (now["kld"] > KL_JUMP * before["kld"] and now["kld"] - before["kld"] > KL_JUMP_NATS):
+def kl_jump(before: tuple[int, float] | None, now: tuple[int, float]) -> str | None:
+    """The (last step, mean KL) of two consecutive log windows (the steps since the log before)
+    -> a note when the KL blew up between them, else None. It is no divergence (the loss stays
+    finite) but it matters: in README stop 65 a run's logged KL went from 4.7 to 230 nats in 25
+    steps, and validation fell 2 dB by the epoch's end. Windows, not log.jsonl's running means:
+    an epoch's first record averages fewer steps than the last one before it, and a running
+    mean dilutes a late blow-up."""
+    if before is None or not (now[1] > KL_JUMP * before[1] and now[1] - before[1] > KL_JUMP_NATS):
         return None
-    return (f"note: the KL (the epoch's running mean) jumped from {before['kld']:.1f} to {now['kld']:.1f} nats "
-            f"between steps {before['step']} and {now['step']}: the posterior has left the prior, so futures "
-            "drawn from the prior may stop looking like the frames it was trained on; best/ keeps the best "
-            "validated weights")
+    return (f"note: the KL (the mean over the steps since the last log) jumped from {before[1]:.1f} to "
+            f"{now[1]:.1f} nats between steps {before[0]} and {now[0]}: the posterior has left the prior, so "
+            "futures drawn from the prior may stop looking like the frames it was trained on; best/ keeps the "
+            "best validated weights")
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
@@ -508,7 +510,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
     terms = FutureTerms.of(cfg)
     bar = tqdm(total=total_steps, initial=loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch,
                disable=not (rt.main and progress), desc="training", dynamic_ncols=True)
-    last_val = last_step = None
+    last_val = last_window = None
     try:
         while loop.epoch < cfg.epochs:
             tfr = tfr_at(cfg, loop.epoch)
@@ -521,7 +523,7 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
             loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
                                 worker_init_fn=init_worker, generator=loader_rng)
             sums = torch.zeros(3 + len(TERMS_LOGGED), device=rt.device)
-            count, window_start, tick = 0, time.perf_counter(), 0
+            count, window_start, tick, kld_at_tick = 0, time.perf_counter(), 0, 0.0
             loop.net.train()
             for x, c, *true_flow in loader:
                 x, c = x.to(rt.device, non_blocking=True), c.to(rt.device, non_blocking=True)
@@ -555,11 +557,12 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                               "seq_per_s": round(rate, 2)}
                     record.update({name: v for (_, name, switch), v in zip(TERMS_LOGGED, mean[3:])
                                    if getattr(cfg, switch)})
+                    window = (step + 1, (mean[2] * count - kld_at_tick) / (count - tick))
                     if rt.main:
                         run.append(record)
-                        if note := kl_jump(last_step, record):
+                        if note := kl_jump(last_window, window):
                             bar.write(note)
-                    last_step = record
+                    last_window, kld_at_tick = window, mean[2] * count
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")
                     window_start, tick = time.perf_counter(), count
                 asked_stop = stop_at_step is not None and step + 1 >= stop_at_step
