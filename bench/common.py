@@ -192,13 +192,18 @@ def eval_copy_parser(doc: str, ckpt_help: str) -> argparse.ArgumentParser:
     return p
 
 
-def eval_copy(ckpt: str, out: str, data: str, limit: int) -> dict:
-    """Copy a checkpoint folder to ``out`` (without its eval), run ``eval`` on the copy as the
-    README's tables do (10 samples, 10 truths, the first ``limit`` test sequences) inside whatever
-    patch the caller holds, and return the figures of its eval.json that the probes report."""
+def eval_copy(ckpt: str, out: str, data: str, limit: int, settings: dict | None = None) -> dict:
+    """Copy a checkpoint folder to ``out`` (without its eval; an export with ``settings``, the
+    model fields that change no weight, where given), run ``eval`` on the copy as the README's
+    tables do (10 samples, 10 truths, the first ``limit`` test sequences) inside whatever patch
+    the caller holds, and return the figures of its eval.json that the probes report."""
+    from cvae import checkpoint
     from cvae.cli import main as cvae_main
 
-    shutil.copytree(ckpt, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval"))
+    if settings:
+        checkpoint.export(ckpt, out, force=True, settings=settings)
+    else:
+        shutil.copytree(ckpt, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval"))
     code = cvae_main(["eval", "--ckpt", out, "--data", data, "--limit", str(limit),
                       "--samples", "10", "--truths", "10", "--workers", "1"])
     if code:

@@ -1,37 +1,24 @@
 """Are the model's futures where the world branches alternative blurs because its flow head's
 mask blends sources? Where the truths differ a sample keeps 0.34-0.48 of a true future's squared
 edges (README, "Why the last two targets stay missed"), and a mask that mixes an object moved
-with it left behind draws a ghost of both. This probe multiplies the mask's logits by T at
-prediction (T > 1: each pixel nearer one source, whole), no training, and runs ``eval`` on the
-copy in OUT: if blending were what keeps the futures from being the world's alternatives,
-agreement would rise with the squared edges. It did not (README, stop 64): on stop 59's `bcs`, T 4
-took a sample's squared edges where the truths branch from 0.43 to 0.55 of a true future's and
-left agreement at 0.34, since no source holds the object at another place.
+with it left behind draws a ghost of both. This probe exports a copy to OUT with the mask's
+logits x T (``mask_temperature``; T > 1: each pixel nearer one source, whole), no training, and
+runs ``eval`` on it: if blending were what keeps the futures from being the world's
+alternatives, agreement would rise with the squared edges. It did not (README, stop 64): on stop
+59's `bcs`, T 4 took a sample's squared edges where the truths branch from 0.43 to 0.55 of a true
+future's and left agreement at 0.34, since no source holds the object at another place. What it
+does do is draw each future crisper (stop 67: the bundle's T 1.5).
 
     python bench/mask_temperature.py --ckpt runs/c11/x/bcs-z0.85 --temperature 4 --out runs/c14/x/bcs-T4 --limit 64
 """
 from __future__ import annotations
 
-import contextlib
 import json
 
 import torch
-from common import eval_copy, eval_copy_parser, patched, record
+from common import eval_copy, eval_copy_parser, record
 
 from cvae import checkpoint
-from cvae.model.heads import FlowHead
-
-
-def sharpened(t: float) -> contextlib.AbstractContextManager[None]:
-    """Inside, every flow head's mask logits are ``t`` times as large (the softmax over sources
-    sharper: ``t`` -> infinity picks one source per pixel); restored on the way out."""
-    plain = FlowHead.masks
-
-    def masks(self: FlowHead, out: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
-        k = self.mask_start
-        return plain(self, torch.cat([out[..., :k, :, :], out[..., k:, :, :] * t], -3), shifts)
-
-    return patched(FlowHead, "masks", masks)
 
 
 def main() -> None:
@@ -41,8 +28,7 @@ def main() -> None:
     model, _ = checkpoint.load_model(args.ckpt, "cpu")
     if model.cfg.output != "flow":
         raise SystemExit(f"{args.ckpt}: its head is '{model.cfg.output}', not 'flow': it has no source mask to sharpen")
-    with sharpened(args.temperature):
-        figures = eval_copy(args.ckpt, args.out, args.data, args.limit)
+    figures = eval_copy(args.ckpt, args.out, args.data, args.limit, {"mask_temperature": args.temperature})
     print(json.dumps(record("mask_temperature", torch.device("cpu"), ckpt=args.ckpt, temperature=args.temperature,
                             limit=args.limit, **figures)))
 

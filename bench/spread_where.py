@@ -42,7 +42,6 @@ from common import (
     true_futures_of_each,
     uncertain_test_set,
 )
-from mask_temperature import sharpened
 
 from cvae import checkpoint
 from cvae.condition import XY
@@ -219,8 +218,8 @@ def main() -> None:
     p.add_argument("--truths", type=int, default=10)
     p.add_argument("--sheet", default="", help="a PNG of std maps (one per checkpoint: a suffix is added after the first)")
     p.add_argument("--seqs", default="0,1,4,5,10", help="the sheet's sequences, among the first --limit")
-    p.add_argument("--mask-temperature", type=float, default=1.0,
-                   help="the flow head's mask logits x this at prediction (bench/mask_temperature.py)")
+    p.add_argument("--mask-temperature", type=float, default=None,
+                   help="the flow head's mask logits x this (the model's mask_temperature; default its own)")
     args = p.parse_args()
     x, c = test_sequences(args.data, 12, args.limit)
     _, found = uncertain_test_set(args.data, args.limit)
@@ -233,90 +232,89 @@ def main() -> None:
     phases = arm_phases(arm, found, c, n_past)
     print(f"{100 * float((differ & swept[:, None]).sum() / differ.sum().clamp_min(1)):.0f}% of the pixels where "
           "the truths branch lie where the arm sweeps")
-    with sharpened(args.mask_temperature):  # 1: the model as it is
-        for k, ckpt in enumerate(args.ckpt):
-            model, _ = checkpoint.load_model(ckpt, "cpu")
-            pred = model.predict(x[:, :n_past], c, 10, n_samples=args.samples, seed=0)
-            m_std = pixel_std(pred, 1)
-            total = m_std.sum().clamp_min(1e-12)
-            on_branch, on_arm = float((m_std * differ).sum() / total), float((m_std * arm_only).sum() / total)
-            agree, agree_off = agreement(t_std, m_std), agreement(t_std, m_std * ~arm_only)
-            print(f"{ckpt} ({n} test sequences, {args.samples} samples, {args.truths} truths): of its spread, "
-                  f"{100 * on_branch:.0f}% where the truths branch, {100 * on_arm:.0f}% where the arm sweeps and the "
-                  f"truths agree ({100 * float(arm_only.float().mean()):.1f}% of the pixels), "
-                  f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
-                  f"{agree_off:.3f} without the spread where the arm sweeps and the truths agree (the truths "
-                  "choose those pixels: calming every swept pixel is bench/branch_gate.py --swept)")
-            agree_mask = {name: m & ~differ for name, m in phases.items() if name != "shaft"}
-            phase = {name: [round(float((m_std * m).sum() / total), 3), round(agreement(t_std, m_std * ~m), 3)]
-                     for name, m in agree_mask.items()}
-            anywhere = agree_mask["now"] | agree_mask["past"] | agree_mask["future"]  # disjoint: the shares add
-            phase["all three"] = [round(sum(v[0] for v in phase.values()), 3), round(agreement(t_std, m_std * ~anywhere), 3)]
-            gated = phases["shaft"] | phases["past"]
-            phase["shaft now or past, truths or not"] = [round(float((m_std * gated).sum() / total), 3),
-                                                         round(agreement(t_std, m_std * ~gated), 3)]
-            print("  where the truths agree and the arm is now / has been / comes later / any of these: share of its "
-                  "spread, agreement without it: " + ", ".join(f"{a:.2f}, {b:.3f}" for a, b in list(phase.values())[:4])
-                  + "; without all its spread on the shaft now (1 px wider, off the gripper) or where the arm has been, "
-                  f"which the condition alone says: {phase['shaft now or past, truths or not'][0]:.2f}, "
-                  f"{phase['shaft now or past, truths or not'][1]:.3f}")
-            noiseless = mean_future(model, x, c, 10, 0)
-            calmed = {}
-            for name, gate in (("as drawn", None), ("shaft calmed", phases["shaft"])):
-                drawn = pred if gate is None else torch.where(gate[:, None, :, None], noiseless, pred)
-                scores = summarize({key: [v] for key, v in spread_scores(drawn, truths, x[:, n_past - 1]).items()})
-                calmed[name] = [round(scores["coverage_psnr"] - scores["one_sample_psnr"], 3), round(scores["spread_ratio"], 3)]
-            print("  coverage - one sample and the spread ratio, as drawn / with each sample's shaft now (as above) "
-                  "taken from the noiseless future afterwards: " + " / ".join(f"{a:+.2f}, {b:.2f}" for a, b in calmed.values()))
-            phase["coverage, ratio"] = calmed
-            truth_edges = edge_energy(truths, differ[:, None]).mean(1).sum().clamp_min(1e-12)
-            edges = {name: round(float(edge_energy(f, differ[:, None]).mean(1).sum() / truth_edges), 3) for name, f in
-                     (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
-            print("  where the truths branch, squared edges over a true future's: "
-                  + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
-            sources, branch_sources, reach, gate = {}, {}, {}, {}
-            if model.cfg.output == "flow":
-                off_arm = differ & ~swept[:, None]
-                seen = captures(model, x, c)
-                for where, region, out in (("where the arm sweeps and the truths agree", arm_only, sources),
-                                           ("where the truths branch off the arm", off_arm, branch_sources)):
-                    names, share, wobble = source_shares(model, seen, region)
-                    out.update({name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)})
-                    print(f"  {where}, the mask's mean share / its std over {len(seen)} z draws: "
-                          + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in out.items()))
-                reach = flow_reach(seen, {"branching off the arm": off_arm, "arm swept": arm_only})
-                print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
-                      + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
-                if model.cfg.carry_noise:
-                    gate = carry_gate(seen, off_arm)
-                    print(f"  where the truths branch off the arm, the carried motion's logit over {len(seen)} z draws: std "
-                          f"of the decoder's own {gate['own_std']:.3f}, of the noise {gate['noise_std']:.3f}, of their sum "
-                          f"{gate['sum_std']:.3f}; slope of own on noise {gate['slope']:+.2f}; margin over the other "
-                          f"sources {gate['margin']:.2f}, below -4 on {100 * gate['shut']:.0f}%; the carried "
-                          f"displacement {gate['carried_px']:.2f} px, its source {gate['gap']:.1f} grey levels from the "
-                          "moved previous frame's")
-            sigma = {}
-            if model.prior_map is not None:
-                sigma = prior_sigma(model, x, c, {"branching off the arm": differ & ~swept[:, None], "arm swept": arm_only,
-                                                  "elsewhere": ~differ & ~swept[:, None]})
-                print("  the learned map prior's sigma, the latent's first channel / the others: "
-                      + ", ".join(f"{name} {a:.3f} / {'-' if b is None else f'{b:.3f}'}" for name, (a, b) in sigma.items()))
-            record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
-                   mask_temperature=args.mask_temperature,
-                   where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
-                   agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
-                   sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,
-                   edges_where_branching=edges, arm_phases=phase)
-            if args.sheet:
-                from PIL import Image
+    for k, ckpt in enumerate(args.ckpt):
+        model, _ = checkpoint.load_model(ckpt, "cpu")
+        pred = model.predict(x[:, :n_past], c, 10, n_samples=args.samples, seed=0)
+        m_std = pixel_std(pred, 1)
+        total = m_std.sum().clamp_min(1e-12)
+        on_branch, on_arm = float((m_std * differ).sum() / total), float((m_std * arm_only).sum() / total)
+        agree, agree_off = agreement(t_std, m_std), agreement(t_std, m_std * ~arm_only)
+        print(f"{ckpt} ({n} test sequences, {args.samples} samples, {args.truths} truths): of its spread, "
+              f"{100 * on_branch:.0f}% where the truths branch, {100 * on_arm:.0f}% where the arm sweeps and the "
+              f"truths agree ({100 * float(arm_only.float().mean()):.1f}% of the pixels), "
+              f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
+              f"{agree_off:.3f} without the spread where the arm sweeps and the truths agree (the truths "
+              "choose those pixels: calming every swept pixel is bench/branch_gate.py --swept)")
+        agree_mask = {name: m & ~differ for name, m in phases.items() if name != "shaft"}
+        phase = {name: [round(float((m_std * m).sum() / total), 3), round(agreement(t_std, m_std * ~m), 3)]
+                 for name, m in agree_mask.items()}
+        anywhere = agree_mask["now"] | agree_mask["past"] | agree_mask["future"]  # disjoint: the shares add
+        phase["all three"] = [round(sum(v[0] for v in phase.values()), 3), round(agreement(t_std, m_std * ~anywhere), 3)]
+        gated = phases["shaft"] | phases["past"]
+        phase["shaft now or past, truths or not"] = [round(float((m_std * gated).sum() / total), 3),
+                                                     round(agreement(t_std, m_std * ~gated), 3)]
+        print("  where the truths agree and the arm is now / has been / comes later / any of these: share of its "
+              "spread, agreement without it: " + ", ".join(f"{a:.2f}, {b:.3f}" for a, b in list(phase.values())[:4])
+              + "; without all its spread on the shaft now (1 px wider, off the gripper) or where the arm has been, "
+              f"which the condition alone says: {phase['shaft now or past, truths or not'][0]:.2f}, "
+              f"{phase['shaft now or past, truths or not'][1]:.3f}")
+        noiseless = mean_future(model, x, c, 10, 0)
+        calmed = {}
+        for name, gate in (("as drawn", None), ("shaft calmed", phases["shaft"])):
+            drawn = pred if gate is None else torch.where(gate[:, None, :, None], noiseless, pred)
+            scores = summarize({key: [v] for key, v in spread_scores(drawn, truths, x[:, n_past - 1]).items()})
+            calmed[name] = [round(scores["coverage_psnr"] - scores["one_sample_psnr"], 3), round(scores["spread_ratio"], 3)]
+        print("  coverage - one sample and the spread ratio, as drawn / with each sample's shaft now (as above) "
+              "taken from the noiseless future afterwards: " + " / ".join(f"{a:+.2f}, {b:.2f}" for a, b in calmed.values()))
+        phase["coverage, ratio"] = calmed
+        truth_edges = edge_energy(truths, differ[:, None]).mean(1).sum().clamp_min(1e-12)
+        edges = {name: round(float(edge_energy(f, differ[:, None]).mean(1).sum() / truth_edges), 3) for name, f in
+                 (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
+        print("  where the truths branch, squared edges over a true future's: "
+              + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
+        sources, branch_sources, reach, gate = {}, {}, {}, {}
+        if model.cfg.output == "flow":
+            off_arm = differ & ~swept[:, None]
+            seen = captures(model, x, c)
+            for where, region, out in (("where the arm sweeps and the truths agree", arm_only, sources),
+                                       ("where the truths branch off the arm", off_arm, branch_sources)):
+                names, share, wobble = source_shares(model, seen, region)
+                out.update({name: [round(float(a), 3), round(float(b), 3)] for name, a, b in zip(names, share, wobble)})
+                print(f"  {where}, the mask's mean share / its std over {len(seen)} z draws: "
+                      + ", ".join(f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in out.items()))
+            reach = flow_reach(seen, {"branching off the arm": off_arm, "arm swept": arm_only})
+            print("  the moved previous frame's flow, mean length / share moved >= 1 px: "
+                  + ", ".join(f"{name} {r['mean_px']:.2f} px / {r['moved_1px']:.2f}" for name, r in reach.items()))
+            if model.cfg.carry_noise:
+                gate = carry_gate(seen, off_arm)
+                print(f"  where the truths branch off the arm, the carried motion's logit over {len(seen)} z draws: std "
+                      f"of the decoder's own {gate['own_std']:.3f}, of the noise {gate['noise_std']:.3f}, of their sum "
+                      f"{gate['sum_std']:.3f}; slope of own on noise {gate['slope']:+.2f}; margin over the other "
+                      f"sources {gate['margin']:.2f}, below -4 on {100 * gate['shut']:.0f}%; the carried "
+                      f"displacement {gate['carried_px']:.2f} px, its source {gate['gap']:.1f} grey levels from the "
+                      "moved previous frame's")
+        sigma = {}
+        if model.prior_map is not None:
+            sigma = prior_sigma(model, x, c, {"branching off the arm": differ & ~swept[:, None], "arm swept": arm_only,
+                                              "elsewhere": ~differ & ~swept[:, None]})
+            print("  the learned map prior's sigma, the latent's first channel / the others: "
+                  + ", ".join(f"{name} {a:.3f} / {'-' if b is None else f'{b:.3f}'}" for name, (a, b) in sigma.items()))
+        record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
+               mask_temperature=args.mask_temperature,
+               where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
+               agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
+               sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,
+               edges_where_branching=edges, arm_phases=phase)
+        if args.sheet:
+            from PIL import Image
 
-                rows = [sheet(x[i, n_past - 1], truths[i, 0, -1], pred[i, 0, -1], noiseless[i, 0, -1], t_std[i].amax(0),
-                              m_std[i].amax(0))
-                        for i in (int(s) for s in args.seqs.split(","))]
-                out = args.sheet if k == 0 else args.sheet.replace(".png", f"_{k}.png")
-                img = np.concatenate(rows, 0)
-                Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(out)
-                print(f"wrote {out}")
+            rows = [sheet(x[i, n_past - 1], truths[i, 0, -1], pred[i, 0, -1], noiseless[i, 0, -1], t_std[i].amax(0),
+                          m_std[i].amax(0))
+                    for i in (int(s) for s in args.seqs.split(","))]
+            out = args.sheet if k == 0 else args.sheet.replace(".png", f"_{k}.png")
+            img = np.concatenate(rows, 0)
+            Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(out)
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -212,6 +212,9 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
                         "logit; no weight changes)")
     x.add_argument("--carry-off-arm", type=_bool, default=None, metavar="BOOL",
                    help="set the copy's carry_off_arm (the carried motion shut where the arm is; no weight changes)")
+    x.add_argument("--mask-temperature", type=float, default=None, metavar="T",
+                   help="set the copy's mask_temperature (a flow head's mask logits x T: > 1 each pixel nearer one "
+                        "source, fewer blended ghosts; no weight changes)")
     x.add_argument("--map-noise-block", type=whole(1), default=None, metavar="B",
                    help="set the copy's map_noise_block (the spatial latent's noise one draw per B x B cells; "
                         "no weight changes)")

@@ -175,6 +175,8 @@ def test_model_quality_is_stated(tmp_path):
     assert "only what glides on" in logic.sampling({"glide_noise_only": True})
     assert "nothing glides on where the arm is" in logic.sampling({"carry_off_arm": True})
     assert logic.sampling({"carry_pool": 0, "glide_noise_only": False, "carry_off_arm": False}) == ""
+    assert "mask logits x 1.5, each pixel nearer one source" in logic.sampling({"mask_temperature": 1.5})
+    assert logic.sampling({"mask_temperature": 1.0}) == ""
     assert logic.sampling({"flow_resample": "bicubic"}) == "Sampling: moved frames sampled bicubic between pixels. "
     assert logic.sampling({"flow_resample": "bilinear"}) == ""
     shutil.copytree(logic.BUNDLED_MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("eval"))

@@ -323,22 +323,3 @@ def test_the_carry_gain_probe_lengthens_every_carried_displacement_and_refuses_a
                           "--gain", "2", "--out", str(tmp_path / "copy")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and "carries no motion on (flow_carry false)" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "copy").exists()
-
-
-def test_the_mask_temperature_probe_sharpens_every_flow_heads_mask_and_restores_it():
-    """``mask_temperature.sharpened``: inside it a flow head's mask is the softmax of T times its
-    logits (the image and the displacements untouched), after it the plain mask again."""
-    import torch
-
-    from cvae.model.heads import FlowHead
-
-    bench = _bench("mask_temperature")
-    head = FlowHead(8, arm_copy=True)
-    out = torch.randn(2, 3 + head.extra, 8, 8, generator=torch.Generator().manual_seed(0))
-    plain = head.masks(out)
-    torch.testing.assert_close(plain, out[:, 7:].softmax(1))
-    with bench.sharpened(4.0):
-        sharp = head.masks(out)
-        torch.testing.assert_close(sharp, (4 * out[:, 7:]).softmax(1))
-    assert sharp.amax(1).mean() > plain.amax(1).mean() + 0.1  # nearer one source per pixel
-    torch.testing.assert_close(head.masks(out), plain)

@@ -1336,6 +1336,32 @@ def test_z_scale_narrows_the_noise_at_prediction_only(prior, hold, monkeypatch):
         tiny(z_scale=-1)
 
 
+def test_mask_temperature_sharpens_the_flow_heads_mask_and_changes_no_weight():
+    """``mask_temperature`` T: the flow head's mask is the softmax of T times its logits (the
+    image and the displacements untouched), so each pixel is nearer one source; the weights are
+    the same model's, and a predicted future changes. Refused where it means nothing."""
+    from cvae.model.heads import FlowHead
+
+    head = FlowHead(8, arm_copy=True, temperature=4.0)
+    out = torch.randn(2, 3 + head.extra, 8, 8, generator=torch.Generator().manual_seed(0))
+    sharp = head.masks(out)
+    torch.testing.assert_close(sharp, (4 * out[:, 7:]).softmax(1))
+    head.temperature = 1.0
+    plain = head.masks(out)
+    torch.testing.assert_close(plain, out[:, 7:].softmax(1))
+    assert sharp.amax(1).mean() > plain.amax(1).mean() + 0.1
+    x, c = batch(b=1, t=6)
+    futures = {}
+    for t in (1.0, 2.0):
+        model = calibrated(tiny(output="flow", mask_temperature=t))
+        futures[t] = model.predict(x[:, :2], c, n_future=3, n_samples=1, seed=0)
+    assert (futures[2.0] - futures[1.0]).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="mask_temperature must be a number > 0, not 0"):
+        tiny(output="flow", mask_temperature=0)
+    with pytest.raises(ConfigError, match="mask_temperature needs output 'flow'"):
+        tiny(output="cdna", mask_temperature=2.0)
+
+
 def test_bicubic_resampling_keeps_a_moved_line_sharper_than_bilinear():
     """By hand (PyTorch's bicubic is Keys' kernel, a = -0.75: taps -0.09375, 0.59375, 0.59375,
     -0.09375 half a pixel off): a one-pixel white line moved half a pixel becomes two columns of

@@ -362,6 +362,12 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     assert cli.main(["export", "--ckpt", str(narrow), "--out", str(cubic), "--flow-resample", "bicubic"]) == 0
     model, meta = checkpoint.load_model(cubic)
     assert meta["config"]["flow_resample"] == "bicubic" and model.decoder.head.resample == "bicubic"
+    sharp = tmp_path / "sharp"  # and sharpen the flow head's mask
+    assert cli.main(["export", "--ckpt", str(cubic), "--out", str(sharp), "--mask-temperature", "1.5"]) == 0
+    model, meta = checkpoint.load_model(sharp)
+    assert meta["config"]["mask_temperature"] == 1.5 and model.decoder.head.temperature == 1.5
+    assert cli.main(["export", "--ckpt", str(cubic), "--out", str(tmp_path / "neg3"), "--mask-temperature", "0"]) == 2
+    assert "mask_temperature must be a number > 0, not 0.0" in capsys.readouterr().err
     for flag, why in (("--carry-pool", "carry_pool needs flow_carry true"),  # the carried motion's options
                       ("--glide-noise-only", "glide_noise_only needs carry_noise > 0"),
                       ("--carry-off-arm", "carry_off_arm needs flow_carry true and arm_copy true")):
@@ -369,7 +375,8 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
         assert cli.main(["export", "--ckpt", str(narrow), "--out", str(tmp_path / "carry"), flag, value]) == 2
         assert why in capsys.readouterr().err
     with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, map_noise_block, "
-                                          "flow_resample, carry_pool, glide_noise_only, carry_off_arm, not z_dim"):
+                                          "flow_resample, carry_pool, glide_noise_only, carry_off_arm, mask_temperature, "
+                                          "not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 

@@ -165,6 +165,8 @@ def sampling(cfg: dict) -> str:
         said.append("the noise chooses only what glides on and what stops")
     if cfg.get("carry_off_arm"):
         said.append("nothing glides on where the arm is")
+    if cfg.get("mask_temperature", 1.0) != 1.0:
+        said.append(f"the flow head's mask logits x {cfg['mask_temperature']:g}, each pixel nearer one source")
     return f"Sampling: {', '.join(said)}. " if said else ""
 
 

@@ -194,13 +194,13 @@ class FlowHead(Head):
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False,
                  resample: str = "bilinear", rigid: int = 0, flow_carry: bool = False,
-                 carry_shown: bool = False) -> None:
+                 carry_shown: bool = False, temperature: float = 1.0) -> None:
         super().__init__(g_dim, nc)
         if carry_shown and not flow_carry:
             raise ValueError("carry_shown needs flow_carry: it says which displacement the carried motion carries on")
         self.resample, self.rigid, self.flow_carry, self.carry_shown = resample, rigid, flow_carry, carry_shown
         self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
-        self.deadzone = deadzone
+        self.deadzone, self.temperature = deadzone, temperature
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
         self.sources = ["generated", "moved previous", "moved latest real", *self.optional,
                         *(f"rigid {k}" for k in range(rigid))]
@@ -255,8 +255,9 @@ class FlowHead(Head):
 
     def masks(self, out: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's last layer [..., nc + extra, H, W] (and with ``rigid`` layers their
-        displacements [..., rigid, 2], which move their logits) -> the mask [..., len(sources), H, W]."""
-        logits = out[..., self.mask_start :, :, :].float()
+        displacements [..., rigid, 2], which move their logits) -> the mask [..., len(sources), H, W].
+        ``temperature`` > 1 sharpens it: each pixel nearer one source, so fewer blended ghosts."""
+        logits = out[..., self.mask_start :, :, :].float() * self.temperature
         if not self.rigid:
             return logits.softmax(-3)
         if shifts is None:
@@ -327,17 +328,17 @@ OUTPUTS = tuple(HEADS)
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
               still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False,
               flow_resample: str = "bilinear", rigid_layers: int = 0, flow_carry: bool = False,
-              carry_shown: bool = False) -> Head:
+              carry_shown: bool = False, mask_temperature: float = 1.0) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
     if (ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear" or rigid_layers
-            or flow_carry):
+            or flow_carry or mask_temperature != 1):
         if name != FlowHead.name:
-            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample, rigid_layers and "
-                             f"flow_carry need the 'flow' head, not {name!r}")
+            raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample, rigid_layers, "
+                             f"flow_carry and mask_temperature need the 'flow' head, not {name!r}")
         return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
                         arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers, flow_carry=flow_carry,
-                        carry_shown=carry_shown)
+                        carry_shown=carry_shown, temperature=mask_temperature)
     return HEADS[name](g_dim, nc)
 
 

@@ -50,7 +50,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("flow_carry", "it is a source of the flow head"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
-            "glide_noise_only", "carry_off_arm")
+            "glide_noise_only", "carry_off_arm", "mask_temperature")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
                    "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", "carry_shown", *SAMPLING)
@@ -173,6 +173,7 @@ class ModelConfig:
     carry_pool: int = 0  # > 0: px; the carried displacement is evened over each moving piece and this margin (heads.pooled)
     glide_noise_only: bool = False  # a prior future's noise reaches only the carried motion's mask logit (glide or stop)
     carry_off_arm: bool = False  # the carried motion's source is shut where the arm is at each step (vgg64.Decoder)
+    mask_temperature: float = 1.0  # the flow head's mask logits x this (> 1: each pixel nearer one source; FlowHead.masks)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -251,6 +252,10 @@ class ModelConfig:
         if self.world_posterior and not (self.z_map and self.map_noise_only and self.z_hold):
             raise ConfigError("world_posterior needs z_map > 0, map_noise_only true and z_hold true: it infers the "
                               "one draw of the spatial latent's noise that a future holds over its steps")
+        if not 0 < self.mask_temperature < float("inf"):
+            raise ConfigError(f"mask_temperature must be a number > 0, not {self.mask_temperature}")
+        if self.mask_temperature != 1 and self.output != "flow":
+            raise ConfigError("mask_temperature needs output 'flow': it sharpens the flow head's mask")
         if self.flow_resample != "bilinear" and self.output != "flow":
             raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
         for name, why in NEEDS_FLOW:
@@ -304,7 +309,7 @@ class SVG(nn.Module):
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
                                rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift,
                                flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise, carry_shown=cfg.carry_shown,
-                               carry_off_arm=cfg.carry_off_arm)
+                               carry_off_arm=cfg.carry_off_arm, mask_temperature=cfg.mask_temperature)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None

@@ -102,7 +102,8 @@ class Decoder(nn.Module):
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
                  noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False,
-                 carry_noise: float = 0.0, carry_shown: bool = False, carry_off_arm: bool = False) -> None:
+                 carry_noise: float = 0.0, carry_shown: bool = False, carry_off_arm: bool = False,
+                 mask_temperature: float = 1.0) -> None:
         super().__init__()
         if carry_off_arm and not (flow_carry and arm_copy):
             raise ValueError("carry_off_arm needs flow_carry and arm_copy: it shuts the carried motion where the arm is")
@@ -118,7 +119,8 @@ class Decoder(nn.Module):
                              "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
                               flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample,
-                              rigid_layers=rigid_layers, flow_carry=flow_carry, carry_shown=carry_shown)
+                              rigid_layers=rigid_layers, flow_carry=flow_carry, carry_shown=carry_shown,
+                              mask_temperature=mask_temperature)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
