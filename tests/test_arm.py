@@ -111,6 +111,36 @@ def test_the_base_is_remembered_only_for_the_same_frame_and_place():
     assert other is not first and torch.equal(other, arm.cleared(frames[1], frames[1], places[1], places[1]))
 
 
+def test_the_cleared_frame_is_each_requests_own_when_requests_interleave(monkeypatch):
+    """The app shares one model between requests in threads. A request that asks
+    ``cleared_anchor`` while another's fill is under way must get its own frame's fill, then and
+    later (stop 67: a remembered fill kept beside the last base could hand one request another
+    frame's, so 16 concurrent Predicts gave the same sequence and seed two different futures).
+    The interleaving is made by hand: the first fill asks for the second frame's midway."""
+    from cvae.model import arm as arm_module
+
+    arm = ArmCopy()
+    frames, places = [], []
+    for index in (0, 1):
+        seq = simulate(5, index, 0, n_frames=1)
+        frames.append(torch.from_numpy(seq.frames[:1]).permute(0, 3, 1, 2).float() / 255)
+        places.append(torch.from_numpy(world_to_px(seq.positions[:1, :2].astype(np.float64)) - 0.5).float())
+    want = [inpaint(f, arm_region(find_base(f, p, arm.candidates), p, 64, 64)) for f, p in zip(frames, places)]
+    assert not torch.equal(want[0], want[1])
+    plain, seen = arm_module.inpaint, {}
+
+    def interleaved(frame, hole, *args):
+        if not seen:  # the first request's fill: the second request runs meanwhile
+            seen["second"] = None
+            seen["second"] = arm.cleared_anchor(frames[1], places[1])
+        return plain(frame, hole, *args)
+
+    monkeypatch.setattr(arm_module, "inpaint", interleaved)
+    assert torch.equal(arm.cleared_anchor(frames[0], places[0]), want[0])
+    assert torch.equal(seen["second"], want[1])
+    assert torch.equal(arm.cleared_anchor(frames[1], places[1]), want[1])  # what the second remembers
+
+
 def test_inpaint_fills_a_hole_from_its_edge_by_hand():
     """A hole in a flat frame fills with that colour exactly; a hole pixel takes the mean of the
     known pixels in reach (the centre of a 3 x 3 frame whose right column is 1 and the rest 0 gets 3 of

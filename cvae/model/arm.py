@@ -25,6 +25,7 @@ the bundled model's spread lay there, where every true future agrees (README).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -146,6 +147,18 @@ def inpaint(frame: torch.Tensor, hole: torch.Tensor, reach: int = INPAINT_PX, pa
     return out
 
 
+@dataclass
+class _Found:
+    """What ``ArmCopy`` remembers of the last latest real frame asked: the frame, its version,
+    the end effector's place in it, the base found, and the frame with its arm filled in."""
+
+    anchor: torch.Tensor
+    version: int
+    src: torch.Tensor
+    base: torch.Tensor
+    cleared: torch.Tensor | None = None
+
+
 class ArmCopy(nn.Module):
     """The arm copy and where the shaft is, from the latest real frame and the end effector's
     places in it and in this step (found by the end-effector map, in pixel indices)."""
@@ -153,21 +166,25 @@ class ArmCopy(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("candidates", torch.from_numpy(arm_bases() - 0.5).float(), persistent=False)
-        self._last: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None  # anchor, its version, src, base
-        self._cleared: torch.Tensor | None = None  # that anchor with its own arm filled in, once asked (``cleared_anchor``)
+        self._last: _Found | None = None
 
-    def base(self, anchor: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    def _found(self, anchor: torch.Tensor, src: torch.Tensor) -> _Found:
         """``find_base``, remembered for the last frames asked: a rollout asks it of the same
         latest real frame at every step after the context (8% of a prediction's time). Reused
         only for frames and places equal to those (not merely the same tensors: one may have
-        been written in place since)."""
+        been written in place since). The caller keeps the record it got, so a request in
+        another thread that replaces ``_last`` (the app shares one model) never hands it
+        another frame's base or fill."""
         last = self._last
-        same = (last is not None and last[0].shape == anchor.shape and last[0].device == anchor.device
-                and last[1] == anchor._version and torch.equal(last[2], src) and torch.equal(last[0], anchor))
+        same = (last is not None and last.anchor.shape == anchor.shape and last.anchor.device == anchor.device
+                and last.version == anchor._version and torch.equal(last.src, src) and torch.equal(last.anchor, anchor))
         if not same:
-            self._last = last = (anchor, anchor._version, src.clone(), find_base(anchor, src, self.candidates))
-            self._cleared = None
-        return last[3]
+            self._last = last = _Found(anchor, anchor._version, src.clone(), find_base(anchor, src, self.candidates))
+        return last
+
+    def base(self, anchor: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """The arm's base the latest real frame ``anchor`` shows, its end effector at ``src``."""
+        return self._found(anchor, src).base
 
     @torch.no_grad()
     def forward(self, anchor: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
@@ -194,7 +211,7 @@ class ArmCopy(nn.Module):
         """``cleared`` of the latest real frame at its own end effector's place, remembered with
         the base: a rollout asks it at every step (a prediction 1.25x slower than without
         ``arm_clear`` when filled afresh each time; bench/README.md)."""
-        self.base(anchor, src)  # forgets the fill of other frames
-        if self._cleared is None:
-            self._cleared = self.cleared(anchor, anchor, src, src)
-        return self._cleared
+        found = self._found(anchor, src)
+        if found.cleared is None:
+            found.cleared = inpaint(anchor, arm_region(found.base, src, *anchor.shape[-2:]))
+        return found.cleared
