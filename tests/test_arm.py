@@ -84,15 +84,21 @@ def test_a_model_with_the_arm_copy_trains_every_weight(teacher_forcing, arm_clea
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
-def test_the_base_is_remembered_only_for_the_same_frame_and_place():
-    """``ArmCopy.base`` (and ``cleared_anchor``) reuses the last search only for an equal frame and
-    end-effector place: a frame of another scene, or the same tensor written in place, is searched afresh."""
-    arm = ArmCopy()
+def first_frames_of_two_scenes() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The first frame [1, 3, 64, 64] of simulated scenes 0 and 1, and its end effector's pixel place [1, 2]."""
     frames, places = [], []
     for index in (0, 1):
         seq = simulate(5, index, 0, n_frames=1)
         frames.append(torch.from_numpy(seq.frames[:1]).permute(0, 3, 1, 2).float() / 255)
         places.append(torch.from_numpy(world_to_px(seq.positions[:1, :2].astype(np.float64)) - 0.5).float())
+    return frames, places
+
+
+def test_the_base_is_remembered_only_for_the_same_frame_and_place():
+    """``ArmCopy.base`` (and ``cleared_anchor``) reuses the last search only for an equal frame and
+    end-effector place: a frame of another scene, or the same tensor written in place, is searched afresh."""
+    arm = ArmCopy()
+    frames, places = first_frames_of_two_scenes()
     want = [find_base(f, p, arm.candidates) for f, p in zip(frames, places)]
     assert not torch.equal(want[0], want[1])
     assert torch.equal(arm.base(frames[0], places[0]), want[0])
@@ -120,11 +126,7 @@ def test_the_cleared_frame_is_each_requests_own_when_requests_interleave(monkeyp
     from cvae.model import arm as arm_module
 
     arm = ArmCopy()
-    frames, places = [], []
-    for index in (0, 1):
-        seq = simulate(5, index, 0, n_frames=1)
-        frames.append(torch.from_numpy(seq.frames[:1]).permute(0, 3, 1, 2).float() / 255)
-        places.append(torch.from_numpy(world_to_px(seq.positions[:1, :2].astype(np.float64)) - 0.5).float())
+    frames, places = first_frames_of_two_scenes()
     want = [inpaint(f, arm_region(find_base(f, p, arm.candidates), p, 64, 64)) for f, p in zip(frames, places)]
     assert not torch.equal(want[0], want[1])
     plain, seen = arm_module.inpaint, {}
