@@ -27,6 +27,8 @@ maps (max over steps, x 4) side by side. Simulated data with hidden causes only.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ from common import (
 from cvae import checkpoint
 from cvae.condition import XY
 from cvae.data.simulator import GRIPPER_RADIUS_PX, LIFTED_GRIPPER_SCALE
+from cvae.errors import ConfigError
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, edge_energy, pixel_std
 from cvae.model.heads import warp
@@ -234,10 +237,12 @@ def main() -> None:
           "the truths branch lie where the arm sweeps")
     for k, ckpt in enumerate(args.ckpt):
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        if args.mask_temperature is not None:  # the field export sets, here without a copy
-            if model.cfg.output != "flow":
-                raise SystemExit(f"{ckpt}: its head is '{model.cfg.output}', not 'flow': it has no mask to sharpen")
-            model.decoder.head.temperature = args.mask_temperature
+        if args.mask_temperature is not None:  # the field export sets, here without a copy, checked as export checks it
+            try:
+                model.cfg = replace(model.cfg, mask_temperature=args.mask_temperature).validate()
+            except ConfigError as err:
+                raise SystemExit(f"{ckpt}: {err}") from None
+            model.decoder.head.temperature = model.cfg.mask_temperature
         pred = model.predict(x[:, :n_past], c, 10, n_samples=args.samples, seed=0)
         m_std = pixel_std(pred, 1)
         total = m_std.sum().clamp_min(1e-12)
@@ -304,7 +309,7 @@ def main() -> None:
             print("  the learned map prior's sigma, the latent's first channel / the others: "
                   + ", ".join(f"{name} {a:.3f} / {'-' if b is None else f'{b:.3f}'}" for name, (a, b) in sigma.items()))
         record("spread_where", torch.device("cpu"), ckpt=ckpt, limit=n, samples=args.samples, truths=args.truths,
-               mask_temperature=model.cfg.mask_temperature if args.mask_temperature is None else args.mask_temperature,
+               mask_temperature=model.cfg.mask_temperature,
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
                agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
                sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,

@@ -557,12 +557,13 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                               "seq_per_s": round(rate, 2)}
                     record.update({name: v for (_, name, switch), v in zip(TERMS_LOGGED, mean[3:])
                                    if getattr(cfg, switch)})
-                    window = (step + 1, (mean[2] * count - kld_at_tick) / (count - tick))
+                    kld_sum = mean[2] * count
+                    window = (step + 1, (kld_sum - kld_at_tick) / (count - tick))
                     if rt.main:
                         run.append(record)
                         if note := kl_jump(last_window, window):
                             bar.write(note)
-                    last_window, kld_at_tick = window, mean[2] * count
+                    last_window, kld_at_tick = window, kld_sum
                     bar.set_postfix(loss=f"{mean[0]:.4f}", psnr="-" if last_val is None else f"{last_val:.2f}")
                     window_start, tick = time.perf_counter(), count
                 asked_stop = stop_at_step is not None and step + 1 >= stop_at_step

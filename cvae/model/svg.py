@@ -40,14 +40,15 @@ from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 from .world import WorldPosterior
 
 PIXEL_LOSSES = ("mse", "l1")
-# the fields that act on the flow head alone, so need output 'flow', and what each does with it
+# the fields that act on the flow head alone, so need output 'flow' when not at their defaults, and what each does
 NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("flow_deadzone", "it zeroes the flow head's short displacements"),
               ("flow_photo_weight", "it trains the flow head's moved previous frame"),
               ("rigid_layers", "they are sources of the flow head"),
               ("noise_flow", "it scales the flow head's displacements"),
               ("noise_shift", "it shifts the flow head's displacements"),
-              ("flow_carry", "it is a source of the flow head"))
+              ("flow_carry", "it is a source of the flow head"),
+              ("mask_temperature", "it sharpens the flow head's mask"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
             "glide_noise_only", "carry_off_arm", "mask_temperature")
@@ -254,12 +255,11 @@ class ModelConfig:
                               "one draw of the spatial latent's noise that a future holds over its steps")
         if not 0 < self.mask_temperature < float("inf"):
             raise ConfigError(f"mask_temperature must be a number > 0, not {self.mask_temperature}")
-        if self.mask_temperature != 1 and self.output != "flow":
-            raise ConfigError("mask_temperature needs output 'flow': it sharpens the flow head's mask")
         if self.flow_resample != "bilinear" and self.output != "flow":
             raise ConfigError(f"flow_resample {self.flow_resample!r} needs output 'flow': it is how the flow head samples")
+        defaults = {f.name: f.default for f in fields(self)}
         for name, why in NEEDS_FLOW:
-            if getattr(self, name) and self.output != "flow":
+            if getattr(self, name) != defaults[name] and self.output != "flow":
                 raise ConfigError(f"{name} needs output 'flow': {why}")
         for name in ("flow_photo_blur", "flow_photo_rollout"):
             if getattr(self, name) and not self.flow_photo_weight:
