@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+# BENCH_RESULTS elsewhere keeps a test's run of a benchmark out of the committed record
+RESULTS = Path(os.environ.get("BENCH_RESULTS", Path(__file__).resolve().parent / "results.jsonl"))
 ROOT = Path(__file__).resolve().parent.parent
 
 

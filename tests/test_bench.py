@@ -323,3 +323,32 @@ def test_the_carry_gain_probe_lengthens_every_carried_displacement_and_refuses_a
                           "--gain", "2", "--out", str(tmp_path / "copy")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and "carries no motion on (flow_carry false)" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "copy").exists()
+
+
+def test_spread_where_uses_the_mask_temperature_it_is_given_and_refuses_zero_by_name(
+        tmp_path, sim_root, responsive_runs):
+    """``spread_where --mask-temperature``, end to end on a flow head: the mask's source shares it
+    prints and the temperature it records are the given one's (stop 67 found the flag read and
+    ignored); 0 is refused with the checkpoint named, before anything is recorded."""
+    import json
+    import os
+
+    ckpt = str(responsive_runs / "responsive" / "best")
+    results = tmp_path / "results.jsonl"
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "spread_where.py", "--ckpt", ckpt, "--data", str(sim_root),
+                               "--limit", "4", "--samples", "3", "--truths", "3", *extra],
+                              capture_output=True, text=True, cwd=ROOT / "bench",
+                              env={**os.environ, "BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"})
+
+    def shares(out: subprocess.CompletedProcess) -> str:
+        assert out.returncode == 0, out.stderr
+        return next(line for line in out.stdout.splitlines() if "the mask's mean share" in line)
+
+    plain, sharp = run(), run("--mask-temperature", "3")
+    assert shares(plain) != shares(sharp)
+    assert [json.loads(line)["mask_temperature"] for line in results.read_text().splitlines()] == [1.0, 3.0]
+    refused = run("--mask-temperature", "0")
+    assert refused.returncode == 1 and f"{ckpt}: mask_temperature must be a number > 0" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(results.read_text().splitlines()) == 2
