@@ -2,7 +2,10 @@
 than ``--moved`` px after the context, the PSNR of the 9x9 window about the true end effector
 over the last 3 predicted frames, model against copy-last; the gripper counts as lost in a sample
 where the model is not ``--margin`` dB better than copy-last there (it froze the arm where the
-context left it, or let the gripper fade).
+context left it, let the gripper fade, or drew a pushed object beside it wrong). The same is
+counted on the gripper's own pixels (within ``OWN_PX`` of the end effector), which says which of
+those it was: a window lost while its own pixels are kept is the neighbourhood (a pushed object's
+haze or place), not the gripper.
 
 The mean window PSNR that ``eval`` reports can hide a handful of such sequences behind many good
 ones; this counts them. One sample per seed, ``--samples`` seeds.
@@ -23,13 +26,20 @@ from cvae.kinematics import world_to_px
 from cvae.metrics import EE_WINDOW, masked_psnr, window_mask
 
 LAST = 3  # the predicted frames scored: the last 3
+OWN_PX = 2.0  # the gripper's own pixels: within this of the end effector (its finger's radius is 2.6 px)
 
 
-def end_windows(frames: torch.Tensor, truth: torch.Tensor, centres: np.ndarray) -> torch.Tensor:
+def end_windows(frames: torch.Tensor, truth: torch.Tensor, centres: np.ndarray, own: bool = False) -> torch.Tensor:
     """Frames and the true frames [N, F, 3, H, W], the true end effector's (col, row) [N, F, 2] ->
-    [N]: PSNR of the 9x9 window about it, averaged over the F frames."""
-    window = window_mask(torch.from_numpy(centres).float(), EE_WINDOW)
-    return masked_psnr(frames, truth, window).mean(1)
+    [N]: PSNR of the 9x9 window about it, averaged over the F frames; with ``own``, of the pixels
+    whose centres lie within ``OWN_PX`` of it instead."""
+    place = torch.from_numpy(centres).float()
+    if own:
+        yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+        region = (xx - place[..., 0, None, None]).hypot(yy - place[..., 1, None, None]) <= OWN_PX
+    else:
+        region = window_mask(place, EE_WINDOW)
+    return masked_psnr(frames, truth, region).mean(1)
 
 
 def lost(model_psnr: torch.Tensor, copy_psnr: torch.Tensor, moved: torch.Tensor, margin: float) -> torch.Tensor:
@@ -51,24 +61,33 @@ def main() -> None:
     x, c = test_sequences(args.data, n_past + n_future, args.limit)
     truth = x[:, -LAST:]
     ee = world_to_px(c[..., XY].numpy())  # [N, T, 2] (col, row)
-    copy = end_windows(x[:, n_past - 1 : n_past].expand_as(truth), truth, ee[:, -LAST:])
+    last = x[:, n_past - 1 : n_past].expand_as(truth)
+    copy, copy_own = end_windows(last, truth, ee[:, -LAST:]), end_windows(last, truth, ee[:, -LAST:], own=True)
     moved = torch.from_numpy(np.linalg.norm(ee[:, -1] - ee[:, n_past - 1], axis=-1) > args.moved)
     print(f"{len(x)} test sequences, {int(moved.sum())} whose end effector moves > {args.moved:g} px; the 9x9 window "
           f"over the last {LAST} frames, copy-last {float(copy[moved].mean()):.2f} dB")
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        scores, counts = [], []
+        scores, counts, own, own_counts = [], [], [], []
         for seed in range(args.samples):
             with torch.no_grad():
                 pred = model.predict(x[:, :n_past], c, n_future, seed=seed)[:, 0, -LAST:]
             scores.append(end_windows(pred, truth, ee[:, -LAST:]))
             counts.append(int(lost(scores[-1], copy, moved, args.margin).sum()))
-        mean = float(torch.stack(scores)[:, moved].mean())
+            own.append(end_windows(pred, truth, ee[:, -LAST:], own=True))
+            own_counts.append(int(lost(own[-1], copy_own, moved, args.margin).sum()))
+        mean, own_mean = float(torch.stack(scores)[:, moved].mean()), float(torch.stack(own)[:, moved].mean())
+        own_spread = float(torch.stack(own)[:, moved].std(0).mean())
         print(f"  {ckpt}: {mean:.2f} dB; gripper lost in {np.mean(counts):.1f} of {int(moved.sum())} sequences "
-              f"(per seed: {', '.join(map(str, counts))})")
+              f"(per seed: {', '.join(map(str, counts))}); on its own pixels (within {OWN_PX:g} px) {own_mean:.2f} dB "
+              f"against copy-last's {float(copy_own[moved].mean()):.2f}, {own_spread:.2f} dB apart over the seeds, "
+              f"lost in {np.mean(own_counts):.1f} (per seed: {', '.join(map(str, own_counts))})")
         record("gripper_kept", torch.device("cpu"), ckpt=ckpt, sequences=int(moved.sum()), samples=args.samples,
                margin_db=args.margin, window_psnr=round(mean, 2), copy_last_psnr=round(float(copy[moved].mean()), 2),
-               lost_mean=round(float(np.mean(counts)), 1), lost_per_seed=counts)
+               lost_mean=round(float(np.mean(counts)), 1), lost_per_seed=counts, own_px=OWN_PX,
+               own_psnr=round(own_mean, 2), copy_last_own_psnr=round(float(copy_own[moved].mean()), 2),
+               own_std_over_seeds_db=round(own_spread, 2), own_lost_mean=round(float(np.mean(own_counts)), 1),
+               own_lost_per_seed=own_counts)
 
 
 if __name__ == "__main__":

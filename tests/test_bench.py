@@ -119,6 +119,25 @@ def test_a_gripper_is_lost_where_the_model_is_no_better_than_copy_last_there():
     assert torch.allclose(perfect, torch.full((3,), 60.0), atol=0.01)  # 10 log10(1 / 1e-6)
 
 
+def test_the_grippers_own_pixels_are_those_within_two_px_of_the_end_effector():
+    """``gripper_kept.end_windows(own=True)``: a frame wrong only on the 9x9 window's ring beyond
+    2 px of the end effector keeps its own pixels exact (60 dB at a 1e-3 error) while the window
+    drops; one wrong on a pixel 1 px from it loses them."""
+    import numpy as np
+    import torch
+
+    bench = _bench("gripper_kept")
+    truth = torch.full((1, 1, 3, 64, 64), 0.5)
+    centre = np.array([[[20.5, 30.5]]])  # (col, row): the centre of pixel row 30, column 20
+    ring = truth + 1e-3
+    ring[..., 30, 23] = 1.0  # 3 px right of the centre: in the window, not its own
+    assert torch.allclose(bench.end_windows(ring, truth, centre, own=True), torch.tensor([60.0]), atol=0.01)
+    assert bench.end_windows(ring, truth, centre) < 30
+    near = truth + 1e-3
+    near[..., 29, 20] = 1.0  # 1 px above it
+    assert bench.end_windows(near, truth, centre, own=True) < 20
+
+
 def test_the_swept_region_is_every_place_of_the_arm_and_agreement_is_evals():
     """``spread_where``: the arm's swept pixels are the union of its shaft and gripper over the
     steps (a bar from the base to each end-effector place), nothing far from them; its agreement
