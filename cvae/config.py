@@ -63,6 +63,7 @@ class Config(ModelConfig):
     # mean, plus the noiseless one against that mean (metrics.residual_energy_score), not of the futures
     energy_residual: bool = False
     energy_residual_share: float = 1.0  # with energy_residual, that score's share of the term; the plain score takes the rest
+    energy_beta: float = 1.0  # each of the score's norms to this power, in (0, 2): below 1 a blend costs more
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
@@ -181,6 +182,11 @@ class Config(ModelConfig):
             raise ConfigError(f"energy_residual_share must be above 0 and at most 1, not {self.energy_residual_share}")
         if self.energy_residual_share != 1 and not self.energy_residual:
             raise ConfigError("energy_residual_share needs energy_residual true: it is the residual score's share")
+        if self.energy_beta != 1 and not self.energy_truths:
+            raise ConfigError("energy_beta needs energy_truths > 0: it shapes the energy score of the futures")
+        if not 0 < self.energy_beta < 2:
+            raise ConfigError(f"energy_beta must be above 0 and below 2, where the energy score is proper, "
+                              f"not {self.energy_beta}")
         if self.energy_truths and self.energy_scenes < 1:
             raise ConfigError(f"energy_scenes must be at least 1, not {self.energy_scenes}")
         if self.flow_deadzone and not self.init:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cvae.metrics import (
+    BETA_EPS,
     agreement_gap,
     branching,
     correlation,
@@ -312,6 +313,30 @@ def test_energy_score_by_hand():
     assert got.item() == pytest.approx(2**0.5 / 2 - 0.5 * 2**0.5, abs=1e-5)
     with pytest.raises(ValueError, match="2 or more samples"):
         energy_score(torch.zeros(1, 1, 3), torch.zeros(1, 2, 3))
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 1.5])
+def test_energy_score_beta_charges_a_blend_more_the_lower_it_is(beta):
+    """Norms to the power beta: against truths 0 and 1, samples 0 and 1 score 0 at every beta
+    (their distances to the truths, 1 / 2 on average, less half their distance apart, 1), a blend
+    at 0.5 scores 0.5 ** beta, so the blend's cost grows as beta falls; whole frames by hand;
+    beta outside (0, 2) is refused."""
+    def es(samples, truths, b):
+        return energy_score(torch.tensor(samples, dtype=torch.float)[None, :, None],
+                            torch.tensor(truths, dtype=torch.float)[None, :, None], beta=b).item()
+
+    smoothing = BETA_EPS ** (beta / 2) if beta != 1 else 0  # what a zero distance scores
+    assert es([0, 1], [0, 1], beta) == pytest.approx(smoothing / 2, abs=1e-4)
+    assert es([0.5, 0.5], [0, 1], beta) == pytest.approx(0.5**beta - smoothing / 2, abs=1e-4)
+    g = torch.Generator().manual_seed(0)
+    samples, truths = torch.rand(2, 3, 4, 3, 8, 8, generator=g), torch.rand(2, 3, 4, 3, 8, 8, generator=g)
+    squared = (samples[:, :, None] - truths[:, None]).pow(2).flatten(3).mean(-1)  # [2, 3, 3]: whole futures' mean squares
+    between = (samples[:, :, None] - samples[:, None]).pow(2).flatten(3).mean(-1)
+    by_hand = squared.pow(beta / 2).mean((1, 2)) - 0.5 * between.pow(beta / 2).sum((1, 2)) / 6  # 6 pairs s != s'
+    torch.testing.assert_close(energy_score(samples, truths, beta=beta), by_hand, atol=1e-4, rtol=1e-4)
+    for bad in (0.0, 2.0):
+        with pytest.raises(ValueError, match="beta must be in"):
+            energy_score(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), beta=bad)
 
 
 def test_patch_energy_score_charges_misplaced_spread_that_the_whole_frame_score_pays_for():

@@ -982,8 +982,8 @@ def test_the_residual_energy_score_draws_the_noiseless_future_beside_the_samples
     """``terms.residual``: ``_energy`` draws each scene's noiseless future first, then K futures
     from the prior's noise, all in one rollout, and scores them with
     ``metrics.residual_energy_score`` (by hand, one rollout), or with ``residual_share`` below 1
-    that share of it and the rest of the plain score of the same samples; train_step weighs it
-    as the energy score and its gradient reaches the prior."""
+    that share of it and the rest of the plain score of the same samples (both with ``beta``'s
+    power); train_step weighs it as the energy score and its gradient reaches the prior."""
     model = calibrated(tiny(prior="learned", z_hold=True))
     x, c = batch(b=4, t=6)
     ctx, cond = x[:2, :2], c[:2]
@@ -1005,6 +1005,13 @@ def test_the_residual_energy_score_draws_the_noiseless_future_beside_the_samples
     mixed = model._energy(ctx, cond, truths, FutureTerms(residual=True, residual_share=0.25, patch=16, branch_weight=4.0))
     plain = energy_score(grouped[:, 1:], truths, 16, False, 4.0).mean()
     torch.testing.assert_close(mixed[0], 0.25 * residual + 0.75 * plain)
+    torch.manual_seed(7)  # terms.beta reaches both parts
+    powered = model._energy(ctx, cond, truths, FutureTerms(residual=True, residual_share=0.25, patch=16,
+                                                           branch_weight=4.0, beta=0.5))[0]
+    torch.testing.assert_close(powered, 0.25 * residual_energy_score(grouped[:, 1:], grouped[:, 0], truths, 16, False,
+                                                                     4.0, beta=0.5).mean()
+                               + 0.75 * energy_score(grouped[:, 1:], truths, 16, False, 4.0, beta=0.5).mean())
+    assert not torch.isclose(powered, mixed[0])
     torch.manual_seed(7)
     assert not torch.isclose(term, model._energy(ctx, cond, truths, FutureTerms(patch=16, branch_weight=4.0))[0])
     grads = torch.autograd.grad(term, list(model.prior.parameters()), allow_unused=True)

@@ -562,7 +562,7 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     cfg = tiny_cfg(sim_root, tmp_path / "es", epochs=1, iters_per_epoch=2, energy_truths=2, energy_scenes=3,
                    energy_branch=True, branch_weight=3.0, energy_branch_weight=5.0, cover_weight=1.0,
                    spread_weight=2.0, edge_weight=1.0, agree_weight=1.0, critic=4, adv_weight=0.1, energy_pool=4,
-                   energy_residual=True, energy_residual_share=0.5)
+                   energy_residual=True, energy_residual_share=0.5, energy_beta=0.5)
     train(cfg, progress=False)
     assert "3 training scenes re-simulated 2 times each" in capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
@@ -603,6 +603,11 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "share", energy_truths=2, energy_residual_share=0.5)
     with pytest.raises(ConfigError, match="energy_residual_share must be above 0 and at most 1, not 1.5"):
         tiny_cfg(sim_root, tmp_path / "share", energy_truths=2, energy_residual=True, energy_residual_share=1.5)
+    with pytest.raises(ConfigError, match="energy_beta needs energy_truths > 0"):
+        tiny_cfg(sim_root, tmp_path / "beta", energy_beta=0.5)
+    with pytest.raises(ConfigError, match="energy_beta must be above 0 and below 2, where the energy score is proper, "
+                                          "not 2.0"):
+        tiny_cfg(sim_root, tmp_path / "beta2", energy_truths=2, energy_beta=2.0)
     with pytest.raises(ConfigError, match="adv_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "adv", critic=4, adv_weight=1.0)
     with pytest.raises(ConfigError, match="adv_weight needs critic > 0: the critic"):

@@ -99,6 +99,7 @@ class FutureTerms:
     branch_weight: float = 0.0  # its patches where the true futures differ count 1 + this
     residual: bool = False  # scored as deviations from the noiseless future (``metrics.residual_energy_score``)
     residual_share: float = 1.0  # ... that score's share of the term, the plain score's the rest
+    beta: float = 1.0  # each of its norms to this power, in (0, 2) (``metrics.energy_score``)
     rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
@@ -116,7 +117,7 @@ class FutureTerms:
         """Those of a training ``Config``."""
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, pool=cfg.energy_pool, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, residual=cfg.energy_residual,
-                   residual_share=cfg.energy_residual_share,
+                   residual_share=cfg.energy_residual_share, beta=cfg.energy_beta,
                    rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
@@ -750,10 +751,11 @@ class SVG(nn.Module):
             total = 0.0
             if share < 1:
                 total = (1 - share) * energy_score(samples, truths, terms.patch, terms.branch, terms.branch_weight,
-                                                   pool).mean()
+                                                   pool, terms.beta).mean()
             if share > 0:
                 total = total + share * residual_energy_score(samples, grouped[:, 0], truths, terms.patch,
-                                                              terms.branch, terms.branch_weight, pool).mean()
+                                                              terms.branch, terms.branch_weight, pool,
+                                                              terms.beta).mean()
             return total
 
         energy = score(1) + (score(terms.pool) if terms.pool > 1 else 0)
