@@ -5,7 +5,8 @@ where the model is not ``--margin`` dB better than copy-last there (it froze the
 context left it, let the gripper fade, or drew a pushed object beside it wrong). The same is
 counted on the gripper's own pixels (within ``OWN_PX`` of the end effector), which says which of
 those it was: a window lost while its own pixels are kept is the neighbourhood (a pushed object's
-haze or place), not the gripper.
+haze or place), not the gripper. For a flow head, also each source's share of the mask on those
+own pixels, and how much it changes from draw to draw.
 
 The mean window PSNR that ``eval`` reports can hide a handful of such sequences behind many good
 ones; this counts them. One sample per seed, ``--samples`` seeds.
@@ -18,7 +19,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import record, test_sequences
+from common import predict_capturing, record, test_sequences
 
 from cvae import checkpoint
 from cvae.condition import XY
@@ -29,16 +30,19 @@ LAST = 3  # the predicted frames scored: the last 3
 OWN_PX = 2.0  # the gripper's own pixels: within this of the end effector (its finger's radius is 2.6 px)
 
 
+def own_region(centres: np.ndarray) -> torch.Tensor:
+    """The end effector's (col, row) [..., 2] -> bool [..., 64, 64]: the pixels whose centres lie
+    within ``OWN_PX`` of it."""
+    place = torch.from_numpy(centres).float()
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    return (xx - place[..., 0, None, None]).hypot(yy - place[..., 1, None, None]) <= OWN_PX
+
+
 def end_windows(frames: torch.Tensor, truth: torch.Tensor, centres: np.ndarray, own: bool = False) -> torch.Tensor:
     """Frames and the true frames [N, F, 3, H, W], the true end effector's (col, row) [N, F, 2] ->
     [N]: PSNR of the 9x9 window about it, averaged over the F frames; with ``own``, of the pixels
     whose centres lie within ``OWN_PX`` of it instead."""
-    place = torch.from_numpy(centres).float()
-    if own:
-        yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
-        region = (xx - place[..., 0, None, None]).hypot(yy - place[..., 1, None, None]) <= OWN_PX
-    else:
-        region = window_mask(place, EE_WINDOW)
+    region = own_region(centres) if own else window_mask(torch.from_numpy(centres).float(), EE_WINDOW)
     return masked_psnr(frames, truth, region).mean(1)
 
 
@@ -68,10 +72,13 @@ def main() -> None:
           f"over the last {LAST} frames, copy-last {float(copy[moved].mean()):.2f} dB")
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        scores, counts, own, own_counts = [], [], [], []
+        scores, counts, own, own_counts, shares = [], [], [], [], []
+        region = own_region(ee[:, -LAST:])[moved][:, :, None].float()  # [M, LAST, 1, H, W]
         for seed in range(args.samples):
-            with torch.no_grad():
-                pred = model.predict(x[:, :n_past], c, n_future, seed=seed)[:, 0, -LAST:]
+            pred, _, mask, _ = predict_capturing(model, x, c, n_future, seed)
+            pred = pred[:, -LAST:]
+            if mask is not None:
+                shares.append((mask[moved][:, -LAST:] * region).sum((0, 1, 3, 4)) / region.sum())
             scores.append(end_windows(pred, truth, ee[:, -LAST:]))
             counts.append(int(lost(scores[-1], copy, moved, args.margin).sum()))
             own.append(end_windows(pred, truth, ee[:, -LAST:], own=True))
@@ -82,12 +89,19 @@ def main() -> None:
               f"(per seed: {', '.join(map(str, counts))}); on its own pixels (within {OWN_PX:g} px) {own_mean:.2f} dB "
               f"against copy-last's {float(copy_own[moved].mean()):.2f}, {own_spread:.2f} dB apart over the seeds, "
               f"lost in {np.mean(own_counts):.1f} (per seed: {', '.join(map(str, own_counts))})")
+        mixed = {}
+        if shares:
+            share = torch.stack(shares)
+            mixed = {name: [round(float(m), 3), round(float(d), 3)]
+                     for name, m, d in zip(model.decoder.head.sources, share.mean(0), share.std(0))}
+            print("    the mask's share on its own pixels, mean / std over the seeds: "
+                  + ", ".join(f"{name} {m:.3f} / {d:.3f}" for name, (m, d) in mixed.items()))
         record("gripper_kept", torch.device("cpu"), ckpt=ckpt, sequences=int(moved.sum()), samples=args.samples,
                margin_db=args.margin, window_psnr=round(mean, 2), copy_last_psnr=round(float(copy[moved].mean()), 2),
                lost_mean=round(float(np.mean(counts)), 1), lost_per_seed=counts, own_px=OWN_PX,
                own_psnr=round(own_mean, 2), copy_last_own_psnr=round(float(copy_own[moved].mean()), 2),
                own_std_over_seeds_db=round(own_spread, 2), own_lost_mean=round(float(np.mean(own_counts)), 1),
-               own_lost_per_seed=own_counts)
+               own_lost_per_seed=own_counts, own_mask_shares=mixed)
 
 
 if __name__ == "__main__":

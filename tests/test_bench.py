@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -117,6 +119,26 @@ def test_a_gripper_is_lost_where_the_model_is_no_better_than_copy_last_there():
     assert not bench.lost(perfect, copy, moved, 3.0).any()
     assert bench.lost(copy, copy, moved, 3.0).tolist() == [True, True, False]
     assert torch.allclose(perfect, torch.full((3,), 60.0), atol=0.01)  # 10 log10(1 / 1e-6)
+
+
+def test_gripper_kept_reports_the_mask_on_the_grippers_own_pixels(tmp_path, sim_root, responsive_runs):
+    """``gripper_kept`` end to end on a flow head: each source's share of the mask on the
+    gripper's own pixels, mean and std over the seeds, recorded beside the window's counts; the
+    shares add up to 1."""
+    import json
+    import os
+
+    results = tmp_path / "results.jsonl"
+    out = subprocess.run([sys.executable, "gripper_kept.py", "--ckpt", str(responsive_runs / "responsive" / "best"),
+                          "--data", str(sim_root), "--limit", "4", "--samples", "2", "--moved", "0"],
+                         capture_output=True, text=True, cwd=ROOT / "bench",
+                         env={**os.environ, "BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "the mask's share on its own pixels" in out.stdout and "on its own pixels (within 2 px)" in out.stdout
+    row = json.loads(results.read_text())
+    assert set(row["own_mask_shares"]) >= {"generated", "moved previous", "moved latest real"}
+    assert sum(m for m, _ in row["own_mask_shares"].values()) == pytest.approx(1, abs=0.01)
+    assert len(row["own_lost_per_seed"]) == 2 and row["sequences"] > 0
 
 
 def test_the_grippers_own_pixels_are_those_within_two_px_of_the_end_effector():
