@@ -393,3 +393,24 @@ def test_spread_where_uses_the_mask_temperature_it_is_given_and_refuses_zero_by_
     refused = run("--mask-temperature", "0")
     assert refused.returncode == 1 and f"{ckpt}: mask_temperature must be a number > 0" in refused.stderr
     assert "Traceback" not in refused.stderr and len(results.read_text().splitlines()) == 2
+
+
+def test_the_big_sprite_lands_whole_on_the_end_effector_pixel():
+    """``sprite_floor.big_sprite``: a 4x sprite whose middle 4 x 4 block alone is lit, placed on an
+    end effector at a pixel's centre, lights that pixel fully and no other; half a pixel further
+    it lights two halves (the box filter of a whole 4x shift, no bilinear blur beyond it)."""
+    import torch
+
+    bench = _bench("sprite_floor")
+    big = bench.BIG
+    logits = torch.full((3, big, big), -50.0)
+    logits[:, big // 2 - 2 : big // 2 + 2, big // 2 - 2 : big // 2 + 2] = 50.0
+
+    def net(cond):
+        return logits.flatten().expand(len(cond), -1)
+
+    frame = bench.big_sprite(net, torch.zeros(1, 7), torch.tensor([[20.5, 30.5]]))  # (col, row)
+    assert frame.shape == (1, 3, 64, 64) and torch.allclose(frame[0, :, 30, 20], torch.ones(3))
+    assert frame.sum() == pytest.approx(3.0, abs=1e-3)
+    half = bench.big_sprite(net, torch.zeros(1, 7), torch.tensor([[21.0, 30.5]]))
+    assert torch.allclose(half[0, 0, 30, 20:22], torch.full((2,), 0.5)) and half.sum() == pytest.approx(3.0, abs=1e-3)
