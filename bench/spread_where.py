@@ -9,7 +9,8 @@ arm sweeps (45% on the first 32 test sequences: it pushes the objects there), so
 calmed every swept pixel would lose those too (``branch_gate.py --swept``). The arm and the
 table it uncovers are fixed by the condition, so spread there where the truths agree is the
 model's own doubt. That spread split by where the arm is at each step, was, or comes later
-(``arm_phases``), with the agreement each part's removal gives, and a gate the condition alone
+(``arm_phases``), with the agreement each part's removal gives; agreement by how much the world
+branches in each scene (``agreement_by_branching``); and a gate the condition alone
 sets (the shaft now and the uncovered table); and what taking each sample's shaft from the
 noiseless future afterwards does to coverage and the spread ratio. And where the truths
 branch, whether the model's futures are sharp alternatives or alternative blurs: the squared
@@ -107,6 +108,22 @@ def agreement(t_std: torch.Tensor, m_std: torch.Tensor) -> float:
     """eval's agreement (``physics_eval.std_agreement``) of std maps [B, F, H, W], averaged over
     the sequences whose truths differ somewhere."""
     return float(std_agreement(t_std, m_std).nanmean())
+
+
+def agreement_by_branching(t_std: torch.Tensor, m_std: torch.Tensor, differ: torch.Tensor,
+                           parts: int = 4) -> list[dict[str, float]]:
+    """Per-sequence agreement (``std_agreement``) of std maps [B, F, H, W], the sequences whose
+    truths differ somewhere split into ``parts`` groups by the share of pixels where they differ
+    (``differ`` [B, F, H, W]), fewest first: each group's mean share and mean agreement. Says
+    whether the shortfall lies in scenes where the world barely branches (the model's own doubt
+    outweighs it there) or where it branches most."""
+    per = std_agreement(t_std, m_std)
+    share = differ.float().mean((1, 2, 3))
+    keep = ~per.isnan()
+    per, share = per[keep], share[keep]
+    groups = share.argsort().tensor_split(parts)
+    return [{"branching_share": round(float(share[g].mean()), 4), "agreement": round(float(per[g].mean()), 3),
+             "sequences": len(g)} for g in groups if len(g)]
 
 
 def captures(model, x: torch.Tensor, c: torch.Tensor, draws: int = 4,
@@ -254,6 +271,9 @@ def main() -> None:
               f"{100 * (1 - on_branch - on_arm):.0f}% elsewhere; agreement {agree:.3f}, "
               f"{agree_off:.3f} without the spread where the arm sweeps and the truths agree (the truths "
               "choose those pixels: calming every swept pixel is bench/branch_gate.py --swept)")
+        by_branching = agreement_by_branching(t_std, m_std, differ)
+        print("  agreement by the share of pixels where the truths branch, in quarters of the sequences, fewest "
+              "first: " + ", ".join(f"{100 * q['branching_share']:.1f}% {q['agreement']:.3f}" for q in by_branching))
         agree_mask = {name: m & ~differ for name, m in phases.items() if name != "shaft"}
         phase = {name: [round(float((m_std * m).sum() / total), 3), round(agreement(t_std, m_std * ~m), 3)]
                  for name, m in agree_mask.items()}
@@ -313,7 +333,7 @@ def main() -> None:
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
                agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
                sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,
-               edges_where_branching=edges, arm_phases=phase)
+               edges_where_branching=edges, arm_phases=phase, agreement_by_branching=by_branching)
         if args.sheet:
             from PIL import Image
 

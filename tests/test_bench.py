@@ -414,3 +414,23 @@ def test_the_big_sprite_lands_whole_on_the_end_effector_pixel():
     assert frame.sum() == pytest.approx(3.0, abs=1e-3)
     half = bench.big_sprite(net, torch.zeros(1, 7), torch.tensor([[21.0, 30.5]]))
     assert torch.allclose(half[0, 0, 30, 20:22], torch.full((2,), 0.5)) and half.sum() == pytest.approx(3.0, abs=1e-3)
+
+
+def test_agreement_by_branching_groups_the_sequences_by_how_much_their_world_branches():
+    """``spread_where.agreement_by_branching``: sequences sorted by their share of branching
+    pixels, fewest first, each group's mean share and agreement; a sequence whose truths never
+    differ (no agreement) is left out."""
+    import torch
+
+    bench = _bench("spread_where")
+    t_std = torch.zeros(5, 1, 4, 4)
+    differ = torch.zeros(5, 1, 4, 4, dtype=torch.bool)
+    for i, n in enumerate([4, 1, 8, 2]):  # sequence i branches on n pixels
+        t_std[i].view(-1)[:n] = 1.0
+        differ[i].view(-1)[:n] = True
+    m_std = t_std.clone()
+    m_std[[1, 3]] = 1.0 - t_std[[1, 3]]  # the two least branching sequences: the model's map is the opposite
+    groups = bench.agreement_by_branching(t_std, m_std, differ, parts=2)
+    assert [g["sequences"] for g in groups] == [2, 2]
+    assert groups[0]["branching_share"] == pytest.approx(1.5 / 16, abs=1e-4) and groups[0]["agreement"] == pytest.approx(-1.0)
+    assert groups[1]["branching_share"] == pytest.approx(6 / 16, abs=1e-4) and groups[1]["agreement"] == pytest.approx(1.0)
