@@ -35,6 +35,13 @@ from cvae.physics_eval import scenes
 SHAFT_HALF_WIDTH = ARM_WIDTH_PX / 2 + 0.5  # the simulator's bar, lowered; half a pixel of edge with it
 
 
+def grip_distance(ee: np.ndarray, hw: int = 64) -> np.ndarray:
+    """Float [..., H, W]: each pixel centre's distance from the end-effector place ``ee`` [..., 2]
+    (simulator coordinates)."""
+    yy, xx = np.mgrid[0:hw, 0:hw] + 0.5
+    return np.hypot(xx - ee[..., 0, None, None], yy - ee[..., 1, None, None])
+
+
 def shaft_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
     """Bool [T, H, W]: pixels whose centre is within ``SHAFT_HALF_WIDTH`` of the bar from ``base``
     [2] to each end-effector place ``ee`` [T, 2] (simulator coordinates), outside the gripper."""
@@ -43,7 +50,7 @@ def shaft_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
     d = (ee - base)[:, None, None]  # [T, 1, 1, 2]
     t = np.clip(((q - base) * d).sum(-1, keepdims=True) / (d * d).sum(-1, keepdims=True), 0, 1)
     near_bar = np.linalg.norm(q - base - t * d, axis=-1) <= SHAFT_HALF_WIDTH
-    off_gripper = np.linalg.norm(q - ee[:, None, None], axis=-1) > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 1
+    off_gripper = grip_distance(ee, hw) > GRIPPER_RADIUS_PX * LIFTED_GRIPPER_SCALE + 1
     return near_bar & off_gripper
 
 

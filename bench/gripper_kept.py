@@ -19,6 +19,7 @@ import argparse
 
 import numpy as np
 import torch
+from arm import grip_distance
 from common import predict_capturing, record, test_sequences
 
 from cvae import checkpoint
@@ -33,9 +34,7 @@ OWN_PX = 2.0  # the gripper's own pixels: within this of the end effector (its f
 def own_region(centres: np.ndarray) -> torch.Tensor:
     """The end effector's (col, row) [..., 2] -> bool [..., 64, 64]: the pixels whose centres lie
     within ``OWN_PX`` of it."""
-    place = torch.from_numpy(centres).float()
-    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
-    return (xx - place[..., 0, None, None]).hypot(yy - place[..., 1, None, None]) <= OWN_PX
+    return torch.from_numpy(grip_distance(centres) <= OWN_PX)
 
 
 def end_windows(frames: torch.Tensor, truth: torch.Tensor, centres: np.ndarray, own: bool = False) -> torch.Tensor:

@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from arm import shaft_mask
+from arm import grip_distance, shaft_mask
 from common import (
     arm_bases_of,
     checkpoints_parser,
@@ -54,13 +54,6 @@ from cvae.kinematics import world_to_px
 from cvae.metrics import branching, edge_energy, pixel_std
 from cvae.model.heads import warp
 from cvae.physics_eval import spread_scores, std_agreement, summarize
-
-
-def grip_distance(ee: np.ndarray, hw: int = 64) -> np.ndarray:
-    """Float [T, H, W]: each pixel centre's distance from the end-effector place ``ee`` [T, 2]
-    (simulator coordinates) of each step."""
-    yy, xx = np.mgrid[0:hw, 0:hw] + 0.5
-    return np.hypot(xx[None] - ee[:, None, None, 0], yy[None] - ee[:, None, None, 1])
 
 
 def arm_mask(base: np.ndarray, ee: np.ndarray, hw: int = 64) -> np.ndarray:
