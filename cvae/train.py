@@ -40,7 +40,7 @@ from .kinematics import KINEMATICS, decoded_place, place_error_px
 from .model import SVG
 from .model.heads import FlowHead
 from .model.svg import INIT_MAY_CHANGE, FutureTerms, ModelConfig
-from .model.vgg64 import grown
+from .model.vgg64 import grown, widened
 from .physics_eval import TrainingFlows, TrainingFutures, WithFlows
 from .run import RunFolder
 from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
@@ -393,20 +393,27 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
     field, except that a model without the end-effector map, copy, sprite, still copy, arm copy,
     spatial latent, its learned prior, carried motion, rigid layers, critic or world posterior may grow them
-    (``vgg64.grown``).
+    (``vgg64.grown``), and a narrower model may widen (``vgg64.widened``: exactly what it computed, with
+    more channels to learn in), though not both at once.
     Returns whether the end-effector map now wants calibrating: it grew the map, the copy or the
     sprite, or the arm copy where neither copy nor sprite placed the map exactly before
     (``cues.EndEffectorMap``)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
+    widen = ours.width > theirs.width
+    if widen and grow:
+        raise ConfigError(f"--init {cfg.init}: widen it (--width {ours.width}) and grow it "
+                          f"({', '.join(sorted(grow))}) in two runs, not one")
     diff = [f"{f.name} {getattr(theirs, f.name)!r} vs {getattr(ours, f.name)!r}" for f in fields(ModelConfig)
-            if f.name not in INIT_MAY_CHANGE and f.name not in grow and getattr(theirs, f.name) != getattr(ours, f.name)]
+            if f.name not in INIT_MAY_CHANGE and f.name not in grow and not (widen and f.name == "width")
+            and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diff:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
                           "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --flow-carry true, "
-                          "--z-map C, --map-prior true, --rigid-layers K, --critic C and --world-posterior C may be added)")
+                          "--z-map C, --map-prior true, --rigid-layers K, --critic C and --world-posterior C may be added, "
+                          "and --width may grow)")
     sources = [*FlowHead.OPTIONAL, "rigid_layers"]  # the masks' order: the rigid layers' come last
     kept = [sources.index(n) for n in sources if getattr(theirs, n)]
     late = [n for n in sources if n in grow and kept and sources.index(n) < max(kept)]
@@ -415,6 +422,11 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
                           f"{sources[max(kept)]}: the flow head's masks keep the order {', '.join(sources)}, "
                           "and a grown one is appended last")
     state = weights.state_dict()
+    if widen:
+        try:
+            state = widened(state, model, theirs.width)
+        except ValueError as err:  # a part that has no wider form (the rigid layers' shifts)
+            raise ConfigError(f"--init {cfg.init}: does not widen to --width {ours.width}: {err}") from None
     if grow:
         carry = model.decoder.head.carry_channel if "flow_carry" in grow else None
         state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, carry)

@@ -1,4 +1,5 @@
 """Training: exact resume, divergence handling, DDP agreement, and that a tiny model learns."""
+import copy
 import json
 import os
 import re
@@ -90,6 +91,33 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sim_root, tmp_path
         train(tiny_cfg(sim_root, tmp_path / "r", logs_per_epoch=3), progress=False)
     model, meta = checkpoint.load_model(tmp_path / "r" / "last")
     assert meta["epoch"] == 1 and all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_init_widens_a_narrower_model_to_what_it_computed(sim_root, tmp_path, monkeypatch):
+    """``--init`` of a width-0.125 run with ``--width 0.25``: the first step starts from its weights
+    widened (``vgg64.widened``: each old channel where it was, the rest new), so the wider model
+    predicts what the narrow one did; widening and growing at once is refused, naming both."""
+    one = dict(epochs=1, iters_per_epoch=1)
+    narrow = train(tiny_cfg(sim_root, tmp_path / "n", **one), progress=False)
+    seen = []
+    real_step = train_mod.train_step
+
+    def spy(net, *args, **kw):
+        seen.append(copy.deepcopy(net).eval())
+        return real_step(net, *args, **kw)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    init = str(tmp_path / "n" / "last")
+    train(tiny_cfg(sim_root, tmp_path / "w", init=init, width=0.25, **one), progress=False)
+    assert checkpoint.read_meta(tmp_path / "w" / "last")["config"]["width"] == 0.25
+    wide = seen[0]
+    assert wide.encoder.c1[0][0].weight.shape[0] == 2 * narrow.encoder.c1[0][0].weight.shape[0]
+    x, c = next(iter(torch.utils.data.DataLoader(BairDataset(sim_root, "test", 6), batch_size=2)))
+    with torch.no_grad():
+        torch.testing.assert_close(wide.predict(x[:, :2], c, 4, seed=0), narrow.eval().predict(x[:, :2], c, 4, seed=0),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="widen it .*--width 0.25.* and grow it .*still_copy.* in two runs"):
+        train(tiny_cfg(sim_root, tmp_path / "g", init=init, width=0.25, still_copy=True, **one), progress=False)
 
 
 def test_init_starts_a_new_run_from_a_checkpoints_weights(sim_root, tmp_path, monkeypatch):

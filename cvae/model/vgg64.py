@@ -275,6 +275,82 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     return out
 
 
+# convolutions whose input joins several of a scale's maps: the levels (``channels`` index) of its
+# widened blocks, in order; what follows them (condition, coordinate, end-effector, latent and shaft
+# maps) keeps its size. Every other convolution reads one level's maps, found by their count.
+JOINED_INPUTS = {"decoder.upc2.0.0": (3, 3), "decoder.upc3.0.0": (2, 2), "decoder.upc4.0.0": (1, 1),
+                 "decoder.upc5.0.0": (0, 0), "posterior_map.net.0": (3, 3), "prior_map.net.0": (3, 3)}
+
+
+def _placed(n_old: int, n_new: int, levels: tuple[int, ...] | None, old: list[int], new: list[int],
+            what: str) -> torch.Tensor:
+    """Where each of a tensor dimension's ``n_old`` channels lies among its ``n_new`` once widened
+    from ``old`` to ``new`` channels per level: a LongTensor [n_old]. ``levels``: the joined
+    blocks (``JOINED_INPUTS``), or None for one block (its level found by its count) or none."""
+    if n_old == n_new:
+        return torch.arange(n_old)
+    if n_new < n_old:
+        raise ValueError(f"{what}: {n_old} channels do not widen into {n_new}")
+    if levels is None:
+        if n_old not in old or new[old.index(n_old)] != n_new:
+            raise ValueError(f"{what}: {n_old} channels do not widen into {n_new}")
+        levels = (old.index(n_old),)
+    rest = n_old - sum(old[lv] for lv in levels)
+    if rest < 0 or n_new - sum(new[lv] for lv in levels) != rest:
+        raise ValueError(f"{what}: {n_old} channels do not widen into {n_new} as blocks {levels}")
+    parts, start = [], 0
+    for lv in levels:
+        parts.append(torch.arange(start, start + old[lv]))
+        start += new[lv]
+    parts.append(torch.arange(start, start + rest))
+    return torch.cat(parts)
+
+
+def widened(theirs: dict[str, torch.Tensor], model: nn.Module, width: float) -> dict[str, torch.Tensor]:
+    """The weights ``theirs`` of a model of ``width``, placed in ``model``, the same but wider, so
+    that it computes exactly what they did: each old channel keeps its weights at its place among
+    the new ones; a new channel's weights are ``model``'s own (its fresh start), and what an old
+    channel reads from a new one is 0, so the new channels start as features nothing reads yet,
+    and training teaches the old ones to read them (their gradient is not 0, as it would be with
+    the new channels zeroed too). Batch norm's statistics are per channel, so this holds in
+    training too. Raises ValueError naming a weight that does not widen."""
+    old, new = channels(width), channels(model.cfg.width)
+    ours = model.state_dict()
+    extra = sorted(set(theirs) ^ set(ours))
+    if extra:
+        raise ValueError(f"weights one model has and the other lacks: {', '.join(extra)}")
+    out = dict(theirs)
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)):
+            continue
+        key = f"{name}.weight"
+        if theirs[key].shape == ours[key].shape:
+            continue
+        w_old = theirs[key]
+        if isinstance(module, nn.BatchNorm2d):
+            at = _placed(len(w_old), len(ours[key]), None, old, new, key)
+            for part in ("weight", "bias", "running_mean", "running_var"):
+                fresh = ours[f"{name}.{part}"].clone()
+                fresh[at] = theirs[f"{name}.{part}"]
+                out[f"{name}.{part}"] = fresh
+            continue
+        o, i = (1, 0) if isinstance(module, nn.ConvTranspose2d) else (0, 1)
+        outs = _placed(w_old.shape[o], ours[key].shape[o], None, old, new, key)
+        ins = _placed(w_old.shape[i], ours[key].shape[i], JOINED_INPUTS.get(name), old, new, key)
+        w = ours[key].clone().movedim((o, i), (0, 1))
+        w[outs] = 0.0  # an old channel reads nothing from a new one...
+        w[outs[:, None], ins[None, :]] = w_old.movedim((o, i), (0, 1))  # ...and what it read before
+        out[key] = w.movedim((0, 1), (o, i)).contiguous()
+        if module.bias is not None:
+            bias = ours[f"{name}.bias"].clone()
+            bias[outs] = theirs[f"{name}.bias"]
+            out[f"{name}.bias"] = bias
+    wrong = [k for k in ours if out[k].shape != ours[k].shape]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: not widened (only convolutions and batch norm widen)")
+    return out
+
+
 def _old_head_keys(state_dict: dict, prefix: str, *args: object) -> None:
     """Checkpoints from before heads were modules keep CDNA's kernels at ``decoder.kernels``."""
     for key in [k for k in state_dict if k.startswith(prefix + "kernels.")]:
