@@ -214,6 +214,24 @@ def carry_gate(seen: list, region: torch.Tensor) -> dict[str, float]:
             "carried_px": over(length.mean(0)), "gap": over(255 * gap.mean(0))}
 
 
+def error_where(noiseless: torch.Tensor, truths: torch.Tensor, m_std: torch.Tensor,
+                regions: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """The model's noiseless future [N, 1, F, 3, H, W]'s squared error against the truths' mean
+    (the best one prediction there is), its spread ``m_std`` [N, F, H, W] and the share of pixels,
+    each split over disjoint ``regions`` (bool [N, F, H, W], covering every pixel); and the RMS
+    error there in grey levels. A proper score pays spread where one prediction is wrong, so
+    spread that follows the model's own error, not the world's, lies where the first share is
+    large and the truths agree."""
+    err = (noiseless[:, 0] - truths.mean(1)).pow(2).mean(-3)
+    out = {}
+    for name, m in regions.items():
+        rms = float(((err * m).sum() / m.sum().clamp_min(1)).sqrt() * 255)
+        out[name] = [round(float((err * m).sum() / err.sum().clamp_min(1e-12)), 3),
+                     round(float((m_std * m).sum() / m_std.sum().clamp_min(1e-12)), 3),
+                     round(float(m.float().mean()), 3), round(rms, 1)]
+    return out
+
+
 def sheet(last: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, noiseless: torch.Tensor,
           t_std: torch.Tensor, m_std: torch.Tensor) -> np.ndarray:
     """One row uint8 [64, 384, 3]: frames [3, H, W] and std maps [H, W] (x 4, so 64 grey levels is white)."""
@@ -294,6 +312,13 @@ def main() -> None:
                  (("sample", pred), ("noiseless future", noiseless), ("truths' mean", truths.mean(1, keepdim=True)))}
         print("  where the truths branch, squared edges over a true future's: "
               + ", ".join(f"{name} {v:.2f}" for name, v in edges.items()))
+        now, past, later = (agree_mask[name] for name in ("now", "past", "future"))
+        errors = error_where(noiseless, truths, m_std, {"branching": differ, "arm now": now, "arm past": past,
+                                                        "arm later": later, "elsewhere": ~(differ | now | past | later)})
+        print("  the noiseless future's squared error against the truths' mean / the spread / the pixels, shares, and "
+              "that error's RMS, where the truths branch, and where they agree and the arm is now / has been / comes "
+              "later / elsewhere: " + ", ".join(f"{name} {e:.2f} / {sp:.2f} / {px:.3f}, {rms:.1f} grey levels"
+                                                for name, (e, sp, px, rms) in errors.items()))
         sources, branch_sources, reach, gate = {}, {}, {}, {}
         if model.cfg.output == "flow":
             off_arm = differ & ~swept[:, None]
@@ -326,7 +351,7 @@ def main() -> None:
                where_branching=round(on_branch, 3), where_arm_sweeps=round(on_arm, 3),
                agreement=round(agree, 3), agreement_without_arm=round(agree_off, 3), sources_on_arm=sources,
                sources_branching=branch_sources, flow_reach=reach, prior_sigma=sigma, carry_gate=gate,
-               edges_where_branching=edges, arm_phases=phase, agreement_by_branching=by_branching)
+               edges_where_branching=edges, arm_phases=phase, error_where=errors, agreement_by_branching=by_branching)
         if args.sheet:
             from PIL import Image
 

@@ -434,3 +434,45 @@ def test_agreement_by_branching_groups_the_sequences_by_how_much_their_world_bra
     assert [g["sequences"] for g in groups] == [2, 2]
     assert groups[0]["branching_share"] == pytest.approx(1.5 / 16, abs=1e-4) and groups[0]["agreement"] == pytest.approx(-1.0)
     assert groups[1]["branching_share"] == pytest.approx(6 / 16, abs=1e-4) and groups[1]["agreement"] == pytest.approx(1.0)
+
+
+def test_error_where_splits_the_noiseless_futures_error_and_the_spread_by_region():
+    """``spread_where.error_where``: the noiseless future's squared error against the truths'
+    mean (not against any one truth), the spread and the pixels, each as shares over the regions,
+    and the RMS error in grey levels where each region lies."""
+    import torch
+
+    bench = _bench("spread_where")
+    truths = torch.zeros(1, 2, 1, 3, 2, 2)
+    truths[0, 0, 0, :, 0, 0], truths[0, 1, 0, :, 0, 0] = 0.2, 0.6  # they branch at (0, 0): mean 0.4 there
+    noiseless = truths.mean(1, keepdim=True).clone()
+    noiseless[0, 0, 0, :, 1, 1] = 0.1  # wrong by 0.1 where they agree; exact where they branch
+    m_std = torch.tensor([[[[0.3, 0.0], [0.0, 0.1]]]])
+    left = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    left[..., 0] = True
+    out = bench.error_where(noiseless, truths, m_std, {"left": left, "right": ~left})
+    assert out["left"] == [0.0, 0.75, 0.5, 0.0]
+    assert out["right"][:3] == [1.0, 0.25, 0.5] and out["right"][3] == pytest.approx(0.1 / 2 ** 0.5 * 255, abs=0.05)
+
+
+def test_score_gap_places_each_candidate_between_a_perfect_sampler_and_copy_last():
+    """``score_gap``: pixel differences keep the frame's size, an edge where a pixel steps; each
+    candidate's energy score is placed between the oracle's (0) and copy-last's (1): futures
+    drawn as the oracle's score 0, and the truths' mean, no spread, lies between."""
+    import torch
+
+    bench = _bench("score_gap")
+    frame = torch.zeros(1, 4, 4)
+    frame[0, 1, 2] = 1.0
+    d = bench.differences(frame)
+    assert d.shape == (2, 4, 4) and d[0, 1, 1] == 1 and d[0, 1, 2] == -1 and d[1, 0, 2] == 1 and d[1, 1, 2] == -1
+    assert d[0, :, 3].abs().sum() == 0 and d[1, 3].abs().sum() == 0  # the padded last column and row
+    g = torch.Generator().manual_seed(0)
+    truths = (torch.rand(3, 4, 2, 3, 4, 4, generator=g) > 0.5).float()
+    oracle = truths.flip(1)
+    last = torch.full((3, 4, 2, 3, 4, 4), 0.5)
+    out = bench.gaps({"oracle": oracle, "model": oracle.clone(), "truths' mean": truths.mean(1, keepdim=True).expand_as(oracle),
+                      "copy-last": last}, truths, patch=2, branch_weight=0.0)
+    for domain in ("pixels", "differences"):
+        assert out[domain]["oracle"][1] == 0 and out[domain]["model"][1] == 0 and out[domain]["copy-last"][1] == 1
+        assert 0 < out[domain]["truths' mean"][1] < 1
