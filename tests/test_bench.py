@@ -476,3 +476,31 @@ def test_score_gap_places_each_candidate_between_a_perfect_sampler_and_copy_last
     for domain in ("pixels", "differences"):
         assert out[domain]["oracle"][1] == 0 and out[domain]["model"][1] == 0 and out[domain]["copy-last"][1] == 1
         assert 0 < out[domain]["truths' mean"][1] < 1
+
+
+def test_widen_writes_a_wider_checkpoint_that_predicts_as_before_and_refuses_a_narrower_one(
+        tmp_path, sim_root, responsive_runs):
+    """``widen`` end to end: the written checkpoint has the new width, loads, and its futures
+    match the source's (as twins or fresh); a width that is not wider is refused by name, with no
+    traceback and nothing written."""
+    import os
+
+    from cvae import checkpoint
+
+    ckpt = str(responsive_runs / "responsive" / "best")
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "widen.py", "--ckpt", ckpt, "--data", str(sim_root), *extra],
+                              capture_output=True, text=True, cwd=ROOT / "bench",
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    width = checkpoint.read_meta(ckpt)["config"]["width"]
+    out = run("--width", str(2 * width), "--copies", "--out", str(tmp_path / "wide"))
+    assert out.returncode == 0, out.stderr
+    gap = float(out.stdout.rsplit("at most ", 1)[1])
+    assert gap < 1e-4 and "copies" in out.stdout
+    model, meta = checkpoint.load_model(tmp_path / "wide")
+    assert meta["config"]["width"] == 2 * width and model.cfg.width == 2 * width
+    out = run("--width", str(width), "--out", str(tmp_path / "same"))
+    assert out.returncode != 0 and f"--width {width} is not wider" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "same").exists()

@@ -722,26 +722,33 @@ def test_a_model_grows_a_spatial_latent_without_changing_its_predictions():
         tiny(z_map=-1)
 
 
+@pytest.mark.parametrize("copies", [False, True])
 @pytest.mark.parametrize("fields", [dict(), dict(output="flow", cond_maps=True, ee_maps=True, ee_copy=True,
                                                 ee_sprite=True, z_map=2, map_prior=True, prior="learned")])
-def test_a_model_widens_without_changing_its_predictions_and_learns_in_its_new_channels(fields):
+def test_a_model_widens_without_changing_its_predictions_and_learns_in_its_new_channels(fields, copies):
     """``widened``: a model of width 0.125 placed in one of width 0.25 predicts what it did, in
-    evaluation and in training (batch norm's statistics are per channel), and its old channels'
-    zeroed reads of the new ones get a gradient, so training can use them."""
+    evaluation and in training (batch norm's statistics are per channel). Fresh, its old
+    channels' zeroed reads of the new ones get a gradient, so training can use them; as copies,
+    each new channel is an old one's twin and the reads of the two add up to the old read."""
     from cvae.model.vgg64 import widened
 
     old = calibrated(tiny(**fields))
     torch.manual_seed(1)
     big = SVG(**{**TINY, **fields, "width": 0.25})
-    big.load_state_dict(widened(old.state_dict(), big, 0.125))
+    big.load_state_dict(widened(old.state_dict(), big, 0.125, copies=copies))
     x, cond = batch(t=6)
     for mode in ("eval", "train"):
         getattr(old, mode)(), getattr(big, mode)()
         with torch.no_grad():
             torch.testing.assert_close(big.predict(x[:, :2], cond, n_future=4, seed=3),
                                        old.predict(x[:, :2], cond, n_future=4, seed=3), atol=1e-5, rtol=0)
-    up = big.decoder.upc2[0][0].weight
-    assert up.shape[1] > old.decoder.upc2[0][0].weight.shape[1] and up[:64, 64:128].abs().max() == 0  # reads no new skip yet
+    up = big.decoder.upc2[0][0].weight  # reads [the upsampled maps 128, the skip 128, the rest]
+    first = big.encoder.c1[0][0].weight
+    if copies:
+        assert torch.equal(first[8:], first[:8]) and not torch.equal(up[:, 64:128], up[:, :64])
+        torch.testing.assert_close(up[:64, :64] + up[:64, 64:128], old.decoder.upc2[0][0].weight[:, :64])
+        return
+    assert not torch.equal(first[8:], first[:8]) and up[:64, 64:128].abs().max() == 0  # reads no new map yet
     out = big(x, cond, teacher_forcing=True)
     (out.mse.sum() + out.kld.sum()).backward()
     assert up.grad[:64, 64:128].abs().max() > 0 and big.encoder.c5[0].weight.grad[:, 64:].abs().max() > 0

@@ -283,12 +283,14 @@ JOINED_INPUTS = {"decoder.upc2.0.0": (3, 3), "decoder.upc3.0.0": (2, 2), "decode
 
 
 def _placed(n_old: int, n_new: int, levels: tuple[int, ...] | None, old: list[int], new: list[int],
-            what: str) -> torch.Tensor:
+            what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where each of a tensor dimension's ``n_old`` channels lies among its ``n_new`` once widened
-    from ``old`` to ``new`` channels per level: a LongTensor [n_old]. ``levels``: the joined
-    blocks (``JOINED_INPUTS``), or None for one block (its level found by its count) or none."""
+    from ``old`` to ``new`` channels per level: a LongTensor [n_old]; and each new channel's place
+    with the place of the old channel of its block it would copy (the k-th new one the k-th old
+    one, round again if the block more than doubles). ``levels``: the joined blocks
+    (``JOINED_INPUTS``), or None for one block (its level found by its count) or none."""
     if n_old == n_new:
-        return torch.arange(n_old)
+        return torch.arange(n_old), torch.arange(0), torch.arange(0)
     if n_new < n_old:
         raise ValueError(f"{what}: {n_old} channels do not widen into {n_new}")
     if levels is None:
@@ -298,28 +300,38 @@ def _placed(n_old: int, n_new: int, levels: tuple[int, ...] | None, old: list[in
     rest = n_old - sum(old[lv] for lv in levels)
     if rest < 0 or n_new - sum(new[lv] for lv in levels) != rest:
         raise ValueError(f"{what}: {n_old} channels do not widen into {n_new} as blocks {levels}")
-    parts, start = [], 0
+    parts, fresh, source, start = [], [], [], 0
     for lv in levels:
         parts.append(torch.arange(start, start + old[lv]))
+        fresh.append(torch.arange(start + old[lv], start + new[lv]))
+        source.append(start + torch.arange(new[lv] - old[lv]) % old[lv])
         start += new[lv]
     parts.append(torch.arange(start, start + rest))
-    return torch.cat(parts)
+    return torch.cat(parts), torch.cat(fresh), torch.cat(source)
 
 
-def widened(theirs: dict[str, torch.Tensor], model: nn.Module, width: float) -> dict[str, torch.Tensor]:
+def widened(theirs: dict[str, torch.Tensor], model: nn.Module, width: float,
+            copies: bool = False) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model of ``width``, placed in ``model``, the same but wider, so
     that it computes exactly what they did: each old channel keeps its weights at its place among
     the new ones; a new channel's weights are ``model``'s own (its fresh start), and what an old
     channel reads from a new one is 0, so the new channels start as features nothing reads yet,
     and training teaches the old ones to read them (their gradient is not 0, as it would be with
     the new channels zeroed too). Batch norm's statistics are per channel, so this holds in
-    training too. Raises ValueError naming a weight that does not widen."""
+    training too. Raises ValueError naming a weight that does not widen.
+
+    ``copies`` (Net2WiderNet, Chen et al. 2016): each new channel starts as a copy of an old one of
+    its scale (the same reads, batch norm and all), and what read that old channel reads half of
+    it from each, plus and minus a tenth of the halves' spread drawn at random so that the two
+    can part (their sum, and so the function, is kept exactly). No fresh features: the new
+    channels start as what the old ones know."""
     old, new = channels(width), channels(model.cfg.width)
     ours = model.state_dict()
     extra = sorted(set(theirs) ^ set(ours))
     if extra:
         raise ValueError(f"weights one model has and the other lacks: {', '.join(extra)}")
     out = dict(theirs)
+    generator = torch.Generator().manual_seed(0)
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)):
             continue
@@ -328,22 +340,35 @@ def widened(theirs: dict[str, torch.Tensor], model: nn.Module, width: float) -> 
             continue
         w_old = theirs[key]
         if isinstance(module, nn.BatchNorm2d):
-            at = _placed(len(w_old), len(ours[key]), None, old, new, key)
+            at, fresh, source = _placed(len(w_old), len(ours[key]), None, old, new, key)
             for part in ("weight", "bias", "running_mean", "running_var"):
-                fresh = ours[f"{name}.{part}"].clone()
-                fresh[at] = theirs[f"{name}.{part}"]
-                out[f"{name}.{part}"] = fresh
+                v = ours[f"{name}.{part}"].clone()
+                v[at] = theirs[f"{name}.{part}"]
+                if copies:
+                    v[fresh] = v[source]
+                out[f"{name}.{part}"] = v
             continue
         o, i = (1, 0) if isinstance(module, nn.ConvTranspose2d) else (0, 1)
-        outs = _placed(w_old.shape[o], ours[key].shape[o], None, old, new, key)
-        ins = _placed(w_old.shape[i], ours[key].shape[i], JOINED_INPUTS.get(name), old, new, key)
+        outs, out_fresh, out_source = _placed(w_old.shape[o], ours[key].shape[o], None, old, new, key)
+        ins, in_fresh, in_source = _placed(w_old.shape[i], ours[key].shape[i], JOINED_INPUTS.get(name), old, new,
+                                           key)
         w = ours[key].clone().movedim((o, i), (0, 1))
         w[outs] = 0.0  # an old channel reads nothing from a new one...
         w[outs[:, None], ins[None, :]] = w_old.movedim((o, i), (0, 1))  # ...and what it read before
+        if copies:
+            for k in range(len(ins)):  # each old input's read shared with its copies, in equal parts +- noise
+                mine = torch.cat([ins[k:k + 1], in_fresh[in_source == ins[k]]])
+                if len(mine) > 1:
+                    part = w[:, ins[k]] / len(mine)
+                    noise = torch.randn((len(mine), *part.shape), generator=generator) * part.std() / 10
+                    w[:, mine] = (part + noise - noise.mean(0)).movedim(0, 1)
+            w[out_fresh] = w[out_source]
         out[key] = w.movedim((0, 1), (o, i)).contiguous()
         if module.bias is not None:
             bias = ours[f"{name}.bias"].clone()
             bias[outs] = theirs[f"{name}.bias"]
+            if copies:
+                bias[out_fresh] = bias[out_source]
             out[f"{name}.bias"] = bias
     wrong = [k for k in ours if out[k].shape != ours[k].shape]
     if wrong:
