@@ -321,10 +321,10 @@ def widened(theirs: dict[str, torch.Tensor], model: nn.Module, width: float,
     training too. Raises ValueError naming a weight that does not widen.
 
     ``copies`` (Net2WiderNet, Chen et al. 2016): each new channel starts as a copy of an old one of
-    its scale (the same reads, batch norm and all), and what read that old channel reads half of
-    it from each, plus and minus a tenth of the halves' spread drawn at random so that the two
-    can part (their sum, and so the function, is kept exactly). No fresh features: the new
-    channels start as what the old ones know."""
+    its scale (the same reads, batch norm and all), and what read that old channel reads it from
+    the old one and its copies in equal parts, each plus a random tenth of the parts' spread,
+    centred so that the parts still add up to the old read (the function is kept) while the
+    twins can part. No fresh features: the new channels start as what the old ones know."""
     old, new = channels(width), channels(model.cfg.width)
     ours = model.state_dict()
     extra = sorted(set(theirs) ^ set(ours))
