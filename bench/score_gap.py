@@ -15,19 +15,17 @@ a misplaced one. Simulated data with hidden causes only.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from common import checkpoints_parser, mean_future, record, test_sequences, true_futures_of_each, uncertain_test_set
 
 from cvae import checkpoint
-from cvae.metrics import energy_score
+from cvae.metrics import energy_score, pixel_differences
 
 
 def differences(frames: torch.Tensor) -> torch.Tensor:
-    """Frames [..., C, H, W] -> their horizontal and vertical pixel differences [..., 2C, H, W]
-    (the last column's and row's 0), the same size so that patches tile them as they tile frames."""
-    dx = F.pad(frames[..., :, 1:] - frames[..., :, :-1], (0, 1))
-    dy = F.pad(frames[..., 1:, :] - frames[..., :-1, :], (0, 0, 0, 1))
-    return torch.cat([dx, dy], -3)
+    """Frames [..., C, H, W] -> their horizontal and vertical pixel differences
+    (``metrics.pixel_differences``) as channels [..., 2C, H, W], the same size so that patches
+    tile them as they tile frames."""
+    return torch.cat(pixel_differences(frames), -3)
 
 
 def gaps(candidates: dict[str, torch.Tensor], truths: torch.Tensor, patch: int,

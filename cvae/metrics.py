@@ -84,14 +84,19 @@ def sharpness(x: torch.Tensor) -> torch.Tensor:
     return (dx + dy) / 2
 
 
+def pixel_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames [..., C, H, W] -> each pixel's signed difference to its right and to its lower
+    neighbour, two tensors of the frames' own size (0 past the border, so patches still tile them)."""
+    x = x.float()
+    return F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1)), F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+
+
 def gradient_map(x: torch.Tensor) -> torch.Tensor:
     """Per-pixel form of ``sharpness``: [..., C, H, W] -> [..., H, W], each pixel's absolute
-    difference to its right and lower neighbours (0 past the border), averaged over the two and the
-    channels. Summed over a region, it says how much of a frame's edges lie there."""
-    x = x.float()
-    dx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1))
-    dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
-    return ((dx + dy) / 2).mean(-3)
+    difference to its right and lower neighbours (:func:`pixel_differences`), averaged over the two
+    and the channels. Summed over a region, it says how much of a frame's edges lie there."""
+    dx, dy = pixel_differences(x)
+    return ((dx.abs() + dy.abs()) / 2).mean(-3)
 
 
 def edge_energy(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
