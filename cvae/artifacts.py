@@ -92,7 +92,7 @@ def read_log(path: str | Path) -> list[dict]:
 
 
 CURVES = [("kld", "KL loss"), ("mse", "MSE"), ("val_psnr", "validation PSNR (dB)"),
-          ("tfr", "teacher-forcing ratio"), ("beta", "KL weight beta")]
+          ("tfr", "teacher-forcing ratio"), ("beta", "KL weight beta"), ("lr", "learning rate")]
 
 
 def curves_figure(logs: dict[str, list[dict]]):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .data.bair import IMAGE_SIZE
 from .errors import ConfigError
 from .model.svg import ModelConfig
+from .schedules import LR_SCHEDULES
 
 # the fields that act on re-simulated true futures, so need some (``energy_truths``), and what each does with them
 NEED_TRUTHS = (("branch_weight", "it rebuilds the re-simulated futures"),
@@ -37,6 +38,9 @@ class Config(ModelConfig):
     batch_size: int = 12  # global: split over processes under torchrun
     epochs: int = 300
     iters_per_epoch: int = 600
+    lr_schedule: str = "constant"  # constant | cosine: down to lr_floor x lr at the last step (schedules.lr_factor)
+    lr_warmup: int = 0  # steps over which the learning rate rises linearly to lr first
+    lr_floor: float = 0.1  # cosine's last learning rate, as a share of lr
     # KL annealing (Fu et al. 2019); beta = kl_weight * schedule
     kl_anneal: str = "monotonic"  # none | monotonic | cyclical
     kl_cycles: int = 3
@@ -117,7 +121,8 @@ class Config(ModelConfig):
 
     def validate(self) -> Config:
         super().validate()  # the model's own fields: prior, output head, pixel loss, motion weight
-        choices = {"kl_anneal": ("none", "monotonic", "cyclical"), "kl_granularity": ("step", "epoch")}
+        choices = {"kl_anneal": ("none", "monotonic", "cyclical"), "kl_granularity": ("step", "epoch"),
+                   "lr_schedule": LR_SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -131,6 +136,12 @@ class Config(ModelConfig):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be above 0 and at most 1 (Adam diverges at once above that), "
                                   f"not {getattr(self, name)}")
+        if not 0 <= self.lr_floor <= 1:
+            raise ConfigError(f"lr_floor must be from 0 to 1 (a share of lr), not {self.lr_floor}")
+        if self.lr_floor != 0.1 and self.lr_schedule != "cosine":
+            raise ConfigError(f"lr_floor needs lr_schedule cosine: a {self.lr_schedule} rate has no floor to reach")
+        if self.lr_warmup < 0:
+            raise ConfigError(f"lr_warmup must be a whole number of steps >= 0, not {self.lr_warmup}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must be from 0 to below 1, not {self.beta1}")
         for name in ("kl_weight", "tfr", "tfr_decay_step", "tfr_lower_bound", "best_of_weight", "recon_weight",

@@ -1,9 +1,11 @@
-"""KL annealing and teacher forcing: the two schedules that shape training."""
+"""KL annealing, teacher forcing and the learning rate: the schedules that shape training."""
 from __future__ import annotations
 
 import math
 
 import torch
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def kl_beta(kind: str, t: int, total: int, cycles: int = 3, ratio: float = 0.5, weight: float = 1.0) -> float:
@@ -20,6 +22,21 @@ def kl_beta(kind: str, t: int, total: int, cycles: int = 3, ratio: float = 0.5, 
     period = total / m
     tau = (t % math.ceil(period)) / period
     return weight * min(1.0, tau / ratio)
+
+
+def lr_factor(kind: str, step: int, total: int, warmup: int = 0, floor: float = 0.1) -> float:
+    """The learning rate's multiple at global ``step`` (from 0) of ``total``, as nanoGPT has it: a
+    linear rise over the first ``warmup`` steps (a fresh Adam's first updates are its largest, and a
+    fine-tuned model's first steps undo the most), then 1 (``constant``), or a half cosine from 1
+    down to ``floor`` at the last step (``cosine``), so a long run settles rather than wanders."""
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {kind!r}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    done = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 def teacher_forcing_ratio(epoch: int, tfr: float, start_decay_epoch: int, decay_step: float,

@@ -43,7 +43,7 @@ from .model.svg import INIT_MAY_CHANGE, FutureTerms, ModelConfig
 from .model.vgg64 import grown, widened
 from .physics_eval import TrainingFlows, TrainingFutures, WithFlows
 from .run import RunFolder
-from .schedules import kl_beta, teacher_forcing_ratio, use_teacher_forcing
+from .schedules import kl_beta, lr_factor, teacher_forcing_ratio, use_teacher_forcing
 
 RESUME_MAY_CHANGE = {"epochs", "ee_calibrate", "num_workers", "compile", "logs_per_epoch", "val_seqs", "out"}
 
@@ -209,6 +209,11 @@ def beta_at(cfg: Config, step: int) -> float:
     return kl_beta(cfg.kl_anneal, t, total, cfg.kl_cycles, cfg.kl_ratio, cfg.kl_weight)
 
 
+def lr_scale(cfg: Config, step: int) -> float:
+    """The learning rates' multiple at global ``step`` per ``cfg``'s schedule (``lr`` and a critic's ``critic_lr`` alike)."""
+    return lr_factor(cfg.lr_schedule, step, cfg.epochs * cfg.iters_per_epoch, cfg.lr_warmup, cfg.lr_floor)
+
+
 def tfr_at(cfg: Config, epoch: int) -> float:
     """The teacher-forcing ratio of ``epoch`` per ``cfg``."""
     return teacher_forcing_ratio(epoch, cfg.tfr, cfg.tfr_start_decay_epoch, cfg.tfr_decay_step, cfg.tfr_lower_bound)
@@ -227,9 +232,12 @@ def describe_schedules(cfg: Config) -> str:
 
     betas = [beta_at(cfg, e * cfg.iters_per_epoch) for e in range(cfg.epochs)]
     tfrs = [tfr_at(cfg, e) for e in range(cfg.epochs)]
+    lrs = [cfg.lr * lr_scale(cfg, e * cfg.iters_per_epoch) for e in range(cfg.epochs)]
+    warmup = f", rising over its first {cfg.lr_warmup} steps" if cfg.lr_warmup else ""
     return (f"{cfg.epochs} epochs x {cfg.iters_per_epoch} steps; by epoch (they stretch with --epochs; "
             f"--stop-at-step stops early without changing them):\n  KL weight ({cfg.kl_anneal}): {runs(betas)}"
-            f"\n  teacher forcing: {runs(tfrs)}")
+            f"\n  teacher forcing: {runs(tfrs)}"
+            f"\n  learning rate ({cfg.lr_schedule}{warmup}; at each epoch's start): {runs(lrs)}")
 
 
 KL_JUMP, KL_JUMP_NATS = 10.0, 20.0  # a window's KL this many times the window's before, and this much larger, blew up
@@ -543,6 +551,8 @@ def train_epochs(cfg: Config, rt: Runtime, run: RunFolder, loop: Loop, train_ds:
                 step = loop.epoch * cfg.iters_per_epoch + loop.step_in_epoch
                 beta = beta_at(cfg, step)
                 use_tf = use_teacher_forcing(tfr, cfg.seed, step)
+                for group, base in zip(loop.opt.param_groups, (cfg.lr, cfg.critic_lr)):
+                    group["lr"] = base * lr_scale(cfg, step)
                 futures = truths.batch(step, rt.device) if truths is not None else None
                 sums += train_step(loop.net, loop.opt, x, c, beta, use_tf, amp=amp, free_bits=cfg.kl_free_bits,
                                    best_of=cfg.best_of, best_of_weight=cfg.best_of_weight, recon_weight=cfg.recon_weight,

@@ -23,7 +23,7 @@ from cvae.model import SVG
 from cvae.model.gaussian import reparameterize
 from cvae.model.reference import reference_losses
 from cvae.model.svg import FutureTerms
-from cvae.schedules import kl_beta, teacher_forcing_ratio
+from cvae.schedules import kl_beta, lr_factor, teacher_forcing_ratio
 
 TINY = dict(g_dim=16, z_dim=4, rnn_size=16, width=0.125)
 
@@ -1893,6 +1893,21 @@ def test_monotonic_reaches_one_and_cyclical_repeats():
     assert kl_beta("monotonic", 299, 300, ratio=1.0) == pytest.approx(299 / 300)
     with pytest.raises(ValueError):
         kl_beta("sigmoid", 0, 10)
+
+
+def test_learning_rate_schedule_known_points():
+    assert [lr_factor("constant", t, 100) for t in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    # warm-up: the first step already moves, the warm-up's last reaches the full rate
+    assert [lr_factor("constant", t, 100, warmup=4) for t in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cos = [lr_factor("cosine", t, 101, warmup=0, floor=0.1) for t in range(101)]
+    assert cos[0] == 1.0 and cos[50] == pytest.approx(0.55) and cos[100] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(cos, cos[1:]))
+    # with a warm-up the cosine starts where it ends
+    assert lr_factor("cosine", 10, 110, warmup=10, floor=0.0) == 1.0
+    assert lr_factor("cosine", 109, 110, warmup=10, floor=0.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("cosine", 500, 110, floor=0.2) == pytest.approx(0.2)  # past the end (--epochs cut on resume)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
+        lr_factor("step", 0, 10)
 
 
 def test_teacher_forcing_schedule():

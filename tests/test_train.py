@@ -59,6 +59,35 @@ def test_resume_after_interrupt_continues_exactly(sim_root, tmp_path, monkeypatc
     assert sorted(r["step"] for r in log) == [r["step"] for r in log]  # no duplicated records
 
 
+def test_the_learning_rate_follows_its_schedule_and_resumes_exactly(sim_root, tmp_path, monkeypatch):
+    from cvae.schedules import lr_factor
+
+    kw = dict(lr_schedule="cosine", lr_warmup=2, lr_floor=0.0, epochs=3, logs_per_epoch=3)
+    straight = weights(train(tiny_cfg(sim_root, tmp_path / "a", **kw), progress=False))
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if r["kind"] == "step"]
+    assert lrs == pytest.approx([0.002 * lr_factor("cosine", t, 9, 2, 0.0) for t in range(9)])
+    assert lrs[0] == pytest.approx(0.001) and lrs[2] == pytest.approx(0.002) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    # stopped mid-run and resumed, the rate picks up where it was: the weights match the straight run's
+    train(tiny_cfg(sim_root, tmp_path / "b", **kw), progress=False, stop_at_step=5)
+    resumed = weights(train(tiny_cfg(sim_root, tmp_path / "b", **kw), resume=True, progress=False))
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    # the app's training curves draw it, one point per epoch (the rate of the epoch's last step)
+    from cvae.artifacts import CURVES, curves_figure, read_log
+
+    fig = curves_figure({"a": read_log(tmp_path / "a" / "log.jsonl")})
+    row = [key for key, _ in CURVES].index("lr") + 1
+    (drawn,) = [trace for trace in fig.data if trace.yaxis == f"y{row}"]
+    assert list(drawn.y) == pytest.approx([lrs[2], lrs[5], lrs[8]])
+    with pytest.raises(ConfigError, match="lr_floor needs lr_schedule cosine"):
+        tiny_cfg(sim_root, tmp_path / "c", lr_floor=0.5)
+    with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine, not 'linear'"):
+        tiny_cfg(sim_root, tmp_path / "c", lr_schedule="linear")
+    with pytest.raises(ConfigError, match="lr_warmup must be a whole number of steps >= 0, not -1"):
+        tiny_cfg(sim_root, tmp_path / "c", lr_warmup=-1)
+
+
 def test_missing_data_root_is_reported_not_generated(tmp_path):
     from cvae.data.bair import DataError
 
