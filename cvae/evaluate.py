@@ -121,6 +121,9 @@ class EvalResult:
                              "of the pixels: an even spread would score that)")
             lines.append(f"  coverage (closest sample per true future): {d['coverage_psnr']:.2f} dB, "
                          f"one sample {d['one_sample_psnr']:.2f} dB")
+            if "ghost_pixels" in d:
+                lines.append(f"  ghosts (pixels per frame no true future comes within 64 grey levels of): "
+                             f"{d['ghost_pixels']:.1f}, copy last {d['copy_last_ghost_pixels']:.1f}")
         return "\n".join(lines)
 
 

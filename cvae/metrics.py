@@ -114,6 +114,19 @@ def moving_mask(target: torch.Tensor, last: torch.Tensor, threshold: float = MOV
     return ((target.float() - last.float()).abs() > threshold).any(-3)
 
 
+GHOST_MARGIN = 0.25  # on [0, 1]: 64 grey levels beyond every true future's value
+
+
+def ghosts(frames: torch.Tensor, truths: torch.Tensor, margin: float = GHOST_MARGIN) -> torch.Tensor:
+    """Pixels of ``frames`` [..., C, H, W] that no true future [K, ..., C, H, W] comes near: in some
+    channel more than ``margin`` darker than the darkest truth there or lighter than the lightest.
+    A blend of the futures (haze) stays inside their range; a ghost, such as the arm's dark trace
+    where every future shows the table, does not. -> bool [..., H, W]."""
+    low, high = truths.float().amin(0), truths.float().amax(0)
+    beyond = (low - frames.float()).clamp_min(0) + (frames.float() - high).clamp_min(0)
+    return (beyond > margin).any(-3)
+
+
 def z_change(a: torch.Tensor, b: torch.Tensor, world: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """How visibly another z changes the futures where the world is uncertain: the mean absolute
     difference between two seeds' futures ``a`` and ``b`` [S, F, C, H, W] (averaged over the

@@ -26,7 +26,7 @@ from .data.counterfactual import (
 from .data.dataset import BairDataset
 from .errors import DataError
 from .evaluate import batches, progress_bar
-from .metrics import branching, correlation, moving_mask, pixel_std, psnr, ssim
+from .metrics import branching, correlation, ghosts, moving_mask, pixel_std, psnr, ssim
 from .model import SVG
 from .parallel import pool
 
@@ -147,7 +147,9 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
       ``certain``, the share of future pixels where the truths agree, is what a spread laid
       evenly over the frame would score;
     - ``coverage``: for each truth the PSNR of the closest sample, averaged over the truths;
-    - ``one_sample``: the PSNR of sample 0, averaged over the same truths.
+    - ``one_sample``: the PSNR of sample 0, averaged over the same truths;
+    - ``ghosts``, ``copy_ghosts``: pixels per frame of a sample, and of the last context frame
+      held, that no true future comes within 64 grey levels of (``metrics.ghosts``).
     """
     region = moving_mask(truths, last[:, None, None]).any(1)  # [B, F, H, W]
     t_std, m_std = pixel_std(truths, 1), pixel_std(samples, 1)  # [B, F, H, W]
@@ -161,7 +163,9 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
             "branch_truth_spread": _mean_where(t_std, differ), "branch_model_spread": _mean_where(m_std, differ),
             "agreement": std_agreement(t_std, m_std),
             "misplaced": misplaced, "certain": certain.mean((1, 2, 3)),
-            "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1)}
+            "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1),
+            "ghosts": ghosts(samples.transpose(0, 1), truths.transpose(0, 1)).float().sum((-2, -1)).mean((0, 2)),
+            "copy_ghosts": ghosts(last[:, None], truths.transpose(0, 1)).float().sum((-2, -1)).mean(-1)}
 
 
 @torch.no_grad()
@@ -206,7 +210,8 @@ def summarize(per_seq: dict[str, list[torch.Tensor]]) -> dict:
             "agreement": s["agreement"].nanmean().item(),
             "agreement_sequences": int((~s["agreement"].isnan()).sum()),
             "misplaced_share": s["misplaced"].nanmean().item(), "certain_share": s["certain"].mean().item(),
-            "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item()}
+            "coverage_psnr": s["coverage"].mean().item(), "one_sample_psnr": s["one_sample"].mean().item(),
+            "ghost_pixels": s["ghosts"].mean().item(), "copy_last_ghost_pixels": s["copy_ghosts"].mean().item()}
 
 
 class TrainingFutures:
