@@ -138,7 +138,7 @@ class Config(ModelConfig):
                                   f"not {getattr(self, name)}")
         if not 0 <= self.lr_floor <= 1:
             raise ConfigError(f"lr_floor must be from 0 to 1 (a share of lr), not {self.lr_floor}")
-        if self.lr_floor != 0.1 and self.lr_schedule != "cosine":
+        if self.lr_floor != Config.lr_floor and self.lr_schedule != "cosine":  # a floor other than the default
             raise ConfigError(f"lr_floor needs lr_schedule cosine: a {self.lr_schedule} rate has no floor to reach")
         if self.lr_warmup < 0:
             raise ConfigError(f"lr_warmup must be a whole number of steps >= 0, not {self.lr_warmup}")
