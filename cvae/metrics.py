@@ -117,12 +117,13 @@ def moving_mask(target: torch.Tensor, last: torch.Tensor, threshold: float = MOV
 GHOST_MARGIN = 0.25  # on [0, 1]: 64 grey levels beyond every true future's value
 
 
-def ghosts(frames: torch.Tensor, truths: torch.Tensor, margin: float = GHOST_MARGIN) -> torch.Tensor:
-    """Pixels of ``frames`` [..., C, H, W] that no true future [K, ..., C, H, W] comes near: in some
-    channel more than ``margin`` darker than the darkest truth there or lighter than the lightest.
-    A blend of the futures (haze) stays inside their range; a ghost, such as the arm's dark trace
-    where every future shows the table, does not. -> bool [..., H, W]."""
-    low, high = truths.float().amin(0), truths.float().amax(0)
+def ghosts(frames: torch.Tensor, truths: torch.Tensor, dim: int = 0, margin: float = GHOST_MARGIN) -> torch.Tensor:
+    """Pixels of ``frames`` [..., C, H, W] that no true future (``truths``' ``dim``, as
+    :func:`pixel_std` takes it; the frames broadcast against the truths with it kept as 1) comes
+    near: in some channel more than ``margin`` darker than the darkest truth there or lighter than
+    the lightest. A blend of the futures (haze) stays inside their range; a ghost, such as the
+    arm's dark trace where every future shows the table, does not. -> bool [..., H, W]."""
+    low, high = truths.float().amin(dim, keepdim=True), truths.float().amax(dim, keepdim=True)
     beyond = (low - frames.float()).clamp_min(0) + (frames.float() - high).clamp_min(0)
     return (beyond > margin).any(-3)
 

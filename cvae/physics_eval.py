@@ -164,8 +164,8 @@ def spread_scores(samples: torch.Tensor, truths: torch.Tensor, last: torch.Tenso
             "agreement": std_agreement(t_std, m_std),
             "misplaced": misplaced, "certain": certain.mean((1, 2, 3)),
             "coverage": pair.max(1).values.mean(-1), "one_sample": pair[:, 0].mean(-1),
-            "ghosts": ghosts(samples.transpose(0, 1), truths.transpose(0, 1)).float().sum((-2, -1)).mean((0, 2)),
-            "copy_ghosts": ghosts(last[:, None], truths.transpose(0, 1)).float().sum((-2, -1)).mean(-1)}
+            "ghosts": ghosts(samples, truths, 1).float().sum((-2, -1)).mean((1, 2)),
+            "copy_ghosts": ghosts(last[:, None, None], truths, 1).float().sum((-2, -1)).mean((1, 2))}
 
 
 @torch.no_grad()

@@ -279,10 +279,10 @@ def test_ghosts_are_pixels_beyond_every_truth_and_haze_is_not():
     truths = _futures([0.2, 0.6])  # pixel (0, 0) is 0.2 or 0.6; everything else agrees
     # 0.4 (a blend), 0.84 and -0.04 (0.24 beyond the range) are near a truth; 0.9 and -0.1 (0.3 beyond) are not
     for value, ghost in ((0.4, False), (0.84, False), (-0.04, False), (0.9, True), (-0.1, True)):
-        assert ghosts(_futures([value])[0], truths[0].unsqueeze(1))[0, 0, 0, 0].item() is ghost, value
+        assert ghosts(_futures([value])[0], truths[0])[0, 0, 0, 0].item() is ghost, value
     one_channel = _futures([0.4])
     one_channel[0, 0, 0, 2, 3, 3] = 0.3  # a blue speck where every truth is black
-    assert ghosts(one_channel[0], truths[0].unsqueeze(1)).nonzero().tolist() == [[0, 0, 3, 3]]
+    assert ghosts(one_channel[0], truths[0]).nonzero().tolist() == [[0, 0, 3, 3]]
     # through spread_scores: pixels per frame of a sample, and of the last context frame held
     samples = _futures([0.4, 0.9])  # sample 1 has one ghost; sample 0 none
     last = torch.zeros(1, 3, 4, 4)
