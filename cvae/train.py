@@ -392,15 +392,16 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
 
 
 # model fields --init may switch on: vgg64.grown adds their weights
-GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "flow_carry", "map_prior",
-            "rigid_layers", "critic", "world_posterior")
+GROWABLE = ("ee_maps", "ee_copy", "ee_sprite", "still_copy", "z_map", "arm_copy", "flow_carry", "push_copy",
+            "map_prior", "rigid_layers", "critic", "world_posterior")
 
 
 def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     """Start from ``cfg.init``'s weights (and its condition statistics, which they were trained
     with); only the optimiser and the schedules start afresh. The shapes must agree field by
     field, except that a model without the end-effector map, copy, sprite, still copy, arm copy,
-    spatial latent, its learned prior, carried motion, rigid layers, critic or world posterior may grow them
+    spatial latent, its learned prior, carried motion, push copy, rigid layers, critic or world posterior
+    may grow them
     (``vgg64.grown``), and a narrower model may widen (``vgg64.widened``: exactly what it computed, with
     more channels to learn in), though not both at once.
     Returns whether the end-effector map now wants calibrating: it grew the map, the copy or the
@@ -420,6 +421,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
         raise ConfigError(f"--init {cfg.init}: its model differs from this run's: {'; '.join(diff)} "
                           "(pass the same model flags, e.g. its preset; only --ee-maps true, "
                           "--ee-copy true, --ee-sprite true, --still-copy true, --arm-copy true, --flow-carry true, "
+                          "--push-copy true, "
                           "--z-map C, --map-prior true, --rigid-layers K, --critic C and --world-posterior C may be added, "
                           "and --width may grow)")
     sources = [*FlowHead.OPTIONAL, "rigid_layers"]  # the masks' order: the rigid layers' come last
@@ -436,8 +438,10 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
         except ValueError as err:  # a part that has no wider form (the rigid layers' shifts)
             raise ConfigError(f"--init {cfg.init}: does not widen to --width {ours.width}: {err}") from None
     if grow:
-        carry = model.decoder.head.carry_channel if "flow_carry" in grow else None
-        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, carry)
+        head = model.decoder.head
+        moved = tuple(k for name, k in (("flow_carry", getattr(head, "carry_channel", None)),
+                                        ("push_copy", getattr(head, "push_channel", None))) if name in grow)
+        state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, moved)
     model.load_state_dict(state)
     newly_exact = "arm_copy" in grow and not (theirs.ee_copy or theirs.ee_sprite)
     return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or newly_exact

@@ -422,6 +422,64 @@ def test_carry_pool_glides_an_object_on_whole():
         tiny(output="flow", flow_carry=True, carry_pool=1.5)
 
 
+def test_push_copy_moves_what_the_gripper_pushes_whole_and_the_glide_carries_it_on():
+    """``push_flow`` moves what lies within PUSH_RADIUS px of the gripper's new place by its step
+    and fades to 0 over PUSH_EDGE px beyond; the head's push copy is the previous frame moved so,
+    a square beside the gripper goes whole as far as the gripper went, one farther off stays. What
+    a frame showed mixes the push by its share, so with ``carry_shown`` a glide carries on at the
+    pushed speed. A model grown with it starts its logit as the moved previous frame's, as the
+    carried motion's, and trains and predicts with it."""
+    from cvae.model.cues import PUSH_EDGE, PUSH_RADIUS, push_flow
+    from cvae.model.heads import RIGID_OFFSET, FlowHead
+    from cvae.model.vgg64 import grown
+
+    src, dst = torch.tensor([[20.0, 30.0]]), torch.tensor([[23.0, 30.0]])  # (x, y): 3 px right
+    flow = push_flow(src, dst, 64, 64)
+    assert torch.equal(flow[0, :, 30, 23], torch.tensor([-3.0, 0.0]))  # at the gripper: take from 3 px left
+    assert torch.equal(flow[0, :, 30, 23 + int(PUSH_RADIUS)], torch.tensor([-3.0, 0.0]))
+    torch.testing.assert_close(flow[0, 0, 30, 23 + int(PUSH_RADIUS + PUSH_EDGE / 2)], torch.tensor(-1.5))
+    assert flow[0, :, :, 23 + int(PUSH_RADIUS + PUSH_EDGE):].abs().max() == 0 and flow[0, 1].abs().max() == 0
+
+    head = FlowHead(g_dim=8, push_copy=True)
+    k = head.sources.index("push_copy")
+    prev = torch.zeros(1, 3, 64, 64)
+    prev[..., 28:33, 24:29] = 1.0  # a square just right of the gripper, which pushes it right
+    prev[..., 5:9, 50:54] = 1.0  # and one far off
+    out = torch.zeros(1, 3 + head.extra, 64, 64)
+    out[:, 7 + k] = 30  # the mask takes the push copy everywhere
+    pushed = head(out, prev, prev, torch.zeros(1, 8), push=flow)
+    assert (pushed[..., 28:33, 27:32] > 0.99).all() and pushed[..., 28:33, 24:27].abs().max() < 1e-4
+    torch.testing.assert_close(pushed[..., :20, :], prev[..., :20, :])
+    with pytest.raises(ValueError, match="pass push"):
+        head(out, prev, prev, torch.zeros(1, 8))
+
+    head = FlowHead(g_dim=8, flow_carry=True, carry_shown=True, push_copy=True)
+    p, c = head.sources.index("push_copy"), head.sources.index("flow_carry")
+    mask = torch.zeros(1, len(head.sources), 64, 64)
+    mask[:, 1], mask[:, p], mask[:, c] = 0.2, 0.6, 0.2
+    own = head.own_motion(mask, torch.zeros(1, 2, 64, 64), flow)
+    torch.testing.assert_close(own, 0.75 * flow)  # the push's share of the two the head moves itself
+    torch.testing.assert_close(head.carry_share(mask), torch.full((1, 1, 64, 64), 0.2))
+    assert FlowHead(g_dim=8, flow_carry=True).own_motion(mask[:, :5], flow, None) is flow
+
+    fresh = tiny(output="flow", ee_maps=True, push_copy=True, flow_carry=True, carry_shown=True)
+    ch = fresh.decoder.head.push_channel
+    bias = fresh.decoder.upc5[1].bias
+    assert bias[ch] == bias[3 + 5] + RIGID_OFFSET  # started as the moved previous frame's
+    old = tiny(output="flow", ee_maps=True, flow_carry=True, carry_shown=True)
+    state = grown(old.state_dict(), fresh.state_dict(), moved=(ch,))
+    fresh.load_state_dict(state)
+    w = "decoder.upc5.1.weight"
+    assert torch.equal(state[w][:, :-1], old.state_dict()[w]) and torch.equal(state[w][:, ch], state[w][:, 3 + 5])
+    x, cond = batch(t=4)
+    loss = fresh(x, cond, teacher_forcing=True).recon.sum()
+    loss.backward()
+    assert torch.isfinite(loss) and fresh.decoder.upc5[1].weight.grad[:, ch].abs().sum() > 0
+    assert fresh.predict(x[:, :2], cond, n_future=2).shape == (2, 1, 2, 3, 64, 64)
+    with pytest.raises(ConfigError, match="push_copy needs output 'flow' and ee_maps true"):
+        tiny(output="flow", push_copy=True)
+
+
 def test_carry_noise_moves_the_carried_motions_mask_logit_by_the_latent():
     """The decoder hands the head S x the spatial latent's first channel, upsampled, and the head
     adds it to the carried motion's mask logit alone: the same frame as that logit raised by

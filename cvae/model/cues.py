@@ -35,6 +35,22 @@ def shift_px(src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tens
     return d * torch.tensor([(w - 1) / 2, (h - 1) / 2], device=d.device)
 
 
+PUSH_RADIUS = 12.0  # px: what lies this near the gripper moves with it (an object is 6-10 px, pushed at its edge)
+PUSH_EDGE = 4.0  # px: beyond PUSH_RADIUS the push fades to 0 over this many
+
+
+def push_flow(src: torch.Tensor, dst: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The end effector's pixel places (x, y) [N, 2] in the previous frame (``src``) and in this
+    one (``dst``) -> ``heads.warp``'s displacement [N, 2, h, w] that moves what lay within
+    PUSH_RADIUS px of the gripper by its step, fading to unmoved over PUSH_EDGE px beyond: an
+    object the gripper pushes goes whole and as far as it went, the table farther off stays."""
+    step = (dst - src).float()
+    ys, xs = torch.meshgrid(torch.arange(h, device=src.device), torch.arange(w, device=src.device), indexing="ij")
+    dist = ((xs - dst[:, :1, None].float()) ** 2 + (ys - dst[:, 1:, None].float()) ** 2).sqrt()  # [N, h, w]
+    near = ((PUSH_RADIUS + PUSH_EDGE - dist) / PUSH_EDGE).clamp(0, 1)
+    return -step[:, :, None, None] * near[:, None]
+
+
 def as_pixels(loc: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Places [N, 2] ((row, column) in the maps' [-1, 1] coordinates) -> (x, y) pixel indices of an
     h x w image, as ``heads.warp`` counts them (``shift_px`` is the difference of two)."""

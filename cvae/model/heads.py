@@ -59,6 +59,14 @@ class registered by name (``HEADS``); adding a head is one class here.
   stops after one step; with it the glide it chose goes on until the mask stops it.
   ``carry_pool`` PX (a model field, 0 by default) evens the carried displacement over each moving
   piece and PX round it (``pooled``), so a glide moves an object as one piece.
+  ``push_copy`` (a model field, off by default) gives the mask one more source: the previous frame
+  with what lies within PUSH_RADIUS px of the gripper moved by the end effector's own step
+  (``cues.push_flow``), what a pushed object does while the gripper pushes it. One displacement
+  for the whole disc moves an object whole and as far as the gripper went (on the true frames,
+  45% of the pixels that move off the arm within 16 px of the gripper come within 0.1 of the next
+  frame when the frame before is moved so: README, stop 71), where the dense flow draws a blur
+  that falls short. With ``carry_shown`` the displacement it showed is
+  carried on too, so an object let go of glides on at the speed it was pushed.
 """
 from __future__ import annotations
 
@@ -82,6 +90,7 @@ RIGID_OFFSET = -2.0
 CARRY_FLOOR = 0.1  # px: ``carried``'s priority of a still pixel's displacement, against a moving one's length
 CARRY_MOVING = 0.5  # px: ``pooled`` averages the carried displacements longer than this, and zeroes those far from one
 CARRY_BIAS = -5.0  # the carried motion's OPTIONAL entry, overwritten by ``start_as_moved`` wherever it starts
+PUSH_BIAS = -5.0  # the push copy's, likewise overwritten (it starts as the moved previous frame's, as the carried motion)
 MAX_RIGID = 4  # rigid layers a flow head may have
 
 HEADS: dict[str, type[Head]] = {}
@@ -182,24 +191,27 @@ class FlowHead(Head):
     """Two dense displacement fields move the previous frame and the latest real frame; a softmax
     mask per pixel chooses among the generated image and the two moved frames (and, with
     ``ee_copy`` and ``ee_sprite``, the end-effector copy and sprite the decoder passes, with
-    ``still_copy`` the latest real frame as it is, and with ``arm_copy`` the arm copy the decoder
-    passes), in that order, then ``rigid`` layers: ``sources`` names them."""
+    ``still_copy`` the latest real frame as it is, with ``arm_copy`` the arm copy the decoder
+    passes, with ``flow_carry`` the carried motion and with ``push_copy`` the previous frame moved
+    by the push displacement the decoder passes), in that order, then ``rigid`` layers:
+    ``sources`` names them."""
 
     name = "flow"
     extra = 4 + 3
     # the optional mask sources, in their order after the three fixed ones, with their initial logits
     OPTIONAL = {"ee_copy": EE_COPY_BIAS, "ee_sprite": EE_SPRITE_BIAS, "still_copy": STILL_COPY_BIAS,
-                "arm_copy": ARM_COPY_BIAS, "flow_carry": CARRY_BIAS}
+                "arm_copy": ARM_COPY_BIAS, "flow_carry": CARRY_BIAS, "push_copy": PUSH_BIAS}
 
     def __init__(self, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, deadzone: float = 0.0, arm_copy: bool = False,
                  resample: str = "bilinear", rigid: int = 0, flow_carry: bool = False,
-                 carry_shown: bool = False, temperature: float = 1.0) -> None:
+                 carry_shown: bool = False, temperature: float = 1.0, push_copy: bool = False) -> None:
         super().__init__(g_dim, nc)
         if carry_shown and not flow_carry:
             raise ValueError("carry_shown needs flow_carry: it says which displacement the carried motion carries on")
         self.resample, self.rigid, self.flow_carry, self.carry_shown = resample, rigid, flow_carry, carry_shown
         self.ee_copy, self.ee_sprite, self.still_copy, self.arm_copy = ee_copy, ee_sprite, still_copy, arm_copy
+        self.push_copy = push_copy
         self.deadzone, self.temperature = deadzone, temperature
         self.optional = [name for name in self.OPTIONAL if getattr(self, name)]
         self.sources = ["generated", "moved previous", "moved latest real", *self.optional,
@@ -209,7 +221,8 @@ class FlowHead(Head):
     def init_last(self, last: nn.ConvTranspose2d) -> None:
         """Flows start at zero (both moved frames start as plain copies), the generated image's
         mask logit at MASK_BIAS, each optional source's at its ``OPTIONAL`` bias, the carried
-        motion's and each rigid layer's as the moved previous frame's (``start_as_moved``)."""
+        motion's, the push copy's and each rigid layer's as the moved previous frame's
+        (``start_as_moved``)."""
         nc, m = self.nc, self.mask_start
         with torch.no_grad():
             last.weight[:, nc:m].mul_(0.1)
@@ -230,20 +243,39 @@ class FlowHead(Head):
         """The last layer's output that is the carried motion's mask logit (None without it)."""
         return self.mask_start + self.sources.index("flow_carry") if self.flow_carry else None
 
+    @property
+    def push_channel(self) -> int | None:
+        """The last layer's output that is the push copy's mask logit (None without it)."""
+        return self.mask_start + self.sources.index("push_copy") if self.push_copy else None
+
     def carry_share(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """The mask [N, sources, H, W] -> the carried source's share of what the two sources from
-        the previous frame take, [N, 1, H, W], by which ``shown`` mixes their displacements (None
-        without ``carry_shown``: the head's own displacement is carried on)."""
+        """The mask [N, sources, H, W] -> the carried source's share of what the sources that move
+        the previous frame (and the push copy) take, [N, 1, H, W], by which ``shown`` mixes their
+        displacements (None without ``carry_shown``: the head's own displacement is carried on)."""
         if not self.carry_shown:
             return None
         k = self.sources.index("flow_carry")
-        return mask[:, k : k + 1] / (mask[:, 1:2] + mask[:, k : k + 1]).clamp_min(1e-6)
+        return mask[:, k : k + 1] / self._moving_prev(mask).clamp_min(1e-6)
+
+    def _moving_prev(self, mask: torch.Tensor) -> torch.Tensor:
+        """What the sources that move the previous frame take together, [N, 1, H, W]."""
+        names = [n for n in ("flow_carry", "push_copy") if getattr(self, n)]
+        return mask[:, 1:2] + sum(mask[:, self.sources.index(n)][:, None] for n in names)
+
+    def own_motion(self, mask: torch.Tensor, flow: torch.Tensor, push: torch.Tensor | None) -> torch.Tensor:
+        """The head's displacement of the previous frame [N, 2, H, W] -> the one its own sources
+        showed: with ``push_copy``, that and the push displacement ``push`` mixed by their shares
+        of the mask [N, sources, H, W] (what ``shown`` carries on beside the carried one)."""
+        if not self.push_copy:
+            return flow
+        w_prev, w_push = mask[:, 1:2], mask[:, self.sources.index("push_copy")][:, None]
+        return flow + w_push / (w_prev + w_push).clamp_min(1e-6) * (push.to(flow.dtype) - flow)
 
     def started_as_moved(self) -> list[int]:
         """The last layer's outputs whose mask logits start as the moved previous frame's: the
-        carried motion's and the rigid layers'."""
-        carry = [self.carry_channel] if self.flow_carry else []
-        return carry + [self.nc + self.extra - self.rigid + k for k in range(self.rigid)]
+        carried motion's, the push copy's and the rigid layers'."""
+        moved = [k for k in (self.carry_channel, self.push_channel) if k is not None]
+        return moved + [self.nc + self.extra - self.rigid + k for k in range(self.rigid)]
 
     def flows(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's last layer [..., nc + extra, H, W] -> the displacements [..., 2, H, W] of
@@ -290,6 +322,7 @@ class FlowHead(Head):
                 rigid: torch.Tensor | None = None, gain: torch.Tensor | None = None,
                 shift: torch.Tensor | None = None, moved: bool = False,
                 carry: Callable[..., torch.Tensor] | None = None, carry_logit: torch.Tensor | None = None,
+                push: torch.Tensor | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The mixed frame; with ``moved``, also the previous frame this head moves and its
         displacement [N, 2, H, W] (which training's ``flow_photo_weight`` asks to carry the
@@ -302,19 +335,26 @@ class FlowHead(Head):
         source moves the previous frame. A function, so that a teacher-forced pass, whose steps are
         rows of one batch, can take each row's from the row before; it is also passed the carried
         source's share (``carry_share``), so that with ``carry_shown`` it carries on what was shown.
-        ``carry_logit`` [N, 1, H, W] is added to that source's mask logit (the decoder's ``carry_noise``)."""
+        ``carry_logit`` [N, 1, H, W] is added to that source's mask logit (the decoder's ``carry_noise``).
+        ``push`` [N, 2, H, W] (``push_copy``): the displacement by which the push copy moves the
+        previous frame (``cues.push_flow``)."""
         generated, prev = self.generated(out), self.previous(prev)
         if anchor is None:
             raise ValueError("the 'flow' head needs the latest real frame (anchor)")
         if self.flow_carry and carry is None:
             raise ValueError("this 'flow' head carries the motion of the step before: pass carry")
+        if self.push_copy and push is None:
+            raise ValueError("this 'flow' head moves the previous frame with the end effector: pass push")
         given = {"ee_copy": ee_copy, "ee_sprite": ee_sprite, "still_copy": anchor, "arm_copy": arm_copy}
         for name in self.optional:
-            if name != "flow_carry" and given[name] is None:
+            if name not in ("flow_carry", "push_copy") and given[name] is None:
                 raise ValueError(f"this 'flow' head mixes in the end effector's {name}: pass it")
         mask, moved_prev, moved_anchor = self.mixing(out, rigid, gain, shift, carry_logit)
+        if self.push_copy:
+            given["push_copy"] = warp(prev, push, self.resample)
         if self.flow_carry:
-            given["flow_carry"] = warp(prev, carry(moved_prev, self.carry_share(mask)), self.resample)
+            given["flow_carry"] = warp(prev, carry(self.own_motion(mask, moved_prev, push), self.carry_share(mask)),
+                                       self.resample)
         sources = [generated.float(), warp(prev, moved_prev, self.resample), warp(anchor, moved_anchor, self.resample)]
         sources += [given[name].float() for name in self.optional]
         sources += [translate(prev, rigid[:, k], self.resample) for k in range(self.rigid)]
@@ -328,17 +368,17 @@ OUTPUTS = tuple(HEADS)
 def make_head(name: str, g_dim: int, nc: int = 3, ee_copy: bool = False, ee_sprite: bool = False,
               still_copy: bool = False, flow_deadzone: float = 0.0, arm_copy: bool = False,
               flow_resample: str = "bilinear", rigid_layers: int = 0, flow_carry: bool = False,
-              carry_shown: bool = False, mask_temperature: float = 1.0) -> Head:
+              carry_shown: bool = False, mask_temperature: float = 1.0, push_copy: bool = False) -> Head:
     if name not in HEADS:
         raise ValueError(f"output must be one of {', '.join(HEADS)}, not {name!r}")
     if (ee_copy or ee_sprite or still_copy or flow_deadzone or arm_copy or flow_resample != "bilinear" or rigid_layers
-            or flow_carry or mask_temperature != 1):
+            or flow_carry or mask_temperature != 1 or push_copy):
         if name != FlowHead.name:
             raise ValueError("ee_copy, ee_sprite, still_copy, arm_copy, flow_deadzone, flow_resample, rigid_layers, "
-                             f"flow_carry and mask_temperature need the 'flow' head, not {name!r}")
+                             f"flow_carry, mask_temperature and push_copy need the 'flow' head, not {name!r}")
         return FlowHead(g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy, deadzone=flow_deadzone,
                         arm_copy=arm_copy, resample=flow_resample, rigid=rigid_layers, flow_carry=flow_carry,
-                        carry_shown=carry_shown, temperature=mask_temperature)
+                        carry_shown=carry_shown, temperature=mask_temperature, push_copy=push_copy)
     return HEADS[name](g_dim, nc)
 
 

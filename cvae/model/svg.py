@@ -48,6 +48,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("noise_flow", "it scales the flow head's displacements"),
               ("noise_shift", "it shifts the flow head's displacements"),
               ("flow_carry", "it is a source of the flow head"),
+              ("push_copy", "it is a source of the flow head"),
               ("mask_temperature", "it sharpens the flow head's mask"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
@@ -176,6 +177,7 @@ class ModelConfig:
     glide_noise_only: bool = False  # a prior future's noise reaches only the carried motion's mask logit (glide or stop)
     carry_off_arm: bool = False  # the carried motion's source is shut where the arm is at each step (vgg64.Decoder)
     mask_temperature: float = 1.0  # the flow head's mask logits x this (> 1: each pixel nearer one source; FlowHead.masks)
+    push_copy: bool = False  # the flow head may also take the previous frame moved near the gripper by its step (cues.push_flow)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -213,6 +215,9 @@ class ModelConfig:
             raise ConfigError("map_noise_only needs z_map > 0: it draws noise for the spatial latent alone")
         if self.arm_clear and not self.arm_copy:
             raise ConfigError("arm_clear needs arm_copy true: the arm copy finds the base whose bar it clears")
+        if self.push_copy and not (self.output == "flow" and self.ee_maps):
+            raise ConfigError("push_copy needs output 'flow' and ee_maps true: it is a source of the flow head, "
+                              "moved by the end-effector map's step")
         if self.arm_calm and not self.arm_copy:
             raise ConfigError("arm_calm needs arm_copy true: the arm copy finds the base of the bar whose region it calms")
         if self.map_noise_block not in MAP_BLOCKS:
@@ -310,7 +315,8 @@ class SVG(nn.Module):
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,
                                rigid_layers=cfg.rigid_layers, noise_flow=cfg.noise_flow, noise_shift=cfg.noise_shift,
                                flow_carry=cfg.flow_carry, carry_noise=cfg.carry_noise, carry_shown=cfg.carry_shown,
-                               carry_off_arm=cfg.carry_off_arm, mask_temperature=cfg.mask_temperature)
+                               carry_off_arm=cfg.carry_off_arm, mask_temperature=cfg.mask_temperature,
+                               push_copy=cfg.push_copy)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.posterior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map) if cfg.z_map else None
         self.prior_map = GaussianMap(channels(cfg.width)[3], cfg.z_map, start=0.0) if cfg.map_prior else None
@@ -339,10 +345,10 @@ class SVG(nn.Module):
         spatial part sets the carried motion's mask logit in place of ``z``'s."""
         norm = self.predictor.normalize
         zmap, glide_map = self._map(z), None if glide is None else self._map(glide)
+        prev_cond = norm(at_rest(cond)) if self.cfg.arm_clear or self.cfg.push_copy else None
         if not (self.cfg.ee_copy or self.cfg.arm_copy):
             return self.decoder(g, skips, prev, norm(cond), anchor, zmap=zmap, moved=moved, carry=carry,
-                                glide=glide_map)
-        prev_cond = norm(at_rest(cond)) if self.cfg.arm_clear else None
+                                glide=glide_map, prev_cond=prev_cond)
         return self.decoder(g, skips, prev, norm(cond), anchor, norm(at_rest(anchor_cond)), zmap=zmap,
                             prev_cond=prev_cond, moved=moved, carry=carry, glide=glide_map)
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .arm import ArmCopy
-from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps
+from .cues import EndEffectorMap, EndEffectorSprite, coordinate_maps, push_flow
 from .heads import MAX_RIGID, FlowHead, RigidShifts, make_head, start_as_moved, translate
 
 BASE_CHANNELS = (64, 128, 256, 512)
@@ -95,7 +95,10 @@ class Decoder(nn.Module):
     ``carry_shown``: what that source carries on is the displacement the frame showed
     (``heads.shown``), so a glide the noise chose goes on. ``carry_off_arm`` shuts that source
     where the arm is at this step (``arm.arm_region``; with ``arm_copy``): the arm's own motion,
-    carried on, draws it past where the condition puts it, a ghost no world has."""
+    carried on, draws it past where the condition puts it, a ghost no world has. ``push_copy``
+    hands the flow head the displacement that moves what lies near the gripper by the end
+    effector's step (``cues.push_flow``), from the previous frame's place (``prev_cond``) to this
+    step's."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
                  ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
@@ -103,7 +106,7 @@ class Decoder(nn.Module):
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
                  noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False,
                  carry_noise: float = 0.0, carry_shown: bool = False, carry_off_arm: bool = False,
-                 mask_temperature: float = 1.0) -> None:
+                 mask_temperature: float = 1.0, push_copy: bool = False) -> None:
         super().__init__()
         if carry_off_arm and not (flow_carry and arm_copy):
             raise ValueError("carry_off_arm needs flow_carry and arm_copy: it shuts the carried motion where the arm is")
@@ -114,13 +117,13 @@ class Decoder(nn.Module):
                              "displacements")
         if carry_noise and not (z_map and flow_carry):
             raise ValueError("carry_noise needs z_map and flow_carry: the latent moves the carried motion's mask logit")
-        if (ee_copy or ee_sprite or arm_copy) and not ee_cond_dim:
-            raise ValueError("ee_copy, ee_sprite and arm_copy need the end-effector map (ee_cond_dim > 0): "
+        if (ee_copy or ee_sprite or arm_copy or push_copy) and not ee_cond_dim:
+            raise ValueError("ee_copy, ee_sprite, arm_copy and push_copy need the end-effector map (ee_cond_dim > 0): "
                              "they are placed by it")
         self.head = make_head(output, g_dim, nc, ee_copy=ee_copy, ee_sprite=ee_sprite, still_copy=still_copy,
                               flow_deadzone=flow_deadzone, arm_copy=arm_copy, flow_resample=flow_resample,
                               rigid_layers=rigid_layers, flow_carry=flow_carry, carry_shown=carry_shown,
-                              mask_temperature=mask_temperature)
+                              mask_temperature=mask_temperature, push_copy=push_copy)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
         self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
@@ -173,7 +176,7 @@ class Decoder(nn.Module):
         real frame (flow), its standardised condition at rest (``ee_copy``) and the spatial
         latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
         the latest real frame and its condition at rest too, ``arm_clear`` the previous frame's
-        standardised condition at rest (``prev_cond``). ``moved`` (flow head only): also return
+        standardised condition at rest (``prev_cond``), as ``push_copy`` does. ``moved`` (flow head only): also return
         the previous frame the flow head moves and its displacement. ``carry``: the flow head's
         (``flow_carry``; ``heads.FlowHead.forward``). ``glide`` [N, z_map, 8, 8]: the spatial latent
         whose first channel sets the carried motion's mask logit, in place of ``zmap``'s."""
@@ -197,6 +200,11 @@ class Decoder(nn.Module):
                     raise ValueError("this decoder clears the arm from the previous frame: pass prev_cond")
                 prev = self.arm.cleared(prev, anchor, src, self.ee_map.pixels(prev_cond, h, w))
                 head_anchor = self.arm.cleared_anchor(anchor, src)
+        if getattr(self.head, "push_copy", False):
+            if prev_cond is None:
+                raise ValueError("this decoder moves the previous frame with the end effector's step: pass prev_cond")
+            h, w = prev.shape[-2:]
+            extra["push"] = push_flow(self.ee_map.pixels(prev_cond, h, w), self.ee_map.pixels(cond, h, w), h, w)
         d = self.upc1(g[:, :, None, None])
         d = self.upc2(self._with_cond(d, skips[3], cond, shaft, zmap))
         if self.rigid is not None:
@@ -227,7 +235,7 @@ class Decoder(nn.Module):
 
 
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
-          arm_copy: bool = False, carry: int | None = None) -> dict[str, torch.Tensor]:
+          arm_copy: bool = False, moved: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
     still copy, arm copy, spatial latent, its learned prior, rigid layers, critic and/or world posterior (whose fresh
     weights are ``ours``). Each convolution that reads a scale's maps gets one more input channel for the
@@ -236,8 +244,9 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     zero weights; the flow head's last layer gets an output channel for each of the copies and
     the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
     (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
-    previous frame's logit less 2 (``heads.start_as_moved``), as is the carried motion's if it
-    grows (``carry``: its output channel, ``FlowHead.carry_channel``); the map, the sprite, the rigid
+    previous frame's logit less 2 (``heads.start_as_moved``), as are the carried motion's and the
+    push copy's if they grow (``moved``: their output channels, ``FlowHead.carry_channel`` and
+    ``push_channel``); the map, the sprite, the rigid
     layers' shifts (``heads.RigidShifts``: about a pixel), the critic, the world posterior and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
     the old one did (exactly, or with the new masks under 1%; a rigid layer takes an eighth of
@@ -267,7 +276,7 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
             out[key] = torch.cat([old, mine[len(old):]])
         else:
             raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
-    started = [carry] if carry is not None else []
+    started = list(moved)
     if "decoder.rigid.fc.bias" in ours and "decoder.rigid.fc.bias" not in theirs:
         rigid = len(ours["decoder.rigid.fc.bias"]) // 2
         started += range(len(ours["decoder.upc5.1.bias"]) - rigid, len(ours["decoder.upc5.1.bias"]))
