@@ -405,7 +405,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     (``vgg64.grown``), and a narrower model may widen (``vgg64.widened``: exactly what it computed, with
     more channels to learn in), though not both at once.
     Returns whether the end-effector map now wants calibrating: it grew the map, the copy or the
-    sprite, or the arm copy where neither copy nor sprite placed the map exactly before
+    sprite, or the arm copy or push copy where no copy or sprite placed the map exactly before
     (``cues.EndEffectorMap``)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
@@ -443,7 +443,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
                                         ("push_copy", getattr(head, "push_channel", None))) if name in grow)
         state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, moved)
     model.load_state_dict(state)
-    newly_exact = "arm_copy" in grow and not (theirs.ee_copy or theirs.ee_sprite)
+    newly_exact = bool(grow & {"arm_copy", "push_copy"}) and not (theirs.ee_copy or theirs.ee_sprite or theirs.arm_copy)
     return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or newly_exact
 
 

@@ -467,6 +467,7 @@ def test_push_copy_moves_what_the_gripper_pushes_whole_and_the_glide_carries_it_
     bias = fresh.decoder.upc5[1].bias
     assert bias[ch] == bias[3 + 5] + RIGID_OFFSET  # started as the moved previous frame's
     old = tiny(output="flow", ee_maps=True, flow_carry=True, carry_shown=True)
+    assert fresh.decoder.ee_map.exact and not old.decoder.ee_map.exact  # it places pixels where the map says
     state = grown(old.state_dict(), fresh.state_dict(), moved=(ch,))
     fresh.load_state_dict(state)
     w = "decoder.upc5.1.weight"

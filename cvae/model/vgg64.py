@@ -125,7 +125,8 @@ class Decoder(nn.Module):
                               rigid_layers=rigid_layers, flow_carry=flow_carry, carry_shown=carry_shown,
                               mask_temperature=mask_temperature, push_copy=push_copy)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
-        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_copy or ee_sprite or arm_copy) if ee_cond_dim else None
+        exact = ee_copy or ee_sprite or arm_copy or push_copy  # these place pixels where the map says
+        self.ee_map = EndEffectorMap(ee_cond_dim, exact=exact) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
         self.arm_clear, self.noise_flow, self.noise_shift, self.carry_noise = arm_clear, noise_flow, noise_shift, carry_noise
@@ -175,9 +176,9 @@ class Decoder(nn.Module):
         flow), the standardised condition [N, 7] (condition and end-effector maps), the latest
         real frame (flow), its standardised condition at rest (``ee_copy``) and the spatial
         latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
-        the latest real frame and its condition at rest too, ``arm_clear`` the previous frame's
-        standardised condition at rest (``prev_cond``), as ``push_copy`` does. ``moved`` (flow head only): also return
-        the previous frame the flow head moves and its displacement. ``carry``: the flow head's
+        the latest real frame and its condition at rest too, ``arm_clear`` and ``push_copy`` the
+        previous frame's standardised condition at rest (``prev_cond``). ``moved`` (flow head
+        only): also return the previous frame the flow head moves and its displacement. ``carry``: the flow head's
         (``flow_carry``; ``heads.FlowHead.forward``). ``glide`` [N, z_map, 8, 8]: the spatial latent
         whose first channel sets the carried motion's mask logit, in place of ``zmap``'s."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
