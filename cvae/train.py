@@ -438,9 +438,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
         except ValueError as err:  # a part that has no wider form (the rigid layers' shifts)
             raise ConfigError(f"--init {cfg.init}: does not widen to --width {ours.width}: {err}") from None
     if grow:
-        head = model.decoder.head
-        moved = tuple(k for name, k in (("flow_carry", getattr(head, "carry_channel", None)),
-                                        ("push_copy", getattr(head, "push_channel", None))) if name in grow)
+        moved = getattr(model.decoder.head, "started_as_moved", list)()
         state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, moved)
     model.load_state_dict(state)
     newly_exact = bool(grow & {"arm_copy", "push_copy"}) and not (theirs.ee_copy or theirs.ee_sprite or theirs.arm_copy)

@@ -468,7 +468,7 @@ def test_push_copy_moves_what_the_gripper_pushes_whole_and_the_glide_carries_it_
     assert bias[ch] == bias[3 + 5] + RIGID_OFFSET  # started as the moved previous frame's
     old = tiny(output="flow", ee_maps=True, flow_carry=True, carry_shown=True)
     assert fresh.decoder.ee_map.exact and not old.decoder.ee_map.exact  # it places pixels where the map says
-    state = grown(old.state_dict(), fresh.state_dict(), moved=(ch,))
+    state = grown(old.state_dict(), fresh.state_dict(), moved=fresh.decoder.head.started_as_moved())
     fresh.load_state_dict(state)
     w = "decoder.upc5.1.weight"
     assert torch.equal(state[w][:, :-1], old.state_dict()[w]) and torch.equal(state[w][:, ch], state[w][:, 3 + 5])
@@ -555,7 +555,7 @@ def test_rigid_layers_grow_in_as_they_were_and_read_the_spatial_latent():
     kw = dict(output="flow", cond_maps=True, ee_maps=True, ee_copy=True, z_map=2, map_noise_only=True)
     old = calibrated(tiny(**kw)).eval()
     big = tiny(**kw, rigid_layers=2).eval()
-    big.load_state_dict(grown(old.state_dict(), big.state_dict()))
+    big.load_state_dict(grown(old.state_dict(), big.state_dict(), moved=big.decoder.head.started_as_moved()))
     last, moved_previous = big.decoder.upc5[1], 3 + 5
     assert torch.equal(last.weight[:, -2:], last.weight[:, moved_previous : moved_previous + 1].expand(-1, 2, -1, -1))
     assert torch.equal(last.bias[-2:], (last.bias[moved_previous] + RIGID_OFFSET).expand(2))

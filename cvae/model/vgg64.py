@@ -5,7 +5,7 @@ decoder mirrors it and concatenates those skips. ``width=1`` is the published ar
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -236,7 +236,7 @@ class Decoder(nn.Module):
 
 
 def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map: int = 0,
-          arm_copy: bool = False, moved: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+          arm_copy: bool = False, moved: Sequence[int] = ()) -> dict[str, torch.Tensor]:
     """The weights ``theirs`` of a model grown into one with the end-effector map, copy, sprite,
     still copy, arm copy, spatial latent, its learned prior, rigid layers, critic and/or world posterior (whose fresh
     weights are ``ours``). Each convolution that reads a scale's maps gets one more input channel for the
@@ -244,10 +244,10 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
     channel per latent map channel, ``z_map`` of them; appended last by ``_with_cond``), with
     zero weights; the flow head's last layer gets an output channel for each of the copies and
     the sprite, their mask logits (appended last), with zero weights and ``ours``'s biases
-    (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last, a copy of the moved
-    previous frame's logit less 2 (``heads.start_as_moved``), as are the carried motion's and the
-    push copy's if they grow (``moved``: their output channels, ``FlowHead.carry_channel`` and
-    ``push_channel``); the map, the sprite, the rigid
+    (``heads.FlowHead.OPTIONAL``), and one for each rigid layer, last; of those new outputs, the
+    ones ``moved`` names (``FlowHead.started_as_moved``: the carried motion's, the push copy's
+    and the rigid layers') start as a copy of the moved previous frame's logit less 2
+    (``heads.start_as_moved``) instead; the map, the sprite, the rigid
     layers' shifts (``heads.RigidShifts``: about a pixel), the critic, the world posterior and the latent's posterior and prior
     start as ``ours`` has them (the prior exactly N(0, I)). So the grown model computes what
     the old one did (exactly, or with the new masks under 1%; a rigid layer takes an eighth of
@@ -277,11 +277,8 @@ def grown(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], z_map:
             out[key] = torch.cat([old, mine[len(old):]])
         else:
             raise ValueError(f"{key}: shape {tuple(old.shape)} does not grow into {tuple(mine.shape)}")
-    started = list(moved)
-    if "decoder.rigid.fc.bias" in ours and "decoder.rigid.fc.bias" not in theirs:
-        rigid = len(ours["decoder.rigid.fc.bias"]) // 2
-        started += range(len(ours["decoder.upc5.1.bias"]) - rigid, len(ours["decoder.upc5.1.bias"]))
-    start_as_moved(out["decoder.upc5.1.weight"], out["decoder.upc5.1.bias"], started)
+    new_outputs = [k for k in moved if k >= len(theirs["decoder.upc5.1.bias"])]  # a kept output keeps its weights
+    start_as_moved(out["decoder.upc5.1.weight"], out["decoder.upc5.1.bias"], new_outputs)
     return out
 
 
