@@ -65,8 +65,8 @@ class registered by name (``HEADS``); adding a head is one class here.
   for the whole disc moves an object whole and as far as the gripper went (on the true frames,
   45% of the pixels that move off the arm within 16 px of the gripper come within 0.1 of the next
   frame when the frame before is moved so: README, stop 71), where the dense flow draws a blur
-  that falls short. With ``carry_shown`` the displacement it showed is
-  carried on too, so an object let go of glides on at the speed it was pushed.
+  that falls short. With ``carry_shown`` the displacement it showed is carried on too, so an
+  object let go of glides on at the speed it was pushed.
 """
 from __future__ import annotations
 

@@ -178,8 +178,8 @@ class Decoder(nn.Module):
         latent [N, z_map, 8, 8] (``z_map``) -> frame [N, 3, 64, 64] in [0, 1]. ``arm_copy`` needs
         the latest real frame and its condition at rest too, ``arm_clear`` and ``push_copy`` the
         previous frame's standardised condition at rest (``prev_cond``). ``moved`` (flow head
-        only): also return the previous frame the flow head moves and its displacement. ``carry``: the flow head's
-        (``flow_carry``; ``heads.FlowHead.forward``). ``glide`` [N, z_map, 8, 8]: the spatial latent
+        only): also return the previous frame the flow head moves and its displacement.
+        ``carry``: the flow head's (``flow_carry``; ``heads.FlowHead.forward``). ``glide`` [N, z_map, 8, 8]: the spatial latent
         whose first channel sets the carried motion's mask logit, in place of ``zmap``'s."""
         if (self.cond_dim or self.ee_map is not None) and cond is None:
             raise ValueError("this decoder draws the condition into its maps: pass cond")
