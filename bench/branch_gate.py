@@ -20,7 +20,7 @@ future only where CKPT's mean future (another run of the same recipe) agrees wit
 grey levels (the largest channel, over a 3 x 3 square): where two runs disagree on the one
 future they would draw is the models' own ignorance (the arm, the table it uncovers), which the
 world's truths do not share; where they agree and the samples still differ is the noise's. (On
-``bcs`` and its seed-2 twin the runs disagree on the pushed objects too: README, stop 63.)
+``bcs`` and its seed-2 twin the runs disagree on the pushed objects too: docs/issue13.md, stop 63.)
 
     python bench/branch_gate.py --ckpt assets/model --limit 16
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384

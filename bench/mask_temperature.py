@@ -1,10 +1,10 @@
 """Are the model's futures where the world branches alternative blurs because its flow head's
 mask blends sources? Where the truths differ a sample keeps 0.34-0.48 of a true future's squared
-edges (README, "Why the last two targets stay missed"), and a mask that mixes an object moved
+edges (README, "The last two targets, in one place"), and a mask that mixes an object moved
 with it left behind draws a ghost of both. This probe exports a copy to OUT with the mask's
 logits x T (``mask_temperature``; T > 1: each pixel nearer one source, whole), no training, and
 runs ``eval`` on it: if blending were what keeps the futures from being the world's
-alternatives, agreement would rise with the squared edges. It did not (README, stop 64): on stop
+alternatives, agreement would rise with the squared edges. It did not (docs/issue13.md, stop 64): on stop
 59's `bcs`, T 4 took a sample's squared edges where the truths branch from 0.43 to 0.55 of a true
 future's and left agreement at 0.34, since no source holds the object at another place. What it
 does do is draw each future crisper (stop 67: the bundle's T 1.5).

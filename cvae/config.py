@@ -81,7 +81,7 @@ class Config(ModelConfig):
     world_weight: float = 0.0  # > 0: also draw those futures from the noise the world posterior infers (--world-posterior C)
     world_branch_weight: float = 0.0  # ... its pixels where the true futures differ count 1 + this
     # > 0: also the learned map prior's std, averaged over the future steps' cells, x this, so that noise has
-    # to pay for itself in the energy score (--map-prior; at 0.01 it fell about evenly everywhere, README stop 62)
+    # to pay for itself in the energy score (--map-prior; at 0.01 it fell about evenly everywhere, docs/issue13.md, stop 62)
     noise_weight: float = 0.0
     critic_lr: float = 5e-4  # the critic's learning rate: fitted offline at the model's 2e-3 it stayed at chance (stop 47)
     # > 0: the flow head's displacements also learn where each pixel truly was a frame before, x this

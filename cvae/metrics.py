@@ -201,7 +201,7 @@ def agreement_gap(samples: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:
     Unlike :func:`spread_gap` it is blind to how much the futures spread, only where: it asks to
     move spread from where the truths agree to where they differ, not for less of it, and leaves
     the amount to the proper score beside it. Trained, the spread it took off the arm did not come
-    back on the objects (README, stop 57)."""
+    back on the objects (docs/issue13.md, stop 57)."""
     corr = correlation(_soft_std(samples).flatten(1, 2), _soft_std(truths).flatten(1, 2)).nan_to_num(0.0)
     differ = branching(truths, 1).flatten(1).any(1)
     return torch.where(differ, 1 - corr, torch.zeros_like(corr))
@@ -238,7 +238,7 @@ def residual_energy_score(samples: torch.Tensor, center: torch.Tensor, truths: t
     The plain score pays a model to spread wherever its one prediction is wrong, the world's
     doubt and its own alike: with the two split, what z changes is scored only against how the
     world's futures differ from one another, so the model's own errors (the arm's region, where
-    the truths agree: README, stop 57) land on the noiseless future and ask z for nothing."""
+    the truths agree: docs/issue13.md, stop 57) land on the noiseless future and ask z for nothing."""
     k = truths.shape[1]
     if k < 2:
         raise ValueError(f"the residual energy score needs 2 or more true futures per scene, not {k}")
@@ -289,7 +289,7 @@ def energy_score(samples: torch.Tensor, truths: torch.Tensor, patch: int = 0, br
     the proper score by spreading its samples around its error, which puts its own doubt into
     z; without the term there, the samples' best answer is one prediction there. Measured, it
     silenced z in models that barely spread and, on the bundle's recipe, left three quarters of
-    the spread where the truths agree (README, stop 48). No longer proper where the truths
+    the spread where the truths agree (docs/issue13.md, stop 48). No longer proper where the truths
     agree: it asks for no spread even where the model's error would justify it.
 
     ``branch_weight`` W: the patches where the truths differ count 1 + W in a weighted mean. They

@@ -246,7 +246,7 @@ KL_JUMP, KL_JUMP_NATS = 10.0, 20.0  # a window's KL this many times the window's
 def kl_jump(before: tuple[int, float] | None, now: tuple[int, float]) -> str | None:
     """The (last step, mean KL) of two consecutive log windows (the steps since the log before)
     -> a note when the KL blew up between them, else None. It is no divergence (the loss stays
-    finite) but it matters: in README stop 65 a run's logged KL went from 4.7 to 230 nats in 25
+    finite) but it matters: in docs/issue13.md, stop 65, a run's logged KL went from 4.7 to 230 nats in 25
     steps, and validation fell 2 dB by the epoch's end. Windows, not log.jsonl's running means:
     an epoch's first record averages fewer steps than the last one before it, and a running
     mean dilutes a late blow-up."""
@@ -386,7 +386,7 @@ def start(cfg: Config, rt: Runtime, run: RunFolder, train_ds: BairDataset, resum
                   "(which is then not held out)")
         if cfg.glide_noise_only:
             print("note: glide_noise_only is unstable in training: three of four 400-step runs ran away by step "
-                  "150-300, the spatial latent's means to about 20 (README, stop 63); it is safer set at export "
+                  "150-300, the spatial latent's means to about 20 (docs/issue13.md, stop 63); it is safer set at export "
                   "(cvae export --glide-noise-only true)")
     return loop
 

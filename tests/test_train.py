@@ -319,7 +319,7 @@ def test_log_records_hold_the_documented_fields(sim_root, tmp_path):
 
 
 def test_training_with_glide_noise_only_warns_that_it_runs_away(sim_root, tmp_path, capsys):
-    """Three of four 400-step glide-only runs ran away (README, stop 63): a run with it says so at
+    """Three of four 400-step glide-only runs ran away (docs/issue13.md, stop 63): a run with it says so at
     the start and points to export; the same run without it does not."""
     glide = dict(output="flow", z_map=2, flow_carry=True, carry_noise=2.0, epochs=1, iters_per_epoch=1)
     train(tiny_cfg(sim_root, tmp_path / "a", **glide), progress=False)
@@ -338,7 +338,7 @@ def test_training_with_glide_noise_only_warns_that_it_runs_away(sim_root, tmp_pa
 def test_a_kl_that_blows_up_in_training_is_reported_with_its_steps(sim_root, tmp_path, capsys, monkeypatch,
                                                                    klds, epochs, jump):
     """A log window's mean KL ten times the window's before and 20 nats larger gets a note
-    naming the two steps (README, stop 65: 4.7 -> 230 nats); a rise such as 4 -> 9 does not,
+    naming the two steps (docs/issue13.md, stop 65: 4.7 -> 230 nats); a rise such as 4 -> 9 does not,
     nor does an epoch boundary, where log.jsonl's running mean starts again. The steps'
     losses are set by hand, so the note's wiring is what is tested."""
     from cvae import train as train_module

@@ -5,7 +5,7 @@ The built-in world draws the arm as a straight bar from a base outside the image
 scene, on one of two edges: ``kinematics.arm_bases``) to the gripper. As the gripper moves, the
 bar turns about that base, which no translation follows (``ee_copy`` is right at the tip and
 wrong along the shaft), and a model that redraws it step after step draws a hazy shaft whose
-place it doubts (README). Turned about the true base, the latest real frame scores 26.6 dB on the
+place it doubts (docs/issue13.md). Turned about the true base, the latest real frame scores 26.6 dB on the
 shaft's pixels where the model bundled before the arm copy drew 25.2 (``bench/arm.py``).
 
 The base is not in the condition, but the latest real frame shows it: the bar is one flat colour
@@ -20,7 +20,7 @@ from their surroundings (``inpaint``), so the arm copy alone draws the arm. Othe
 previous frame, which the mask takes for 70% of the pixels the arm sweeps
 (``bench/spread_where.py``), carries the arm's last place into the next frame as a ghost, a
 little differently in every future, and that difference compounds step by step: two thirds of
-the bundled model's spread lay there, where every true future agrees (README).
+the bundled model's spread lay there, where every true future agrees (docs/issue13.md).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Why: every pixel score the model trains on (MSE, L1, the energy score) is minimised where the
 world branches by drawing the mean of its futures, a haze, and each future the model drew was as
-blurred there as the truths' mean (README, "the futures are alternative blurs"). A critic that
+blurred there as the truths' mean (docs/issue13.md, "the futures are alternative blurs"). A critic that
 tells a drawn future from a re-simulated one penalises the haze itself, as SAVP's GAN term does:
 a sharp object in one of its places passes, a smear over all of them does not.
 
@@ -10,7 +10,7 @@ It judges one frame at a time, seeing it beside the frame before it and the last
 (9 channels), so it can tell an object that dissolved or jumped from one that moved; its 8 x 8
 output scores overlapping patches of about 40 px.
 
-Measured (README, "An adversarial critic"): in 400 steps on the CPU the critic settled at chance
+Measured (docs/issue13.md, "An adversarial critic"): in 400 steps on the CPU the critic settled at chance
 (answering 0.5 to both kinds of future) by step 225 and gave the model no signal; the flags stay
 off everywhere.
 """
@@ -51,7 +51,7 @@ def patch_weights(context: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
     futures agree, so for a critic scored on every patch alike 0.5 everywhere is the easy
     answer (it gave it by step 225 in both runs that way). Fitted offline at 5e-4, weighted it
     left chance faster (loss 0.19 at step 400, against 0.22 at 750 unweighted); in training it
-    too settled at chance by step 225 (README, stop 47)."""
+    too settled at chance by step 225 (docs/issue13.md, stop 47)."""
     last = context[:, None]
     moving = (moving_mask(fake.detach(), last) | moving_mask(real, last)).flatten(0, 1)[:, None].float()
     return F.adaptive_avg_pool2d(moving, size)[:, 0] + 1e-3

@@ -100,7 +100,7 @@ class EndEffectorMap(nn.Module):
     def calibrate(self, cond: torch.Tensor, place: torch.Tensor, steps: int = 50) -> None:
         """Set the affine map so the blob lands on ``place`` [N, 2] ((row, column) in [-1, 1])
         for standardised conditions ``cond`` [N, cond_dim], where a data set's kinematics are
-        known. Learned from pixels alone, the place stays 7-21 px off after 1,400 steps (README):
+        known. Learned from pixels alone, the place stays 7-21 px off after 1,400 steps (docs/issue13.md):
         the blob's gradient only reaches a few pixels. In float64 on the CPU, so every DDP rank
         gets the same. ``exact``: the bounds are the places' range, and each coordinate is a
         least-squares fit to the places strictly inside it (where the arm was not stopped by the

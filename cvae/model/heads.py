@@ -24,19 +24,19 @@ class registered by name (``HEADS``); adding a head is one class here.
   that stay still can be copied exactly; the moved previous frame, which still pixels otherwise
   take with a displacement of a tenth of a pixel or so, is resampled bilinearly at every step and
   blurs the table's texture a little more each time (``bench/blur.py``). (As its logit starts, at
-  STILL_COPY_BIAS, training has not yet been seen to take it up: see the README.)
+  STILL_COPY_BIAS, training has not yet been seen to take it up: see docs/issue13.md.)
   ``flow_deadzone`` (a model field, 0 by default) attacks the same blur from the other side:
   displacements no longer than that many pixels are set to 0 (``dead_zone``), so the few tenths
   of a pixel the smooth flow bleeds onto still pixels become exactly 0 and those pixels are not
   resampled, while what moves farther moves as before.
   A displacement inside the dead zone gets no gradient, so a model learns its flows without one
-  first (``Config`` refuses one without ``--init``); see the README for what it costs.
+  first (``Config`` refuses one without ``--init``); see docs/issue13.md for what it costs.
   ``flow_resample`` (a model field, ``bilinear`` by default) is how the moved frames and copies
   are sampled between pixels: bilinearly, as SAVP does, or ``bicubic``. Bilinear sampling at a
   fraction of a pixel averages two neighbours, so thin lines and texture come out softened (a
   one-pixel line moved half a pixel keeps half its height, moved twice a quarter of its squared
   edges); bicubic's wider kernel keeps more (0.59 of it, half of them), with a few percent of
-  overshoot, clipped to [0, 1]. A lone step edge comes out the same either way (README,
+  overshoot, clipped to [0, 1]. A lone step edge comes out the same either way (docs/issue13.md,
   "Sampling between pixels").
   ``rigid_layers`` K (a model field, 0 by default) gives the mask K more sources, each the previous
   frame moved rigidly by one displacement per frame that the decoder computes from its 8 x 8 maps
@@ -51,7 +51,7 @@ class registered by name (``HEADS``); adding a head is one class here.
   unless the mask takes the previous frame there and stops it, and the mask reads the spatial
   latent, so a future's noise can choose which: the simulator's hidden friction, as one choice
   per pixel between gliding on and stopping, rather than a displacement the decoder must draw
-  again at every step (its own flow where the truths branch off the arm is 0.4-0.5 px, README).
+  again at every step (its own flow where the truths branch off the arm is 0.4-0.5 px, docs/issue13.md).
   ``carry_shown`` (a model field, off by default) changes what is carried on: not the head's own
   displacement of the previous frame but the one the frame showed, where the mask took the
   carried source that source's (``shown``). Without it a future whose noise took the gliding
@@ -64,7 +64,7 @@ class registered by name (``HEADS``); adding a head is one class here.
   (``cues.push_flow``), what a pushed object does while the gripper pushes it. One displacement
   for the whole disc moves an object whole and as far as the gripper went (on the true frames,
   45% of the pixels that move off the arm within 16 px of the gripper come within 0.1 of the next
-  frame when the frame before is moved so: README, stop 71), where the dense flow draws a blur
+  frame when the frame before is moved so: docs/issue13.md, stop 71), where the dense flow draws a blur
   that falls short. With ``carry_shown`` the displacement it showed is carried on too, so an
   object let go of glides on at the speed it was pushed.
 """
@@ -85,7 +85,7 @@ STILL_COPY_BIAS = -5.0  # the latest real frame as it is: under 1%, as the copy
 ARM_COPY_BIAS = -5.0  # the arm copy's: under 1%, as the copy
 # each rigid layer's mask logit and the carried motion's start as the moved previous frame's, less this
 # much (e^-2: about an eighth of its share), so each gets a gradient from the start. At -5 with zero
-# weights, as the copies start, two rigid layers kept 0.1-0.2% of the moving pixels after 100 steps (README)
+# weights, as the copies start, two rigid layers kept 0.1-0.2% of the moving pixels after 100 steps (docs/issue13.md)
 RIGID_OFFSET = -2.0
 CARRY_FLOOR = 0.1  # px: ``carried``'s priority of a still pixel's displacement, against a moving one's length
 CARRY_MOVING = 0.5  # px: ``pooled`` averages the carried displacements longer than this, and zeroes those far from one
@@ -541,7 +541,7 @@ def dead_zone(flow: torch.Tensor, deadzone: float) -> torch.Tensor:
     longer ones left as they are (a hard threshold on its length): the smooth flow a decoder draws
     bleeds a few tenths of a pixel from what moves onto what does not, and a frame resampled by
     that much at every step blurs, while what moves should still move its full way (at 1 px, a
-    soft threshold that shortened every displacement cost the moving region 0.7 dB: README).
+    soft threshold that shortened every displacement cost the moving region 0.7 dB: docs/issue13.md).
     Inside the dead zone the gradient is 0, so nothing there is pushed back out."""
     if not deadzone:
         return flow

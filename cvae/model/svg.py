@@ -498,7 +498,7 @@ class SVG(nn.Module):
         map prior's std stayed near 1 on every cell (1.05-1.10 on stop 59's ``bcs``), so the
         decoder alone had to learn to ignore noise where nothing branches, and did not over the
         arm's track. Charged, the std should fall where the energy score does not pay for it; at
-        0.01 it fell about evenly everywhere (README, stop 62)."""
+        0.01 it fell about evenly everywhere (docs/issue13.md, stop 62)."""
         return logvar[:, self.n_past - 1 :, self.z_dim :].float().mul(0.5).exp().mean()
 
     def _world(self, x_ctx: torch.Tensor, cond: torch.Tensor, truths: torch.Tensor, free_bits: float = 0.0,
@@ -595,7 +595,7 @@ class SVG(nn.Module):
         The pixel loss scores only the mix, and where an object is pushed the mask can take
         another source (or the gripper's flow can drag the object along), so nothing asks the
         flow itself to follow the object: the bundle's flow moves the pixels where a pushed
-        object goes by 0.17 px a step, where it travels up to ~3 px (README). This asks the moved
+        object goes by 0.17 px a step, where it travels up to ~3 px (docs/issue13.md). This asks the moved
         previous frame alone to be the next frame where things move, as an unsupervised optical
         flow is trained. A flat-coloured object moved 3 px gives a bilinear sample's gradient only
         within a pixel of its edges; blurred, within about 2 s of them (coarse-to-fine flow's reason)."""
@@ -636,7 +636,7 @@ class SVG(nn.Module):
         The energy score pulls every prior future towards all the true ones at once, and where an
         object glides in some worlds and stops in others the cheapest answer is a short glide in
         every future: stop 59's heads moved a pushed object 0.17-0.36 px a step where the truths
-        branch, where those move it 2.37 px (README). The true flow with the posterior's z
+        branch, where those move it 2.37 px (docs/issue13.md). The true flow with the posterior's z
         (``_flow_truth``) is known; with the prior's noise it is not. Each world asking only the
         future nearest it (best of K turned around, as ``cover_weight`` does for pixels) lets
         different noise take different glides, each its own world's whole length."""
@@ -923,7 +923,7 @@ class SVG(nn.Module):
         device = context.device
         gen = torch.Generator(device=device).manual_seed(seed)
         # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
-        # spreads wider than the world is narrowed here without a weight change (README, "z_scale").
+        # spreads wider than the world is narrowed here without a weight change (README, "Noise scale").
         noise = self._noise(n_samples, t - 1, device, gen) * self.cfg.z_scale
         calm = int(self.cfg.arm_calm)
         if calm:  # the noiseless future, first in each scene's group and dropped at the end

@@ -85,7 +85,7 @@ class Decoder(nn.Module):
     > 0 scales the flow head's displacements at each pixel by 1 + S x the spatial latent's first
     channel there (upsampled bilinearly): a path on which a future's noise moves what moves
     farther or less, as a low-friction object glides on after a push, with no weights between
-    (the decoder's own reading of the latent did not learn to, README stop 49), while what
+    (the decoder's own reading of the latent did not learn to, docs/issue13.md, stop 49), while what
     stands still stays still. ``noise_shift`` S > 0 adds S pixels x the latent's first two
     channels (x, y) to the moved previous frame's displacement instead: noise that can also pull
     an object onto table it reaches in some worlds only, where the flow is 0 and no gain moves it.

@@ -11,7 +11,7 @@ world can say so. The future is then drawn from that noise closed loop, as at pr
 scored against the future it came from: a conditional VAE on sibling worlds, whose KL to N(0, I)
 keeps the noise the prior draws at prediction a noise that chooses worlds. Prediction ignores it.
 
-Measured (README, "A posterior that reads which world"): on a toy of two worlds it learns them
+Measured (docs/issue13.md, "A posterior that reads which world"): on a toy of two worlds it learns them
 (a test); fine-tuned 200-400 steps from the bundle's weights on the simulated data, its mean
 differed between a scene's futures by under 0.01 and a future drawn from a sibling's noise scored
 as well as from its own. Its KL went to one offset for all and a smaller variance. The flags stay
