@@ -99,6 +99,10 @@ def main() -> None:
                      "arm copy share elsewhere": round(float(share[~shaft].mean()), 3)}
             said = ", ".join(f"{k.removeprefix('arm copy share ')} {v:.1%}" for k, v in taken.items())
             print(f"    its mask takes the arm copy: {said}")
+        if masks is not None:  # which source draws the shaft: one the noise sways spreads the futures there
+            on_shaft = {name: float(masks[:, :, k][shaft].mean()) for k, name in enumerate(head.sources)}
+            print("    its mask on the shaft: " + ", ".join(f"{name} {v:.0%}" for name, v in on_shaft.items()))
+            taken["mask on the shaft"] = {name: round(v, 3) for name, v in on_shaft.items()}
         record("arm", torch.device("cpu"), ckpt=ckpt, sequences=len(x), shaft_share=round(float(shaft.float().mean()), 3),
                shaft_psnr=round(float(ours.mean()), 2), **base_row, **taken)
 
