@@ -405,8 +405,8 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
     (``vgg64.grown``), and a narrower model may widen (``vgg64.widened``: exactly what it computed, with
     more channels to learn in), though not both at once.
     Returns whether the end-effector map now wants calibrating: it grew the map, the copy or the
-    sprite, or the arm copy or push copy where no copy or sprite placed the map exactly before
-    (``cues.EndEffectorMap``)."""
+    sprite, or the map is exact now where it was not (``ModelConfig.ee_map_exact``: the arm copy
+    or the push copy grown into a model whose map no source placed pixels by)."""
     weights, meta = checkpoint.load_model(cfg.init, device)
     theirs, ours = ModelConfig.from_dict(meta["config"]), ModelConfig.from_dict(cfg.to_dict())
     grow = {name for name in GROWABLE if getattr(ours, name) and not getattr(theirs, name)}
@@ -441,8 +441,7 @@ def initialize(cfg: Config, model: SVG, device: torch.device) -> bool:
         moved = getattr(model.decoder.head, "started_as_moved", list)()
         state = grown(state, model.state_dict(), ours.z_map if "z_map" in grow else 0, "arm_copy" in grow, moved)
     model.load_state_dict(state)
-    newly_exact = bool(grow & {"arm_copy", "push_copy"}) and not (theirs.ee_copy or theirs.ee_sprite or theirs.arm_copy)
-    return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or newly_exact
+    return bool(grow & {"ee_maps", "ee_copy", "ee_sprite"}) or (ours.ee_map_exact and not theirs.ee_map_exact)
 
 
 def calibrate_ee_map(cfg: Config, model: SVG, cond: np.ndarray) -> str | None:

@@ -422,6 +422,15 @@ def test_carry_pool_glides_an_object_on_whole():
         tiny(output="flow", flow_carry=True, carry_pool=1.5)
 
 
+@pytest.mark.parametrize("source", [None, "ee_copy", "ee_sprite", "arm_copy", "push_copy"])
+def test_the_end_effector_map_is_exact_where_a_source_places_pixels_by_it(source):
+    """One definition (``ModelConfig.ee_map_exact``) decides the model's map and whether a grown
+    model calibrates it (``train.initialize``): clamped where a source puts pixels at its place,
+    tanh-bounded for a heat map alone."""
+    model = tiny(output="flow", ee_maps=True, **({source: True} if source else {}))
+    assert model.decoder.ee_map.exact == model.cfg.ee_map_exact == (source is not None)
+
+
 def test_push_copy_moves_what_the_gripper_pushes_whole_and_the_glide_carries_it_on():
     """``push_flow`` moves what lies within PUSH_RADIUS px of the gripper's new place by its step
     and fades to 0 over PUSH_EDGE px beyond; the head's push copy is the previous frame moved so,

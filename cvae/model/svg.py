@@ -179,6 +179,13 @@ class ModelConfig:
     mask_temperature: float = 1.0  # the flow head's mask logits x this (> 1: each pixel nearer one source; FlowHead.masks)
     push_copy: bool = False  # the flow head may also take the previous frame moved near the gripper by its step (cues.push_flow)
 
+    @property
+    def ee_map_exact(self) -> bool:
+        """Whether the end-effector map's place is clamped rather than bounded by tanh
+        (``cues.EndEffectorMap``): the copy, the sprite, the arm copy and the push copy put pixels
+        where it says, so a pixel off costs them more than a blur."""
+        return self.ee_copy or self.ee_sprite or self.arm_copy or self.push_copy
+
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         """The model fields of ``d`` (a checkpoint's or a training config); others are ignored."""
@@ -309,7 +316,7 @@ class SVG(nn.Module):
         self.pixel_loss, self.motion_weight = cfg.pixel_loss, cfg.motion_weight
         self.encoder = Encoder(cfg.g_dim, cfg.width)
         self.decoder = Decoder(cfg.g_dim, cfg.width, output=cfg.output, cond_dim=COND_DIM if cfg.cond_maps else 0,
-                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_copy=cfg.ee_copy,
+                               ee_cond_dim=COND_DIM if cfg.ee_maps else 0, ee_exact=cfg.ee_map_exact, ee_copy=cfg.ee_copy,
                                ee_sprite=cfg.ee_sprite, still_copy=cfg.still_copy,
                                flow_deadzone=cfg.flow_deadzone, z_map=cfg.z_map, arm_copy=cfg.arm_copy,
                                arm_clear=cfg.arm_clear, flow_resample=cfg.flow_resample,

@@ -69,11 +69,12 @@ class Decoder(nn.Module):
     coordinate maps into the feature maps at every scale (as Finn et al. 2016 and SAVP tile the
     action; the coordinates let a convolution turn an end-effector position into a place in the
     image). ``ee_cond_dim`` > 0 adds a heat map of where the end effector is (``cues.py``) at
-    every scale. ``output`` names the head (``heads.py``) that turns the last feature map into the
-    frame; ``ee_copy`` hands the flow head the latest real frame moved by the end effector's
-    displacement (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the
-    condition at its place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real
-    frame as it is; ``flow_deadzone`` zeroes its short displacements (``heads.dead_zone``).
+    every scale, its place clamped with ``ee_exact`` (``ModelConfig.ee_map_exact``). ``output``
+    names the head (``heads.py``) that turns the last feature map into the frame; ``ee_copy``
+    hands the flow head the latest real frame moved by the end effector's displacement
+    (``ee_copy_of``), ``ee_sprite`` a sprite of the end effector drawn from the condition at its
+    place (``cues.EndEffectorSprite``); ``still_copy`` hands it the latest real frame as it is;
+    ``flow_deadzone`` zeroes its short displacements (``heads.dead_zone``).
     ``z_map`` > 0 reads that many channels of a spatial latent beside the 8 x 8 skip, so noise can
     act at one place (a pushed object) and not at another. ``arm_copy`` hands the flow head the
     latest real frame turned about the arm's base (``arm.ArmCopy``) and draws where the arm's
@@ -101,7 +102,7 @@ class Decoder(nn.Module):
     step's."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3, output: str = "image", cond_dim: int = 0,
-                 ee_cond_dim: int = 0, ee_copy: bool = False, ee_sprite: bool = False,
+                 ee_cond_dim: int = 0, ee_exact: bool = False, ee_copy: bool = False, ee_sprite: bool = False,
                  still_copy: bool = False, flow_deadzone: float = 0.0, z_map: int = 0, arm_copy: bool = False,
                  arm_clear: bool = False, flow_resample: str = "bilinear", rigid_layers: int = 0,
                  noise_flow: float = 0.0, noise_shift: float = 0.0, flow_carry: bool = False,
@@ -125,8 +126,7 @@ class Decoder(nn.Module):
                               rigid_layers=rigid_layers, flow_carry=flow_carry, carry_shown=carry_shown,
                               mask_temperature=mask_temperature, push_copy=push_copy)
         self.output, self.nc, self.cond_dim, self.ee_copy, self.z_map = output, nc, cond_dim, ee_copy, z_map
-        exact = ee_copy or ee_sprite or arm_copy or push_copy  # these place pixels where the map says
-        self.ee_map = EndEffectorMap(ee_cond_dim, exact=exact) if ee_cond_dim else None
+        self.ee_map = EndEffectorMap(ee_cond_dim, exact=ee_exact) if ee_cond_dim else None
         self.ee_sprite = EndEffectorSprite(ee_cond_dim) if ee_sprite else None
         self.arm = ArmCopy() if arm_copy else None
         self.arm_clear, self.noise_flow, self.noise_shift, self.carry_noise = arm_clear, noise_flow, noise_shift, carry_noise
