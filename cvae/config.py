@@ -68,6 +68,9 @@ class Config(ModelConfig):
     energy_residual: bool = False
     energy_residual_share: float = 1.0  # with energy_residual, that score's share of the term; the plain score takes the rest
     energy_beta: float = 1.0  # each of the score's norms to this power, in (0, 2): below 1 a blend costs more
+    # the prior futures those terms score drawn with the noise x this: the z_scale the model will be
+    # exported at, so the terms see where its spread falls there, not at the scale it trains its pixels at
+    energy_z_scale: float = 1.0
     branch_weight: float = 0.0  # > 0: also rebuild those futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # > 0: also the pixel loss of the closest prior future to each true one, x this
     cover_branch: bool = False  # that closest future chosen and scored only where the true futures differ
@@ -195,6 +198,11 @@ class Config(ModelConfig):
             raise ConfigError("energy_residual_share needs energy_residual true: it is the residual score's share")
         if self.energy_beta != 1 and not self.energy_truths:
             raise ConfigError("energy_beta needs energy_truths > 0: it shapes the energy score of the futures")
+        if self.energy_z_scale != 1 and not self.energy_truths:
+            raise ConfigError("energy_z_scale needs energy_truths > 0: it scales the noise of the futures scored "
+                              "against the re-simulated ones")
+        if not 0 < self.energy_z_scale < float("inf"):
+            raise ConfigError(f"energy_z_scale must be a number above 0, not {self.energy_z_scale}")
         if not 0 < self.energy_beta < 2:
             raise ConfigError(f"energy_beta must be above 0 and below 2, where the energy score is proper, "
                               f"not {self.energy_beta}")

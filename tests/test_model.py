@@ -962,11 +962,12 @@ def test_branch_term_rebuilds_the_true_futures_weighting_where_they_differ():
     assert parts.branch > 0 and model(x, c, True, futures=(ctx, c, truths)).branch == 0
 
 
-def _energy_samples(model: SVG, ctx: torch.Tensor, cond: torch.Tensor, k: int = 3, t: int = 6) -> torch.Tensor:
-    """The K prior futures ``SVG._energy`` draws after ``torch.manual_seed(7)``, rolled out by
-    hand: [M, K, t - 2, 3, 64, 64]."""
+def _energy_samples(model: SVG, ctx: torch.Tensor, cond: torch.Tensor, k: int = 3, t: int = 6,
+                    scale: float = 1.0) -> torch.Tensor:
+    """The K prior futures ``SVG._energy`` draws after ``torch.manual_seed(7)`` (the prior's noise
+    x ``scale``), rolled out by hand: [M, K, t - 2, 3, 64, 64]."""
     torch.manual_seed(7)
-    noise = model._noise(ctx.shape[0] * k, t - 1, "cpu")
+    noise = model._noise(ctx.shape[0] * k, t - 1, "cpu") * scale
     h, skips = model._encode(ctx)
     pred, _ = model._rollout(ctx.repeat_interleave(k, 0), h.repeat_interleave(k, 0),
                              [s.repeat_interleave(k, 0) for s in skips], cond[:, : t - 1].repeat_interleave(k, 0), t,
@@ -1142,6 +1143,25 @@ def test_gap_terms_compare_the_prior_futures_with_the_truths(field, gap, at, nam
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     _assert_train_step_weighs(model, x, c, (ctx, cond, truths), FutureTerms(weight=0.0, **{field: 3.0}),
                               name, index, 3.0)
+
+
+def test_the_future_terms_score_prior_futures_drawn_at_their_noise_scale():
+    """``terms.z_scale`` draws the prior futures the energy score and the gap terms score with the
+    prior's noise x it (by hand, the same rollout), as ``predict`` draws at ``z_scale``: at 3 the
+    terms see a wider spread than at 1, and their gradient still reaches the prior."""
+    model = calibrated(tiny(prior="learned", z_hold=True))
+    x, c = batch(b=4, t=6)
+    ctx, cond = x[:2, :2], c[:2]
+    truths = torch.rand(2, 3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    wide = model._energy(ctx, cond, truths, FutureTerms(spread_weight=1.0, agree_weight=1.0, z_scale=3.0))
+    samples = _energy_samples(model, ctx, cond, scale=3.0)
+    torch.testing.assert_close(wide[0], energy_score(samples, truths).mean())
+    torch.testing.assert_close(wide[2], spread_gap(samples, truths).mean())
+    torch.testing.assert_close(wide[4], agreement_gap(samples, truths).mean())
+    assert pixel_std(samples, 1).mean() > pixel_std(_energy_samples(model, ctx, cond), 1).mean()
+    grads = torch.autograd.grad(wide[4], list(model.prior.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_adversarial_losses_by_hand_and_which_side_each_trains():

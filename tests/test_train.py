@@ -665,6 +665,10 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
     with pytest.raises(ConfigError, match="energy_beta must be above 0 and below 2, where the energy score is proper, "
                                           "not 2.0"):
         tiny_cfg(sim_root, tmp_path / "beta2", energy_truths=2, energy_beta=2.0)
+    with pytest.raises(ConfigError, match="energy_z_scale needs energy_truths > 0: it scales the noise"):
+        tiny_cfg(sim_root, tmp_path / "zscale", energy_z_scale=3.0)
+    with pytest.raises(ConfigError, match="energy_z_scale must be a number above 0, not 0"):
+        tiny_cfg(sim_root, tmp_path / "zscale0", energy_truths=2, energy_z_scale=0.0)
     with pytest.raises(ConfigError, match="adv_weight needs energy_truths > 0"):
         tiny_cfg(sim_root, tmp_path / "adv", critic=4, adv_weight=1.0)
     with pytest.raises(ConfigError, match="adv_weight needs critic > 0: the critic"):

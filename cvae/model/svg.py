@@ -101,6 +101,7 @@ class FutureTerms:
     residual: bool = False  # scored as deviations from the noiseless future (``metrics.residual_energy_score``)
     residual_share: float = 1.0  # ... that score's share of the term, the plain score's the rest
     beta: float = 1.0  # each of its norms to this power, in (0, 2) (``metrics.energy_score``)
+    z_scale: float = 1.0  # the prior futures they score drawn with the noise x this (the export's ``z_scale``)
     rebuild_weight: float = 0.0  # > 0: also rebuild the futures through the posterior, where they differ x 1 + this
     cover_weight: float = 0.0  # the weight of the closest prior future's pixel loss, per true future
     cover_branch: bool = False  # ... chosen and scored only where the true futures differ
@@ -119,6 +120,7 @@ class FutureTerms:
         return cls(weight=cfg.energy_weight, patch=cfg.energy_patch, pool=cfg.energy_pool, branch=cfg.energy_branch,
                    branch_weight=cfg.energy_branch_weight, residual=cfg.energy_residual,
                    residual_share=cfg.energy_residual_share, beta=cfg.energy_beta,
+                   z_scale=cfg.energy_z_scale,
                    rebuild_weight=cfg.branch_weight,
                    cover_weight=cfg.cover_weight, cover_branch=cfg.cover_branch,
                    spread_weight=cfg.spread_weight, edge_weight=cfg.edge_weight, agree_weight=cfg.agree_weight,
@@ -691,7 +693,7 @@ class SVG(nn.Module):
 
     def _prior_futures(self, x_ctx: torch.Tensor, h_ctx: torch.Tensor, skips_ctx: list[torch.Tensor],
                        cond: torch.Tensor, t: int, k: int, moved: bool = False, noiseless: bool = False,
-                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                       scale: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """K futures of each of M sequences drawn from the prior, predictions fed back as at test
         time, for the training terms that score samples (best of K, the energy score): context
         [M, n_past, ...] and its encoding -> frames n_past..t-1 as [M * K, t - n_past, 3, 64, 64],
@@ -699,7 +701,8 @@ class SVG(nn.Module):
         beside a noiseless future whose pixels they take where the arm is or has been: a score
         on them can then ask for spread only where the arm is not. With ``moved`` (flow head),
         also the displacements the head moved the previous frame by, [M * K, t - n_past, 2, 64, 64].
-        With ``noiseless``, each sequence's K futures follow its noiseless one: K + 1 of them."""
+        With ``noiseless``, each sequence's K futures follow its noiseless one: K + 1 of them. The
+        noise is the prior's x ``scale``, as ``predict`` draws it x ``z_scale``."""
         calm = int(self.cfg.arm_calm)
         lead = int(self.cfg.arm_calm or noiseless)  # a noiseless future first in each group
         group = k + lead
@@ -707,7 +710,7 @@ class SVG(nn.Module):
         def rep(v: torch.Tensor) -> torch.Tensor:
             return v.repeat_interleave(group, 0)
 
-        noise = self._noise(x_ctx.shape[0] * group, t - 1, x_ctx.device)
+        noise = self._noise(x_ctx.shape[0] * group, t - 1, x_ctx.device) * scale
         if lead:  # each scene's first future is the noiseless one
             noise = noise * (torch.arange(noise.shape[0], device=noise.device) % group > 0)[:, None, None]
         pred, _, *rest = self._rollout(rep(x_ctx), rep(h_ctx), [rep(s) for s in skips_ctx], rep(cond[:, : t - 1]), t,
@@ -748,11 +751,12 @@ class SVG(nn.Module):
         t = self.n_past + truths.shape[2]
         lead = int(terms.residual)
         if terms.cover_flow_weight and flows is not None:
-            pred, flow = self._prior_futures(x_ctx, h, skips, cond, t, k, moved=True, noiseless=terms.residual)
+            pred, flow = self._prior_futures(x_ctx, h, skips, cond, t, k, moved=True, noiseless=terms.residual,
+                                             scale=terms.z_scale)
             flow = flow.view(m, k + lead, *flow.shape[1:])[:, lead:]
             cover_flow = self._cover_flow(flow, *flows)
         else:
-            pred = self._prior_futures(x_ctx, h, skips, cond, t, k, noiseless=terms.residual)
+            pred = self._prior_futures(x_ctx, h, skips, cond, t, k, noiseless=terms.residual, scale=terms.z_scale)
             cover_flow = pred.new_zeros((), dtype=torch.float32)
         grouped = pred.view(m, k + lead, *truths.shape[2:])
         samples = grouped[:, lead:]
