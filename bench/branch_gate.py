@@ -22,21 +22,33 @@ future they would draw is the models' own ignorance (the arm, the table it uncov
 world's truths do not share; where they agree and the samples still differ is the noise's. (On
 ``bcs`` and its seed-2 twin the runs disagree on the pushed objects too: docs/issue13.md, stop 63.)
 
+Two more the condition alone sets (docs/issue13.md, stop 73): ``--reach R``, each sample keeps
+its difference from the mean future only within R px of where the end effector has been by each
+step (context included), since only the gripper pushes; ``--ramp P``, each sample keeps the
+share ((f + 1) / F)^P of it at future step f, so the spread grows over the steps as the truths'
+does (the predictor carries noise scaled down at one step into the next, so this is applied
+after the rollout). ``--split`` scores another split than the test one.
+
     python bench/branch_gate.py --ckpt assets/model --limit 16
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --deviation 4 8 16 --swept
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --ensemble CKPT2 --agree 4 8 16
+    python bench/branch_gate.py --ckpt assets/model --limit 32 --split validate --widen 0 --reach 8 16 24 --ramp 0.5 1
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from arm import grip_distance
 from common import checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
 from spread_where import swept_masks
 from torch import nn
 from torch.nn import functional as F
 
 from cvae import checkpoint
+from cvae.condition import XY
 from cvae.evaluate import batches
+from cvae.kinematics import world_to_px
 from cvae.metrics import branching, moving_mask, psnr
 from cvae.physics_eval import spread_scores, summarize
 
@@ -59,6 +71,20 @@ def gate(samples: torch.Tensor, mean: torch.Tensor, truths: torch.Tensor, widen:
     """Samples [B, S, F, 3, H, W] kept where the truths [B, K, F, 3, H, W] branch (widened by
     ``widen`` px), the mean future [B, 1, F, 3, H, W] elsewhere."""
     return mix(samples, mean, widened(branching(truths, 1), widen))
+
+
+def reach(c: torch.Tensor, n_past: int, f: int, px: float) -> torch.Tensor:
+    """Float [B, F, H, W]: 1 at the pixels within ``px`` of a place the end effector has been by
+    each of the ``f`` future steps (context frames included) under conditions ``c`` [B, T, 7],
+    else 0; set by the condition alone."""
+    ee = world_to_px(c[..., XY].numpy().astype(np.float64))  # [B, T, 2]
+    d = torch.from_numpy(grip_distance(ee)).float()  # [B, T, H, W]
+    return torch.stack([d[:, : n_past + i + 1].amin(1) <= px for i in range(f)], 1).float()
+
+
+def ramp(f: int, power: float) -> torch.Tensor:
+    """[F]: the share ((i + 1) / F)^power a sample keeps of its difference at future step i."""
+    return ((torch.arange(f) + 1) / f).pow(power)
 
 
 def departed(samples: torch.Tensor, mean: torch.Tensor, grey: float) -> torch.Tensor:
@@ -136,6 +162,11 @@ def main() -> None:
     p.add_argument("--learn", type=int, default=0, help="training scenes to fit the learned gate on (0: none)")
     p.add_argument("--learn-steps", type=int, default=1500)
     p.add_argument("--ensemble", default=None, help="another run's checkpoint, whose mean future gates by --agree")
+    p.add_argument("--reach", type=float, nargs="*", default=[],
+                   help="px from the end effector's places so far within which a sample may differ")
+    p.add_argument("--ramp", type=float, nargs="*", default=[],
+                   help="powers P: a sample keeps ((f + 1) / F)^P of its difference at step f")
+    p.add_argument("--split", default="test", help="the split scored (the learned gate always fits on train)")
     p.add_argument("--agree", type=float, nargs="*", default=[8.0],
                    help="grey levels within which the two mean futures must agree for a sample to differ there")
     args = p.parse_args()
@@ -154,13 +185,15 @@ def main() -> None:
                 net = fit_classifier(torch.cat(feats), torch.cat(branch), args.learn_steps)
         variants = ["ungated", *(f"gate{w}" for w in args.widen), *(f"moving{w}" for w in args.moving),
                     *(f"deviation{g:g}" for g in args.deviation), *(["swept"] if args.swept else []),
+                    *(f"reach{r:g}" for r in args.reach), *(f"ramp{q:g}" for q in args.ramp),
                     *(["learned"] if net is not None else []),
                     *(f"ensemble{g:g}" for g in (args.agree if other is not None else []))]
         per: dict[str, dict[str, list[torch.Tensor]]] = {v: {} for v in variants}
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         seen = 0
-        for idx, x, c, truths, swept in scenes_with_truths(args.data, "test", args.limit, args.truths, n, f, args.swept):
+        for idx, x, c, truths, swept in scenes_with_truths(args.data, args.split, args.limit, args.truths, n, f,
+                                                              args.swept):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             mean = mean_future(model, x, c, f, idx.start)
@@ -173,6 +206,10 @@ def main() -> None:
                     out = gate(samples, mean, truths, int(v[4:]))
                 elif v.startswith("moving"):
                     out = mix(samples, mean, widened(moving_mask(mean[:, 0], last[:, None]), int(v[6:])))
+                elif v.startswith("reach"):
+                    out = mix(samples, mean, reach(c, n, f, float(v[5:])))
+                elif v.startswith("ramp"):
+                    out = mix(samples, mean, ramp(f, float(v[4:]))[None, :, None, None].expand(len(x), f, *x.shape[-2:]))
                 elif v == "swept":
                     out = mix(samples, mean, (~swept[:, None]).float().expand(-1, f, -1, -1))
                 elif v.startswith("ensemble"):
@@ -198,7 +235,7 @@ def main() -> None:
             print(f"{ckpt} {v}: one sample {r['one_sample']:.2f} dB, best of {args.samples} {r['best_minus_one']:+.2f}, "
                   f"coverage {r['coverage_minus_one']:+.2f}, spread ratio {r['spread_ratio']:.2f}, "
                   f"agreement {r['agreement']:.2f}, misplaced {r['misplaced']:.0%}")
-        record("branch_gate", torch.device("cpu"), ckpt=ckpt, sequences=seen, truths=args.truths,
+        record("branch_gate", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=seen, truths=args.truths,
                samples=args.samples, learn_scenes=args.learn, ensemble=args.ensemble, **rows)
 
 

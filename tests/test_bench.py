@@ -46,6 +46,35 @@ def test_the_branch_gate_keeps_samples_only_where_the_truths_differ():
     assert torch.equal(wide[..., 3:6, 3:6], samples[..., 3:6, 3:6]) and wide[..., 2, 2].eq(0.5).all()
 
 
+def test_the_reach_gate_keeps_the_pixels_near_where_the_gripper_has_been_by_each_step():
+    """The end effector at pixel centre (20.5, 30.5) through the context and the first future
+    step, then at (40.5, 30.5): at future step 0 only the pixels within R px of the first place
+    are kept, from step 1 on those of both places, and nothing 9 px or more from either."""
+    import numpy as np
+    import torch
+
+    from cvae.condition import XY
+    from cvae.kinematics import px_to_world
+
+    c = torch.zeros(1, 5, 7)
+    places = np.array([[20.5, 30.5]] * 3 + [[40.5, 30.5]] * 2)
+    c[0, :, XY] = torch.from_numpy(px_to_world(places)).float()
+    g = _bench("branch_gate").reach(c, 2, 3, 4.0)
+    assert g.shape == (1, 3, 64, 64)
+    assert g[0, 0, 30, 20] == 1 and g[0, 0, 30, 24] == 1 and g[0, 0, 30, 25] == 0 and g[0, 0, 30, 40] == 0
+    assert g[0, 1, 30, 40] == 1 and g[0, 2, 30, 20] == 1 and g[0, 2, 30, 30] == 0
+    assert g[0, 1, 30, 44] == 1 and g[0, 1, 30, 45] == 0 and g[0, 1, 21, 30] == 0
+
+
+def test_the_ramp_keeps_a_growing_share_over_the_steps():
+    import torch
+
+    ramp = _bench("branch_gate").ramp
+    torch.testing.assert_close(ramp(4, 1.0), torch.tensor([0.25, 0.5, 0.75, 1.0]))
+    torch.testing.assert_close(ramp(4, 2.0), torch.tensor([0.0625, 0.25, 0.5625, 1.0]))
+    assert ramp(4, 0.0).eq(1).all()
+
+
 def test_the_ensemble_gate_keeps_samples_only_where_two_runs_mean_futures_agree():
     """Two mean futures 10 grey levels apart in one channel of one pixel: within 8 grey levels
     they agree everywhere but that pixel's 3 x 3 square, within 16 everywhere."""
