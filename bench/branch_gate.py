@@ -62,8 +62,8 @@ def widened(mask: torch.Tensor, px: int) -> torch.Tensor:
 
 
 def mix(samples: torch.Tensor, mean: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Samples [B, S, F, 3, H, W] keeping the share ``g`` [B, F, H, W] of their difference from
-    the mean future [B, 1, F, 3, H, W]."""
+    """Samples [B, S, F, 3, H, W] keeping the share ``g`` [B, F, H, W] (or a shape that
+    broadcasts to it) of their difference from the mean future [B, 1, F, 3, H, W]."""
     return mean + g[:, None, :, None] * (samples - mean)
 
 
@@ -209,7 +209,7 @@ def main() -> None:
                 elif v.startswith("reach"):
                     out = mix(samples, mean, reach(c, n, f, float(v[5:])))
                 elif v.startswith("ramp"):
-                    out = mix(samples, mean, ramp(f, float(v[4:]))[None, :, None, None].expand(len(x), f, *x.shape[-2:]))
+                    out = mix(samples, mean, ramp(f, float(v[4:]))[None, :, None, None])  # broadcast over scenes and pixels
                 elif v == "swept":
                     out = mix(samples, mean, (~swept[:, None]).float().expand(-1, f, -1, -1))
                 elif v.startswith("ensemble"):
