@@ -29,11 +29,18 @@ share ((f + 1) / F)^P of it at future step f, so the spread grows over the steps
 does (the predictor carries noise scaled down at one step into the next, so this is applied
 after the rollout). ``--split`` scores another split than the test one.
 
+Two more (docs/issue13.md, stop 74): ``--now W``, each sample takes the mean future's pixels
+where the arm is at that step (its shaft and gripper from the condition and the simulator's
+base, widened by W px), the arm's own pixels, which the truths share; ``--self P``, each sample
+keeps the share (m / max m)^P of its difference, m its group's own std map: the model's spread
+sharpened toward its own peaks, set by its futures alone.
+
     python bench/branch_gate.py --ckpt assets/model --limit 16
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --deviation 4 8 16 --swept
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --ensemble CKPT2 --agree 4 8 16
     python bench/branch_gate.py --ckpt assets/model --limit 32 --split validate --widen 0 --reach 8 16 24 --ramp 0.5 1
+    python bench/branch_gate.py --ckpt assets/model --limit 32 --split validate --widen 0 --now 0 1 2 --self 0.5 1
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ import numpy as np
 import torch
 from arm import grip_distance
 from common import checkpoints_parser, mean_future, record, true_futures_of_each, uncertain_test_set
-from spread_where import swept_masks
+from spread_where import arm_masks
 from torch import nn
 from torch.nn import functional as F
 
@@ -49,7 +56,7 @@ from cvae import checkpoint
 from cvae.condition import XY
 from cvae.evaluate import batches
 from cvae.kinematics import world_to_px
-from cvae.metrics import branching, moving_mask, psnr
+from cvae.metrics import branching, moving_mask, pixel_std, psnr
 from cvae.physics_eval import spread_scores, summarize
 
 
@@ -85,6 +92,13 @@ def reach(c: torch.Tensor, n_past: int, f: int, px: float) -> torch.Tensor:
 def ramp(f: int, power: float) -> torch.Tensor:
     """[F]: the share ((i + 1) / F)^power a sample keeps of its difference at future step i."""
     return ((torch.arange(f) + 1) / f).pow(power)
+
+
+def self_gate(samples: torch.Tensor, power: float) -> torch.Tensor:
+    """Float [B, F, H, W]: the samples' [B, S, F, 3, H, W] own std map (``pixel_std``) over each
+    sequence's largest value, to the power ``power``."""
+    m = pixel_std(samples, 1)
+    return (m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)).pow(power)
 
 
 def departed(samples: torch.Tensor, mean: torch.Tensor, grey: float) -> torch.Tensor:
@@ -138,15 +152,15 @@ def fit_classifier(feats: torch.Tensor, branch: torch.Tensor, steps: int, seed: 
     return net.eval()
 
 
-def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int, swept: bool = False):
-    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W], the pixels the
-    arm sweeps over each sequence [B, H, W] or None unless ``swept``) of the first ``limit``
-    scenes of ``split``, ``n_past + f`` frames each."""
+def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int, arm: bool = False):
+    """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W], the arm's pixels
+    at every step [B, n_past + f, H, W] or None unless ``arm``) of the first ``limit`` scenes of
+    ``split``, ``n_past + f`` frames each."""
     ds, found = uncertain_test_set(data, limit, n_past + f, split)
     for idx in batches(len(found), 16):
         x, c = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
         some = found[idx.start : idx.stop]
-        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], swept_masks(some, c) if swept else None
+        yield idx, x, c, true_futures_of_each(some, c, k)[:, :, n_past:], arm_masks(some, c) if arm else None
 
 
 @torch.no_grad()
@@ -159,6 +173,10 @@ def main() -> None:
     p.add_argument("--deviation", type=float, nargs="*", default=[],
                    help="grey levels a sample's pixel must differ from the mean future's by to be kept")
     p.add_argument("--swept", action="store_true", help="also the samples calmed where the arm sweeps")
+    p.add_argument("--now", type=int, nargs="*", default=[],
+                   help="px the arm's pixels at each step are widened by, where each sample is calmed")
+    p.add_argument("--self", type=float, nargs="*", default=[], dest="self_power",
+                   help="powers P: a sample keeps (its group's std / the largest)^P of its difference")
     p.add_argument("--learn", type=int, default=0, help="training scenes to fit the learned gate on (0: none)")
     p.add_argument("--learn-steps", type=int, default=1500)
     p.add_argument("--ensemble", default=None, help="another run's checkpoint, whose mean future gates by --agree")
@@ -185,6 +203,7 @@ def main() -> None:
                 net = fit_classifier(torch.cat(feats), torch.cat(branch), args.learn_steps)
         variants = ["ungated", *(f"gate{w}" for w in args.widen), *(f"moving{w}" for w in args.moving),
                     *(f"deviation{g:g}" for g in args.deviation), *(["swept"] if args.swept else []),
+                    *(f"now{w}" for w in args.now), *(f"self{q:g}" for q in args.self_power),
                     *(f"reach{r:g}" for r in args.reach), *(f"ramp{q:g}" for q in args.ramp),
                     *(["learned"] if net is not None else []),
                     *(f"ensemble{g:g}" for g in (args.agree if other is not None else []))]
@@ -192,8 +211,8 @@ def main() -> None:
         best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
         seen = 0
-        for idx, x, c, truths, swept in scenes_with_truths(args.data, args.split, args.limit, args.truths, n, f,
-                                                              args.swept):
+        for idx, x, c, truths, arm in scenes_with_truths(args.data, args.split, args.limit, args.truths, n, f,
+                                                            args.swept or bool(args.now)):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
             mean = mean_future(model, x, c, f, idx.start)
@@ -211,7 +230,11 @@ def main() -> None:
                 elif v.startswith("ramp"):
                     out = mix(samples, mean, ramp(f, float(v[4:]))[None, :, None, None])  # broadcast over scenes and pixels
                 elif v == "swept":
-                    out = mix(samples, mean, (~swept[:, None]).float().expand(-1, f, -1, -1))
+                    out = mix(samples, mean, (~arm.any(1, keepdim=True)).float().expand(-1, f, -1, -1))
+                elif v.startswith("now"):
+                    out = mix(samples, mean, 1 - widened(arm[:, n:], int(v[3:])))
+                elif v.startswith("self"):
+                    out = mix(samples, mean, self_gate(samples, float(v[4:])))
                 elif v.startswith("ensemble"):
                     out = mix(samples, mean, agreed(mean, second, float(v[8:])))
                 elif v.startswith("deviation"):

@@ -75,6 +75,20 @@ def test_the_ramp_keeps_a_growing_share_over_the_steps():
     assert ramp(4, 0.0).eq(1).all()
 
 
+def test_the_self_gate_is_the_samples_own_std_map_over_its_peak_to_a_power():
+    """Two samples 0.4 apart at one pixel (std 0.2) and 0.2 apart at the other (std 0.1): the
+    gate is 1 and 0.5 at power 1, 1 and 0.25 at power 2; 1 everywhere at power 0."""
+    import torch
+
+    samples = torch.zeros(1, 2, 1, 3, 1, 2)
+    samples[0, 0, 0, :, 0] = torch.tensor([0.7, 0.6])
+    samples[0, 1, 0, :, 0] = torch.tensor([0.3, 0.4])
+    self_gate = _bench("branch_gate").self_gate
+    torch.testing.assert_close(self_gate(samples, 1.0), torch.tensor([[[[1.0, 0.5]]]]))
+    torch.testing.assert_close(self_gate(samples, 2.0), torch.tensor([[[[1.0, 0.25]]]]))
+    assert self_gate(samples, 0.0).eq(1).all()
+
+
 def test_the_ensemble_gate_keeps_samples_only_where_two_runs_mean_futures_agree():
     """Two mean futures 10 grey levels apart in one channel of one pixel: within 8 grey levels
     they agree everywhere but that pixel's 3 x 3 square, within 16 everywhere."""
