@@ -31,7 +31,8 @@ after the rollout). ``--split`` scores another split than the test one.
 
 Two more (docs/issue13.md, stop 74): ``--now W``, each sample takes the mean future's pixels
 where the arm is at that step (its shaft and gripper from the condition and the simulator's
-base, widened by W px), the arm's own pixels, which the truths share; ``--self P``, each sample
+base, widened by W px), the arm's own pixels, which the truths were expected to share (4% of
+them branch, within 3-10 px of the gripper, where the pushed object meets it); ``--self P``, each sample
 keeps the share (m / max m)^P of its difference, m its group's own std map: the model's spread
 sharpened toward its own peaks, set by its futures alone.
 
@@ -92,6 +93,12 @@ def reach(c: torch.Tensor, n_past: int, f: int, px: float) -> torch.Tensor:
 def ramp(f: int, power: float) -> torch.Tensor:
     """[F]: the share ((i + 1) / F)^power a sample keeps of its difference at future step i."""
     return ((torch.arange(f) + 1) / f).pow(power)
+
+
+def off_arm(arm: torch.Tensor, n_past: int, px: int) -> torch.Tensor:
+    """The arm's pixels at every step, bool [B, n_past + F, H, W] -> float [B, F, H, W]: 0 where
+    the arm is at each future step (widened by ``px`` px), 1 elsewhere; set by the condition."""
+    return 1 - widened(arm[:, n_past:], px)
 
 
 def self_gate(samples: torch.Tensor, power: float) -> torch.Tensor:
@@ -232,7 +239,7 @@ def main() -> None:
                 elif v == "swept":
                     out = mix(samples, mean, (~arm.any(1, keepdim=True)).float().expand(-1, f, -1, -1))
                 elif v.startswith("now"):
-                    out = mix(samples, mean, 1 - widened(arm[:, n:], int(v[3:])))
+                    out = mix(samples, mean, off_arm(arm, n, int(v[3:])))
                 elif v.startswith("self"):
                     out = mix(samples, mean, self_gate(samples, float(v[4:])))
                 elif v.startswith("ensemble"):

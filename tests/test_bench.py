@@ -75,6 +75,22 @@ def test_the_ramp_keeps_a_growing_share_over_the_steps():
     assert ramp(4, 0.0).eq(1).all()
 
 
+def test_the_arm_gate_calms_the_arms_pixels_at_each_future_step_only():
+    """The arm on one pixel in the last context frame and another in the first future step:
+    the gate is 0 at the second at step 0 only (its 3 x 3 square widened by 1 px), and 1 at the
+    first, where the arm was only in the context."""
+    import torch
+
+    arm = torch.zeros(1, 4, 8, 8, dtype=torch.bool)
+    arm[0, 1, 1, 1] = True
+    arm[0, 2, 5, 5] = True
+    off_arm = _bench("branch_gate").off_arm
+    g = off_arm(arm, 2, 0)
+    assert g.shape == (1, 2, 8, 8) and g[0, 0, 5, 5] == 0 and g.sum() == 2 * 64 - 1
+    wide = off_arm(arm, 2, 1)
+    assert wide[0, 0, 4:7, 4:7].eq(0).all() and wide[0, 0].sum() == 64 - 9 and wide[0, 1].eq(1).all()
+
+
 def test_the_self_gate_is_the_samples_own_std_map_over_its_peak_to_a_power():
     """Two samples 0.4 apart at one pixel (std 0.2) and 0.2 apart at the other (std 0.1): the
     gate is 1 and 0.5 at power 1, 1 and 0.25 at power 2; 1 everywhere at power 0."""
