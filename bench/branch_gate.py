@@ -13,9 +13,9 @@ the mean future. And one that gates by size, not place: ``--deviation G``, each 
 pixel only where it differs from the mean future by more than G grey levels (its largest
 channel), so the faint haze a sample spreads over the still table goes and an object drawn in
 another place stays. ``--swept``: each sample takes the mean future's pixels wherever the arm
-sweeps over the sequence (``spread_where.swept_masks``, from the condition's end-effector places
-and the arm's base, here the simulator's), after the rollout rather than fed back as
-``arm_calm`` does. ``--ensemble CKPT --agree G``: each sample keeps its difference from the mean
+sweeps over the sequence (``spread_where.arm_masks`` at any step, from the condition's
+end-effector places and the arm's base, here the simulator's), after the rollout rather than
+fed back as ``arm_calm`` does. ``--ensemble CKPT --agree G``: each sample keeps its difference from the mean
 future only where CKPT's mean future (another run of the same recipe) agrees with it within G
 grey levels (the largest channel, over a 3 x 3 square): where two runs disagree on the one
 future they would draw is the models' own ignorance (the arm, the table it uncovers), which the
@@ -32,9 +32,9 @@ after the rollout). ``--split`` scores another split than the test one.
 Two more (docs/issue13.md, stop 74): ``--now W``, each sample takes the mean future's pixels
 where the arm is at that step (its shaft and gripper from the condition and the simulator's
 base, widened by W px), the arm's own pixels, which the truths were expected to share (4% of
-them branch, within 3-10 px of the gripper, where the pushed object meets it); ``--self P``, each sample
-keeps the share (m / max m)^P of its difference, m its group's own std map: the model's spread
-sharpened toward its own peaks, set by its futures alone.
+them branch, within 3-10 px of the gripper, where the pushed object meets it); ``--self P``,
+each sample keeps the share (m / max m)^P of its difference, m its group's own std map: the
+model's spread sharpened toward its own peaks, set by its futures alone.
 
     python bench/branch_gate.py --ckpt assets/model --limit 16
     python bench/branch_gate.py --ckpt CKPT --limit 32 --widen 0 --moving 0 4 --learn 384

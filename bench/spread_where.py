@@ -74,11 +74,6 @@ def arm_masks(found, c: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack([arm_mask(base, ee[i]) for i, base in enumerate(arm_bases_of(found))]))
 
 
-def swept_masks(found, c: torch.Tensor) -> torch.Tensor:
-    """:func:`swept_mask` of each simulated scene of ``found`` under its row of conditions ``c``: bool [N, H, W]."""
-    return arm_masks(found, c).any(1)
-
-
 def arm_phases(arm: torch.Tensor, found, c: torch.Tensor, n_past: int) -> dict[str, torch.Tensor]:
     """The arm's place at every step [N, T, H, W] (:func:`arm_masks` of ``found`` under ``c``) ->
     per future step, bool [N, F, H, W]: where the arm is ``now``, where it was at an earlier step
