@@ -189,14 +189,15 @@ def eval_copy_parser(doc: str, ckpt_help: str) -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--out", required=True, help="where the copy and its eval go")
     p.add_argument("--data", default="data/sim")
-    p.add_argument("--limit", type=int, default=64, help="first test sequences")
+    p.add_argument("--limit", type=int, default=64, help="first sequences of the split (0: all)")
+    p.add_argument("--split", default="test", help="the split scored")
     return p
 
 
-def eval_copy(ckpt: str, out: str, data: str, limit: int, settings: dict | None = None) -> dict:
+def eval_copy(ckpt: str, out: str, data: str, limit: int, settings: dict | None = None, split: str = "test") -> dict:
     """Copy a checkpoint folder to ``out`` (without its eval; an export with ``settings``, the
     model fields that change no weight, where given), run ``eval`` on the copy as the README's
-    tables do (10 samples, 10 truths, the first ``limit`` test sequences) inside whatever patch
+    tables do (10 samples, 10 truths, the first ``limit`` sequences of ``split``) inside whatever patch
     the caller holds, and return the figures of its eval.json that the probes report."""
     from cvae import checkpoint
     from cvae.cli import main as cvae_main
@@ -205,13 +206,14 @@ def eval_copy(ckpt: str, out: str, data: str, limit: int, settings: dict | None 
         checkpoint.export(ckpt, out, force=True, settings=settings)
     else:
         shutil.copytree(ckpt, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval"))
-    code = cvae_main(["eval", "--ckpt", out, "--data", data, "--limit", str(limit),
+    code = cvae_main(["eval", "--ckpt", out, "--data", data, "--split", split, "--limit", str(limit),
                       "--samples", "10", "--truths", "10", "--workers", "1"])
     if code:
         raise SystemExit(code)
     d = json.loads((Path(out) / "eval" / "eval.json").read_text())
     dist = d["distribution"]
     return {"psnr": round(d["psnr"], 2), "best_of_10": round(d["best_of_n_psnr"] - d["psnr"], 2),
+            "coverage": round(dist["coverage_psnr"] - dist["one_sample_psnr"], 2),
             "spread_ratio": round(dist["spread_ratio"], 2), "agreement": round(dist["agreement"], 2),
             "misplaced": round(dist["misplaced_share"], 3),
             "sharpness": [round(min(d["sharpness_per_step"]), 2), round(max(d["sharpness_per_step"]), 2)],
