@@ -105,6 +105,31 @@ def test_the_self_gate_is_the_samples_own_std_map_over_its_peak_to_a_power():
     assert self_gate(samples, 0.0).eq(1).all()
 
 
+def test_antithetic_noise_pairs_each_draw_with_its_negation_and_keeps_an_odd_last_one():
+    """Five draws: rows 2 and 3 become minus rows 0 and 1, rows 0, 1 and 4 stay, and the draws
+    passed in are not changed (``SVG._noise`` returns an expanded view)."""
+    import torch
+
+    noise = torch.arange(10.0).view(5, 1, 2)
+    out = _bench("antithetic").antithetic(noise)
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 1]], [[2, 3]], [[-0.0, -1]], [[-2, -3]], [[8, 9]]]))
+    assert noise[2, 0, 0] == 4
+
+
+def test_the_spread_heads_factor_moves_the_std_map_toward_the_fitted_one_and_stops_at_4():
+    """Own std 0.1, fitted 0.2: half way (L 0.5) keeps 0.5 x 2 + 0.5 = 1.5 of a departure, the
+    geometric P 0.5 sqrt(2); all the way to a fitted 1.0 from 0.01 would be x 100, held at x 4;
+    a fitted 0 at L 1 calms the pixel."""
+    import torch
+
+    factor = _bench("spread_head").factor
+    m = torch.tensor([0.1, 0.01, 0.1])
+    w = torch.tensor([0.2, 1.0, 0.0])
+    torch.testing.assert_close(factor(w, m, "lin", 0.5), torch.tensor([1.5, 4.0, 0.5]))
+    torch.testing.assert_close(factor(w, m, "lin", 1.0), torch.tensor([2.0, 4.0, 0.0]))
+    torch.testing.assert_close(factor(w[:1], m[:1], "pow", 0.5), torch.tensor([2 ** 0.5]))
+
+
 def test_the_ensemble_gate_keeps_samples_only_where_two_runs_mean_futures_agree():
     """Two mean futures 10 grey levels apart in one channel of one pixel: within 8 grey levels
     they agree everywhere but that pixel's 3 x 3 square, within 16 everywhere."""
