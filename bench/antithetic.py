@@ -1,8 +1,9 @@
 """Is agreement held down by how noisily 10 futures estimate the model's std map? With 40 futures
 it rose 0.41 -> 0.43 on the first 64 validation sequences (docs/issue13.md, stop 74). This probe
 draws the futures in antithetic pairs, noise e and -e (a patch of ``SVG._noise``, each future
-still a draw from the prior), which estimates a linear decoder's spread exactly from two draws,
-and runs ``eval`` on a copy. On the bundle it left agreement where it was (docs/issue13.md,
+still a draw from the prior): for a decoder near linear in its noise each pair is centred on
+the noiseless future, so ten futures measure its spread with less noise. It runs ``eval`` on a
+copy. On the bundle it left agreement where it was (docs/issue13.md,
 stop 75): the decoder is far from linear in its noise.
 
     python bench/antithetic.py --ckpt assets/model --out runs/c25/anti --split validate --limit 0

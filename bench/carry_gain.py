@@ -34,7 +34,7 @@ def main() -> None:
     if not model.cfg.flow_carry:
         raise SystemExit(f"{args.ckpt}: its flow head carries no motion on (flow_carry false)")
     with gained(args.gain):
-        figures = eval_copy(args.ckpt, args.out, args.data, args.limit)
+        figures = eval_copy(args.ckpt, args.out, args.data, args.limit, split=args.split)
     print(json.dumps(record("carry_gain", torch.device("cpu"), ckpt=args.ckpt, gain=args.gain, limit=args.limit,
                             **figures)))
 

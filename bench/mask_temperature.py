@@ -28,7 +28,8 @@ def main() -> None:
     model, _ = checkpoint.load_model(args.ckpt, "cpu")
     if model.cfg.output != "flow":
         raise SystemExit(f"{args.ckpt}: its head is '{model.cfg.output}', not 'flow': it has no source mask to sharpen")
-    figures = eval_copy(args.ckpt, args.out, args.data, args.limit, {"mask_temperature": args.temperature})
+    figures = eval_copy(args.ckpt, args.out, args.data, args.limit, {"mask_temperature": args.temperature},
+                        args.split)
     print(json.dumps(record("mask_temperature", torch.device("cpu"), ckpt=args.ckpt, temperature=args.temperature,
                             limit=args.limit, **figures)))
 
