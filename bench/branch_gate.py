@@ -159,6 +159,34 @@ def fit_classifier(feats: torch.Tensor, branch: torch.Tensor, steps: int, seed: 
     return net.eval()
 
 
+class Tally:
+    """One gated variant's figures over the batches of scenes: eval's spread scores against the
+    truths, and the one sample and best of N against the recorded future."""
+
+    def __init__(self) -> None:
+        self.spread: dict[str, list[torch.Tensor]] = {}
+        self.best: list[torch.Tensor] = []
+        self.one: list[torch.Tensor] = []
+
+    def add(self, out: torch.Tensor, truths: torch.Tensor, last: torch.Tensor, future: torch.Tensor) -> None:
+        """Samples [B, S, F, 3, H, W], truths [B, K, F, 3, H, W], last context frames [B, 3, H, W]
+        and recorded futures [B, F, 3, H, W] of one batch."""
+        for name, val in spread_scores(out, truths, last).items():
+            self.spread.setdefault(name, []).append(val)
+        recorded = psnr(out, future[:, None]).mean(-1)  # [B, S]
+        self.best.append(recorded.max(1).values)
+        self.one.append(recorded[:, 0])
+
+    def row(self) -> dict[str, float]:
+        """The one sample's PSNR, best of N and coverage over it, the spread ratio, agreement and
+        the misplaced share, over every batch added."""
+        s, o = summarize(self.spread), torch.cat(self.one).mean().item()
+        return {"one_sample": round(o, 3), "best_minus_one": round(torch.cat(self.best).mean().item() - o, 3),
+                "coverage_minus_one": round(s["coverage_psnr"] - s["one_sample_psnr"], 3),
+                "spread_ratio": round(s["spread_ratio"], 3), "agreement": round(s["agreement"], 3),
+                "misplaced": round(s["misplaced_share"], 3)}
+
+
 def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int, arm: bool = False):
     """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W], the arm's pixels
     at every step [B, n_past + f, H, W] or None unless ``arm``) of the first ``limit`` scenes of
@@ -214,9 +242,7 @@ def main() -> None:
                     *(f"reach{r:g}" for r in args.reach), *(f"ramp{q:g}" for q in args.ramp),
                     *(["learned"] if net is not None else []),
                     *(f"ensemble{g:g}" for g in (args.agree if other is not None else []))]
-        per: dict[str, dict[str, list[torch.Tensor]]] = {v: {} for v in variants}
-        best: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
-        one: dict[str, list[torch.Tensor]] = {v: [] for v in variants}
+        tallies = {v: Tally() for v in variants}
         seen = 0
         for idx, x, c, truths, arm in scenes_with_truths(args.data, args.split, args.limit, args.truths, n, f,
                                                             args.swept or bool(args.now)):
@@ -249,19 +275,9 @@ def main() -> None:
                 else:
                     g = torch.sigmoid(net(features(last, mean).flatten(0, 1))).view(len(x), f, *x.shape[-2:])
                     out = mix(samples, mean, g)
-                for name, val in spread_scores(out, truths, last).items():
-                    per[v].setdefault(name, []).append(val)
-                recorded = psnr(out, x[:, None, n:]).mean(-1)  # [B, S] against the recorded future
-                best[v].append(recorded.max(1).values)
-                one[v].append(recorded[:, 0])
-        rows = {}
-        for v in variants:
-            s, o = summarize(per[v]), torch.cat(one[v]).mean().item()
-            rows[v] = {"one_sample": round(o, 3), "best_minus_one": round(torch.cat(best[v]).mean().item() - o, 3),
-                       "coverage_minus_one": round(s["coverage_psnr"] - s["one_sample_psnr"], 3),
-                       "spread_ratio": round(s["spread_ratio"], 3), "agreement": round(s["agreement"], 3),
-                       "misplaced": round(s["misplaced_share"], 3)}
-            r = rows[v]
+                tallies[v].add(out, truths, last, x[:, n:])
+        rows = {v: t.row() for v, t in tallies.items()}
+        for v, r in rows.items():
             print(f"{ckpt} {v}: one sample {r['one_sample']:.2f} dB, best of {args.samples} {r['best_minus_one']:+.2f}, "
                   f"coverage {r['coverage_minus_one']:+.2f}, spread ratio {r['spread_ratio']:.2f}, "
                   f"agreement {r['agreement']:.2f}, misplaced {r['misplaced']:.0%}")

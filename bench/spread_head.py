@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 
 import torch
-from branch_gate import features, mix, scenes_with_truths
+from branch_gate import Tally, features, mix, scenes_with_truths
 from common import checkpoints_parser, mean_future, record
 from torch import nn
 
 from cvae import checkpoint
-from cvae.metrics import pixel_std, psnr
-from cvae.physics_eval import spread_scores, std_agreement, summarize
+from cvae.metrics import pixel_std
+from cvae.physics_eval import std_agreement
 
 MOST = 4.0  # the largest factor a pixel's departure is scaled by
 FLOOR = 1e-3  # the smallest std map value divided by (a quarter of a grey level)
@@ -54,14 +54,15 @@ def factor(w: torch.Tensor, m: torch.Tensor, kind: str, amount: float) -> torch.
 
 
 def seen(model, data: str, split: str, limit: int, samples: int):
-    """Per batch of scenes: the head's inputs, the truths' std map, and the samples, noiseless
-    future, truths and recorded future for scoring."""
+    """Per batch of scenes: the head's inputs, the truths' std map, and the samples, their std map,
+    the noiseless future, truths, recorded future and last context frame for scoring."""
     n, f = model.n_past, 10
     for idx, x, c, truths, _ in scenes_with_truths(data, split, limit, 10, n, f):
         s = model.predict(x[:, :n], c, f, samples, idx.start)
+        m = pixel_std(s, 1)
         mean = mean_future(model, x, c, f, idx.start)
-        yield inputs(features(x[:, n - 1], mean), pixel_std(s, 1), s.mean(1), x[:, 0]), pixel_std(truths, 1), \
-            (s, mean, truths, x[:, n:], x[:, n - 1])
+        yield inputs(features(x[:, n - 1], mean), m, s.mean(1), x[:, 0]), pixel_std(truths, 1), \
+            (s, m, mean, truths, x[:, n:], x[:, n - 1])
 
 
 def main() -> None:
@@ -100,31 +101,20 @@ def main() -> None:
         net.eval()
         variants = [*(("lin", a) for a in args.lin), *(("pow", a) for a in args.pow),
                     *(("oracle", a) for a in (args.lin if args.oracle else []))]
-        per: dict = {v: {} for v in variants}
-        best: dict = {v: [] for v in variants}
-        one: dict = {v: [] for v in variants}
+        tallies = {v: Tally() for v in variants}
         alone = []
         with torch.no_grad():
-            for x, t, (s, mean, truths, future, last) in seen(model, args.data, args.split, args.limit, args.samples):
-                m = pixel_std(s, 1)
+            for x, t, (s, m, mean, truths, future, last) in seen(model, args.data, args.split, args.limit,
+                                                                 args.samples):
                 w = (net(x) / 10).clamp_min(0).view_as(m)
                 alone.append(std_agreement(t, w))
                 for kind, a in variants:
                     g = factor(t, m, "lin", a) if kind == "oracle" else factor(w, m, kind, a)
-                    out = mix(s, mean, g)
-                    for name, val in spread_scores(out, truths, last).items():
-                        per[kind, a].setdefault(name, []).append(val)
-                    r = psnr(out, future[:, None]).mean(-1)
-                    best[kind, a].append(r.max(1).values)
-                    one[kind, a].append(r[:, 0])
+                    tallies[kind, a].add(mix(s, mean, g), truths, last, future)
         rows = {"fitted_alone_agreement": round(torch.cat(alone).nanmean().item(), 3)}
         print(f"{ckpt}: the fitted map alone against the truths' std map: agreement {rows['fitted_alone_agreement']:.3f}")
-        for kind, a in variants:
-            s, o = summarize(per[kind, a]), torch.cat(one[kind, a]).mean().item()
-            r = {"one_sample": round(o, 2), "best_minus_one": round(torch.cat(best[kind, a]).mean().item() - o, 2),
-                 "coverage_minus_one": round(s["coverage_psnr"] - s["one_sample_psnr"], 2),
-                 "spread_ratio": round(s["spread_ratio"], 2), "agreement": round(s["agreement"], 3)}
-            rows[f"{kind}{a:g}"] = r
+        for (kind, a), tally in tallies.items():
+            r = rows[f"{kind}{a:g}"] = tally.row()
             print(f"{ckpt} {kind} {a:g}: one sample {r['one_sample']:.2f} dB, best of {args.samples} "
                   f"{r['best_minus_one']:+.2f}, coverage {r['coverage_minus_one']:+.2f}, spread ratio "
                   f"{r['spread_ratio']:.2f}, agreement {r['agreement']:.3f}")
