@@ -124,6 +124,11 @@ class EvalResult:
             if "ghost_pixels" in d:
                 lines.append(f"  ghosts (pixels per frame no true future comes within 64 grey levels of): "
                              f"{d['ghost_pixels']:.1f}, copy last {d['copy_last_ghost_pixels']:.1f}")
+            if p := d.get("perfect"):
+                lines.append(f"  a perfect sampler ({self.n_samples} more re-simulations in the model's place): ratio "
+                             f"{p['spread_ratio']:.2f}, agreement {p['agreement']:.2f}, spread where the true futures "
+                             f"agree {100 * p['misplaced_share']:.0f}%, coverage "
+                             f"{p['coverage_psnr'] - p['one_sample_psnr']:+.2f} dB over one sample")
         return "\n".join(lines)
 
 

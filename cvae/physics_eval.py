@@ -174,23 +174,31 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
                  device: torch.device | str = "cpu", progress: bool = False) -> dict | None:
     """The model's ``n_samples`` futures against ``k`` re-simulated true futures of each scene under
     its recorded actions, the hidden causes re-drawn (:func:`spread_scores`, averaged over the
-    sequences; the spread ratio is model over truth of those averages). None unless the data is
-    the simulator's and has hidden causes (a deterministic world has one future)."""
+    sequences; the spread ratio is model over truth of those averages). Its ``perfect`` entry holds
+    the same figures for a perfect sampler: ``n_samples`` more re-simulations (draws k+1 on, so the
+    truths are the same) scored in the model's place. It shows what each figure reads when the
+    futures are the world's own, so a shortfall is the model's, not the estimate's from ten
+    draws. None unless the data is the simulator's and has hidden causes (a deterministic world
+    has one future)."""
     n_past = model.n_past
     found = scenes(dataset, limit)
     if found is None or found[0].uncertainty == 0 or k < 2 or n_samples < 2:
         return None
     per_seq: dict[str, list[torch.Tensor]] = {}
+    per_seq_perfect: dict[str, list[torch.Tensor]] = {}
     with pool(workers) as workers_pool:
         for idx in progress_bar(batches(len(found), 16), progress, "true futures"):
             x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
             x, c = x[:, : n_past + n_future].to(device), c[:, : n_past + n_future]
-            jobs = [(found[i], c[j, :, ACTIONS].numpy().astype(np.float64), k) for j, i in enumerate(idx)]
-            truths = _to_tensor(np.stack(workers_pool.map(_futures, jobs)), device)[:, :, n_past:]
+            jobs = [(found[i], c[j, :, ACTIONS].numpy().astype(np.float64), k + n_samples) for j, i in enumerate(idx)]
+            drawn = _to_tensor(np.stack(workers_pool.map(_futures, jobs)), device)[:, :, n_past:]
+            truths, perfect = drawn[:, :k], drawn[:, k:]
             samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples, seed + idx.start)
-            for name, v in spread_scores(samples, truths, x[:, n_past - 1]).items():
-                per_seq.setdefault(name, []).append(v)
-    return {"k": k, "n_samples": n_samples, "n_sequences": len(found), **summarize(per_seq)}
+            for scores, futures in ((per_seq, samples), (per_seq_perfect, perfect)):
+                for name, v in spread_scores(futures, truths, x[:, n_past - 1]).items():
+                    scores.setdefault(name, []).append(v)
+    return {"k": k, "n_samples": n_samples, "n_sequences": len(found), **summarize(per_seq),
+            "perfect": summarize(per_seq_perfect)}
 
 
 def summarize(per_seq: dict[str, list[torch.Tensor]]) -> dict:

@@ -388,8 +388,10 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
     dist = scores["distribution"]  # the data has hidden causes: true futures re-simulated
     assert (dist["k"], dist["n_samples"], dist["n_sequences"]) == (3, 2, 2) and dist["truth_spread"] > 0
     assert dist["coverage_psnr"] >= dist["one_sample_psnr"]
+    assert dist["perfect"]["truth_spread"] == dist["truth_spread"]  # scored on the same truths
     out = capsys.readouterr().out
     assert "counterfactual reversed: model" in out and "against 3 re-simulated true futures" in out
+    assert "a perfect sampler (2 more re-simulations in the model's place)" in out
     # an export may set the flow head's dead zone: the same weights, the new field, no stale evaluation
     zoned = tmp_path / "zoned"
     assert cli.main(["export", "--ckpt", str(exported), "--out", str(zoned), "--flow-deadzone", "0.5"]) == 0
@@ -525,6 +527,19 @@ def test_eval_reports_the_squared_edges_where_things_move(square_root):
     assert copy.moving_edges_per_step == pytest.approx(copy.copy_last_moving_edges_per_step)
     assert all(b < 0.5 * c for b, c in zip(blurred.moving_edges_per_step, copy.moving_edges_per_step))
     assert "squared edges on the moving pixels" in blurred.table()
+
+
+def test_a_perfect_sampler_scores_the_world_against_itself(sim_root):
+    """Beside the model's figures, ``distribution`` scores more re-simulations in the model's
+    place: on the same truths, a spread like theirs, where theirs is. Copy-last, which draws no
+    spread, scores agreement 0 beside it."""
+    from cvae.physics_eval import distribution
+
+    d = distribution(_LastFrame(1), BairDataset(sim_root, "test", 12), k=10, n_samples=10, workers=2)
+    p = d["perfect"]
+    assert p["truth_spread"] == d["truth_spread"] and d["agreement"] == 0 and d["model_spread"] == 0
+    assert p["agreement"] > 0.7 and 0.8 < p["spread_ratio"] < 1.25 and p["misplaced_share"] < 0.3
+    assert 90 > p["coverage_psnr"] > p["one_sample_psnr"] > d["one_sample_psnr"]  # 100: a truth itself
 
 
 def test_flow_truth_trains_on_the_simulators_flows(sim_root, sim_copy, square_root, tmp_path, capsys):
