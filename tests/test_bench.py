@@ -116,6 +116,24 @@ def test_antithetic_noise_pairs_each_draw_with_its_negation_and_keeps_an_odd_las
     assert noise[2, 0, 0] == 4
 
 
+def test_noise_channels_scales_each_map_channels_cells_and_leaves_the_vector_part():
+    """A latent of 2 vector entries and 2 map channels of MAP_SIZE^2 cells: channel 0 x 0,
+    channel 1 x 3, the vector part as it was, the noise passed in unchanged; scales that do not
+    fit the latent are refused with both sizes."""
+    import torch
+
+    from cvae.model.vgg64 import MAP_SIZE
+
+    bench = _bench("noise_channels")
+    cells = MAP_SIZE * MAP_SIZE
+    noise = torch.ones(3, 1, 2 + 2 * cells).expand(3, 4, -1)
+    out = bench.scale_channels(noise, 2, (0.0, 3.0))
+    assert out.shape == noise.shape and out[..., :2].eq(1).all()
+    assert out[..., 2 : 2 + cells].eq(0).all() and out[..., 2 + cells :].eq(3).all() and noise.eq(1).all()
+    with pytest.raises(SystemExit, match=f"3 scales for a latent of {2 + 2 * cells}"):
+        bench.scale_channels(noise, 2, (1.0, 1.0, 1.0))
+
+
 def test_the_spread_heads_factor_moves_the_std_map_toward_the_fitted_one_and_stops_at_4():
     """Own std 0.1, fitted 0.2: half way (L 0.5) keeps 0.5 x 2 + 0.5 = 1.5 of a departure, the
     geometric P 0.5 sqrt(2); all the way to a fitted 1.0 from 0.01 would be x 100, held at x 4;
