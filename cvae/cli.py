@@ -183,7 +183,8 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     e.add_argument("--limit", type=whole(0), default=0, help="score only the first N sequences (0: all)")
     e.add_argument("--seed", type=whole(0), default=0)
     e.add_argument("--truths", type=whole(0), default=10,
-                   help="simulated data with hidden causes: true futures re-simulated per scene (0: skip)")
+                   help="simulated data with hidden causes: true futures re-simulated per scene, and --samples "
+                        "more for a perfect sampler scored beside the model (0: skip)")
     e.add_argument("--workers", type=whole(1), default=os.cpu_count() or 1, help="processes re-simulating true futures")
     e.add_argument("--seq", type=whole(0), default=0, help="test sequence for the GIF and the frame strip")
     e.add_argument("--gif-samples", type=whole(1), default=3)
