@@ -47,9 +47,11 @@ def head(width: int) -> nn.Module:
 
 def factor(w: torch.Tensor, m: torch.Tensor, kind: str, amount: float) -> torch.Tensor:
     """The per-pixel share g of a sample's departure kept, so that its group's std map m becomes
-    ``lin``: amount w + (1 - amount) m; ``pow``: m^(1 - amount) w^amount; at most ``MOST``."""
-    if kind == "lin":
-        return (amount * w / m.clamp_min(FLOOR) + 1 - amount).clamp(0, MOST)
+    ``lin``: amount w + (1 - amount) m; ``pow``: m^(1 - amount) w^amount; at most ``MOST``.
+    ``up``: ``lin`` where that widens the spread, m where it would narrow it (g at least 1), so
+    the model's own doubt, on which best of N earns, is kept."""
+    if kind in ("lin", "up"):
+        return (amount * w / m.clamp_min(FLOOR) + 1 - amount).clamp(1 if kind == "up" else 0, MOST)
     return (w.clamp_min(1e-4) / m.clamp_min(1e-4)).pow(amount).clamp(0, MOST)
 
 
@@ -65,6 +67,28 @@ def seen(model, data: str, split: str, limit: int, samples: int):
             (s, m, mean, truths, x[:, n:], x[:, n - 1])
 
 
+def fit(net: nn.Module, model, ckpt: str, args) -> None:
+    """``net`` fitted on ``args.train`` training scenes to say the truths' std map (x 10) from ``inputs``."""
+    xs, ys = [], []
+    with torch.no_grad():
+        for x, t, _ in seen(model, args.data, "train", args.train, args.samples):
+            xs.append(x.half())
+            ys.append(10 * t.flatten(0, 1)[:, None].half())
+    xs, ys = torch.cat(xs), torch.cat(ys)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    start = time.time()
+    for _ in range(args.steps):
+        j = torch.randint(0, len(xs), (32,))
+        loss = (net(xs[j].float()) - ys[j].float()).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    print(f"{ckpt}: fitted on {args.train} scenes in {time.time() - start:.0f} s, last loss {loss.item():.4f}")
+
+
 def main() -> None:
     p = checkpoints_parser(__doc__, 256)
     p.add_argument("--train", type=int, default=1024, help="training scenes the head is fitted on")
@@ -74,48 +98,47 @@ def main() -> None:
     p.add_argument("--split", default="validate", help="the split scored")
     p.add_argument("--lin", type=float, nargs="*", default=[0.0, 0.2, 0.3])
     p.add_argument("--pow", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5])
-    p.add_argument("--oracle", action="store_true", help="also the lin mixes toward the truths' own std map")
+    p.add_argument("--up", type=float, nargs="*", default=[0.2, 0.5, 1.0])
+    p.add_argument("--oracle", action="store_true", help="also the lin and up mixes toward the truths' own std map")
+    p.add_argument("--save", default="", help="write the fitted head's weights here")
+    p.add_argument("--load", default="", help="score the head whose weights are here, fitted before, not a new one")
+    p.add_argument("--blend", type=float, nargs="*", default=[],
+                   help="shares B of the truths' map in w (B t + (1 - B) w): how good a head must be; lin and up mixes")
     args = p.parse_args()
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
-        xs, ys = [], []
-        with torch.no_grad():
-            for x, t, _ in seen(model, args.data, "train", args.train, args.samples):
-                xs.append(x.half())
-                ys.append(10 * t.flatten(0, 1)[:, None].half())
-        xs, ys = torch.cat(xs), torch.cat(ys)
-        torch.manual_seed(0)
         net = head(args.width)
-        opt = torch.optim.Adam(net.parameters(), 2e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
-        start = time.time()
-        for _ in range(args.steps):
-            j = torch.randint(0, len(xs), (32,))
-            loss = (net(xs[j].float()) - ys[j].float()).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"{ckpt}: fitted on {args.train} scenes in {time.time() - start:.0f} s, last loss {loss.item():.4f}")
-        del xs, ys
+        if args.load:
+            net.load_state_dict(torch.load(args.load))
+        else:
+            fit(net, model, ckpt, args)
+        if args.save:
+            torch.save(net.state_dict(), args.save)
         net.eval()
-        variants = [*(("lin", a) for a in args.lin), *(("pow", a) for a in args.pow),
-                    *(("oracle", a) for a in (args.lin if args.oracle else []))]
+        mixes = [*(("lin", a) for a in args.lin), *(("up", a) for a in args.up)]
+        variants = [*(("fitted", kind, a) for kind, a in [*mixes, *(("pow", a) for a in args.pow)]),
+                    *(("oracle", kind, a) for kind, a in (mixes if args.oracle else [])),
+                    *((f"blend{b:g}", kind, a) for b in args.blend for kind, a in mixes)]
         tallies = {v: Tally() for v in variants}
-        alone = []
+        alone, alone_blend = [], {b: [] for b in args.blend}
         with torch.no_grad():
             for x, t, (s, m, mean, truths, future, last) in seen(model, args.data, args.split, args.limit,
                                                                  args.samples):
                 w = (net(x) / 10).clamp_min(0).view_as(m)
                 alone.append(std_agreement(t, w))
-                for kind, a in variants:
-                    g = factor(t, m, "lin", a) if kind == "oracle" else factor(w, m, kind, a)
-                    tallies[kind, a].add(mix(s, mean, g), truths, last, future)
+                maps = {"fitted": w, "oracle": t, **{f"blend{b:g}": b * t + (1 - b) * w for b in args.blend}}
+                for b in args.blend:
+                    alone_blend[b].append(std_agreement(t, maps[f"blend{b:g}"]))
+                for source, kind, a in variants:
+                    tallies[source, kind, a].add(mix(s, mean, factor(maps[source], m, kind, a)), truths, last, future)
         rows = {"fitted_alone_agreement": round(torch.cat(alone).nanmean().item(), 3)}
         print(f"{ckpt}: the fitted map alone against the truths' std map: agreement {rows['fitted_alone_agreement']:.3f}")
-        for (kind, a), tally in tallies.items():
-            r = rows[f"{kind}{a:g}"] = tally.row()
-            print(f"{ckpt} {kind} {a:g}: one sample {r['one_sample']:.2f} dB, best of {args.samples} "
+        for b, v in alone_blend.items():
+            rows[f"blend{b:g}_alone_agreement"] = round(torch.cat(v).nanmean().item(), 3)
+            print(f"{ckpt}: blend {b:g} alone: agreement {rows[f'blend{b:g}_alone_agreement']:.3f}")
+        for (source, kind, a), tally in tallies.items():
+            r = rows[f"{source}_{kind}{a:g}"] = tally.row()
+            print(f"{ckpt} {source} {kind} {a:g}: one sample {r['one_sample']:.2f} dB, best of {args.samples} "
                   f"{r['best_minus_one']:+.2f}, coverage {r['coverage_minus_one']:+.2f}, spread ratio "
                   f"{r['spread_ratio']:.2f}, agreement {r['agreement']:.3f}")
         record("spread_head", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=args.limit,

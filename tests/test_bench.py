@@ -137,7 +137,7 @@ def test_noise_channels_scales_each_map_channels_cells_and_leaves_the_vector_par
 def test_the_spread_heads_factor_moves_the_std_map_toward_the_fitted_one_and_stops_at_4():
     """Own std 0.1, fitted 0.2: half way (L 0.5) keeps 0.5 x 2 + 0.5 = 1.5 of a departure, the
     geometric P 0.5 sqrt(2); all the way to a fitted 1.0 from 0.01 would be x 100, held at x 4;
-    a fitted 0 at L 1 calms the pixel."""
+    a fitted 0 at L 1 calms the pixel, and ``up`` keeps it as it was (it only widens)."""
     import torch
 
     factor = _bench("spread_head").factor
@@ -146,6 +146,7 @@ def test_the_spread_heads_factor_moves_the_std_map_toward_the_fitted_one_and_sto
     torch.testing.assert_close(factor(w, m, "lin", 0.5), torch.tensor([1.5, 4.0, 0.5]))
     torch.testing.assert_close(factor(w, m, "lin", 1.0), torch.tensor([2.0, 4.0, 0.0]))
     torch.testing.assert_close(factor(w[:1], m[:1], "pow", 0.5), torch.tensor([2 ** 0.5]))
+    torch.testing.assert_close(factor(w, m, "up", 0.5), torch.tensor([1.5, 4.0, 1.0]))
 
 
 def test_the_ensemble_gate_keeps_samples_only_where_two_runs_mean_futures_agree():
