@@ -108,6 +108,8 @@ def main() -> None:
     p.add_argument("--blend", type=float, nargs="*", default=[],
                    help="shares B of the truths' map in w (B t + (1 - B) w): how good a head must be; lin and up mixes")
     args = p.parse_args()
+    if (args.save or args.load) and len(args.ckpt) > 1:
+        p.error("--save and --load take one --ckpt: a head is fitted to one model's futures")
     for ckpt in args.ckpt:
         model, _ = checkpoint.load_model(ckpt, "cpu")
         net = head(args.width)
