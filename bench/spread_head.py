@@ -114,7 +114,7 @@ def main() -> None:
         model, _ = checkpoint.load_model(ckpt, "cpu")
         net = head(args.width)
         if args.load:
-            net.load_state_dict(torch.load(args.load))
+            net.load_state_dict(torch.load(args.load, weights_only=True))
         else:
             fit(net, model, ckpt, args)
         if args.save:
