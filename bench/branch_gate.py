@@ -187,6 +187,13 @@ class Tally:
                 "misplaced": round(s["misplaced_share"], 3)}
 
 
+def describe(row: dict[str, float], samples: int) -> str:
+    """A ``Tally.row`` as the benches that score variants print it."""
+    return (f"one sample {row['one_sample']:.2f} dB, best of {samples} {row['best_minus_one']:+.2f}, coverage "
+            f"{row['coverage_minus_one']:+.2f}, spread ratio {row['spread_ratio']:.2f}, agreement "
+            f"{row['agreement']:.3f}, misplaced {row['misplaced']:.0%}")
+
+
 def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int, arm: bool = False):
     """Batches of (indices, frames, conditions, true futures [B, k, f, 3, H, W], the arm's pixels
     at every step [B, n_past + f, H, W] or None unless ``arm``) of the first ``limit`` scenes of
@@ -278,9 +285,7 @@ def main() -> None:
                 tallies[v].add(out, truths, last, x[:, n:])
         rows = {v: t.row() for v, t in tallies.items()}
         for v, r in rows.items():
-            print(f"{ckpt} {v}: one sample {r['one_sample']:.2f} dB, best of {args.samples} {r['best_minus_one']:+.2f}, "
-                  f"coverage {r['coverage_minus_one']:+.2f}, spread ratio {r['spread_ratio']:.2f}, "
-                  f"agreement {r['agreement']:.2f}, misplaced {r['misplaced']:.0%}")
+            print(f"{ckpt} {v}: {describe(r, args.samples)}")
         record("branch_gate", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=seen, truths=args.truths,
                samples=args.samples, learn_scenes=args.learn, ensemble=args.ensemble, **rows)
 

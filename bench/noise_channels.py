@@ -12,7 +12,7 @@ it up again: no channel holds the misplaced spread apart.
 from __future__ import annotations
 
 import torch
-from branch_gate import Tally, scenes_with_truths
+from branch_gate import Tally, describe, scenes_with_truths
 from common import checkpoints_parser, patched, record
 
 from cvae import checkpoint
@@ -56,9 +56,7 @@ def main() -> None:
         rows = {}
         for v, tally in tallies.items():
             r = rows[",".join(f"{s:g}" for s in v)] = tally.row()
-            print(f"{ckpt} x ({', '.join(f'{s:g}' for s in v)}): one sample {r['one_sample']:.2f} dB, best of "
-                  f"{args.samples} {r['best_minus_one']:+.2f}, coverage {r['coverage_minus_one']:+.2f}, spread ratio "
-                  f"{r['spread_ratio']:.2f}, agreement {r['agreement']:.3f}, misplaced {r['misplaced']:.2f}")
+            print(f"{ckpt} x ({', '.join(f'{s:g}' for s in v)}): {describe(r, args.samples)}")
         record("noise_channels", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=args.limit, **rows)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 import torch
-from branch_gate import Tally, features, mix, scenes_with_truths
+from branch_gate import Tally, describe, features, mix, scenes_with_truths
 from common import checkpoints_parser, mean_future, record
 from torch import nn
 
@@ -143,9 +143,7 @@ def main() -> None:
             print(f"{ckpt}: blend {b:g} alone: agreement {rows[f'blend{b:g}_alone_agreement']:.3f}")
         for (source, kind, a), tally in tallies.items():
             r = rows[f"{source}_{kind}{a:g}"] = tally.row()
-            print(f"{ckpt} {source} {kind} {a:g}: one sample {r['one_sample']:.2f} dB, best of {args.samples} "
-                  f"{r['best_minus_one']:+.2f}, coverage {r['coverage_minus_one']:+.2f}, spread ratio "
-                  f"{r['spread_ratio']:.2f}, agreement {r['agreement']:.3f}")
+            print(f"{ckpt} {source} {kind} {a:g}: {describe(r, args.samples)}")
         record("spread_head", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=args.limit,
                train_scenes=args.train, steps=args.steps, width=args.width, **rows)
 
