@@ -7,6 +7,7 @@ A checkpoint is a folder. It is written whole under a temporary name, then swapp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
@@ -163,7 +164,8 @@ def find_log(path: str | Path) -> Path | None:
 EXPORT_ENTRIES = {WEIGHTS, META, LOG, "eval"}
 
 
-def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict | None = None) -> Path:
+def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict | None = None,
+           model: SVG | None = None, note: dict | None = None) -> Path:
     """An inference-only copy: weights, metadata, the run's log and evaluation; no optimizer state.
 
     ``dst`` must be new, empty or an earlier export (which it replaces); anything else, say a run
@@ -171,6 +173,9 @@ def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict
     ``settings`` sets model fields that change no weight, only how they are used (``svg.SAMPLING``:
     the flow head's dead zone, ``heads.dead_zone``; held noise, ``SVG._noise``; the noise's scale,
     ``SVG.predict``); the source's evaluation then no longer describes the copy and is left out.
+    ``model``, the source's model with weights added (a spread head, ``cvae.spread_fit``), is
+    written in its place with its config, and ``note`` beside it in the metadata; the evaluation
+    is left out then too.
     """
     src, dst = _resolve(src), Path(dst)
     a, b = src.resolve(), dst.resolve()
@@ -184,8 +189,12 @@ def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict
                                   "export; choose a new folder, or pass --force to replace it")
     elif dst.exists() and not dst.is_dir():
         raise CheckpointError(f"export --out {dst} is a file; choose a folder")
-    model, meta = load_model(src)
+    loaded, meta = load_model(src)
     config = meta.pop("config")
+    if model is not None:
+        config = {**config, **dataclasses.asdict(model.cfg)}
+        meta = {**meta, **(note or {})}
+    model = model or loaded
     if settings:
         unknown = sorted(set(settings) - set(SAMPLING))
         if unknown:
@@ -197,7 +206,7 @@ def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict
             raise ConfigError(f"export: {err} ({src})") from None
     with staged(dst, f"export to {dst}") as tmp:
         _write(tmp, model, config, meta, None)
-        if (src / "eval").is_dir() and not settings:
+        if (src / "eval").is_dir() and not settings and model is loaded:
             shutil.copytree(src / "eval", tmp / "eval", ignore=shutil.ignore_patterns("*.html"))
         log = find_log(src)
         if log is not None:

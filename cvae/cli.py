@@ -155,6 +155,15 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def fit_spread_command(args: argparse.Namespace) -> int:
+    from .spread_fit import fit_spread
+
+    out = fit_spread(args.ckpt, args.data, args.out, args.scenes, args.steps, args.width, args.quantile, args.gain,
+                     args.base, args.seed, args.workers, args.force, args.cache, progress=True)
+    print(f"wrote {out}: evaluate it (train_cli.py eval --ckpt {out})")
+    return 0
+
+
 def app_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from .app.ui import launch
@@ -219,6 +228,33 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--map-noise-block", type=whole(1), default=None, metavar="B",
                    help="set the copy's map_noise_block (the spatial latent's noise one draw per B x B cells; "
                         "no weight changes)")
+    x.add_argument("--spread-gain", type=float, default=None, metavar="G",
+                   help="set the copy's spread_gain (a spread head's std map x G is what the futures widen to; "
+                        "no weight changes)")
+    x.add_argument("--spread-base", type=float, default=None, metavar="B",
+                   help="set the copy's spread_base (the share of the model's own std map a spread head keeps; "
+                        "no weight changes)")
+    x.add_argument("--spread-reference", type=whole(2), default=None, metavar="N",
+                   help="set the copy's spread_reference (futures a spread head takes the model's std map over; "
+                        "no weight changes)")
+    f = sub.add_parser("fit-spread", help="fit a spread head to a trained model's futures (simulated data with "
+                                          "hidden causes) and write the model with it")
+    f.add_argument("--ckpt", required=True, help="the trained checkpoint, e.g. runs/cpu/best")
+    f.add_argument("--data", default="data/sim", help="simulated data; its training scenes are re-run")
+    f.add_argument("--out", required=True, help="a new folder for the model with its head")
+    f.add_argument("--scenes", type=whole(1), default=1024, help="training scenes fitted on (~1 s each on a core)")
+    f.add_argument("--steps", type=whole(1), default=2500, help="fitting steps of 32 frames (~1 s each on a core)")
+    f.add_argument("--width", type=whole(1), default=40, help="the head's channels")
+    f.add_argument("--quantile", type=float, default=0.0,
+                   help="fit this quantile of the truths' spread (pinball loss), not its mean (0)")
+    f.add_argument("--gain", type=float, default=2.0, help="the futures' std map widens to the head's x this")
+    f.add_argument("--base", type=float, default=0.6, help="... and keeps this share of the model's own")
+    f.add_argument("--seed", type=whole(0), default=0)
+    f.add_argument("--workers", type=whole(1), default=os.cpu_count() or 1, help="processes re-simulating true futures")
+    f.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
+    f.add_argument("--cache", default="", metavar="FILE",
+                   help="keep the re-run scenes' examples here (1.7 GB per 1024 scenes), so a refit with another "
+                        "--quantile, --steps or --width skips re-running them")
     sub.add_parser("data", help="generate, convert, check, cache and preview data sets (python -m cvae.data)",
                    add_help=False)
     a = sub.add_parser("app", help="open the Gradio app")
@@ -236,7 +272,8 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"train": train_command, "eval": eval_command, "export": export_command, "app": app_command}
+COMMANDS = {"train": train_command, "eval": eval_command, "export": export_command, "fit-spread": fit_spread_command,
+            "app": app_command}
 
 
 def main(argv: list[str] | None = None, prog: str = "cvae", default: str | None = None) -> int:

@@ -188,6 +188,9 @@ class Config(ModelConfig):
             raise ConfigError("world_branch_weight needs world_weight > 0: it weights that term's pixels")
         if self.world_weight and not self.world_posterior:
             raise ConfigError("world_weight needs world_posterior > 0: the world posterior (its width) infers the noise")
+        if self.spread_head:
+            raise ConfigError("spread_head is not trained with the model: it is fitted to a trained model's futures "
+                              "afterwards (train_cli.py fit-spread); train with spread_head 0")
         if self.noise_weight and not self.map_prior:
             raise ConfigError("noise_weight needs map_prior true: it charges the learned map prior's std")
         if self.cover_branch and not self.cover_weight:

@@ -87,7 +87,7 @@ def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: i
     return out
 
 
-def _futures(job: tuple[Scene, np.ndarray, int]) -> np.ndarray:
+def true_futures_job(job: tuple[Scene, np.ndarray, int]) -> np.ndarray:
     return true_futures(*job)
 
 
@@ -191,7 +191,7 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
             x, c = (torch.stack(t) for t in zip(*(dataset[i] for i in idx)))
             x, c = x[:, : n_past + n_future].to(device), c[:, : n_past + n_future]
             jobs = [(found[i], c[j, :, ACTIONS].numpy().astype(np.float64), k + n_samples) for j, i in enumerate(idx)]
-            drawn = _to_tensor(np.stack(workers_pool.map(_futures, jobs)), device)[:, :, n_past:]
+            drawn = _to_tensor(np.stack(workers_pool.map(true_futures_job, jobs)), device)[:, :, n_past:]
             truths, perfect = drawn[:, :k], drawn[:, k:]
             samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples, seed + idx.start)
             for scores, futures in ((per_seq, samples), (per_seq_perfect, perfect)):
@@ -250,7 +250,7 @@ class TrainingFutures:
                 frames, moved = zip(*workers_pool.map(_futures_flows, jobs))
                 self.flows = np.stack(moved)[:, :, n_past - 1 :]
             else:
-                frames = workers_pool.map(_futures, jobs)
+                frames = workers_pool.map(true_futures_job, jobs)
             self.truths = np.stack(frames)[:, :, n_past:]  # uint8 [N, K, F, H, W, 3]
         self.per_step, self.seed, self.rank = per_step, seed, rank
 

@@ -1,6 +1,7 @@
 """The model, its schedules, metrics, checkpoints and the predict API, on tiny CPU tensors."""
 import copy
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -2158,3 +2159,47 @@ def test_noise_weight_charges_the_map_priors_std():
         Config(**TINY, prior="learned", z_map=2, energy_truths=2, noise_weight=0.1).validate()
     with pytest.raises(ConfigError, match="noise_weight needs energy_truths > 0"):
         Config(**TINY, prior="learned", z_map=2, map_prior=True, noise_weight=0.1).validate()
+
+
+def test_the_spread_factor_widens_to_gain_times_the_heads_map_and_keeps_a_share_elsewhere():
+    """Model std 0.1 everywhere; the head says 0.3, 0.02, 0.04 and 1.0: gain 2, base 0.6 keeps
+    x 6 -> at most 4, x 0.6 (base: 0.04 is below 0.6 x 0.1), x 0.8 (0.08 / 0.1) and x 4."""
+    from cvae.model.spread import widen, widen_factor
+
+    m = torch.full((4,), 0.1)
+    g = widen_factor(torch.tensor([0.3, 0.02, 0.04, 1.0]), m, 2.0, 0.6)
+    torch.testing.assert_close(g, torch.tensor([4.0, 0.6, 0.8, 4.0]))
+    mean = torch.full((1, 1, 3, 2, 2), 0.5)
+    samples = mean[:, None] + torch.tensor([-0.1, 0.1]).view(1, 2, 1, 1, 1, 1)  # std 0.1 at every pixel
+    out = widen(samples, mean, torch.tensor([[[[1.0, 0.5], [3.0, 0.0]]]]))
+    torch.testing.assert_close(pixel_std(out, 1), torch.tensor([[[[0.1, 0.05], [0.3, 0.0]]]]))
+    assert out.min() >= 0 and out.max() <= 1  # 0.5 + 3 x 0.1 stays inside; clamped where not
+
+
+def test_a_spread_head_scales_each_futures_departure_from_the_noiseless_one():
+    """A head whose map is 0 everywhere keeps the share spread_base of every departure: the same
+    model without it, its futures pulled toward its noiseless one by that share. Sample k is the
+    same whatever the number drawn (the std map is always over spread_reference futures), and
+    training refuses a head (it is fitted afterwards)."""
+    base = calibrated(tiny(z_map=2, map_noise_only=True, z_hold=True, z_scale=3.0))
+    model = SVG(replace(base.cfg, spread_head=4, spread_base=0.5, spread_reference=4))
+    model.load_state_dict(base.state_dict(), strict=False)
+    assert {k for k in model.state_dict() if k not in base.state_dict()} == {
+        f"spread.net.{i}.{p}" for i in (0, 2, 4, 6, 8) for p in ("weight", "bias")}
+    last = model.spread.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.constant_(last.bias, -1.0)  # below 0: a map of 0
+    x, c = batch(t=6)
+    futures = model.predict(x[:, :2], c, 4, 4, seed=3)
+    plain = base.predict(x[:, :2], c, 4, 4, seed=3)
+    calm = replace(base.cfg, z_scale=0.0)
+    base.cfg, sampling = calm, base.cfg
+    noiseless = base.predict(x[:, :2], c, 4, 1)[:, :1]
+    base.cfg = sampling
+    assert pixel_std(plain, 1).mean() > 1e-3  # the futures differ, so the test can see a scaling
+    torch.testing.assert_close(futures, (noiseless + 0.5 * (plain - noiseless)).clamp(0, 1))
+    torch.testing.assert_close(model.predict(x[:, :2], c, 4, 1, seed=3)[:, 0], futures[:, 0])
+    with pytest.raises(ConfigError, match="fitted to a trained model's futures"):
+        preset("cpu", spread_head=4).validate()
+    with pytest.raises(ConfigError, match="spread_reference must be"):
+        replace(base.cfg, spread_reference=1).validate()

@@ -694,3 +694,76 @@ def test_energy_truths_train_on_re_simulated_futures(sim_root, square_root, tmp_
         tiny_cfg(sim_root, tmp_path / "weigh", energy_branch_weight=3.0)
     with pytest.raises(ConfigError, match="energy_branch_weight must be a number >= 0, not -1"):
         tiny_cfg(sim_root, tmp_path / "neg", energy_truths=2, energy_branch_weight=-1.0)
+
+
+def test_the_spread_heads_pinball_loss_is_least_at_the_asked_quantile():
+    """Targets 0..9: one constant fitted by the q 0.8 pinball loss settles near their 80th
+    percentile (7.2), by the mean squared error (q 0) near their mean (4.5)."""
+    from cvae.spread_fit import pinball
+
+    y = torch.arange(10.0)
+    for q, near in ((0.8, 7.2), (0.0, 4.5)):
+        c = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.SGD([c], 0.05)
+        for _ in range(2000):
+            opt.zero_grad()
+            pinball(y - c, q).backward()
+            opt.step()
+        assert abs(c.item() - near) < 0.3, (q, c.item())
+
+
+def test_fitting_a_spread_head_learns_a_map_its_inputs_show():
+    """Targets twice the std-map channel of the inputs, a blob at a random place in each frame:
+    300 steps take the loss under a twentieth of the best constant's (the targets' variance), so the
+    head says where, not only how much."""
+    from cvae.model.spread import FEATURES, SpreadHead
+    from cvae.spread_fit import fit, pinball
+
+    g = torch.Generator().manual_seed(0)
+    xs = torch.rand(64, FEATURES, 16, 16, generator=g)
+    centre = torch.randint(3, 13, (64, 2, 1, 1), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    xs[:, 12] = torch.exp(-((yy - centre[:, 0]) ** 2 + (xx - centre[:, 1]) ** 2) / 8.0)
+    ys = 2 * xs[:, 12:13]
+    torch.manual_seed(0)
+    head = SpreadHead(8)
+    fit(head, xs, ys, 300)
+    with torch.no_grad():
+        assert pinball(ys - head(xs), 0.0).item() < ys.var().item() / 20
+
+
+def test_fit_spread_writes_the_model_with_its_head(sim_root, square_root, tmp_path, capsys):
+    """``fit-spread`` re-runs the training scenes, fits a head and writes the model with it: its
+    own weights unchanged, the head's config and how it was fitted in meta.json; it loads, draws
+    futures, is scored by ``eval``, and ``export`` may set its gain. Refused with a clear message:
+    data the simulator did not make, a checkpoint with a head already, a quantile of 1."""
+    from cvae import cli
+
+    train(tiny_cfg(sim_root, tmp_path / "r", epochs=1), progress=False)
+    best, out = tmp_path / "r" / "best", tmp_path / "spread"
+    args = ["--scenes", "4", "--steps", "5", "--width", "4", "--workers", "1"]
+    assert cli.main(["fit-spread", "--ckpt", str(best), "--data", str(sim_root), "--out", str(out), *args]) == 0
+    meta = checkpoint.read_meta(out)
+    assert meta["config"]["spread_head"] == 4 and meta["spread_fit"]["scenes"] == 4
+    assert meta["spread_fit"]["steps"] == 5 and meta["spread_fit"]["from"] == str(best)
+    before, after = load_file(best / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert sorted(set(after) - set(before))[0] == "spread.net.0.bias"
+    model, _ = checkpoint.load_model(out)
+    x, c = BairDataset(sim_root, "test", 12)[0]
+    assert model.predict(x[None, :2], c[None], 10, 3).shape == (1, 3, 10, 3, 64, 64)
+    assert cli.main(["eval", "--ckpt", str(out), "--limit", "2", "--samples", "2", "--truths", "3",
+                     "--workers", "1"]) == 0
+    assert cli.main(["export", "--ckpt", str(out), "--out", str(tmp_path / "g3"), "--spread-gain", "3"]) == 0
+    assert checkpoint.read_meta(tmp_path / "g3")["config"]["spread_gain"] == 3
+    capsys.readouterr()
+    assert cli.main(["fit-spread", "--ckpt", str(out), "--data", str(sim_root), "--out", str(tmp_path / "x"),
+                     *args]) == 2
+    assert "has a spread head already" in capsys.readouterr().err
+    assert cli.main(["fit-spread", "--ckpt", str(best), "--data", str(square_root), "--out", str(tmp_path / "x"),
+                     *args]) == 2
+    assert "needs data made by this project's simulator" in capsys.readouterr().err
+    assert cli.main(["fit-spread", "--ckpt", str(best), "--data", str(sim_root), "--out", str(tmp_path / "x"),
+                     "--quantile", "1", *args]) == 2
+    assert "quantile must be" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -29,6 +29,7 @@ from ..metrics import (
     energy_score,
     gaussian_blur,
     moving_mask,
+    pixel_std,
     residual_energy_score,
     spread_gap,
 )
@@ -36,6 +37,8 @@ from .critic import Critic, adversarial_losses
 from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS, MAX_RIGID, RESAMPLE, StepCarry, carry_from_row_before, warp
 from .predictor import FramePredictor
+from .spread import MOST as SPREAD_MOST
+from .spread import SpreadHead, widen, widen_factor
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 from .world import WorldPosterior
 
@@ -52,7 +55,7 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("mask_temperature", "it sharpens the flow head's mask"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
-            "glide_noise_only", "carry_off_arm", "mask_temperature")
+            "glide_noise_only", "carry_off_arm", "mask_temperature", "spread_gain", "spread_base", "spread_reference")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
                    "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", "carry_shown", *SAMPLING)
@@ -180,6 +183,10 @@ class ModelConfig:
     carry_off_arm: bool = False  # the carried motion's source is shut where the arm is at each step (vgg64.Decoder)
     mask_temperature: float = 1.0  # the flow head's mask logits x this (> 1: each pixel nearer one source; FlowHead.masks)
     push_copy: bool = False  # the flow head may also take the previous frame moved near the gripper by its step (cues.push_flow)
+    spread_head: int = 0  # > 0: a spread head this wide (model/spread.py), fitted after training by ``cvae.spread_fit``
+    spread_gain: float = 2.0  # ... the futures' std map becomes max(spread_base x the model's, this x the head's)
+    spread_base: float = 0.6
+    spread_reference: int = 10  # ... the model's std map is taken over this many futures from the prior
 
     @property
     def ee_map_exact(self) -> bool:
@@ -229,6 +236,15 @@ class ModelConfig:
                               "moved by the end-effector map's step")
         if self.arm_calm and not self.arm_copy:
             raise ConfigError("arm_calm needs arm_copy true: the arm copy finds the base of the bar whose region it calms")
+        if not 0 <= self.spread_head == int(self.spread_head):
+            raise ConfigError(f"spread_head must be a whole number of channels >= 0, not {self.spread_head}")
+        if not 0 < self.spread_gain < float("inf"):
+            raise ConfigError(f"spread_gain must be a number > 0, not {self.spread_gain}")
+        if not 0 <= self.spread_base <= SPREAD_MOST:
+            raise ConfigError(f"spread_base must be a share between 0 and {SPREAD_MOST:g}, not {self.spread_base}")
+        if not 2 <= self.spread_reference == int(self.spread_reference):
+            raise ConfigError(f"spread_reference must be a whole number of futures >= 2 (a std map needs two), "
+                              f"not {self.spread_reference}")
         if self.map_noise_block not in MAP_BLOCKS:
             raise ConfigError(f"map_noise_block must be one of {', '.join(map(str, MAP_BLOCKS))} (cells per side of a "
                               f"block of the {MAP_SIZE} x {MAP_SIZE} grid), not {self.map_noise_block!r}")
@@ -335,6 +351,7 @@ class SVG(nn.Module):
                                         cfg.cond_embed)
         self.critic = Critic(cfg.critic) if cfg.critic else None
         self.world = WorldPosterior(cfg.world_posterior, cfg.z_map) if cfg.world_posterior else None
+        self.spread = SpreadHead(cfg.spread_head) if cfg.spread_head else None
 
     @classmethod
     def from_config(cls, cfg: dict) -> SVG:
@@ -917,11 +934,13 @@ class SVG(nn.Module):
                 seed: int = 0) -> torch.Tensor:
         """Sample futures: context [B, n_past, 3, 64, 64], cond [B, >= n_past + n_future - 1, 7].
 
-        Returns [B, n_samples, n_future, 3, 64, 64]. All samples (with ``arm_calm`` one more per
-        scene, the noiseless one, not returned) run as one batch; the result is
+        Returns [B, n_samples, n_future, 3, 64, 64]. All samples (with ``arm_calm`` or a spread
+        head one more per scene, the noiseless one, not returned) run as one batch; the result is
         a function of ``seed`` alone (evaluation-mode batch norm, a private generator). Sample k
         draws the same noise in every batch row, so rows that differ only in their conditions
-        differ only by the effect of those conditions.
+        differ only by the effect of those conditions. With a spread head (``spread.widen``) at
+        least ``spread_reference`` futures are drawn, whose std map it reads, so sample k is the
+        same whatever ``n_samples``.
         """
         if context.shape[1] != self.n_past:
             raise ValueError(f"context has {context.shape[1]} frames; this model takes {self.n_past}")
@@ -935,11 +954,14 @@ class SVG(nn.Module):
         gen = torch.Generator(device=device).manual_seed(seed)
         # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
         # spreads wider than the world is narrowed here without a weight change (README, "Noise scale").
-        noise = self._noise(n_samples, t - 1, device, gen) * self.cfg.z_scale
+        spread = self.spread is not None
+        drawn = max(n_samples, self.cfg.spread_reference) if spread else n_samples
+        noise = self._noise(drawn, t - 1, device, gen) * self.cfg.z_scale
         calm = int(self.cfg.arm_calm)
-        if calm:  # the noiseless future, first in each scene's group and dropped at the end
+        lead = int(calm or spread)
+        if lead:  # the noiseless future, first in each scene's group and dropped at the end
             noise = torch.cat([torch.zeros_like(noise[:1]), noise])
-        k = n_samples + calm
+        k = drawn + lead
         noise = noise.expand(b, -1, -1, -1).reshape(b * k, t - 1, self.latent_dim)
         ctx = context.repeat_interleave(k, 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -948,4 +970,10 @@ class SVG(nn.Module):
                                     calm=k if calm else 0)
         self.train(was_training)
         pred = pred[:, self.n_past - 1:].float().reshape(b, k, n_future, *context.shape[2:])
-        return pred[:, calm:]
+        mean, samples = pred[:, 0], pred[:, lead:]
+        if spread:
+            reference = samples[:, : self.cfg.spread_reference]
+            w = self.spread.std_map(mean, reference, context[:, 0].float(), context[:, -1].float())
+            g = widen_factor(w, pixel_std(reference, 1), self.cfg.spread_gain, self.cfg.spread_base)
+            samples = widen(samples[:, :n_samples], mean, g)
+        return samples
