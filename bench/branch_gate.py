@@ -58,6 +58,7 @@ from cvae.condition import XY
 from cvae.evaluate import batches
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, moving_mask, pixel_std, psnr
+from cvae.model.spread import features
 from cvae.physics_eval import spread_scores, summarize
 
 
@@ -120,18 +121,6 @@ def agreed(mean: torch.Tensor, other: torch.Tensor, grey: float) -> torch.Tensor
     gap = (mean - other)[:, 0].abs().amax(2)  # [B, F, H, W]
     gap = F.max_pool2d(gap.flatten(0, 1)[:, None], 3, 1, 1).view_as(gap)
     return (gap <= grey / 255).float()
-
-
-def features(last: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """What a gate could see at each future step: the mean future's frame, the one before it,
-    the last context frame, their absolute difference and the step's place in the future.
-    Last context frames [B, 3, H, W], mean futures [B, 1, F, 3, H, W] -> [B, F, 13, H, W]."""
-    cur = mean[:, 0]
-    f = cur.shape[1]
-    prev = torch.cat([last[:, None], cur[:, :-1]], 1)
-    stay = last[:, None].expand_as(cur)
-    step = (torch.arange(f, dtype=cur.dtype) / f).view(1, f, 1, 1, 1).expand(*cur.shape[:2], 1, *cur.shape[-2:])
-    return torch.cat([cur, prev, stay, (cur - stay).abs(), step], 2)
 
 
 def classifier() -> nn.Module:
@@ -238,8 +227,8 @@ def main() -> None:
         net = None
         if args.learn:
             feats, branch = [], []
-            for idx, x, c, truths, _ in scenes_with_truths(args.data, "train", args.learn, args.truths, n, f):
-                feats.append(features(x[:, n - 1], mean_future(model, x, c, f, idx.start)).flatten(0, 1))
+            for _, x, c, truths, _ in scenes_with_truths(args.data, "train", args.learn, args.truths, n, f):
+                feats.append(features(x[:, n - 1], mean_future(model, x, c, f)[:, 0]).flatten(0, 1))
                 branch.append(branching(truths, 1).flatten(0, 1))
             with torch.enable_grad():
                 net = fit_classifier(torch.cat(feats), torch.cat(branch), args.learn_steps)
@@ -255,8 +244,8 @@ def main() -> None:
                                                             args.swept or bool(args.now)):
             seen += len(x)
             samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
-            mean = mean_future(model, x, c, f, idx.start)
-            second = mean_future(other, x, c, f, idx.start) if other is not None else None
+            mean = mean_future(model, x, c, f)
+            second = mean_future(other, x, c, f) if other is not None else None
             last = x[:, n - 1]
             for v in variants:
                 if v == "ungated":
@@ -280,7 +269,7 @@ def main() -> None:
                 elif v.startswith("deviation"):
                     out = mean + departed(samples, mean, float(v[9:]))[:, :, :, None] * (samples - mean)
                 else:
-                    g = torch.sigmoid(net(features(last, mean).flatten(0, 1))).view(len(x), f, *x.shape[-2:])
+                    g = torch.sigmoid(net(features(last, mean[:, 0]).flatten(0, 1))).view(len(x), f, *x.shape[-2:])
                     out = mix(samples, mean, g)
                 tallies[v].add(out, truths, last, x[:, n:])
         rows = {v: t.row() for v, t in tallies.items()}

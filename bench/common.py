@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -145,14 +144,11 @@ def noisy_rows(seen: list[torch.Tensor], n: int, n_future: int) -> torch.Tensor:
     return v.view(n, -1, *v.shape[1:])[:, -1]
 
 
-def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int, seed: int) -> torch.Tensor:
-    """The model's noiseless future [B, 1, F, 3, H, W] (z_scale 0)."""
-    sampling = model.cfg
-    model.cfg = dataclasses.replace(sampling, z_scale=0.0)
-    try:
-        return model.predict(x[:, : model.n_past], c, f, 1, seed)
-    finally:
-        model.cfg = sampling
+def mean_future(model, x: torch.Tensor, c: torch.Tensor, f: int) -> torch.Tensor:
+    """The model's noiseless future [B, 1, F, 3, H, W] (``cvae.spread_fit.noiseless``)."""
+    from cvae.spread_fit import noiseless
+
+    return noiseless(model, x[:, : model.n_past], c, f)[:, None]
 
 
 def machine(device: torch.device) -> str:

@@ -59,7 +59,7 @@ def main() -> None:
         model, _ = checkpoint.load_model(ckpt, "cpu")
         with torch.no_grad():
             pred = model.predict(x[:, :n_past], c, 10, n_samples=args.samples, seed=0)
-            noiseless = mean_future(model, x, c, 10, 0)
+            noiseless = mean_future(model, x, c, 10)
         candidates = {"oracle": oracle, "model": pred, "noiseless": noiseless.expand(shape),
                       "truths' mean": truths.mean(1, keepdim=True).expand(shape),
                       "copy-last": x[:, n_past - 1][:, None, None].expand(shape)}

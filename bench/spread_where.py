@@ -293,7 +293,7 @@ def main() -> None:
               + "; without all its spread on the shaft now (1 px wider, off the gripper) or where the arm has been, "
               f"which the condition alone says: {phase['shaft now or past, truths or not'][0]:.2f}, "
               f"{phase['shaft now or past, truths or not'][1]:.3f}")
-        noiseless = mean_future(model, x, c, 10, 0)
+        noiseless = mean_future(model, x, c, 10)
         calmed = {}
         for name, gate in (("as drawn", None), ("shaft calmed", phases["shaft"])):
             drawn = pred if gate is None else torch.where(gate[:, None, :, None], noiseless, pred)

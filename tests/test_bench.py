@@ -180,10 +180,10 @@ def test_the_learned_gate_finds_branching_it_can_see():
         return last, mean, moved[:, 0, :, 0]
 
     last, mean, moved = frames(16)
-    net = bg.fit_classifier(bg.features(last, mean).flatten(0, 1), moved.flatten(0, 1), 150)
+    net = bg.fit_classifier(bg.features(last, mean[:, 0]).flatten(0, 1), moved.flatten(0, 1), 150)
     last, mean, moved = frames(4)
     with torch.no_grad():
-        p = torch.sigmoid(net(bg.features(last, mean).flatten(0, 1))).view_as(moved.float())
+        p = torch.sigmoid(net(bg.features(last, mean[:, 0]).flatten(0, 1))).view_as(moved.float())
     assert p[moved].mean() > 0.8 and p[~moved].mean() < 0.2
     samples = torch.rand(4, 3, 10, 3, 8, 8, generator=gen)
     out = bg.mix(samples, mean, bg.widened(bg.moving_mask(mean[:, 0], last[:, None]), 0))
