@@ -176,6 +176,9 @@ def test_model_quality_is_stated(tmp_path):
     assert "nothing glides on where the arm is" in logic.sampling({"carry_off_arm": True})
     assert logic.sampling({"carry_pool": 0, "glide_noise_only": False, "carry_off_arm": False}) == ""
     assert "mask logits x 1.5, each pixel nearer one source" in logic.sampling({"mask_temperature": 1.5})
+    spread = {"spread_head": 40, "spread_gain": 2.0, "spread_base": 0.7, "spread_reference": 10}
+    assert "std map max(0.7 x the model's, 2 x the head's), the model's taken over 10" in logic.sampling(spread)
+    assert logic.sampling({**spread, "spread_head": 0}) == ""
     assert logic.sampling({"mask_temperature": 1.0}) == ""
     assert logic.sampling({"flow_resample": "bicubic"}) == "Sampling: moved frames sampled bicubic between pixels. "
     assert logic.sampling({"flow_resample": "bilinear"}) == ""
