@@ -57,7 +57,7 @@ from cvae import checkpoint
 from cvae.condition import XY
 from cvae.evaluate import batches
 from cvae.kinematics import world_to_px
-from cvae.metrics import branching, moving_mask, pixel_std, psnr
+from cvae.metrics import branching, moving_mask, pixel_std, psnr, sharpness
 from cvae.model.spread import features
 from cvae.physics_eval import spread_scores, summarize
 
@@ -156,6 +156,8 @@ class Tally:
         self.spread: dict[str, list[torch.Tensor]] = {}
         self.best: list[torch.Tensor] = []
         self.one: list[torch.Tensor] = []
+        self.sharp: list[torch.Tensor] = []
+        self.sharp_truth: list[torch.Tensor] = []
 
     def add(self, out: torch.Tensor, truths: torch.Tensor, last: torch.Tensor, future: torch.Tensor) -> None:
         """Samples [B, S, F, 3, H, W], truths [B, K, F, 3, H, W], last context frames [B, 3, H, W]
@@ -165,22 +167,28 @@ class Tally:
         recorded = psnr(out, future[:, None]).mean(-1)  # [B, S]
         self.best.append(recorded.max(1).values)
         self.one.append(recorded[:, 0])
+        self.sharp.append(sharpness(out[:, 0]))
+        self.sharp_truth.append(sharpness(future))
 
     def row(self) -> dict[str, float]:
-        """The one sample's PSNR, best of N and coverage over it, the spread ratio, agreement and
-        the misplaced share, over every batch added."""
+        """The one sample's PSNR, best of N and coverage over it, the spread ratio, agreement, the
+        misplaced share, and the lowest and highest of the one sample's sharpness per step (eval's),
+        over every batch added."""
         s, o = summarize(self.spread), torch.cat(self.one).mean().item()
+        sharp = torch.cat(self.sharp).mean(0) / torch.cat(self.sharp_truth).mean(0)
         return {"one_sample": round(o, 3), "best_minus_one": round(torch.cat(self.best).mean().item() - o, 3),
                 "coverage_minus_one": round(s["coverage_psnr"] - s["one_sample_psnr"], 3),
                 "spread_ratio": round(s["spread_ratio"], 3), "agreement": round(s["agreement"], 3),
-                "misplaced": round(s["misplaced_share"], 3)}
+                "misplaced": round(s["misplaced_share"], 3), "sharpness_min": round(sharp.min().item(), 3),
+                "sharpness_max": round(sharp.max().item(), 3)}
 
 
 def describe(row: dict[str, float], samples: int) -> str:
     """A ``Tally.row`` as the benches that score variants print it."""
     return (f"one sample {row['one_sample']:.2f} dB, best of {samples} {row['best_minus_one']:+.2f}, coverage "
             f"{row['coverage_minus_one']:+.2f}, spread ratio {row['spread_ratio']:.2f}, agreement "
-            f"{row['agreement']:.3f}, misplaced {row['misplaced']:.0%}")
+            f"{row['agreement']:.3f}, misplaced {row['misplaced']:.0%}"
+            + (f", sharpness {row['sharpness_min']:.2f}-{row['sharpness_max']:.2f}" if "sharpness_min" in row else ""))
 
 
 def scenes_with_truths(data: str, split: str, limit: int, k: int, n_past: int, f: int, arm: bool = False):

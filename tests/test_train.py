@@ -435,7 +435,7 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
         assert why in capsys.readouterr().err
     with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, map_noise_block, "
                                           "flow_resample, carry_pool, glide_noise_only, carry_off_arm, mask_temperature, "
-                                          "not z_dim"):
+                                          "spread_gain, spread_base, spread_reference, not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 
