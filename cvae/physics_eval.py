@@ -45,6 +45,20 @@ def scenes(dataset: BairDataset, limit: int = 0) -> list[Scene] | None:
     return found if n and all(s is not None for s in found) else None
 
 
+def rerunnable_scenes(dataset: BairDataset, limit: int, what: str) -> list[Scene]:
+    """:func:`scenes`, refused with a message that names ``what`` (the flag or command needing
+    them) unless the data is the simulator's and has hidden causes, so a re-run differs."""
+    found = scenes(dataset, limit)
+    root = dataset.packed.sequences[0].parent.parent.parent if len(dataset) else "the data"
+    if found is None:
+        raise DataError(f"{what} needs data made by this project's simulator, which can re-run a scene; "
+                        f"{root} is not (real BAIR has one future per scene)")
+    if found[0].uncertainty == 0:
+        raise DataError(f"{what}: {root} has no hidden causes (generated with --uncertainty 0), so every re-run "
+                        "of a scene is the same future; generate it with the default")
+    return found
+
+
 def _to_tensor(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [0, 1]."""
     return torch.from_numpy(frames).movedim(-1, -3).float().div(255).to(device)
@@ -232,14 +246,7 @@ class TrainingFutures:
 
     def __init__(self, dataset: BairDataset, n_past: int, k: int, n_scenes: int, per_step: int,
                  seed: int = 0, rank: int = 0, workers: int = 1, flows: bool = False) -> None:
-        found = scenes(dataset, n_scenes)
-        root = dataset.packed.sequences[0].parent.parent.parent if len(dataset) else "the data"
-        if found is None:
-            raise DataError(f"--energy-truths needs data made by this project's simulator, which can re-run a "
-                            f"scene; {root} is not (real BAIR has one future per scene)")
-        if found[0].uncertainty == 0:
-            raise DataError(f"--energy-truths: {root} has no hidden causes (generated with --uncertainty 0), so "
-                            "every re-run of a scene is the same future; generate it with the default")
+        found = rerunnable_scenes(dataset, n_scenes, "--energy-truths")
         ctx, cond = zip(*(dataset[(i, 0)] for i in range(len(found))))
         self.context = torch.stack(ctx)[:, :n_past]
         self.cond = torch.stack(cond)

@@ -27,7 +27,7 @@ from .metrics import pixel_std
 from .model import SVG
 from .model.spread import SCALE, SpreadHead, inputs
 from .parallel import pool
-from .physics_eval import _to_tensor, scenes, true_futures_job
+from .physics_eval import _to_tensor, rerunnable_scenes, true_futures_job
 
 N_FUTURE = 10
 BATCH = 32  # frames per fitting step
@@ -49,14 +49,7 @@ def examples(model: SVG, dataset: BairDataset, n_scenes: int, k: int = 10, seed:
     [N F, 1, H, W] on the first ``n_scenes`` scenes of ``dataset``, half precision (1.7 GB for
     1024 scenes)."""
     n_past, ref = model.n_past, model.cfg.spread_reference
-    found = scenes(dataset, n_scenes)
-    root = dataset.packed.sequences[0].parent.parent.parent if len(dataset) else "the data"
-    if found is None:
-        raise DataError(f"fit-spread needs data made by this project's simulator, which can re-run a scene; "
-                        f"{root} is not (real BAIR has one future per scene)")
-    if found[0].uncertainty == 0:
-        raise DataError(f"fit-spread: {root} has no hidden causes (generated with --uncertainty 0), so every "
-                        "re-run of a scene is the same future; generate it with the default")
+    found = rerunnable_scenes(dataset, n_scenes, "fit-spread")
     xs, ys = [], []
     with pool(workers) as workers_pool:
         for idx in progress_bar(batches(len(found), 16), progress, "true futures"):
@@ -120,7 +113,7 @@ def fit(head: SpreadHead, xs: torch.Tensor, ys: torch.Tensor, steps: int, quanti
 
 
 def fit_spread(ckpt: str | Path, data: str | Path, out: str | Path, n_scenes: int = 1024, steps: int = 2500,
-               width: int = 40, quantile: float = 0.0, gain: float = 2.0, base: float = 0.6, seed: int = 0,
+               width: int = 40, quantile: float = 0.0, gain: float = 2.0, base: float = 0.7, seed: int = 0,
                workers: int = 1, force: bool = False, cache: str | Path = "", progress: bool = False) -> Path:
     """Fit a spread head ``width`` wide to ``ckpt``'s futures on the first ``n_scenes`` training
     scenes of ``data`` and write the model with it to ``out`` (an inference checkpoint, whose
