@@ -248,7 +248,7 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     f.add_argument("--quantile", type=float, default=0.0,
                    help="fit this quantile of the truths' spread (pinball loss), not its mean (0)")
     f.add_argument("--gain", type=float, default=2.0, help="the futures' std map widens to the head's x this")
-    f.add_argument("--base", type=float, default=0.6, help="... and keeps this share of the model's own")
+    f.add_argument("--base", type=float, default=0.7, help="... and keeps this share of the model's own")
     f.add_argument("--seed", type=whole(0), default=0)
     f.add_argument("--workers", type=whole(1), default=os.cpu_count() or 1, help="processes re-simulating true futures")
     f.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")

@@ -185,7 +185,7 @@ class ModelConfig:
     push_copy: bool = False  # the flow head may also take the previous frame moved near the gripper by its step (cues.push_flow)
     spread_head: int = 0  # > 0: a spread head this wide (model/spread.py), fitted after training by ``cvae.spread_fit``
     spread_gain: float = 2.0  # ... the futures' std map becomes max(spread_base x the model's, this x the head's)
-    spread_base: float = 0.6
+    spread_base: float = 0.7
     spread_reference: int = 10  # ... the model's std map is taken over this many futures from the prior
 
     @property
