@@ -55,9 +55,10 @@ def seen(model, data: str, split: str, limit: int, samples: int):
     n, f = model.n_past, 10
     for idx, x, c, truths, _ in scenes_with_truths(data, split, limit, 10, n, f):
         s = model.predict(x[:, :n], c, f, samples, idx.start)
+        m = pixel_std(s, 1)
         mean = mean_future(model, x, c, f)
-        yield inputs(mean[:, 0], s, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \
-            (s, pixel_std(s, 1), mean, truths, x[:, n:], x[:, n - 1])
+        yield inputs(mean[:, 0], s, m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \
+            (s, m, mean, truths, x[:, n:], x[:, n - 1])
 
 
 def training_set(model, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +114,7 @@ def main() -> None:
         with torch.no_grad():
             for x, t, (s, m, mean, truths, future, last) in seen(model, args.data, args.split, args.limit,
                                                                  args.samples):
-                w = (net(x) / SCALE).clamp_min(0).view_as(m)  # ``SpreadHead.std_map``
+                w = (net(x) / SCALE).clamp_min(0).view_as(m)  # as ``SpreadHead.widened``
                 alone.append(std_agreement(t, w))
                 maps = {"fitted": w, "oracle": t, **{f"blend{b:g}": b * t + (1 - b) * w for b in args.blend},
                         **{f"gain{k:g}": k * w for k in args.gain}}

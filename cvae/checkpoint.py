@@ -194,7 +194,7 @@ def export(src: str | Path, dst: str | Path, force: bool = False, settings: dict
     if model is not None:
         config = {**config, **dataclasses.asdict(model.cfg)}
         meta = {**meta, **(note or {})}
-    model = model or loaded
+    model = loaded if model is None else model
     if settings:
         unknown = sorted(set(settings) - set(SAMPLING))
         if unknown:

@@ -58,7 +58,7 @@ def examples(model: SVG, dataset: BairDataset, n_scenes: int, k: int = 10, seed:
             truths = _to_tensor(np.stack(workers_pool.map(true_futures_job, jobs)), "cpu")[:, :, n_past:]
             samples = model.predict(x[:, :n_past], c, N_FUTURE, ref, seed + idx.start)
             mean = noiseless(model, x[:, :n_past], c, N_FUTURE)
-            xs.append(inputs(mean, samples, x[:, 0], x[:, n_past - 1]).half())
+            xs.append(inputs(mean, samples, pixel_std(samples, 1), x[:, 0], x[:, n_past - 1]).half())
             ys.append((SCALE * pixel_std(truths, 1)).flatten(0, 1)[:, None].half())
     return torch.cat(xs), torch.cat(ys)
 
@@ -126,6 +126,7 @@ def fit_spread(ckpt: str | Path, data: str | Path, out: str | Path, n_scenes: in
     config = dataclasses.replace(model.cfg, spread_head=width, spread_gain=gain, spread_base=base).validate()
     dataset = BairDataset(data, "train", model.n_past + N_FUTURE)
     started = time.time()
+
     def make() -> tuple[torch.Tensor, torch.Tensor]:
         return examples(model, dataset, n_scenes, seed=seed, workers=workers, progress=progress)
 

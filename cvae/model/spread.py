@@ -36,20 +36,21 @@ def features(last: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, prev, stay, (mean - stay).abs(), step.expand(*mean.shape[:2], 1, *mean.shape[-2:])], 2)
 
 
-def inputs(mean: torch.Tensor, samples: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+def inputs(mean: torch.Tensor, samples: torch.Tensor, m: torch.Tensor, first: torch.Tensor,
+           last: torch.Tensor) -> torch.Tensor:
     """The head's input per future frame, [B F, ``FEATURES``, H, W]: ``features`` of the noiseless
-    future [B, F, 3, H, W], the std map (x ``SCALE``) and mean of the futures [B, S, F, 3, H, W],
-    and the first context frame [B, 3, H, W] (the table the arm may uncover)."""
+    future [B, F, 3, H, W], the futures' [B, S, F, 3, H, W] std map m (``metrics.pixel_std``,
+    [B, F, H, W]; x ``SCALE``) and mean, and the first context frame [B, 3, H, W] (the table the
+    arm may uncover)."""
     f = mean.shape[1]
-    m = SCALE * pixel_std(samples, 1)[:, :, None]
-    return torch.cat([features(last, mean), m, samples.float().mean(1), first[:, None].expand(-1, f, -1, -1, -1)],
-                     2).flatten(0, 1)
+    return torch.cat([features(last, mean), SCALE * m[:, :, None], samples.float().mean(1),
+                      first[:, None].expand(-1, f, -1, -1, -1)], 2).flatten(0, 1)
 
 
 class SpreadHead(nn.Module):
     """Dilated convolutions that see ~30 px, as far as a pushed object glides in a few steps:
     ``inputs`` -> the truths' per-pixel std, [B F, 1, H, W] (x ``SCALE``, so unbounded below 0
-    while fitted; ``std_map`` clamps it)."""
+    while fitted; ``widened`` clamps it)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -62,11 +63,16 @@ class SpreadHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def std_map(self, mean: torch.Tensor, samples: torch.Tensor, first: torch.Tensor,
-                last: torch.Tensor) -> torch.Tensor:
-        """The std map the head says the truths have, [B, F, H, W] (``inputs`` for the arguments)."""
+    def widened(self, mean: torch.Tensor, samples: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
+                reference: int, gain: float, base: float) -> torch.Tensor:
+        """``samples`` [B, S, F, 3, H, W] widened (:func:`widen`) toward the std map the head says
+        the truths have, from the noiseless future ``mean`` [B, F, 3, H, W], the first
+        ``reference`` samples and the first and last context frames [B, 3, H, W]."""
         b, f = mean.shape[:2]
-        return (self(inputs(mean, samples, first, last)).float() / SCALE).clamp_min(0).view(b, f, *mean.shape[-2:])
+        ref = samples[:, :reference]
+        m = pixel_std(ref, 1)
+        w = (self(inputs(mean, ref, m, first, last)).float() / SCALE).clamp_min(0).view(b, f, *mean.shape[-2:])
+        return widen(samples, mean, widen_factor(w, m, gain, base))
 
 
 def widen_factor(w: torch.Tensor, m: torch.Tensor, gain: float, base: float) -> torch.Tensor:

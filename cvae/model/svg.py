@@ -29,7 +29,6 @@ from ..metrics import (
     energy_score,
     gaussian_blur,
     moving_mask,
-    pixel_std,
     residual_energy_score,
     spread_gap,
 )
@@ -38,7 +37,7 @@ from .gaussian import GaussianLSTM, GaussianMap, kl_divergence, reparameterize
 from .heads import HEADS, MAX_RIGID, RESAMPLE, StepCarry, carry_from_row_before, warp
 from .predictor import FramePredictor
 from .spread import MOST as SPREAD_MOST
-from .spread import SpreadHead, widen, widen_factor
+from .spread import SpreadHead
 from .vgg64 import MAP_SIZE, Decoder, Encoder, channels
 from .world import WorldPosterior
 
@@ -972,8 +971,6 @@ class SVG(nn.Module):
         pred = pred[:, self.n_past - 1:].float().reshape(b, k, n_future, *context.shape[2:])
         mean, samples = pred[:, 0], pred[:, lead:]
         if spread:
-            reference = samples[:, : self.cfg.spread_reference]
-            w = self.spread.std_map(mean, reference, context[:, 0].float(), context[:, -1].float())
-            g = widen_factor(w, pixel_std(reference, 1), self.cfg.spread_gain, self.cfg.spread_base)
-            samples = widen(samples[:, :n_samples], mean, g)
-        return samples
+            samples = self.spread.widened(mean, samples, context[:, 0].float(), context[:, -1].float(),
+                                          self.cfg.spread_reference, self.cfg.spread_gain, self.cfg.spread_base)
+        return samples[:, :n_samples]
