@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import PRESETS, Config, preset
 from .errors import ConfigError, CvaeError
 from .model.heads import RESAMPLE
+from .model.svg import SAMPLING
 
 
 def _bool(text: str) -> bool:
@@ -145,7 +146,6 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     from .checkpoint import export
-    from .model.svg import SAMPLING
 
     settings = {k: getattr(args, k) for k in SAMPLING if getattr(args, k) is not None}
     print(f"exported {export(args.ckpt, args.out, force=args.force, settings=settings)}")
@@ -170,6 +170,29 @@ def app_command(args: argparse.Namespace) -> int:
 
     launch(args.data, args.runs, args.host, args.port, args.share, args.keep_minutes, args.threads, args.concurrency)
     return 0
+
+
+# export's flag for each field of ``svg.SAMPLING``: its argparse keywords and what the field does
+EXPORT_FLAGS = {
+    "flow_deadzone": ({"type": float, "metavar": "PX"}, "a flow head's displacements of PX or less set to 0"),
+    "z_hold": ({"type": _bool, "metavar": "BOOL"}, "a future draws its noise once and holds it"),
+    "z_scale": ({"type": float, "metavar": "S"}, "the model's noise times S at prediction"),
+    "arm_calm": ({"type": _bool, "metavar": "BOOL"},
+                 "every future takes a noiseless future's pixels where the arm is or has been"),
+    "map_noise_block": ({"type": whole(1), "metavar": "B"}, "the spatial latent's noise one draw per B x B cells"),
+    "flow_resample": ({"choices": RESAMPLE}, "how a flow head samples moved frames between pixels"),
+    "carry_pool": ({"type": whole(0), "metavar": "PX"},
+                   "the carried motion evened over each moving piece and PX round it"),
+    "glide_noise_only": ({"type": _bool, "metavar": "BOOL"},
+                         "a future's noise reaches only the carried motion's mask logit"),
+    "carry_off_arm": ({"type": _bool, "metavar": "BOOL"}, "the carried motion shut where the arm is"),
+    "mask_temperature": ({"type": float, "metavar": "T"},
+                         "a flow head's mask logits x T: > 1 each pixel nearer one source, fewer blended ghosts"),
+    "spread_gain": ({"type": float, "metavar": "G"}, "a spread head's std map x G is what the futures widen to"),
+    "spread_base": ({"type": float, "metavar": "B"}, "the share of the model's own std map a spread head keeps"),
+    "spread_reference": ({"type": whole(2), "metavar": "N"},
+                         "futures a spread head takes the model's std map over"),
+}
 
 
 def parser(prog: str = "cvae") -> argparse.ArgumentParser:
@@ -202,41 +225,10 @@ def parser(prog: str = "cvae") -> argparse.ArgumentParser:
     x.add_argument("--ckpt", required=True)
     x.add_argument("--out", required=True, help="a new folder or an earlier export, e.g. assets/model")
     x.add_argument("--force", action="store_true", help="replace --out even if it is not an earlier export")
-    x.add_argument("--flow-deadzone", type=float, default=None, metavar="PX",
-                   help="set the copy's flow_deadzone (a flow head's displacements of PX or less set to 0; no weight changes)")
-    x.add_argument("--flow-resample", choices=RESAMPLE, default=None,
-                   help="set the copy's flow_resample (how a flow head samples moved frames between pixels; "
-                        "no weight changes)")
-    x.add_argument("--z-hold", type=_bool, default=None, metavar="BOOL",
-                   help="set the copy's z_hold (a future draws its noise once and holds it; no weight changes)")
-    x.add_argument("--z-scale", type=float, default=None, metavar="S",
-                   help="set the copy's z_scale (the model's noise times S at prediction; no weight changes)")
-    x.add_argument("--arm-calm", type=_bool, default=None, metavar="BOOL",
-                   help="set the copy's arm_calm (every future takes a noiseless future's pixels where the arm "
-                        "is or has been; no weight changes)")
-    x.add_argument("--carry-pool", type=whole(0), default=None, metavar="PX",
-                   help="set the copy's carry_pool (the carried motion evened over each moving piece and PX round "
-                        "it; no weight changes)")
-    x.add_argument("--glide-noise-only", type=_bool, default=None, metavar="BOOL",
-                   help="set the copy's glide_noise_only (a future's noise reaches only the carried motion's mask "
-                        "logit; no weight changes)")
-    x.add_argument("--carry-off-arm", type=_bool, default=None, metavar="BOOL",
-                   help="set the copy's carry_off_arm (the carried motion shut where the arm is; no weight changes)")
-    x.add_argument("--mask-temperature", type=float, default=None, metavar="T",
-                   help="set the copy's mask_temperature (a flow head's mask logits x T: > 1 each pixel nearer one "
-                        "source, fewer blended ghosts; no weight changes)")
-    x.add_argument("--map-noise-block", type=whole(1), default=None, metavar="B",
-                   help="set the copy's map_noise_block (the spatial latent's noise one draw per B x B cells; "
-                        "no weight changes)")
-    x.add_argument("--spread-gain", type=float, default=None, metavar="G",
-                   help="set the copy's spread_gain (a spread head's std map x G is what the futures widen to; "
-                        "no weight changes)")
-    x.add_argument("--spread-base", type=float, default=None, metavar="B",
-                   help="set the copy's spread_base (the share of the model's own std map a spread head keeps; "
-                        "no weight changes)")
-    x.add_argument("--spread-reference", type=whole(2), default=None, metavar="N",
-                   help="set the copy's spread_reference (futures a spread head takes the model's std map over; "
-                        "no weight changes)")
+    for name in SAMPLING:  # one flag per field an export may set; a field without a line here is a KeyError
+        keywords, what = EXPORT_FLAGS[name]
+        x.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"set the copy's {name} ({what}; no weight changes)",
+                       **keywords)
     f = sub.add_parser("fit-spread", help="fit a spread head to a trained model's futures (simulated data with "
                                           "hidden causes) and write the model with it")
     f.add_argument("--ckpt", required=True, help="the trained checkpoint, e.g. runs/cpu/best")
