@@ -251,7 +251,7 @@ def main() -> None:
         for idx, x, c, truths, arm in scenes_with_truths(args.data, args.split, args.limit, args.truths, n, f,
                                                             args.swept or bool(args.now)):
             seen += len(x)
-            samples = model.predict(x[:, :n], c, f, args.samples, idx.start)
+            samples = model.predict(x[:, :n], c, f, args.samples, range(idx.start, idx.stop))
             mean = mean_future(model, x, c, f)
             second = mean_future(other, x, c, f) if other is not None else None
             last = x[:, n - 1]

@@ -52,7 +52,8 @@ def main() -> None:
                     return scale_channels(plain(self, *a, **k), self.z_dim, v)
 
                 with patched(SVG, "_noise", scaled):
-                    tallies[v].add(model.predict(x[:, :n], c, f, args.samples, idx.start), truths, x[:, n - 1], x[:, n:])
+                    futures = model.predict(x[:, :n], c, f, args.samples, range(idx.start, idx.stop))
+                    tallies[v].add(futures, truths, x[:, n - 1], x[:, n:])
         rows = {}
         for v, tally in tallies.items():
             r = rows[",".join(f"{s:g}" for s in v)] = tally.row()

@@ -54,7 +54,7 @@ def seen(model, data: str, split: str, limit: int, samples: int):
     the noiseless future, truths, recorded future and last context frame for scoring."""
     n, f = model.n_past, 10
     for idx, x, c, truths, _ in scenes_with_truths(data, split, limit, 10, n, f):
-        s = model.predict(x[:, :n], c, f, samples, idx.start)
+        s = model.predict(x[:, :n], c, f, samples, range(idx.start, idx.stop))
         m = pixel_std(s, 1)
         mean = mean_future(model, x, c, f)
         yield inputs(mean[:, 0], s, m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \

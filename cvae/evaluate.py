@@ -151,7 +151,8 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
              device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
     """Score ``model`` on the first ``limit`` (0: all) sequences of ``dataset`` in its fixed order.
 
-    Sample 0 of every sequence is the lab's one-z score. With ``n_samples`` > 1 the best and the
+    Sample 0 of every sequence is the lab's one-z score. Sequence i draws its futures from seed
+    ``seed + i`` whatever batch it falls in, so N sequences average N draws. With ``n_samples`` > 1 the best and the
     mean over samples (of each sequence's mean PSNR over future frames) are reported as well.
     Baselines: copy the last context frame; the model fed another sequence's conditions (each
     sequence takes the next one's, cyclically). With ``baselines`` also sharpness, moving-region
@@ -169,7 +170,8 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         x, c = (torch.stack(t).to(device) for t in zip(*(dataset[i] for i in idx)))
         x = x[:, : n_past + n_future]
         target = x[:, n_past:].unsqueeze(1)
-        pred = model.predict(x[:, :n_past], c, n_future, n_samples, seed + idx.start)
+        seeds = range(seed + idx.start, seed + idx.stop)  # one per sequence: see ``SVG.predict``
+        pred = model.predict(x[:, :n_past], c, n_future, n_samples, seeds)
         p_all.append(psnr(pred, target))  # [B, S, F]
         s_all.append(ssim(pred, target))
         if baselines:
@@ -177,7 +179,7 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
             copy_p.append(psnr(last, x[:, n_past:]))
             copy_s.append(ssim(last, x[:, n_past:]))
             c_other = torch.stack([dataset[(i + 1) % n][1] for i in idx]).to(device)
-            pred_other = model.predict(x[:, :n_past], c_other, n_future, 1, seed + idx.start)
+            pred_other = model.predict(x[:, :n_past], c_other, n_future, 1, seeds)
             shuf_p.append(psnr(pred_other[:, 0], x[:, n_past:]))
             shuf_s.append(ssim(pred_other[:, 0], x[:, n_past:]))
             sharp.append(sharpness(pred[:, 0]))

@@ -1953,6 +1953,20 @@ def test_predict_rows_share_noise_and_do_not_depend_on_the_batch():
         model.predict(x[:, :2], c[:, :5], 10)
 
 
+def test_predict_with_a_seed_per_row_draws_each_rows_own_noise():
+    model = calibrated(tiny())
+    x, c = batch(b=2, t=12)
+    rows = model.predict(x[:, :2], c, 10, n_samples=3, seed=[5, 9])
+    for i, s in enumerate((5, 9)):  # row i is what it would be alone with its seed, whatever the batch
+        torch.testing.assert_close(rows[i], model.predict(x[i : i + 1, :2], c[i : i + 1], 10, 3, seed=s)[0],
+                                   rtol=1e-5, atol=1e-6)
+    same = model.predict(x[:1, :2].expand(2, -1, -1, -1, -1), c[:1].expand(2, -1, -1), 10, 3, seed=range(2))
+    assert (same[0] - same[1]).abs().max() > 1e-3  # the same scene, two draws
+    torch.testing.assert_close(model.predict(x[:, :2], c, 10, 3, seed=[4]), model.predict(x[:, :2], c, 10, 3, seed=4))
+    with pytest.raises(ValueError, match="3 seeds for 2 rows"):
+        model.predict(x[:, :2], c, 10, seed=[1, 2, 3])
+
+
 def test_changing_actions_changes_predictions():
     model = calibrated(tiny())
     x, c = batch(b=1, t=12)

@@ -504,6 +504,19 @@ def test_tiny_model_beats_copy_last_frame(square_root, tmp_path):
 LEARN_EPOCHS, LEARN_ITERS = 6, 50
 
 
+def test_eval_scores_do_not_depend_on_the_batch_size(square_root):
+    """Each sequence draws its own futures (``SVG.predict`` with a seed per row), so a score is
+    the same over any batching, and N sequences average N draws of the one sample, not one per batch."""
+    from test_model import calibrated, tiny
+
+    model, data = calibrated(tiny()), BairDataset(square_root, "train", 12)
+    one, three = (evaluate(model, data, 10, n_samples=3, seed=2, batch_size=b) for b in (1, 3))
+    for a, b in ((one.psnr, three.psnr), (one.best_of_n_psnr, three.best_of_n_psnr), (one.ssim, three.ssim)):
+        assert a == pytest.approx(b, abs=1e-4)
+    other = evaluate(model, data, 10, n_samples=3, seed=3, batch_size=3)
+    assert abs(other.psnr - three.psnr) > 1e-3  # the seed still matters: the score above is not noise-free
+
+
 class _LastFrame:
     """A stand-in model that predicts its last context frame for every future step, box-blurred
     over ``blur`` x ``blur`` pixels (1: exactly copy-last)."""

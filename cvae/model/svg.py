@@ -13,7 +13,7 @@ Skips come from the last context frame (SVG), or from the previous frame with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -930,14 +930,17 @@ class SVG(nn.Module):
 
     @torch.no_grad()
     def predict(self, context: torch.Tensor, cond: torch.Tensor, n_future: int, n_samples: int = 1,
-                seed: int = 0) -> torch.Tensor:
+                seed: int | Sequence[int] = 0) -> torch.Tensor:
         """Sample futures: context [B, n_past, 3, 64, 64], cond [B, >= n_past + n_future - 1, 7].
 
         Returns [B, n_samples, n_future, 3, 64, 64]. All samples (with ``arm_calm`` or a spread
         head one more per scene, the noiseless one, not returned) run as one batch; the result is
-        a function of ``seed`` alone (evaluation-mode batch norm, a private generator). Sample k
-        draws the same noise in every batch row, so rows that differ only in their conditions
-        differ only by the effect of those conditions. With a spread head (``spread.widen``) at
+        a function of ``seed`` alone (evaluation-mode batch norm, private generators). With one
+        seed, sample k draws the same noise in every batch row, so rows that differ only in their
+        conditions differ only by the effect of those conditions (the app's edited actions). With
+        one seed per row, each row draws its own, so a scene's futures do not depend on the batch
+        it is scored in, and a score over N scenes averages N draws, not one per batch
+        (``evaluate``). With a spread head (``spread.widen``) at
         least ``spread_reference`` futures are drawn, whose std map it reads, so sample k is the
         same whatever ``n_samples``.
         """
@@ -950,16 +953,19 @@ class SVG(nn.Module):
         self.eval()
         b = context.shape[0]
         device = context.device
-        gen = torch.Generator(device=device).manual_seed(seed)
-        # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
-        # spreads wider than the world is narrowed here without a weight change (README, "Noise scale").
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if len(seeds) not in (1, b):
+            raise ValueError(f"{len(seeds)} seeds for {b} rows: give one seed, or one per row")
         spread = self.spread is not None
         drawn = max(n_samples, self.cfg.spread_reference) if spread else n_samples
-        noise = self._noise(drawn, t - 1, device, gen) * self.cfg.z_scale
+        # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
+        # spreads wider than the world is narrowed here without a weight change (README, "Noise scale").
+        noise = torch.stack([self._noise(drawn, t - 1, device, torch.Generator(device=device).manual_seed(s))
+                             for s in seeds]) * self.cfg.z_scale  # [1 or B, drawn, T-1, latent]
         calm = int(self.cfg.arm_calm)
         lead = int(calm or spread)
         if lead:  # the noiseless future, first in each scene's group and dropped at the end
-            noise = torch.cat([torch.zeros_like(noise[:1]), noise])
+            noise = torch.cat([torch.zeros_like(noise[:, :1]), noise], 1)
         k = drawn + lead
         noise = noise.expand(b, -1, -1, -1).reshape(b * k, t - 1, self.latent_dim)
         ctx = context.repeat_interleave(k, 0)
