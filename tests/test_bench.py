@@ -607,3 +607,32 @@ def test_widen_writes_a_wider_checkpoint_that_predicts_as_before_and_refuses_a_n
     out = run("--width", str(width), "--out", str(tmp_path / "same"))
     assert out.returncode != 0 and f"--width {width} is not wider" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "same").exists()
+
+
+def test_eval_seeds_scores_each_seed_and_the_batch_size_does_not_move_them(tmp_path, sim_root):
+    """``eval_seeds`` end to end on a model whose futures follow its noise: one row per run with a
+    score per seed and their SD; two seeds give two scores, and batches of 1 give the scores of 3."""
+    import dataclasses
+    import json
+    import os
+
+    from test_model import calibrated, tiny
+
+    from cvae import checkpoint
+
+    model = calibrated(tiny())
+    ckpt = checkpoint.save(tmp_path / "tiny", model, dataclasses.asdict(model.cfg), {"epoch": 0})
+    results = tmp_path / "results.jsonl"
+    for batch in (1, 3):
+        out = subprocess.run([sys.executable, "eval_seeds.py", "--ckpt", str(ckpt), "--data", str(sim_root),
+                              "--split", "test", "--limit", "3", "--samples", "2", "--seeds", "0", "1",
+                              "--batch", str(batch)],
+                             capture_output=True, text=True, cwd=ROOT / "bench",
+                             env={**os.environ, "BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr
+        assert "over 2 seeds" in out.stdout
+    one, three = (json.loads(line) for line in results.read_text().splitlines())
+    assert (one["batch"], three["batch"]) == (1, 3)
+    assert one["one_sample"] == pytest.approx(three["one_sample"], abs=2e-3)
+    assert one["best_minus_one"] == pytest.approx(three["best_minus_one"], abs=2e-3)
+    assert abs(one["one_sample"][0] - one["one_sample"][1]) > 0.004 and one["one_sample_sd"] > 0
