@@ -9,8 +9,8 @@ and says the truths' std map. ``widen`` then scales each future's departure from
 one, per pixel, so that the std map becomes max(base m, gain w): the model's own doubt (m) is
 kept at a share ``base``, and where the head says the world branches more (w) the futures spread
 that far. The bundle's head alone agrees 0.53 with the truths' map on 256 validation scenes; at
-gain 2 and base 0.7 its futures agree 0.505 there (best of 10 +1.09) and 0.52 on the 256 test
-scenes (best of 10 +0.95; README, "The spread head").
+gain 2 and base 0.7 its futures agree 0.506 there (best of 10 +0.88) and 0.53 on the 256 test
+scenes (best of 10 +0.93; README, "The spread head"; docs/issue13.md, stop 78).
 """
 from __future__ import annotations
 
