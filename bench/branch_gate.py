@@ -55,7 +55,7 @@ from torch.nn import functional as F
 
 from cvae import checkpoint
 from cvae.condition import XY
-from cvae.evaluate import batches
+from cvae.evaluate import batches, row_seeds
 from cvae.kinematics import world_to_px
 from cvae.metrics import branching, moving_mask, pixel_std, psnr, sharpness
 from cvae.model.spread import features
@@ -251,7 +251,7 @@ def main() -> None:
         for idx, x, c, truths, arm in scenes_with_truths(args.data, args.split, args.limit, args.truths, n, f,
                                                             args.swept or bool(args.now)):
             seen += len(x)
-            samples = model.predict(x[:, :n], c, f, args.samples, range(idx.start, idx.stop))
+            samples = model.predict(x[:, :n], c, f, args.samples, row_seeds(0, idx))
             mean = mean_future(model, x, c, f)
             second = mean_future(other, x, c, f) if other is not None else None
             last = x[:, n - 1]

@@ -16,6 +16,7 @@ from branch_gate import Tally, describe, scenes_with_truths
 from common import checkpoints_parser, patched, record
 
 from cvae import checkpoint
+from cvae.evaluate import row_seeds
 from cvae.model.svg import SVG
 from cvae.model.vgg64 import MAP_SIZE
 
@@ -52,7 +53,7 @@ def main() -> None:
                     return scale_channels(plain(self, *a, **k), self.z_dim, v)
 
                 with patched(SVG, "_noise", scaled):
-                    futures = model.predict(x[:, :n], c, f, args.samples, range(idx.start, idx.stop))
+                    futures = model.predict(x[:, :n], c, f, args.samples, row_seeds(0, idx))
                     tallies[v].add(futures, truths, x[:, n - 1], x[:, n:])
         rows = {}
         for v, tally in tallies.items():

@@ -29,6 +29,7 @@ from common import checkpoints_parser, mean_future, record
 
 from cvae import checkpoint
 from cvae.data.dataset import BairDataset
+from cvae.evaluate import row_seeds
 from cvae.metrics import pixel_std
 from cvae.model.spread import FLOOR, MOST, SCALE, SpreadHead, inputs
 from cvae.physics_eval import std_agreement
@@ -54,7 +55,7 @@ def seen(model, data: str, split: str, limit: int, samples: int):
     the noiseless future, truths, recorded future and last context frame for scoring."""
     n, f = model.n_past, 10
     for idx, x, c, truths, _ in scenes_with_truths(data, split, limit, 10, n, f):
-        s = model.predict(x[:, :n], c, f, samples, range(idx.start, idx.stop))
+        s = model.predict(x[:, :n], c, f, samples, row_seeds(0, idx))
         m = pixel_std(s, 1)
         mean = mean_future(model, x, c, f)
         yield inputs(mean[:, 0], s, m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \

@@ -136,6 +136,12 @@ def batches(n: int, batch: int) -> list[range]:
     return [range(i, min(n, i + batch)) for i in range(0, n, batch)]
 
 
+def row_seeds(seed: int, idx: range) -> range:
+    """The z seeds of the sequences ``idx`` of one batch, ``seed + i`` each, for ``SVG.predict``:
+    a sequence draws the same futures in any batch, and N sequences average N draws."""
+    return range(seed + idx.start, seed + idx.stop)
+
+
 def progress_bar(items: list, show: bool, what: str):
     """A tqdm bar over ``items`` when ``show`` (eval can take minutes), else the items as they are."""
     if not show:
@@ -151,11 +157,11 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
              device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
     """Score ``model`` on the first ``limit`` (0: all) sequences of ``dataset`` in its fixed order.
 
-    Sample 0 of every sequence is the lab's one-z score. Sequence i draws its futures from seed
-    ``seed + i`` whatever batch it falls in, so N sequences average N draws. With ``n_samples`` > 1 the best and the
-    mean over samples (of each sequence's mean PSNR over future frames) are reported as well.
-    Baselines: copy the last context frame; the model fed another sequence's conditions (each
-    sequence takes the next one's, cyclically). With ``baselines`` also sharpness, moving-region
+    Sample 0 of every sequence is the lab's one-z score; sequence i draws from seed ``seed + i``
+    (``row_seeds``). With ``n_samples`` > 1 the best and the mean over samples (of each
+    sequence's mean PSNR over future frames) are reported as well. Baselines: copy the last
+    context frame; the model fed another sequence's conditions (each sequence takes the next
+    one's, cyclically). With ``baselines`` also sharpness, moving-region
     and (with ``ee_window``: the data's positions follow ``cvae.kinematics``) end-effector-window
     PSNR, each beside copy-last.
     """
@@ -170,7 +176,7 @@ def evaluate(model: SVG, dataset: BairDataset, n_future: int = 10, n_samples: in
         x, c = (torch.stack(t).to(device) for t in zip(*(dataset[i] for i in idx)))
         x = x[:, : n_past + n_future]
         target = x[:, n_past:].unsqueeze(1)
-        seeds = range(seed + idx.start, seed + idx.stop)  # one per sequence: see ``SVG.predict``
+        seeds = row_seeds(seed, idx)
         pred = model.predict(x[:, :n_past], c, n_future, n_samples, seeds)
         p_all.append(psnr(pred, target))  # [B, S, F]
         s_all.append(ssim(pred, target))

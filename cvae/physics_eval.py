@@ -25,7 +25,7 @@ from .data.counterfactual import (
 )
 from .data.dataset import BairDataset
 from .errors import DataError
-from .evaluate import batches, progress_bar
+from .evaluate import batches, progress_bar, row_seeds
 from .metrics import branching, correlation, ghosts, moving_mask, pixel_std, psnr, ssim
 from .model import SVG
 from .parallel import pool
@@ -89,7 +89,7 @@ def counterfactual(model: SVG, dataset: BairDataset, n_future: int = 10, seed: i
                                 for j, i in enumerate(idx)))
             truth = _to_tensor(np.stack(truth), device)
             pred = model.predict(x[:, :n_past].to(device), torch.from_numpy(np.stack(cond)).to(device), n_future, 1,
-                                 range(seed + idx.start, seed + idx.stop))[:, 0]
+                                 row_seeds(seed, idx))[:, 0]
             last = truth[:, n_past - 1 : n_past].expand_as(truth[:, n_past:])
             r = scores[kind]
             r["psnr"].append(psnr(pred, truth[:, n_past:]))
@@ -207,8 +207,7 @@ def distribution(model: SVG, dataset: BairDataset, k: int = 10, n_samples: int =
             jobs = [(found[i], c[j, :, ACTIONS].numpy().astype(np.float64), k + n_samples) for j, i in enumerate(idx)]
             drawn = _to_tensor(np.stack(workers_pool.map(true_futures_job, jobs)), device)[:, :, n_past:]
             truths, perfect = drawn[:, :k], drawn[:, k:]
-            samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples,
-                                    range(seed + idx.start, seed + idx.stop))
+            samples = model.predict(x[:, :n_past], c.to(device), n_future, n_samples, row_seeds(seed, idx))
             for scores, futures in ((per_seq, samples), (per_seq_perfect, perfect)):
                 for name, v in spread_scores(futures, truths, x[:, n_past - 1]).items():
                     scores.setdefault(name, []).append(v)

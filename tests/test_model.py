@@ -1963,6 +1963,7 @@ def test_predict_with_a_seed_per_row_draws_each_rows_own_noise():
     same = model.predict(x[:1, :2].expand(2, -1, -1, -1, -1), c[:1].expand(2, -1, -1), 10, 3, seed=range(2))
     assert (same[0] - same[1]).abs().max() > 1e-3  # the same scene, two draws
     torch.testing.assert_close(model.predict(x[:, :2], c, 10, 3, seed=[4]), model.predict(x[:, :2], c, 10, 3, seed=4))
+    torch.testing.assert_close(model.predict(x[:, :2], c, 10, 1, seed=np.int64(4)), model.predict(x[:, :2], c, 10, 1, seed=4))
     with pytest.raises(ValueError, match="3 seeds for 2 rows"):
         model.predict(x[:, :2], c, 10, seed=[1, 2, 3])
 

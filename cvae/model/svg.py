@@ -940,7 +940,7 @@ class SVG(nn.Module):
         conditions differ only by the effect of those conditions (the app's edited actions). With
         one seed per row, each row draws its own, so a scene's futures do not depend on the batch
         it is scored in, and a score over N scenes averages N draws, not one per batch
-        (``evaluate``). With a spread head (``spread.widen``) at
+        (``evaluate.row_seeds``). With a spread head (``spread.widen``) at
         least ``spread_reference`` futures are drawn, whose std map it reads, so sample k is the
         same whatever ``n_samples``.
         """
@@ -953,7 +953,7 @@ class SVG(nn.Module):
         self.eval()
         b = context.shape[0]
         device = context.device
-        seeds = [seed] if isinstance(seed, int) else list(seed)
+        seeds = list(seed) if isinstance(seed, Sequence) else [int(seed)]
         if len(seeds) not in (1, b):
             raise ValueError(f"{len(seeds)} seeds for {b} rows: give one seed, or one per row")
         spread = self.spread is not None
