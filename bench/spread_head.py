@@ -31,7 +31,7 @@ from cvae import checkpoint
 from cvae.data.dataset import BairDataset
 from cvae.evaluate import row_seeds
 from cvae.metrics import pixel_std
-from cvae.model.spread import FLOOR, MOST, SCALE, SpreadHead, inputs
+from cvae.model.spread import FLOOR, MOST, SpreadHead, inputs
 from cvae.physics_eval import std_agreement
 from cvae.spread_fit import examples, fit
 
@@ -115,7 +115,7 @@ def main() -> None:
         with torch.no_grad():
             for x, t, (s, m, mean, truths, future, last) in seen(model, args.data, args.split, args.limit,
                                                                  args.samples):
-                w = (net(x) / SCALE).clamp_min(0).view_as(m)  # as ``SpreadHead.widened``
+                w = net.std_map(x, m)
                 alone.append(std_agreement(t, w))
                 maps = {"fitted": w, "oracle": t, **{f"blend{b:g}": b * t + (1 - b) * w for b in args.blend},
                         **{f"gain{k:g}": k * w for k in args.gain}}

@@ -50,7 +50,7 @@ def inputs(mean: torch.Tensor, samples: torch.Tensor, m: torch.Tensor, first: to
 class SpreadHead(nn.Module):
     """Dilated convolutions that see ~30 px, as far as a pushed object glides in a few steps:
     ``inputs`` -> the truths' per-pixel std, [B F, 1, H, W] (x ``SCALE``, so unbounded below 0
-    while fitted; ``widened`` clamps it)."""
+    while fitted; ``std_map`` clamps it)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -63,15 +63,19 @@ class SpreadHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def std_map(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The truths' std map the head says from its ``inputs`` x, shaped as the model's std map
+        ``like`` [B, F, H, W]: out of ``SCALE`` and at least 0."""
+        return (self(x).float() / SCALE).clamp_min(0).view_as(like)
+
     def widened(self, mean: torch.Tensor, samples: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
                 reference: int, gain: float, base: float) -> torch.Tensor:
         """``samples`` [B, S, F, 3, H, W] widened (:func:`widen`) toward the std map the head says
         the truths have, from the noiseless future ``mean`` [B, F, 3, H, W], the first
         ``reference`` samples and the first and last context frames [B, 3, H, W]."""
-        b, f = mean.shape[:2]
         ref = samples[:, :reference]
         m = pixel_std(ref, 1)
-        w = (self(inputs(mean, ref, m, first, last)).float() / SCALE).clamp_min(0).view(b, f, *mean.shape[-2:])
+        w = self.std_map(inputs(mean, ref, m, first, last), m)
         return widen(samples, mean, widen_factor(w, m, gain, base))
 
 
