@@ -171,12 +171,15 @@ class Tally:
         self.sharp_truth.append(sharpness(future))
 
     def row(self) -> dict[str, float]:
-        """The one sample's PSNR, best of N and coverage over it, the spread ratio, agreement, the
-        misplaced share, and the lowest and highest of the one sample's sharpness per step (eval's),
-        over every batch added."""
+        """The one sample's PSNR, best of N (and its margin over the one sample: the margin also
+        grows as the one sample gets worse, best of N only as the futures cover the recorded one
+        better) and coverage over the one sample, the spread ratio, agreement, the misplaced share,
+        and the lowest and highest of the one sample's sharpness per step (eval's), over every
+        batch added."""
         s, o = summarize(self.spread), torch.cat(self.one).mean().item()
         sharp = torch.cat(self.sharp).mean(0) / torch.cat(self.sharp_truth).mean(0)
-        return {"one_sample": round(o, 3), "best_minus_one": round(torch.cat(self.best).mean().item() - o, 3),
+        best = torch.cat(self.best).mean().item()
+        return {"one_sample": round(o, 3), "best_of_n": round(best, 3), "best_minus_one": round(best - o, 3),
                 "coverage_minus_one": round(s["coverage_psnr"] - s["one_sample_psnr"], 3),
                 "spread_ratio": round(s["spread_ratio"], 3), "agreement": round(s["agreement"], 3),
                 "misplaced": round(s["misplaced_share"], 3), "sharpness_min": round(sharp.min().item(), 3),
@@ -185,7 +188,8 @@ class Tally:
 
 def describe(row: dict[str, float], samples: int) -> str:
     """A ``Tally.row`` as the benches that score variants print it."""
-    return (f"one sample {row['one_sample']:.2f} dB, best of {samples} {row['best_minus_one']:+.2f}, coverage "
+    return (f"one sample {row['one_sample']:.2f} dB, best of {samples} {row['best_of_n']:.2f} "
+            f"({row['best_minus_one']:+.2f}), coverage "
             f"{row['coverage_minus_one']:+.2f}, spread ratio {row['spread_ratio']:.2f}, agreement "
             f"{row['agreement']:.3f}, misplaced {row['misplaced']:.0%}"
             + (f", sharpness {row['sharpness_min']:.2f}-{row['sharpness_max']:.2f}" if "sharpness_min" in row else ""))

@@ -50,16 +50,19 @@ def factor(w: torch.Tensor, m: torch.Tensor, kind: str, amount: float, base: flo
     return (w.clamp_min(1e-4) / m.clamp_min(1e-4)).pow(amount).clamp(0, MOST)
 
 
-def seen(model, data: str, split: str, limit: int, samples: int):
-    """Per batch of scenes: the head's inputs, the truths' std map, and the samples, their std map,
-    the noiseless future, truths, recorded future and last context frame for scoring."""
+def seen(model, data: str, split: str, limit: int, samples: int, seeds: list[int]):
+    """Per batch of scenes and per seed: the head's inputs, the truths' std map, and the samples,
+    their std map, the noiseless future, truths, recorded future and last context frame for
+    scoring. Each seed's futures are new draws of the same scenes and truths, so the figures pool
+    ``len(seeds)`` draws per scene (one seed's best of N margin moves by ~0.04 dB, stop 78)."""
     n, f = model.n_past, 10
     for idx, x, c, truths, _ in scenes_with_truths(data, split, limit, 10, n, f):
-        s = model.predict(x[:, :n], c, f, samples, row_seeds(0, idx))
-        m = pixel_std(s, 1)
         mean = mean_future(model, x, c, f)
-        yield inputs(mean[:, 0], s, m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \
-            (s, m, mean, truths, x[:, n:], x[:, n - 1])
+        for seed in seeds:
+            s = model.predict(x[:, :n], c, f, samples, row_seeds(seed, idx))
+            m = pixel_std(s, 1)
+            yield inputs(mean[:, 0], s, m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \
+                (s, m, mean, truths, x[:, n:], x[:, n - 1])
 
 
 def training_set(model, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +83,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=40)
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--split", default="validate", help="the split scored")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="the futures' seeds, pooled (eval's is 0)")
     p.add_argument("--lin", type=float, nargs="*", default=[0.0, 0.2, 0.3])
     p.add_argument("--pow", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5])
     p.add_argument("--up", type=float, nargs="*", default=[0.2, 0.5, 1.0])
@@ -114,7 +118,7 @@ def main() -> None:
         alone, alone_blend = [], {b: [] for b in args.blend}
         with torch.no_grad():
             for x, t, (s, m, mean, truths, future, last) in seen(model, args.data, args.split, args.limit,
-                                                                 args.samples):
+                                                                 args.samples, args.seeds):
                 w = net.std_map(x, m)
                 alone.append(std_agreement(t, w))
                 maps = {"fitted": w, "oracle": t, **{f"blend{b:g}": b * t + (1 - b) * w for b in args.blend},
@@ -134,7 +138,7 @@ def main() -> None:
             r = rows[f"{source}_{kind}{a:g}"] = tally.row()
             print(f"{ckpt} {source} {kind} {a:g}: {describe(r, args.samples)}")
         record("spread_head", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=args.limit,
-               train_scenes=args.train, steps=args.steps, width=args.width, quantile=args.quantile,
+               seeds=args.seeds, train_scenes=args.train, steps=args.steps, width=args.width, quantile=args.quantile,
                fitted_before=fitted_before, **rows)
 
 
