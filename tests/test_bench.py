@@ -116,6 +116,64 @@ def test_antithetic_noise_pairs_each_draw_with_its_negation_and_keeps_an_odd_las
     assert noise[2, 0, 0] == 4
 
 
+def test_stratified_noise_puts_one_value_in_each_slice_and_each_row_stays_a_standard_normal():
+    """Ten draws of 20,000 coordinates: in every coordinate the ten values fall one in each tenth
+    of the normal's probability; row 0 alone, over the coordinates, has the normal's mean, std and
+    tails; muted (zero) coordinates stay zero; the same generator seed gives the same draws."""
+    import torch
+
+    stratified = _bench("coupled_draws").stratified
+    noise = torch.randn(10, 20_000, generator=torch.Generator().manual_seed(1))
+    noise[:, :5] = 0
+    out = stratified(noise, torch.Generator().manual_seed(2))
+    assert out[:, :5].eq(0).all()
+    slices = (torch.special.ndtr(out[:, 5:]) * 10).floor().long()
+    assert slices.sort(0).values.eq(torch.arange(10)[:, None]).all()
+    row = out[0, 5:]
+    assert abs(row.mean()) < 0.03 and abs(row.std() - 1) < 0.02 and abs(row.abs().gt(1.96).float().mean() - 0.05) < 0.006
+    assert out[:, 5:].std(0).mean() > noise[:, 5:].std(0).mean() + 0.03  # the ten cover the normal more evenly
+    torch.testing.assert_close(out, stratified(noise, torch.Generator().manual_seed(2)))
+
+
+def test_a_tally_gives_best_of_n_itself_beside_its_margin_over_the_one_sample():
+    """Against a black recorded future, sample 0 off by 0.1 everywhere (20 dB) and sample 1 by
+    0.01 (40 dB): the one sample 20, best of 2 40 and the margin +20, and ``describe`` prints both,
+    since a margin also grows when only the one sample gets worse."""
+    import torch
+
+    branch_gate = _bench("branch_gate")
+    future = torch.zeros(1, 2, 3, 16, 16)
+    samples = torch.stack([torch.full_like(future, 0.1), torch.full_like(future, 0.01)], 1)
+    truths = torch.zeros(1, 3, 2, 3, 16, 16)
+    truths[:, 1:, :, :, 4:8, 4:8] = 0.5
+    tally = branch_gate.Tally()
+    tally.add(samples, truths, torch.zeros(1, 3, 16, 16), future)
+    row = tally.row()
+    assert row["one_sample"] == pytest.approx(20, abs=1e-3) and row["best_of_n"] == pytest.approx(40, abs=1e-3)
+    assert row["best_minus_one"] == pytest.approx(20, abs=1e-3)
+    assert "best of 2 40.00 (+20.00)" in branch_gate.describe(row, 2)
+
+
+def test_latent_widen_scales_each_cells_noise_by_the_heads_map_over_the_models():
+    """The head says 3x the model's std in one 8 x 8 px cell and 0.1x elsewhere: at gain 2 that
+    cell's noise is x 4 (6, capped), the others x base 0.7, in every map channel, and the vector
+    part x 1; with a 3 x 3 hood the cell's neighbours take its largest head map too."""
+    import torch
+
+    from cvae.model.vgg64 import MAP_SIZE
+
+    cell_scale = _bench("latent_widen").cell_scale
+    m = torch.full((1, 2, 64, 64), 0.1)
+    w = 0.1 * m
+    w[..., 8:16, 16:24] = 3 * m[..., 8:16, 16:24]
+    out = cell_scale(w, m, 3, 2, 2.0, 0.7, 1)
+    cells = out[0, 3:].view(2, MAP_SIZE, MAP_SIZE)
+    assert out.shape == (1, 3 + 2 * MAP_SIZE**2) and out[0, :3].eq(1).all()
+    assert cells[:, 1, 2].eq(4).all() and (cells.sum() - 8) == pytest.approx(0.7 * (2 * MAP_SIZE**2 - 2))
+    hood = cell_scale(w, m, 3, 2, 2.0, 0.7, 3)[0, 3:].view(2, MAP_SIZE, MAP_SIZE)
+    assert hood[:, 0:3, 1:4].eq(4).all() and hood[:, 4:].eq(0.7).all()
+
+
 def test_noise_channels_scales_each_map_channels_cells_and_leaves_the_vector_part():
     """A latent of 2 vector entries and 2 map channels of MAP_SIZE^2 cells: channel 0 x 0,
     channel 1 x 3, the vector part as it was, the noise passed in unchanged; scales that do not
