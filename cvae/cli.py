@@ -192,6 +192,8 @@ EXPORT_FLAGS = {
     "spread_base": ({"type": float, "metavar": "B"}, "the share of the model's own std map a spread head keeps"),
     "spread_reference": ({"type": whole(2), "metavar": "N"},
                          "futures a spread head takes the model's std map over"),
+    "spread_select": ({"type": whole(0), "metavar": "S"},
+                      "futures drawn, those shown chosen so their std map follows a spread head's (0: off)"),
 }
 
 

@@ -179,6 +179,9 @@ def test_model_quality_is_stated(tmp_path):
     spread = {"spread_head": 40, "spread_gain": 2.0, "spread_base": 0.7, "spread_reference": 10}
     assert "std map max(0.7 x the model's, 2 x the head's), the model's taken over 10" in logic.sampling(spread)
     assert logic.sampling({**spread, "spread_head": 0}) == ""
+    chosen = logic.sampling({**spread, "spread_gain": 0.0, "spread_base": 1.0, "spread_select": 40})
+    assert "chosen from 40 draws so that they differ where a spread head says" in chosen and "widens" not in chosen
+    assert "chosen from" not in logic.sampling({**spread, "spread_select": 0})
     assert logic.sampling({"mask_temperature": 1.0}) == ""
     assert logic.sampling({"flow_resample": "bicubic"}) == "Sampling: moved frames sampled bicubic between pixels. "
     assert logic.sampling({"flow_resample": "bilinear"}) == ""

@@ -2191,6 +2191,50 @@ def test_the_spread_factor_widens_to_gain_times_the_heads_map_and_keeps_a_share_
     assert out.min() >= 0 and out.max() <= 1  # 0.5 + 3 x 0.1 stays inside; clamped where not
 
 
+def test_chosen_keeps_the_first_future_then_those_whose_spread_follows_the_map():
+    """Six futures of one 1 x 2-pixel frame: draw 0 and three more differ at pixel 0 (the head's
+    map says the world branches there), two differ at pixel 1 only. Kept three: draw 0 first,
+    then two of the pixel-0 ones, never a pixel-1 one; the first two kept are the first two of
+    three kept (a choice does not depend on how many are kept)."""
+    from cvae.model.spread import chosen
+
+    at0 = torch.tensor([0.2, 0.0, 0.9, 0.1, 0.5, 0.5])  # pixel 0 of each future
+    at1 = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0, 1.0])  # pixel 1: only futures 4 and 5 move it
+    at0[4:] = 0.5
+    samples = torch.stack([at0, at1], -1).view(1, 6, 1, 1, 1, 2).expand(1, 6, 1, 3, 1, 2)
+    w = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    kept = chosen(samples, w, 3)
+    picked = [int((samples[0] == k).all((1, 2, 3, 4)).nonzero()[0]) for k in kept[0]]
+    assert picked[0] == 0 and set(picked[1:]) <= {1, 2, 3} and len(set(picked)) == 3
+    torch.testing.assert_close(chosen(samples, w, 2), kept[:, :2])
+
+
+def test_a_spread_head_with_select_shows_whole_draws_chosen_for_its_map_and_the_first_draw_first():
+    """With spread_select 8, gain 0 and base 1 (no widening) a model returns 4 of the 8 futures
+    its own draws give, the first of them draw 0, the one sample, the others not simply the
+    next three; 1 or 2 asked give the first 1 or 2 of those 4. A select not above spread_reference is refused by name."""
+    base = calibrated(tiny(z_map=2, map_noise_only=True, z_hold=True, z_scale=3.0))
+    cfg = replace(base.cfg, spread_head=4, spread_gain=0.0, spread_base=1.0, spread_reference=4, spread_select=8)
+    model = SVG(cfg)
+    model.load_state_dict(base.state_dict(), strict=False)
+    torch.nn.init.normal_(model.spread.net[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    torch.nn.init.constant_(model.spread.net[-1].bias, 5.0)  # a map above 0 that varies, so draws are chosen
+    x, c = batch(t=6)
+    shown = model.predict(x[:, :2], c, 4, 4, seed=3)
+    drawn = base.predict(x[:, :2], c, 4, 8, seed=3)
+    orders = []
+    for row in range(len(x)):
+        found = [int((drawn[row] - s).abs().amax((1, 2, 3, 4)).argmin()) for s in shown[row]]
+        assert found[0] == 0 and len(set(found)) == 4, found
+        torch.testing.assert_close(shown[row], drawn[row, found])
+        orders.append(found)
+    assert any(found != [0, 1, 2, 3] for found in orders)  # chosen, not the first four drawn
+    torch.testing.assert_close(model.predict(x[:, :2], c, 4, 2, seed=3), shown[:, :2])
+    torch.testing.assert_close(model.predict(x[:, :2], c, 4, 1, seed=3), shown[:, :1])
+    with pytest.raises(ConfigError, match=r"spread_select must be 0 or a whole number of futures over spread_reference \(4\)"):
+        replace(cfg, spread_select=4).validate()
+
+
 def test_a_spread_head_scales_each_futures_departure_from_the_noiseless_one():
     """A head whose map is 0 everywhere keeps the share spread_base of every departure: the same
     model without it, its futures pulled toward its noiseless one by that share. Sample k is the

@@ -167,7 +167,10 @@ def sampling(cfg: dict) -> str:
         said.append("nothing glides on where the arm is")
     if cfg.get("mask_temperature", 1.0) != 1.0:
         said.append(f"the flow head's mask logits x {cfg['mask_temperature']:g}, each pixel nearer one source")
-    if cfg.get("spread_head"):
+    if cfg.get("spread_head") and cfg.get("spread_select"):
+        said.append(f"the futures shown are chosen from {cfg['spread_select']} draws so that they differ where a "
+                    "spread head says the world branches")
+    if cfg.get("spread_head") and (cfg.get("spread_gain", 2.0), cfg.get("spread_base", 0.7)) != (0, 1):
         said.append(f"a spread head widens each future where it says the world branches (the futures' std map "
                     f"max({cfg['spread_base']:g} x the model's, {cfg['spread_gain']:g} x the head's), the model's "
                     f"taken over {cfg['spread_reference']} futures)")

@@ -69,14 +69,46 @@ class SpreadHead(nn.Module):
         return (self(x).float() / SCALE).clamp_min(0).view_as(like)
 
     def widened(self, mean: torch.Tensor, samples: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
-                reference: int, gain: float, base: float) -> torch.Tensor:
+                reference: int, gain: float, base: float, keep: int = 0) -> torch.Tensor:
         """``samples`` [B, S, F, 3, H, W] widened (:func:`widen`) toward the std map the head says
         the truths have, from the noiseless future ``mean`` [B, F, 3, H, W], the first
-        ``reference`` samples and the first and last context frames [B, 3, H, W]."""
+        ``reference`` samples and the first and last context frames [B, 3, H, W]. With ``keep``
+        > 0, the ``keep`` samples :func:`chosen` for that map are widened (by their first
+        ``reference``'s std map), the others dropped."""
         ref = samples[:, :reference]
         m = pixel_std(ref, 1)
         w = self.std_map(inputs(mean, ref, m, first, last), m)
+        if keep:
+            samples = chosen(samples, w, keep)
+            m = pixel_std(samples[:, :reference], 1)
         return widen(samples, mean, widen_factor(w, m, gain, base))
+
+
+def chosen(samples: torch.Tensor, w: torch.Tensor, keep: int) -> torch.Tensor:
+    """``keep`` of the futures [B, S, F, 3, H, W], per scene: the first, then one at a time the
+    future that makes the kept ones' std map (``metrics.pixel_std``) correlate best over the
+    future pixels with the map ``w`` [B, F, H, W] the head says the world's has. Each kept future
+    is a whole draw of the model, not a blend, so nothing is smeared; only which draws are shown
+    is set. The first is always draw 0, the one sample, and a choice never depends on ``keep``
+    (the first k of ``keep`` are those of k)."""
+    out = []
+    for s, target in zip(samples.float(), w.float()):  # one scene at a time: S futures' squares in memory, not B S
+        t = target.flatten() - target.mean()
+        picked, used = [0], torch.zeros(len(s), dtype=torch.bool)
+        used[0] = True
+        s1, s2 = s[0].clone(), s[0].square()
+        for n in range(2, keep + 1):
+            var = ((s2 + s.square()) / n - ((s1 + s) / n).square()).clamp_min(0)  # each candidate added
+            std = var.sqrt().mean(-3).flatten(1)
+            std = std - std.mean(1, keepdim=True)
+            score = (std @ t) / (std.norm(dim=1) * t.norm()).clamp_min(1e-12)
+            j = int(score.masked_fill(used, -2).argmax())
+            picked.append(j)
+            used[j] = True
+            s1 += s[j]
+            s2 += s[j].square()
+        out.append(s[picked])
+    return torch.stack(out).to(samples.dtype)
 
 
 def widen_factor(w: torch.Tensor, m: torch.Tensor, gain: float, base: float) -> torch.Tensor:

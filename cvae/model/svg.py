@@ -54,7 +54,8 @@ NEEDS_FLOW = (("still_copy", "it is a source of the flow head"),
               ("mask_temperature", "it sharpens the flow head's mask"))
 # how the weights are used, not their shapes: export may set them
 SAMPLING = ("flow_deadzone", "z_hold", "z_scale", "arm_calm", "map_noise_block", "flow_resample", "carry_pool",
-            "glide_noise_only", "carry_off_arm", "mask_temperature", "spread_gain", "spread_base", "spread_reference")
+            "glide_noise_only", "carry_off_arm", "mask_temperature", "spread_gain", "spread_base", "spread_reference",
+            "spread_select")
 # not the weights' shapes: --init may change them
 INIT_MAY_CHANGE = ("pixel_loss", "motion_weight", "map_noise_only", "arm_clear", "flow_photo_weight", "flow_photo_blur",
                    "flow_photo_rollout", "noise_flow", "noise_shift", "carry_noise", "carry_shown", *SAMPLING)
@@ -186,6 +187,7 @@ class ModelConfig:
     spread_gain: float = 2.0  # ... the futures' std map becomes max(spread_base x the model's, this x the head's)
     spread_base: float = 0.7
     spread_reference: int = 10  # ... the model's std map is taken over this many futures from the prior
+    spread_select: int = 0  # > 0: ... this many futures are drawn and those shown chosen for the head's map (spread.chosen)
 
     @property
     def ee_map_exact(self) -> bool:
@@ -237,13 +239,16 @@ class ModelConfig:
             raise ConfigError("arm_calm needs arm_copy true: the arm copy finds the base of the bar whose region it calms")
         if not 0 <= self.spread_head == int(self.spread_head):
             raise ConfigError(f"spread_head must be a whole number of channels >= 0, not {self.spread_head}")
-        if not 0 < self.spread_gain < float("inf"):
-            raise ConfigError(f"spread_gain must be a number > 0, not {self.spread_gain}")
+        if not 0 <= self.spread_gain < float("inf"):
+            raise ConfigError(f"spread_gain must be a number >= 0, not {self.spread_gain}")
         if not 0 <= self.spread_base <= SPREAD_MOST:
             raise ConfigError(f"spread_base must be a share between 0 and {SPREAD_MOST:g}, not {self.spread_base}")
         if not 2 <= self.spread_reference == int(self.spread_reference):
             raise ConfigError(f"spread_reference must be a whole number of futures >= 2 (a std map needs two), "
                               f"not {self.spread_reference}")
+        if self.spread_select and not self.spread_reference < self.spread_select == int(self.spread_select):
+            raise ConfigError(f"spread_select must be 0 or a whole number of futures over spread_reference "
+                              f"({self.spread_reference}), not {self.spread_select}")
         if self.map_noise_block not in MAP_BLOCKS:
             raise ConfigError(f"map_noise_block must be one of {', '.join(map(str, MAP_BLOCKS))} (cells per side of a "
                               f"block of the {MAP_SIZE} x {MAP_SIZE} grid), not {self.map_noise_block!r}")
@@ -942,7 +947,8 @@ class SVG(nn.Module):
         it is scored in, and a score over N scenes averages N draws, not one per batch
         (``evaluate.row_seeds``). With a spread head (``spread.widen``) at
         least ``spread_reference`` futures are drawn, whose std map it reads, so sample k is the
-        same whatever ``n_samples``.
+        same whatever ``n_samples``; with ``spread_select`` S, S are drawn and those returned
+        chosen for the head's map (``spread.chosen``; the same for any ``n_samples`` up to S).
         """
         if context.shape[1] != self.n_past:
             raise ValueError(f"context has {context.shape[1]} frames; this model takes {self.n_past}")
@@ -957,7 +963,8 @@ class SVG(nn.Module):
         if len(seeds) not in (1, b):
             raise ValueError(f"{len(seeds)} seeds for {b} rows: give one seed, or one per row")
         spread = self.spread is not None
-        drawn = max(n_samples, self.cfg.spread_reference) if spread else n_samples
+        keep = max(n_samples, self.cfg.spread_reference) if spread and self.cfg.spread_select else 0
+        drawn = max(n_samples, self.cfg.spread_reference, self.cfg.spread_select) if spread else n_samples
         # A temperature: training draws at 1 so the prior learns the whole spread, and a model that
         # spreads wider than the world is narrowed here without a weight change (README, "Noise scale").
         noise = torch.stack([self._noise(drawn, t - 1, device, torch.Generator(device=device).manual_seed(s))
@@ -978,5 +985,5 @@ class SVG(nn.Module):
         mean, samples = pred[:, 0], pred[:, lead:]
         if spread:
             samples = self.spread.widened(mean, samples, context[:, 0].float(), context[:, -1].float(),
-                                          self.cfg.spread_reference, self.cfg.spread_gain, self.cfg.spread_base)
+                                          self.cfg.spread_reference, self.cfg.spread_gain, self.cfg.spread_base, keep)
         return samples[:, :n_samples]
