@@ -31,7 +31,7 @@ from cvae import checkpoint
 from cvae.data.dataset import BairDataset
 from cvae.evaluate import row_seeds
 from cvae.metrics import pixel_std
-from cvae.model.spread import FLOOR, MOST, SpreadHead, inputs
+from cvae.model.spread import FLOOR, MOST, SpreadHead, chosen, inputs
 from cvae.physics_eval import std_agreement
 from cvae.spread_fit import examples, fit
 
@@ -50,18 +50,19 @@ def factor(w: torch.Tensor, m: torch.Tensor, kind: str, amount: float, base: flo
     return (w.clamp_min(1e-4) / m.clamp_min(1e-4)).pow(amount).clamp(0, MOST)
 
 
-def seen(model, data: str, split: str, limit: int, samples: int, seeds: list[int]):
-    """Per batch of scenes and per seed: the head's inputs, the truths' std map, and the samples,
-    their std map, the noiseless future, truths, recorded future and last context frame for
-    scoring. Each seed's futures are new draws of the same scenes and truths, so the figures pool
-    ``len(seeds)`` draws per scene (one seed's best of N margin moves by ~0.04 dB, stop 78)."""
+def seen(model, data: str, split: str, limit: int, samples: int, seeds: list[int], drawn: int = 0):
+    """Per batch of scenes and per seed: the head's inputs, the truths' std map, and the samples
+    (``drawn`` if more), the first ``samples``' std map, the noiseless future, truths, recorded
+    future and last context frame for scoring. Each seed's futures are new draws of the same
+    scenes and truths, so the figures pool ``len(seeds)`` draws per scene (one seed's best of N
+    margin moves by ~0.04 dB, stop 78)."""
     n, f = model.n_past, 10
     for idx, x, c, truths, _ in scenes_with_truths(data, split, limit, 10, n, f):
         mean = mean_future(model, x, c, f)
         for seed in seeds:
-            s = model.predict(x[:, :n], c, f, samples, row_seeds(seed, idx))
-            m = pixel_std(s, 1)
-            yield inputs(mean[:, 0], s, m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \
+            s = model.predict(x[:, :n], c, f, max(samples, drawn), row_seeds(seed, idx))
+            m = pixel_std(s[:, :samples], 1)
+            yield inputs(mean[:, 0], s[:, :samples], m, x[:, 0], x[:, n - 1]), pixel_std(truths, 1), \
                 (s, m, mean, truths, x[:, n:], x[:, n - 1])
 
 
@@ -84,6 +85,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--split", default="validate", help="the split scored")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="the futures' seeds, pooled (eval's is 0)")
+    p.add_argument("--select", type=int, default=0,
+                   help="draw this many futures and score the --samples the head's map chooses (spread.chosen)")
     p.add_argument("--lin", type=float, nargs="*", default=[0.0, 0.2, 0.3])
     p.add_argument("--pow", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5])
     p.add_argument("--up", type=float, nargs="*", default=[0.2, 0.5, 1.0])
@@ -118,8 +121,11 @@ def main() -> None:
         alone, alone_blend = [], {b: [] for b in args.blend}
         with torch.no_grad():
             for x, t, (s, m, mean, truths, future, last) in seen(model, args.data, args.split, args.limit,
-                                                                 args.samples, args.seeds):
+                                                                 args.samples, args.seeds, args.select):
                 w = net.std_map(x, m)
+                if args.select:
+                    s = chosen(s, w, args.samples)
+                    m = pixel_std(s, 1)
                 alone.append(std_agreement(t, w))
                 maps = {"fitted": w, "oracle": t, **{f"blend{b:g}": b * t + (1 - b) * w for b in args.blend},
                         **{f"gain{k:g}": k * w for k in args.gain}}
@@ -138,8 +144,8 @@ def main() -> None:
             r = rows[f"{source}_{kind}{a:g}"] = tally.row()
             print(f"{ckpt} {source} {kind} {a:g}: {describe(r, args.samples)}")
         record("spread_head", torch.device("cpu"), ckpt=ckpt, split=args.split, sequences=args.limit,
-               seeds=args.seeds, train_scenes=args.train, steps=args.steps, width=args.width, quantile=args.quantile,
-               fitted_before=fitted_before, **rows)
+               seeds=args.seeds, select=args.select, train_scenes=args.train, steps=args.steps, width=args.width,
+               quantile=args.quantile, fitted_before=fitted_before, **rows)
 
 
 if __name__ == "__main__":
