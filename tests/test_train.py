@@ -435,7 +435,7 @@ def test_eval_and_export_commands(sim_root, tmp_path, capsys):
         assert why in capsys.readouterr().err
     with pytest.raises(ConfigError, match="export can set flow_deadzone, z_hold, z_scale, arm_calm, map_noise_block, "
                                           "flow_resample, carry_pool, glide_noise_only, carry_off_arm, mask_temperature, "
-                                          "spread_gain, spread_base, spread_reference, not z_dim"):
+                                          "spread_gain, spread_base, spread_reference, spread_select, not z_dim"):
         checkpoint.export(zoned, tmp_path / "shape", settings={"z_dim": 3})
 
 
@@ -748,7 +748,8 @@ def test_fitting_a_spread_head_learns_a_map_its_inputs_show():
 def test_fit_spread_writes_the_model_with_its_head(sim_root, square_root, tmp_path, capsys):
     """``fit-spread`` re-runs the training scenes, fits a head and writes the model with it: its
     own weights unchanged, the head's config and how it was fitted in meta.json; it loads, draws
-    futures, is scored by ``eval``, and ``export`` may set its gain. Refused with a clear message:
+    futures, is scored by ``eval``, and ``export`` may set its gain and choose its futures from
+more draws (not from as few as it takes its std map over). Refused with a clear message:
     data the simulator did not make, a checkpoint with a head already, a quantile of 1."""
     from cvae import cli
 
@@ -769,7 +770,14 @@ def test_fit_spread_writes_the_model_with_its_head(sim_root, square_root, tmp_pa
                      "--workers", "1"]) == 0
     assert cli.main(["export", "--ckpt", str(out), "--out", str(tmp_path / "g3"), "--spread-gain", "3"]) == 0
     assert checkpoint.read_meta(tmp_path / "g3")["config"]["spread_gain"] == 3
+    chose = ["--spread-select", "12", "--spread-gain", "0", "--spread-base", "1"]
+    assert cli.main(["export", "--ckpt", str(out), "--out", str(tmp_path / "s12"), *chose]) == 0
+    assert checkpoint.read_meta(tmp_path / "s12")["config"]["spread_select"] == 12
+    assert checkpoint.load_model(tmp_path / "s12")[0].predict(x[None, :2], c[None], 10, 3).shape == (1, 3, 10, 3, 64, 64)
     capsys.readouterr()
+    assert cli.main(["export", "--ckpt", str(out), "--out", str(tmp_path / "s5"), "--spread-select", "5"]) == 2
+    assert "spread_select must be 0 or a whole number of futures over spread_reference (10), not 5" in \
+        capsys.readouterr().err
     assert cli.main(["fit-spread", "--ckpt", str(out), "--data", str(sim_root), "--out", str(tmp_path / "x"),
                      *args]) == 2
     assert "has a spread head already" in capsys.readouterr().err
