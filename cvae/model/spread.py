@@ -10,7 +10,10 @@ one, per pixel, so that the std map becomes max(base m, gain w): the model's own
 kept at a share ``base``, and where the head says the world branches more (w) the futures spread
 that far. The bundle's head alone agrees 0.53 with the truths' map on 256 validation scenes; at
 gain 2 and base 0.7 its futures agree 0.506 there (best of 10 +0.88) and 0.53 on the 256 test
-scenes (best of 10 +0.93; README, "The spread head"; docs/issue13.md, stop 78).
+scenes (best of 10 +0.93; README, "The spread head"; docs/issue13.md, stop 78). A widened
+future is a blend, and best of 10 itself never rose with it; ``chosen`` instead picks which of
+more draws are shown, so the shown futures differ where the head says while each stays a whole
+draw (``spread_select``; docs/issue13.md, stop 79).
 """
 from __future__ import annotations
 
