@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..metrics import pixel_std
+from ..metrics import correlation, pixel_std
 
 FEATURES = 20  # the head's input channels per frame (``inputs``)
 MOST = 4.0  # the largest factor a pixel's departure is scaled by
@@ -96,15 +96,13 @@ def chosen(samples: torch.Tensor, w: torch.Tensor, keep: int) -> torch.Tensor:
     (the first k of ``keep`` are those of k)."""
     out = []
     for s, target in zip(samples.float(), w.float()):  # one scene at a time: S futures' squares in memory, not B S
-        t = target.flatten() - target.mean()
         picked, used = [0], torch.zeros(len(s), dtype=torch.bool)
         used[0] = True
         s1, s2 = s[0].clone(), s[0].square()
         for n in range(2, keep + 1):
             var = ((s2 + s.square()) / n - ((s1 + s) / n).square()).clamp_min(0)  # each candidate added
-            std = var.sqrt().mean(-3).flatten(1)
-            std = std - std.mean(1, keepdim=True)
-            score = (std @ t) / (std.norm(dim=1) * t.norm()).clamp_min(1e-12)
+            std = var.sqrt().mean(-3)  # [S, F, H, W], as pixel_std; a flat map scores 0, as in std_agreement
+            score = correlation(std.flatten(1, 2), target.flatten(0, 1)).nan_to_num(0.0)
             j = int(score.masked_fill(used, -2).argmax())
             picked.append(j)
             used[j] = True
