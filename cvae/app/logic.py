@@ -170,7 +170,7 @@ def sampling(cfg: dict) -> str:
     if cfg.get("spread_head") and cfg.get("spread_select"):
         said.append(f"the futures shown are chosen from {cfg['spread_select']} draws so that they differ where a "
                     "spread head says the world branches")
-    if cfg.get("spread_head") and (cfg.get("spread_gain", 2.0), cfg.get("spread_base", 0.7)) != (0, 1):
+    if cfg.get("spread_head") and (cfg["spread_gain"], cfg["spread_base"]) != (0, 1):
         said.append(f"a spread head widens each future where it says the world branches (the futures' std map "
                     f"max({cfg['spread_base']:g} x the model's, {cfg['spread_gain']:g} x the head's), the model's "
                     f"taken over {cfg['spread_reference']} futures)")
