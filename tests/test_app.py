@@ -253,6 +253,28 @@ def test_prediction_is_seeded_and_responds_to_actions(bundled, responsive_runs):
             logic.predict(model, frames, cond, edited, n, seed=0)
 
 
+def test_unedited_actions_are_predicted_once(bundled, responsive_runs):
+    """With nothing edited the two columns are one prediction, made once (half the first Predict's
+    time), and it is the original column of the prediction made beside an edit."""
+    _, _, frames, cond = bundled
+    model = logic.cached_model(responsive_runs / "responsive" / "best")
+    rows = []
+
+    class Counting:
+        n_past = model.n_past
+
+        def predict(self, context, *args):
+            rows.append(len(context))
+            return model.predict(context, *args)
+
+    same = logic.predict(Counting(), frames, cond, cond.copy(), 3, seed=4)
+    edited = logic.predict(Counting(), frames, cond, logic.with_table(cond, logic.transform(cond[1:11], "reverse"),
+                                                                      N_PAST), 3, seed=4)
+    assert rows == [1, 2] and not same.edited_differs and edited.edited_differs
+    assert torch.equal(same.original, same.edited)
+    assert (same.original - edited.original).abs().max() < 1e-4
+
+
 @pytest.fixture(scope="module")
 def server_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server") / "server.log"

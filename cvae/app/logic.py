@@ -445,15 +445,18 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
     n_past = model.n_past
     n_future = len(frames) - n_past
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    conds = torch.from_numpy(np.stack([cond, edited_cond])).float()
+    # Unedited, the two columns are one prediction: predicting it once halves the first Predict
+    # (sample k draws the same noise in every row, so a second row would only repeat it).
+    differs = not np.array_equal(cond, edited_cond)
+    conds = torch.from_numpy(np.stack([cond, edited_cond] if differs else [cond])).float()
     started = time.perf_counter()
-    out = model.predict(x[None, :n_past].expand(2, -1, -1, -1, -1), conds, n_future, n_samples, seed)
+    out = model.predict(x[None, :n_past].expand(len(conds), -1, -1, -1, -1), conds, n_future, n_samples, seed)
     seconds = time.perf_counter() - started
     target = x[n_past:]
-    p_orig, p_edit = psnr(out[0], target), psnr(out[1], target)
-    result = Prediction(truth=x, original=out[0], edited=out[1], psnr_original=p_orig, psnr_edited=p_edit,
-                        ssim_edited=ssim(out[1], target), best=int(p_orig.mean(1).argmax()),
-                        edited_differs=not np.array_equal(cond, edited_cond), seconds=seconds, seed=seed)
+    p_orig, p_edit = psnr(out[0], target), psnr(out[-1], target)
+    result = Prediction(truth=x, original=out[0], edited=out[-1], psnr_original=p_orig, psnr_edited=p_edit,
+                        ssim_edited=ssim(out[-1], target), best=int(p_orig.mean(1).argmax()),
+                        edited_differs=differs, seconds=seconds, seed=seed)
     return with_physics(result, n_past, physics_frames, physics_futures)
 
 
