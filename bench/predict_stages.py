@@ -68,5 +68,6 @@ def main() -> None:
               f"p50 of {args.repeats}: " + ", ".join(f"{k} {v:.3f} s" for k, v in p50.items())
               + " (whole: physics beside the model, as the app runs)")
 
+
 if __name__ == "__main__":
     main()
