@@ -253,26 +253,36 @@ def test_prediction_is_seeded_and_responds_to_actions(bundled, responsive_runs):
             logic.predict(model, frames, cond, edited, n, seed=0)
 
 
-def test_unedited_actions_are_predicted_once(bundled, responsive_runs):
-    """With nothing edited the two columns are one prediction, made once (half the first Predict's
-    time), and it is the original column of the prediction made beside an edit."""
+def test_each_set_of_actions_is_predicted_once(bundled, responsive_runs, monkeypatch):
+    """Unedited, the two columns are one prediction, made once; the futures under the recorded
+    actions are kept, so a Predict after an edit runs the model once more, for the edit alone,
+    and its futures are the same to the bit as those of a request that found nothing kept."""
     _, _, frames, cond = bundled
     model = logic.cached_model(responsive_runs / "responsive" / "best")
-    rows = []
+    calls = []
 
     class Counting:
         n_past = model.n_past
 
-        def predict(self, context, *args):
-            rows.append(len(context))
-            return model.predict(context, *args)
+        def predict(self, context, cond, *args):
+            calls.append(len(context))
+            return model.predict(context, cond, *args)
 
-    same = logic.predict(Counting(), frames, cond, cond.copy(), 3, seed=4)
-    edited = logic.predict(Counting(), frames, cond, logic.with_table(cond, logic.transform(cond[1:11], "reverse"),
-                                                                      N_PAST), 3, seed=4)
-    assert rows == [1, 2] and not same.edited_differs and edited.edited_differs
-    assert torch.equal(same.original, same.edited)
-    assert (same.original - edited.original).abs().max() < 1e-4
+    counting = Counting()
+    monkeypatch.setattr(logic, "_originals", logic.OrderedDict())
+    edited_cond = logic.with_table(cond, logic.transform(cond[1:11], "reverse"), N_PAST)
+    same = logic.predict(counting, frames, cond, cond.copy(), 3, seed=4)
+    assert calls == [1] and not same.edited_differs and torch.equal(same.original, same.edited)
+    edited = logic.predict(counting, frames, cond, edited_cond, 3, seed=4)
+    assert calls == [1, 1] and edited.edited_differs and torch.equal(same.original, edited.original)
+    logic.predict(counting, frames, cond, edited_cond, 3, seed=5)  # another z: nothing kept for it
+    assert calls == [1, 1, 1, 1]
+    logic.forget_kept_futures()
+    fresh = logic.predict(counting, frames, cond, edited_cond, 3, seed=4)
+    assert torch.equal(fresh.edited, edited.edited) and torch.equal(fresh.original, edited.original)
+    for seed in range(logic.ORIGINALS_KEPT + 3):  # the kept futures are bounded
+        logic.predict(counting, frames, cond, cond, 1, seed=seed)
+    assert len(logic._originals) == logic.ORIGINALS_KEPT
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,13 @@
 its transforms and validation, and one prediction turned into the views the page shows."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -435,27 +438,63 @@ def _std_map(futures: torch.Tensor) -> np.ndarray:
     return (pixel_std(futures, 0).mean(0) * 255).numpy()
 
 
+ORIGINALS_KEPT = 8  # futures under recorded actions kept for the next Predicts (<= 7.9 MB each)
+_originals: OrderedDict[tuple, tuple[object, torch.Tensor]] = OrderedDict()
+_originals_lock = threading.Lock()
+
+
+def _futures(model, context: torch.Tensor, cond: np.ndarray, n_future: int, n_samples: int,
+             seed: int) -> torch.Tensor:
+    """One set of actions' futures [N, F, 3, H, W], each set its own model call, so the futures
+    are the same to the bit however they were asked for (alone, beside an edit, or kept)."""
+    return model.predict(context[None], torch.from_numpy(cond[None]).float(), n_future, n_samples, seed)[0]
+
+
+def _original_futures(model, context: torch.Tensor, cond: np.ndarray, n_future: int, n_samples: int,
+                      seed: int) -> torch.Tensor:
+    """The futures under the recorded actions, kept for the next ``ORIGINALS_KEPT`` requests:
+    the page's loop (edit the actions, Predict again) then costs one model call, not two."""
+    digest = hashlib.sha1(context.numpy().tobytes() + np.ascontiguousarray(cond).tobytes()).hexdigest()
+    key = (id(model), digest, cond.shape, n_future, n_samples, seed)
+    with _originals_lock:
+        if key in _originals:  # the entry holds the model, so its id is not reused meanwhile
+            _originals.move_to_end(key)
+            return _originals[key][1]
+    futures = _futures(model, context, cond, n_future, n_samples, seed)
+    with _originals_lock:
+        _originals[key] = (model, futures)
+        while len(_originals) > ORIGINALS_KEPT:
+            _originals.popitem(last=False)
+    return futures
+
+
+def forget_kept_futures() -> None:
+    """Drop the kept futures (benches time a Predict that finds none)."""
+    with _originals_lock:
+        _originals.clear()
+
+
 def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray, n_samples: int,
             seed: int, physics_frames: np.ndarray | None = None,
             physics_futures: np.ndarray | None = None) -> Prediction:
-    """Futures under the original and the edited conditions, in one batched call; scored against
-    ``physics_frames`` (uint8 [T, 64, 64, 3], the scene under the edits) where given, and beside
-    ``physics_futures`` (uint8 [K, T, 64, 64, 3], the same with the hidden causes re-drawn)."""
+    """Futures under the original and the edited conditions; scored against ``physics_frames``
+    (uint8 [T, 64, 64, 3], the scene under the edits) where given, and beside
+    ``physics_futures`` (uint8 [K, T, 64, 64, 3], the same with the hidden causes re-drawn).
+    Unedited, the two columns are one prediction, made once; the original one is kept, so
+    a Predict after an edit makes only the edited one."""
     n_samples = check_futures(n_samples)
     n_past = model.n_past
     n_future = len(frames) - n_past
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    # Unedited, the two columns are one prediction: predicting it once halves the first Predict
-    # (sample k draws the same noise in every row, so a second row would only repeat it).
     differs = not np.array_equal(cond, edited_cond)
-    conds = torch.from_numpy(np.stack([cond, edited_cond] if differs else [cond])).float()
     started = time.perf_counter()
-    out = model.predict(x[None, :n_past].expand(len(conds), -1, -1, -1, -1), conds, n_future, n_samples, seed)
+    original = _original_futures(model, x[:n_past], cond, n_future, n_samples, seed)
+    edited = _futures(model, x[:n_past], edited_cond, n_future, n_samples, seed) if differs else original
     seconds = time.perf_counter() - started
     target = x[n_past:]
-    p_orig, p_edit = psnr(out[0], target), psnr(out[-1], target)
-    result = Prediction(truth=x, original=out[0], edited=out[-1], psnr_original=p_orig, psnr_edited=p_edit,
-                        ssim_edited=ssim(out[-1], target), best=int(p_orig.mean(1).argmax()),
+    p_orig, p_edit = psnr(original, target), psnr(edited, target)
+    result = Prediction(truth=x, original=original, edited=edited, psnr_original=p_orig, psnr_edited=p_edit,
+                        ssim_edited=ssim(edited, target), best=int(p_orig.mean(1).argmax()),
                         edited_differs=differs, seconds=seconds, seed=seed)
     return with_physics(result, n_past, physics_frames, physics_futures)
 
