@@ -1,7 +1,8 @@
 """Where one Predict's time goes, in-process and without Gradio: the model (N futures x 10
 frames under the original and the edited actions), the physics (the scene and N re-simulations
 under the edits), and the views (GIFs, maps, plot), each timed on its own, then the whole
-``logic.run_prediction`` + ``views.prediction_views`` as the app runs them.
+``logic.run_prediction`` + ``views.prediction_views`` as the app runs them, and that again
+("again": the page's loop, another edit after a Predict, whose recorded actions' futures are kept).
 
 With several ``--ckpt`` the rounds are interleaved, so their times are side by side under the
 same load. ``--unedited`` leaves the actions as recorded: a first Predict, before any edit.
@@ -41,10 +42,11 @@ def main() -> None:
     table = {"headers": logic.HEADERS, "data": rows}
     edited = logic.edited_conditions(cond, logic.parse_table(table, 2, 10), 2, source.kinematics)[:12]
     outputs = views.Outputs()
-    names = ("model", "physics", "views", "whole")
+    names = ("model", "physics", "views", "whole", "again")
     stages = [{name: [] for name in names} for _ in models]
     for r in range(args.repeats + 1):
         for model, times in zip(models, stages):
+            logic.forget_kept_futures()
             t0 = time.perf_counter()
             pred = logic.predict(model, frames[:12], cond[:12], edited, args.n, r)
             t1 = time.perf_counter()
@@ -53,12 +55,16 @@ def main() -> None:
             t2 = time.perf_counter()
             pred = logic.with_physics(pred, 2, *world)
             views.prediction_views(pred, 2, 10, outputs.new())
+            logic.forget_kept_futures()
             t3 = time.perf_counter()
             whole = logic.run_prediction(source, 0, model, 10, table, args.n, r)
             views.prediction_views(whole, 2, 10, outputs.new())
             t4 = time.perf_counter()
+            again = logic.run_prediction(source, 0, model, 10, table, args.n, r)
+            views.prediction_views(again, 2, 10, outputs.new())
+            t5 = time.perf_counter()
             if r:  # the first round warms up
-                for name, v in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                for name, v in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                     times[name].append(v)
     for path, times in zip(paths, stages):
         p50 = {name: round(float(np.median(v)), 3) for name, v in times.items()}
