@@ -280,6 +280,14 @@ def test_each_set_of_actions_is_predicted_once(bundled, responsive_runs, monkeyp
     logic.forget_kept_futures()
     fresh = logic.predict(counting, frames, cond, edited_cond, 3, seed=4)
     assert torch.equal(fresh.edited, edited.edited) and torch.equal(fresh.original, edited.original)
+    again = logic.predict(counting, frames, cond, cond.copy(), 3, seed=4)  # kept: no model call
+    assert calls == [1, 1, 1, 1, 1, 1] and again.original_kept and torch.equal(again.edited, same.edited)
+    said = {name: views.summary(p, N_FUTURE).split(". ")[0] for name, p in
+            (("same", same), ("edited", edited), ("fresh", fresh), ("again", again))}
+    assert "ms** for" in said["same"] and "one prediction for both columns" in said["same"], said
+    assert "ms** for" in said["edited"] and "original actions were kept from an earlier Predict" in said["edited"]
+    assert "ms** for" in said["fresh"] and "under the original actions and under yours" in said["fresh"], said
+    assert "ms" not in said["again"] and said["again"].endswith("kept from an earlier Predict"), said
     for seed in range(logic.ORIGINALS_KEPT + 3):  # the kept futures are bounded
         logic.predict(counting, frames, cond, cond, 1, seed=seed)
     assert len(logic._originals) == logic.ORIGINALS_KEPT

@@ -394,6 +394,7 @@ class Prediction:
     edited_differs: bool
     seconds: float
     seed: int  # the z seed: the page names it, so two Predicts with identical futures are told apart
+    original_kept: bool = False  # the original actions' futures were kept from an earlier Predict
     physics: torch.Tensor | None = None  # [n_past + n_future, 3, 64, 64]: the scene re-simulated under the edits
     psnr_physics: torch.Tensor | None = None  # [n_future]: sample 1 (edited actions) against physics
     psnr_physics_copy_last: torch.Tensor | None = None  # [n_future]: the last context frame against physics
@@ -451,21 +452,22 @@ def _futures(model, context: torch.Tensor, cond: np.ndarray, n_future: int, n_sa
 
 
 def _original_futures(model, context: torch.Tensor, cond: np.ndarray, n_future: int, n_samples: int,
-                      seed: int) -> torch.Tensor:
-    """The futures under the recorded actions, kept for the next ``ORIGINALS_KEPT`` requests:
-    the page's loop (edit the actions, Predict again) then costs one model call, not two."""
+                      seed: int) -> tuple[torch.Tensor, bool]:
+    """The futures under the recorded actions, and whether they were kept from an earlier
+    request. They are kept for the next ``ORIGINALS_KEPT`` requests: the page's loop (edit the
+    actions, Predict again) then costs one model call, not two."""
     digest = hashlib.sha1(context.numpy().tobytes() + np.ascontiguousarray(cond).tobytes()).hexdigest()
     key = (id(model), digest, cond.shape, n_future, n_samples, seed)
     with _originals_lock:
         if key in _originals:  # the entry holds the model, so its id is not reused meanwhile
             _originals.move_to_end(key)
-            return _originals[key][1]
+            return _originals[key][1], True
     futures = _futures(model, context, cond, n_future, n_samples, seed)
     with _originals_lock:
         _originals[key] = (model, futures)
         while len(_originals) > ORIGINALS_KEPT:
             _originals.popitem(last=False)
-    return futures
+    return futures, False
 
 
 def forget_kept_futures() -> None:
@@ -488,14 +490,14 @@ def predict(model, frames: np.ndarray, cond: np.ndarray, edited_cond: np.ndarray
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     differs = not np.array_equal(cond, edited_cond)
     started = time.perf_counter()
-    original = _original_futures(model, x[:n_past], cond, n_future, n_samples, seed)
+    original, kept = _original_futures(model, x[:n_past], cond, n_future, n_samples, seed)
     edited = _futures(model, x[:n_past], edited_cond, n_future, n_samples, seed) if differs else original
     seconds = time.perf_counter() - started
     target = x[n_past:]
     p_orig, p_edit = psnr(original, target), psnr(edited, target)
     result = Prediction(truth=x, original=original, edited=edited, psnr_original=p_orig, psnr_edited=p_edit,
                         ssim_edited=ssim(edited, target), best=int(p_orig.mean(1).argmax()),
-                        edited_differs=differs, seconds=seconds, seed=seed)
+                        edited_differs=differs, seconds=seconds, seed=seed, original_kept=kept)
     return with_physics(result, n_past, physics_frames, physics_futures)
 
 

@@ -146,8 +146,16 @@ def summary(p: logic.Prediction, n_future: int) -> str:
     spread of futures against the world's."""
     n = len(p.edited)
     note = "" if p.edited_differs else " (actions unedited: both columns use the same actions)"
-    text = (f"**{p.seconds * 1000:.0f} ms** for {n} futures x {n_future} frames (z seed {p.seed}) under the "
-            "original actions and under yours, in one batch. "
+    shape = f"{n} futures x {n_future} frames (z seed {p.seed})"
+    if not p.edited_differs:
+        made = f"{shape} under the recorded actions, one prediction for both columns"
+    elif p.original_kept:
+        made = f"{shape} under your actions; those under the original actions were kept from an earlier Predict"
+    else:
+        made = f"{shape} under the original actions and under yours"
+    made = f"{made}, kept from an earlier Predict" if p.original_kept and not p.edited_differs else (
+        f"**{p.seconds * 1000:.0f} ms** for {made}")
+    text = (f"{made}. "
             f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
             f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {n} "
             f"(original actions): sample {p.best + 1}, **{p.psnr_original[p.best].mean():.2f} dB**.")
