@@ -553,7 +553,6 @@ def test_browser_pick_edit_predict(server, tmp_path, bundled):
     assert all(np.abs(w[0].astype(int) - frames[0]).mean() < 3 for w in futures_tiles(world))  # this scene (GIF palette aside)
 
 
-
 def test_browser_a_cleared_cell_shows_what_the_server_reads_and_warns_once(server):
     """Clearing a dx cell leaves it blank (not a 0 the server never sees), the edit gets one
     toast, not two, and Predict names the same cell."""
@@ -577,6 +576,7 @@ def test_browser_a_cleared_cell_shows_what_the_server_reads_and_warns_once(serve
         page.wait_for_selector(".toast-body", timeout=20_000)
         assert "row 1, column dx is empty" in page.locator(".toast-body").first.inner_text()
         browser.close()
+
 
 def _open_page(pw, server: str, height: int, ready: str):
     """Chromium on the app, once its action table and ``ready`` are on the page: (browser, page)."""
