@@ -153,8 +153,8 @@ def summary(p: logic.Prediction, n_future: int) -> str:
         made = f"{shape} under your actions; those under the original actions were kept from an earlier Predict"
     else:
         made = f"{shape} under the original actions and under yours"
-    made = f"{made}, kept from an earlier Predict" if p.original_kept and not p.edited_differs else (
-        f"**{p.seconds * 1000:.0f} ms** for {made}")
+    ran = p.edited_differs or not p.original_kept  # whether the model ran for this request at all
+    made = f"**{p.seconds * 1000:.0f} ms** for {made}" if ran else f"{made}, kept from an earlier Predict"
     text = (f"{made}. "
             f"Sample 1 PSNR vs truth: original actions **{p.psnr_original[0].mean():.2f} dB**, "
             f"edited **{p.psnr_edited[0].mean():.2f} dB**{note}. Best of {n} "
